@@ -1,0 +1,2 @@
+//! # nave-bench
+//! (grows with its issue)

@@ -1,0 +1,2 @@
+//! # nave-consensus
+//! (grows with its issue)

@@ -1,0 +1,2 @@
+//! # nave-hub
+//! (grows with its issue)

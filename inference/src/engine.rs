@@ -1,0 +1,597 @@
+//! The engine: one thread owns the model and the KV pool and runs continuous batching.
+//!
+//! Requests arrive through a bounded queue ([`Engine::submit`] fails with `QueueFull`
+//! rather than wait); each gets an unbounded stream of [`Event`]s (a sequence produces
+//! at most `max_tokens` events, so the stream is bounded by the request). Every step:
+//! 1. new requests are tokenized and queued; streams whose receiver was dropped are
+//!    cancelled and their blocks freed;
+//! 2. the scheduler gives each running sequence its uncomputed tokens (one for a decode,
+//!    a chunk for a prefill) within a per-step token budget, so long prompts are prefilled
+//!    in chunks while decodes keep flowing; waiting sequences join in arrival order when
+//!    their blocks fit (after taking any cached prefix);
+//! 3. when a running sequence needs a block and the pool is empty, the most recently
+//!    admitted sequence is preempted: its blocks are released and it re-enters the queue's
+//!    front with everything it generated, to be recomputed later (never failed);
+//! 4. one forward pass runs all scheduled rows; sequences that finished their chunk
+//!    sample a token and stream its text.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::detok::{Detokenizer, Step};
+use crate::error::{Error, Result};
+use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
+use crate::ledger::{Ledger, Partition, Reservation};
+use crate::model::Row;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::template::ChatMessage;
+use crate::LoadedModel;
+
+/// Sizes of the engine's queues and pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Bytes of the KV pool (taken from the serving partition at start).
+    pub kv_pool_bytes: u64,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Tokens one forward pass may take (decodes plus prefill chunks).
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_running: usize,
+    /// Requests waiting for the engine thread before `submit` refuses.
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { kv_pool_bytes: 256 << 20, block_size: 16, max_batch_tokens: 256, max_running: 64, queue_capacity: 256 }
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The request id (for logs; correlates with the hub's X-Request-Id).
+    pub request_id: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// An end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose prefill was skipped thanks to the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// New text and the tokens that produced it (text may be empty while a stop string
+    /// or a UTF-8 character is incomplete).
+    Delta { text: String, tokens: Vec<u32> },
+    Done { finish: FinishReason, usage: Usage },
+    /// The request failed; `client` says whether it was the request's fault.
+    Error { message: String, client: bool },
+}
+
+pub type EventStream = UnboundedReceiver<Event>;
+
+/// Figures the engine keeps up to date for heartbeats and metrics.
+#[derive(Debug, Default)]
+pub struct EngineGauges {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+    pub kv_blocks_free: AtomicUsize,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub cached_tokens: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub steps: AtomicU64,
+    pub batch_rows: AtomicU64,
+}
+
+/// A snapshot of [`EngineGauges`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub running: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_free: usize,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub cached_tokens: u64,
+    pub preemptions: u64,
+    pub steps: u64,
+    pub batch_rows: u64,
+}
+
+enum Msg {
+    Request(GenerateRequest, UnboundedSender<Event>),
+}
+
+/// Handle to the engine thread; dropping it stops the thread after the queue drains.
+pub struct Engine {
+    tx: Option<SyncSender<Msg>>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    gauges: Arc<EngineGauges>,
+    model_name: String,
+    context: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread. The KV pool is reserved from the ledger's serving
+    /// partition (after the model's weights); too small a partition is an error here.
+    pub fn start(model: LoadedModel, config: EngineConfig, ledger: &Ledger) -> Result<Self> {
+        let c = model.transformer.config.clone();
+        let weights = ledger.reserve(Partition::Serving, model.transformer.weight_bytes())?;
+        let per_block = (KvStore::bytes_per_token(c.layers, c.kv_dim()) * config.block_size) as u64;
+        let num_blocks = (config.kv_pool_bytes / per_block) as usize;
+        if num_blocks < 2 {
+            return Err(Error::InvalidRequest(format!(
+                "kv_pool_bytes {} holds fewer than 2 blocks of {per_block} bytes",
+                config.kv_pool_bytes
+            )));
+        }
+        let pool_reservation = ledger.reserve(Partition::Serving, num_blocks as u64 * per_block)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
+        let gauges = Arc::new(EngineGauges::default());
+        gauges.kv_blocks_total.store(num_blocks, Ordering::Relaxed);
+        gauges.kv_blocks_free.store(num_blocks, Ordering::Relaxed);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let model_name = model.name.clone();
+        let context = c.context;
+        let worker = Worker {
+            kv: KvStore::new(c.layers, num_blocks, config.block_size, c.kv_dim()),
+            pool: BlockPool::new(num_blocks, config.block_size),
+            model,
+            config: config.clone(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            gauges: gauges.clone(),
+            queued: queued.clone(),
+            next_id: 0,
+            _reservations: [weights, pool_reservation],
+        };
+        let thread = std::thread::Builder::new()
+            .name("nave-engine".into())
+            .spawn(move || worker.run(rx))
+            .map_err(Error::Io)?;
+        Ok(Self { tx: Some(tx), queued, capacity: config.queue_capacity, gauges, model_name, context, thread: Some(thread) })
+    }
+
+    /// Queues a request; its events arrive on the returned stream. Dropping the stream
+    /// cancels the request and frees its memory.
+    pub fn submit(&self, req: GenerateRequest) -> Result<EventStream> {
+        req.params.validate()?;
+        let (etx, erx) = unbounded_channel();
+        let tx = self.tx.as_ref().ok_or(Error::EngineStopped)?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(Msg::Request(req, etx)) {
+            Ok(()) => Ok(erx),
+            Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(Error::QueueFull(self.capacity))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::EngineStopped),
+        }
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let g = &self.gauges;
+        EngineStats {
+            waiting: g.waiting.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed),
+            running: g.running.load(Ordering::Relaxed),
+            kv_blocks_total: g.kv_blocks_total.load(Ordering::Relaxed),
+            kv_blocks_free: g.kv_blocks_free.load(Ordering::Relaxed),
+            prompt_tokens: g.prompt_tokens.load(Ordering::Relaxed),
+            generated_tokens: g.generated_tokens.load(Ordering::Relaxed),
+            cached_tokens: g.cached_tokens.load(Ordering::Relaxed),
+            preemptions: g.preemptions.load(Ordering::Relaxed),
+            steps: g.steps.load(Ordering::Relaxed),
+            batch_rows: g.batch_rows.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Sequence {
+    id: u64,
+    request_id: String,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose keys and values are in the pool.
+    computed: usize,
+    blocks: Vec<BlockId>,
+    /// Full blocks registered in the prefix cache, and the hash of the last one.
+    registered: usize,
+    last_hash: u64,
+    max_tokens: usize,
+    sampler: Sampler,
+    detok: Detokenizer,
+    tx: UnboundedSender<Event>,
+    cached_tokens: usize,
+}
+
+impl Sequence {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+struct Worker {
+    model: LoadedModel,
+    config: EngineConfig,
+    kv: KvStore,
+    pool: BlockPool,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    gauges: Arc<EngineGauges>,
+    queued: Arc<AtomicUsize>,
+    next_id: u64,
+    _reservations: [Reservation; 2],
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(msg) => self.intake(msg),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(msg) = rx.try_recv() {
+                self.intake(msg);
+            }
+            self.drop_cancelled();
+            if let Err(e) = self.step() {
+                // A failed forward pass fails the sequences in it, not the engine.
+                tracing::error!(error = %e, "engine step failed");
+                for seq in std::mem::take(&mut self.running) {
+                    let _ = seq.tx.send(Event::Error { message: e.to_string(), client: false });
+                    self.free(seq);
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let g = &self.gauges;
+        g.waiting.store(self.waiting.len(), Ordering::Relaxed);
+        g.running.store(self.running.len(), Ordering::Relaxed);
+        g.kv_blocks_free.store(self.pool.num_free(), Ordering::Relaxed);
+    }
+
+    fn intake(&mut self, Msg::Request(req, tx): Msg) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match self.prepare(req, tx.clone()) {
+            Ok(seq) => self.waiting.push_back(seq),
+            Err(e) => {
+                let _ = tx.send(Event::Error { message: e.to_string(), client: e.is_client_error() });
+            }
+        }
+    }
+
+    fn prepare(&mut self, req: GenerateRequest, tx: UnboundedSender<Event>) -> Result<Sequence> {
+        let m = &self.model;
+        let tokens = match req.prompt {
+            Prompt::Tokens(t) => t,
+            Prompt::Text(s) => m.tokenizer.encode(&s)?,
+            Prompt::Chat(msgs) => {
+                let template = m.template.as_ref().ok_or_else(|| {
+                    Error::InvalidRequest(format!("model {} has no chat template: use completions", m.name))
+                })?;
+                m.tokenizer.encode(&template.render(&msgs)?)?
+            }
+        };
+        let context = m.transformer.config.context;
+        if tokens.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= m.transformer.config.vocab) {
+            return Err(Error::InvalidRequest(format!("token id {bad} is outside the vocabulary")));
+        }
+        if tokens.len() >= context {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens; the model's context is {context}",
+                tokens.len()
+            )));
+        }
+        let capacity = self.pool.num_blocks() * self.pool.block_size();
+        if tokens.len() + 1 > capacity {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens; the KV pool holds {capacity}",
+                tokens.len()
+            )));
+        }
+        let max_tokens = req.params.max_tokens.min(context - tokens.len()).min(capacity - tokens.len());
+        self.next_id += 1;
+        let sampler = Sampler::new(req.params.clone(), &tokens, self.next_id);
+        self.gauges.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
+        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), "queued");
+        Ok(Sequence {
+            id: self.next_id,
+            request_id: req.request_id,
+            prompt_len: tokens.len(),
+            tokens,
+            computed: 0,
+            blocks: Vec::new(),
+            registered: 0,
+            last_hash: 0,
+            max_tokens,
+            detok: Detokenizer::new(req.params.stop.clone()),
+            sampler,
+            tx,
+            cached_tokens: 0,
+        })
+    }
+
+    fn drop_cancelled(&mut self) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running).into_iter().partition(|s| s.tx.is_closed());
+        self.running = kept;
+        for s in gone {
+            tracing::debug!(request_id = %s.request_id, "cancelled");
+            self.free(s);
+        }
+        self.waiting.retain(|s| !s.tx.is_closed());
+    }
+
+    fn free(&mut self, mut seq: Sequence) {
+        for b in seq.blocks.drain(..) {
+            self.pool.release(b);
+        }
+    }
+
+    /// Gives sequence `i` blocks for `upto` tokens, preempting later sequences if the pool
+    /// is empty. Returns false if `i` itself had to be preempted.
+    fn ensure_blocks(&mut self, i: usize, upto: usize) -> bool {
+        let bs = self.pool.block_size();
+        while self.running[i].blocks.len() * bs < upto {
+            match self.pool.allocate() {
+                Some(b) => self.running[i].blocks.push(b),
+                None => {
+                    let victim = self.running.len() - 1;
+                    self.preempt(victim);
+                    if victim == i {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        tracing::debug!(request_id = %seq.request_id, "preempted");
+        for b in seq.blocks.drain(..) {
+            self.pool.release(b);
+        }
+        seq.computed = 0;
+        seq.registered = 0;
+        seq.last_hash = 0;
+        self.gauges.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.waiting.push_front(seq);
+    }
+
+    /// Moves waiting sequences to running while their blocks fit, in arrival order.
+    fn admit(&mut self) {
+        let bs = self.pool.block_size();
+        while self.running.len() < self.config.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            // Reuse cached blocks for all but the last token, whose logits are needed.
+            let hashes = prefix_hashes(&seq.tokens[..seq.tokens.len() - 1], bs);
+            let cached = self.pool.take_prefix(&hashes);
+            let need = seq.tokens.len().div_ceil(bs) - cached.len();
+            if self.pool.num_free() < need {
+                cached.into_iter().for_each(|b| self.pool.release(b));
+                self.waiting.push_front(seq);
+                break;
+            }
+            seq.registered = cached.len();
+            seq.last_hash = hashes.get(cached.len().wrapping_sub(1)).copied().unwrap_or(0);
+            seq.computed = cached.len() * bs;
+            if seq.generated() == 0 {
+                seq.cached_tokens = seq.computed;
+                self.gauges.cached_tokens.fetch_add(seq.computed as u64, Ordering::Relaxed);
+            }
+            seq.blocks = cached;
+            for _ in 0..need {
+                if let Some(b) = self.pool.allocate() {
+                    seq.blocks.push(b);
+                }
+            }
+            self.running.push(seq);
+        }
+    }
+
+    fn step(&mut self) -> Result<()> {
+        // Decodes and prefill chunks of running sequences first, then new admissions.
+        let mut budget = self.config.max_batch_tokens;
+        let mut plan: Vec<(u64, usize)> = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let s = &self.running[i];
+            let take = (s.tokens.len() - s.computed).min(budget);
+            let (id, upto) = (s.id, s.computed + take);
+            if !self.ensure_blocks(i, upto) {
+                break;
+            }
+            plan.push((id, take));
+            budget -= take;
+            i += 1;
+        }
+        if budget > 0 {
+            let before = self.running.len();
+            self.admit();
+            for s in &self.running[before..] {
+                if budget == 0 {
+                    break;
+                }
+                let take = (s.tokens.len() - s.computed).min(budget);
+                plan.push((s.id, take));
+                budget -= take;
+            }
+        }
+        // Preemption may have removed planned sequences; keep those still running.
+        plan.retain(|(id, _)| self.running.iter().any(|s| s.id == *id));
+        if plan.is_empty() {
+            return Ok(());
+        }
+
+        let mut rows = Vec::new();
+        for (id, take) in &plan {
+            let s = self.running.iter().find(|s| s.id == *id).expect("planned sequences are running");
+            for p in s.computed..s.computed + take {
+                rows.push(Row { token: s.tokens[p], pos: p, blocks: &s.blocks, logits: p + 1 == s.tokens.len() });
+            }
+        }
+        let logits = self.model.transformer.forward(&rows, &mut self.kv)?;
+        self.gauges.steps.fetch_add(1, Ordering::Relaxed);
+        self.gauges.batch_rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        drop(rows);
+
+        let mut logits = logits.into_iter();
+        let mut finished = Vec::new();
+        for (id, take) in plan {
+            let Some(idx) = self.running.iter().position(|s| s.id == id) else { continue };
+            let bs = self.pool.block_size();
+            let s = &mut self.running[idx];
+            s.computed += take;
+            while (s.registered + 1) * bs <= s.computed {
+                let r = s.registered;
+                s.last_hash = block_hash(s.last_hash, &s.tokens[r * bs..(r + 1) * bs]);
+                self.pool.register(s.blocks[r], s.last_hash);
+                s.registered += 1;
+            }
+            if s.computed < s.tokens.len() {
+                continue;
+            }
+            let Some(mut l) = logits.next() else { continue };
+            let token = s.sampler.sample(&mut l);
+            s.sampler.observe(token);
+            s.tokens.push(token);
+            self.gauges.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            if let Some(reason) = self.emit(idx, token) {
+                finished.push((id, reason));
+            }
+        }
+        for (id, reason) in finished {
+            if let Some(idx) = self.running.iter().position(|s| s.id == id) {
+                let mut s = self.running.remove(idx);
+                let tail = s.detok.finish();
+                if reason == FinishReason::Length && !tail.is_empty() {
+                    let _ = s.tx.send(Event::Delta { text: tail, tokens: Vec::new() });
+                }
+                let usage = Usage {
+                    prompt_tokens: s.prompt_len,
+                    completion_tokens: s.generated(),
+                    cached_tokens: s.cached_tokens,
+                };
+                let _ = s.tx.send(Event::Done { finish: reason, usage });
+                self.free(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams the text of a new token; returns why the sequence ends, if it does.
+    fn emit(&mut self, idx: usize, token: u32) -> Option<FinishReason> {
+        let s = &mut self.running[idx];
+        let tok = &self.model.tokenizer;
+        if tok.stop_ids().contains(&token) {
+            let held = s.detok.finish();
+            if !held.is_empty() {
+                let _ = s.tx.send(Event::Delta { text: held, tokens: Vec::new() });
+            }
+            return Some(FinishReason::Stop);
+        }
+        match s.detok.push(tok, token) {
+            Step::Stopped(text) => {
+                let _ = s.tx.send(Event::Delta { text, tokens: vec![token] });
+                Some(FinishReason::Stop)
+            }
+            Step::Text(text) => {
+                let _ = s.tx.send(Event::Delta { text, tokens: vec![token] });
+                (s.generated() >= s.max_tokens).then_some(FinishReason::Length)
+            }
+        }
+    }
+}
+
+/// Runs a request to the end and returns its text, finish reason and usage (for tools,
+/// tests and the benchmark; servers stream instead).
+pub fn collect(mut stream: EventStream) -> Result<(String, Vec<u32>, FinishReason, Usage)> {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    while let Some(ev) = stream.blocking_recv() {
+        match ev {
+            Event::Delta { text: t, tokens } => {
+                text.push_str(&t);
+                ids.extend(tokens);
+            }
+            Event::Done { finish, usage } => return Ok((text, ids, finish, usage)),
+            Event::Error { message, client } => {
+                return Err(if client { Error::InvalidRequest(message) } else { Error::Engine(message) })
+            }
+        }
+    }
+    Err(Error::EngineStopped)
+}
+
+/// A helper for time measurements in tools.
+pub fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}

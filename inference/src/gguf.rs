@@ -1,0 +1,140 @@
+//! Reading a GGUF file: its metadata as typed values and its tensors as candle `QTensor`s.
+//! Every failure names the file and what was wrong with it, so a truncated download or an
+//! unsupported architecture is a clear error, not a panic deep inside a forward pass.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+
+/// An opened GGUF file: the parsed header plus a reader for tensor data.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl GgufFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::model(&path, format!("cannot open: {e}")))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| Error::model(&path, format!("not a readable GGUF file: {e}")))?;
+        // Check that every tensor lies inside the file, so a truncated file fails here.
+        let len = std::fs::metadata(&path)?.len();
+        for (name, info) in &content.tensor_infos {
+            let elems: usize = info.shape.elem_count();
+            let bytes = elems / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            if end > len {
+                return Err(Error::model(
+                    &path,
+                    format!("truncated: tensor {name} ends at byte {end} but the file has {len}"),
+                ));
+            }
+        }
+        Ok(Self { path, content, reader })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        if !self.has_tensor(name) {
+            return Err(Error::model(&self.path, format!("missing tensor {name}")));
+        }
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| Error::model(&self.path, format!("tensor {name}: {e}")))
+    }
+
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::model(&self.path, format!("missing metadata key {key}")))
+    }
+
+    pub fn string(&self, key: &str) -> Result<String> {
+        self.get(key)?
+            .to_string()
+            .cloned()
+            .map_err(|e| Error::model(&self.path, format!("{key}: {e}")))
+    }
+
+    pub fn opt_string(&self, key: &str) -> Option<String> {
+        self.content.metadata.get(key).and_then(|v| v.to_string().ok().cloned())
+    }
+
+    pub fn u32(&self, key: &str) -> Result<u32> {
+        value_u32(self.get(key)?).ok_or_else(|| Error::model(&self.path, format!("{key} is not an integer")))
+    }
+
+    pub fn opt_u32(&self, key: &str) -> Option<u32> {
+        self.content.metadata.get(key).and_then(value_u32)
+    }
+
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        match self.content.metadata.get(key) {
+            None => Ok(default),
+            Some(Value::F32(v)) => Ok(*v),
+            Some(Value::F64(v)) => Ok(*v as f32),
+            Some(v) => value_u32(v)
+                .map(|v| v as f32)
+                .ok_or_else(|| Error::model(&self.path, format!("{key} is not a number"))),
+        }
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        self.content.metadata.get(key).and_then(|v| v.to_bool().ok())
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let arr = self.get(key)?.to_vec().map_err(|e| Error::model(&self.path, format!("{key}: {e}")))?;
+        arr.iter()
+            .map(|v| {
+                v.to_string().cloned().map_err(|e| Error::model(&self.path, format!("{key}: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn opt_f32s(&self, key: &str) -> Option<Vec<f32>> {
+        let arr = self.content.metadata.get(key)?.to_vec().ok()?;
+        arr.iter().map(|v| v.to_f32().ok()).collect()
+    }
+
+    pub fn opt_u32s(&self, key: &str) -> Option<Vec<u32>> {
+        let arr = self.content.metadata.get(key)?.to_vec().ok()?;
+        arr.iter().map(value_u32).collect()
+    }
+}
+
+fn value_u32(v: &Value) -> Option<u32> {
+    match v {
+        Value::U8(v) => Some(*v as u32),
+        Value::I8(v) => u32::try_from(*v).ok(),
+        Value::U16(v) => Some(*v as u32),
+        Value::I16(v) => u32::try_from(*v).ok(),
+        Value::U32(v) => Some(*v),
+        Value::I32(v) => u32::try_from(*v).ok(),
+        Value::U64(v) => u32::try_from(*v).ok(),
+        Value::I64(v) => u32::try_from(*v).ok(),
+        _ => None,
+    }
+}

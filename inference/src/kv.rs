@@ -1,0 +1,233 @@
+//! KV memory in fixed-size blocks from one pool, with a prefix cache.
+//!
+//! [`BlockPool`] is pure bookkeeping (no tensors): reference counts, a free queue in LRU
+//! order, and a map from a block's content hash to the block. A full block's hash chains
+//! the hash of the block before it with its own tokens, so equal hashes mean equal
+//! prefixes. When a sequence ends its blocks return to the free queue but keep their
+//! hash: a later request that starts with the same tokens (a shared system prompt, the
+//! earlier turns of a session) takes them back instead of recomputing them, until the
+//! pool needs the space and the least recently used are reused.
+//!
+//! [`KvStore`] holds the keys and values themselves, `[layer][block][slot][kv_dim]`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+pub type BlockId = u32;
+
+/// Chained hash of one full block of tokens after the prefix hashed as `parent`.
+pub fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
+}
+
+/// The hashes of every full block of `tokens`.
+pub fn prefix_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
+    let mut parent = 0u64;
+    tokens
+        .chunks_exact(block_size)
+        .map(|chunk| {
+            parent = block_hash(parent, chunk);
+            parent
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+pub struct BlockPool {
+    block_size: usize,
+    refcount: Vec<u32>,
+    hash_of: Vec<Option<u64>>,
+    by_hash: HashMap<u64, BlockId>,
+    /// Blocks with no reference, least recently released first, by release stamp.
+    free: BTreeMap<u64, BlockId>,
+    stamp_of: Vec<u64>,
+    next_stamp: u64,
+    hits: u64,
+}
+
+impl BlockPool {
+    pub fn new(num_blocks: usize, block_size: usize) -> Self {
+        assert!(block_size > 0, "block size must be positive");
+        let free = (0..num_blocks as u64).map(|i| (i, i as BlockId)).collect();
+        Self {
+            block_size,
+            refcount: vec![0; num_blocks],
+            hash_of: vec![None; num_blocks],
+            by_hash: HashMap::new(),
+            free,
+            stamp_of: (0..num_blocks as u64).collect(),
+            next_stamp: num_blocks as u64,
+            hits: 0,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.refcount.len()
+    }
+
+    /// Blocks no sequence holds (some of them still cache a prefix).
+    pub fn num_free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Blocks whose tokens were found in the cache since the start.
+    pub fn prefix_hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Takes the cached blocks that hold the longest cached prefix of the blocks hashed
+    /// as `hashes`, and returns them (a reference each).
+    pub fn take_prefix(&mut self, hashes: &[u64]) -> Vec<BlockId> {
+        let mut taken = Vec::new();
+        for h in hashes {
+            let Some(&b) = self.by_hash.get(h) else { break };
+            self.acquire(b);
+            taken.push(b);
+        }
+        self.hits += taken.len() as u64;
+        taken
+    }
+
+    fn acquire(&mut self, b: BlockId) {
+        if self.refcount[b as usize] == 0 {
+            self.free.remove(&self.stamp_of[b as usize]);
+        }
+        self.refcount[b as usize] += 1;
+    }
+
+    /// A fresh block, evicting the least recently used cached one; `None` if the pool is
+    /// exhausted.
+    pub fn allocate(&mut self) -> Option<BlockId> {
+        let (_, b) = self.free.pop_first()?;
+        if let Some(h) = self.hash_of[b as usize].take() {
+            if self.by_hash.get(&h) == Some(&b) {
+                self.by_hash.remove(&h);
+            }
+        }
+        self.refcount[b as usize] = 1;
+        Some(b)
+    }
+
+    /// Drops one reference; the block stays cached (if hashed) until it is reused.
+    pub fn release(&mut self, b: BlockId) {
+        let rc = &mut self.refcount[b as usize];
+        debug_assert!(*rc > 0, "release of a free block {b}");
+        *rc = rc.saturating_sub(1);
+        if *rc == 0 {
+            let stamp = self.next_stamp;
+            self.next_stamp += 1;
+            self.stamp_of[b as usize] = stamp;
+            self.free.insert(stamp, b);
+        }
+    }
+
+    /// Records that block `b` is full and holds the prefix hashed as `hash`.
+    pub fn register(&mut self, b: BlockId, hash: u64) {
+        if self.hash_of[b as usize].is_none() && !self.by_hash.contains_key(&hash) {
+            self.hash_of[b as usize] = Some(hash);
+            self.by_hash.insert(hash, b);
+        }
+    }
+
+    /// Whether every block is back in the free queue (for leak checks).
+    pub fn all_free(&self) -> bool {
+        self.free.len() == self.refcount.len() && self.refcount.iter().all(|&r| r == 0)
+    }
+}
+
+/// Keys and values of every layer, block-addressed.
+pub struct KvStore {
+    pub block_size: usize,
+    pub kv_dim: usize,
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl KvStore {
+    pub fn new(layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize) -> Self {
+        let len = num_blocks * block_size * kv_dim;
+        Self {
+            block_size,
+            kv_dim,
+            k: (0..layers).map(|_| vec![0.0; len]).collect(),
+            v: (0..layers).map(|_| vec![0.0; len]).collect(),
+        }
+    }
+
+    /// Bytes one token takes in every layer (keys and values).
+    pub fn bytes_per_token(layers: usize, kv_dim: usize) -> usize {
+        layers * kv_dim * 2 * std::mem::size_of::<f32>()
+    }
+
+    /// Offset of position `pos` of a sequence whose block table is `blocks`.
+    #[inline]
+    pub fn offset(&self, blocks: &[BlockId], pos: usize) -> usize {
+        (blocks[pos / self.block_size] as usize * self.block_size + pos % self.block_size) * self.kv_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_and_release_round_trip() {
+        let mut p = BlockPool::new(4, 16);
+        let a: Vec<_> = (0..4).filter_map(|_| p.allocate()).collect();
+        assert_eq!(a.len(), 4);
+        assert!(p.allocate().is_none(), "the pool is exhausted");
+        a.iter().for_each(|&b| p.release(b));
+        assert!(p.all_free());
+    }
+
+    #[test]
+    fn a_released_prefix_is_found_again_until_evicted() {
+        let mut p = BlockPool::new(3, 2);
+        let tokens = [1, 2, 3, 4];
+        let hashes = prefix_hashes(&tokens, 2);
+        let blocks: Vec<_> = (0..2).filter_map(|_| p.allocate()).collect();
+        for (b, h) in blocks.iter().zip(&hashes) {
+            p.register(*b, *h);
+        }
+        blocks.iter().for_each(|&b| p.release(b));
+        assert_eq!(p.take_prefix(&hashes), blocks);
+        assert_eq!(p.prefix_hits(), 2);
+        blocks.iter().for_each(|&b| p.release(b));
+        // A different prefix shares nothing.
+        assert!(p.take_prefix(&prefix_hashes(&[9, 9, 3, 4], 2)).is_empty());
+        // Using the whole pool evicts the cached blocks.
+        let all: Vec<_> = (0..3).filter_map(|_| p.allocate()).collect();
+        assert_eq!(all.len(), 3);
+        all.iter().for_each(|&b| p.release(b));
+        assert!(p.take_prefix(&hashes).is_empty());
+        assert!(p.all_free());
+    }
+
+    #[test]
+    fn shared_blocks_stay_until_the_last_reference() {
+        let mut p = BlockPool::new(2, 2);
+        let h = prefix_hashes(&[5, 6], 2);
+        let b = p.allocate().expect("a free block");
+        p.register(b, h[0]);
+        assert_eq!(p.take_prefix(&h), vec![b]);
+        p.release(b);
+        assert_eq!(p.num_free(), 1, "still held once");
+        p.release(b);
+        assert_eq!(p.num_free(), 2);
+    }
+
+    #[test]
+    fn prefix_hashes_chain() {
+        let a = prefix_hashes(&[1, 2, 3, 4], 2);
+        let b = prefix_hashes(&[0, 2, 3, 4], 2);
+        assert_ne!(a[1], b[1], "the second block's hash depends on the first");
+        assert_eq!(prefix_hashes(&[1, 2, 3], 2).len(), 1, "partial blocks are not hashed");
+    }
+}

@@ -1,0 +1,164 @@
+//! The memory ledger: one per device, through which every allocation of the engine and of
+//! training jobs goes. Memory is split into a serving partition (weights and the KV pool,
+//! reserved at start and never lent out) and a training partition. A reservation that does
+//! not fit fails at once with an error naming both figures; a [`Reservation`] gives its
+//! bytes back when dropped, so a failed or cancelled job cannot leak them.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Partition {
+    Serving,
+    Training,
+}
+
+impl Partition {
+    fn name(self) -> &'static str {
+        match self {
+            Partition::Serving => "serving",
+            Partition::Training => "training",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionUsage {
+    pub total: u64,
+    pub used: u64,
+}
+
+impl PartitionUsage {
+    pub fn free(&self) -> u64 {
+        self.total.saturating_sub(self.used)
+    }
+}
+
+/// Totals and use of both partitions, plus what the device reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSnapshot {
+    pub device: String,
+    pub serving: PartitionUsage,
+    pub training: PartitionUsage,
+    /// Resident memory of the process (CPU) or memory in use on the device (CUDA).
+    pub device_used: u64,
+    pub device_total: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    serving: PartitionUsage,
+    training: PartitionUsage,
+}
+
+/// A device's memory ledger; cheap to clone (one shared state).
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    device: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Ledger {
+    pub fn new(device: impl Into<String>, serving_total: u64, training_total: u64) -> Self {
+        let state = State {
+            serving: PartitionUsage { total: serving_total, used: 0 },
+            training: PartitionUsage { total: training_total, used: 0 },
+        };
+        Self { device: device.into(), state: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // No code panics while holding this lock (plain arithmetic), so poisoning cannot
+        // leave the figures half-updated; recover the guard rather than propagate.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves `bytes` in `partition` or fails naming the request and what is free.
+    pub fn reserve(&self, partition: Partition, bytes: u64) -> Result<Reservation> {
+        let mut s = self.lock();
+        let p = match partition {
+            Partition::Serving => &mut s.serving,
+            Partition::Training => &mut s.training,
+        };
+        if bytes > p.free() {
+            return Err(Error::OutOfMemory { partition: partition.name(), requested: bytes, free: p.free(), total: p.total });
+        }
+        p.used += bytes;
+        Ok(Reservation { ledger: self.clone(), partition, bytes })
+    }
+
+    pub fn snapshot(&self) -> LedgerSnapshot {
+        let s = self.lock();
+        LedgerSnapshot {
+            device: self.device.clone(),
+            serving: s.serving,
+            training: s.training,
+            device_used: process_rss_bytes().unwrap_or(0),
+            device_total: s.serving.total + s.training.total,
+        }
+    }
+}
+
+/// Bytes held in a partition until dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    ledger: Ledger,
+    partition: Partition,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Grows the reservation, or fails with both figures and leaves it as it was.
+    pub fn grow(&mut self, more: u64) -> Result<()> {
+        let extra = self.ledger.reserve(self.partition, more)?;
+        self.bytes += extra.bytes;
+        std::mem::forget(extra);
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut s = self.ledger.lock();
+        let p = match self.partition {
+            Partition::Serving => &mut s.serving,
+            Partition::Training => &mut s.training,
+        };
+        p.used = p.used.saturating_sub(self.bytes);
+    }
+}
+
+/// Resident set size of this process, from /proc (Linux); `None` elsewhere.
+pub fn process_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_fit_or_fail_with_both_figures() {
+        let l = Ledger::new("cpu", 1000, 500);
+        let a = l.reserve(Partition::Serving, 800);
+        assert!(a.is_ok());
+        let err = l.reserve(Partition::Serving, 300).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("300") && err.contains("200"), "{err}");
+        let mut t = l.reserve(Partition::Training, 400).expect("fits");
+        assert!(t.grow(200).is_err(), "training cannot grow past its partition");
+        assert_eq!(l.snapshot().training.used, 400);
+        drop(t);
+        drop(a);
+        let s = l.snapshot();
+        assert_eq!((s.serving.used, s.training.used), (0, 0));
+    }
+}

