@@ -33,6 +33,7 @@ pub mod model;
 pub mod sampler;
 pub mod store;
 pub mod template;
+pub mod tiny;
 pub mod tokenizer;
 
 use std::path::Path;
