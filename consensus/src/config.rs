@@ -307,10 +307,20 @@ impl ClusterConfig {
 
     /// Every model some spoke serves, sorted.
     pub fn served_models(&self) -> Vec<String> {
-        let mut m: Vec<String> = self.spokes.iter().flat_map(|s| s.models.iter().cloned()).collect();
+        let mut m: Vec<String> = self.spokes.iter().flat_map(|s| s.models.iter().map(|e| model_name(e))).collect();
         m.sort();
         m.dedup();
         m
+    }
+}
+
+/// The name a spoke's `models` entry is served under: a store name as it is, or the file
+/// stem of a path to a `.gguf` file (`/models/my-model.gguf` serves `my-model`).
+pub fn model_name(entry: &str) -> String {
+    if entry.ends_with(".gguf") {
+        Path::new(entry).file_stem().and_then(|s| s.to_str()).unwrap_or(entry).to_string()
+    } else {
+        entry.to_string()
     }
 }
 

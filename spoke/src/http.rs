@@ -1,0 +1,67 @@
+//! The spoke's own HTTP port: `/health` and `/metrics` (engine and memory figures).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+
+use crate::server::Spoke;
+
+pub const ENGINE_WAITING: &str = "nave_engine_waiting_sequences";
+pub const ENGINE_RUNNING: &str = "nave_engine_running_sequences";
+pub const ENGINE_KV_FREE: &str = "nave_engine_kv_blocks_free";
+pub const ENGINE_KV_TOTAL: &str = "nave_engine_kv_blocks_total";
+pub const ENGINE_GENERATED: &str = "nave_engine_generated_tokens_total";
+pub const ENGINE_PROMPT: &str = "nave_engine_prompt_tokens_total";
+pub const ENGINE_CACHED: &str = "nave_engine_cached_prompt_tokens_total";
+pub const ENGINE_PREEMPTIONS: &str = "nave_engine_preemptions_total";
+pub const ENGINE_STEPS: &str = "nave_engine_steps_total";
+pub const ENGINE_BATCH_ROWS: &str = "nave_engine_batch_rows_total";
+pub const ENGINE_TOKENS_PER_S: &str = "nave_engine_output_tokens_per_second";
+pub const MEMORY_BYTES: &str = "nave_memory_partition_bytes";
+pub const PROCESS_RSS: &str = "nave_process_resident_bytes";
+
+pub async fn serve(listener: tokio::net::TcpListener, spoke: Arc<Spoke>) {
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(spoke);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "spoke HTTP server stopped");
+    }
+}
+
+async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
+    let hb = spoke.heartbeat().await;
+    let mut out = String::new();
+    for m in &hb.models {
+        let s = &m.stats;
+        let l = format!("{{model=\"{}\"}}", m.model);
+        let rows: [(&str, &str, u64); 10] = [
+            (ENGINE_WAITING, "gauge", s.waiting as u64),
+            (ENGINE_RUNNING, "gauge", s.running as u64),
+            (ENGINE_KV_FREE, "gauge", s.kv_blocks_free as u64),
+            (ENGINE_KV_TOTAL, "gauge", s.kv_blocks_total as u64),
+            (ENGINE_GENERATED, "counter", s.generated_tokens),
+            (ENGINE_PROMPT, "counter", s.prompt_tokens),
+            (ENGINE_CACHED, "counter", s.cached_tokens),
+            (ENGINE_PREEMPTIONS, "counter", s.preemptions),
+            (ENGINE_STEPS, "counter", s.steps),
+            (ENGINE_BATCH_ROWS, "counter", s.batch_rows),
+        ];
+        for (name, kind, v) in rows {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name}{l} {v}");
+        }
+    }
+    let _ = writeln!(out, "# TYPE {ENGINE_TOKENS_PER_S} gauge\n{ENGINE_TOKENS_PER_S} {:.3}", hb.tokens_per_s);
+    let m = &hb.memory;
+    let _ = writeln!(out, "# TYPE {MEMORY_BYTES} gauge");
+    for (part, u) in [("serving", m.serving), ("training", m.training)] {
+        let _ = writeln!(out, "{MEMORY_BYTES}{{partition=\"{part}\",kind=\"total\"}} {}", u.total);
+        let _ = writeln!(out, "{MEMORY_BYTES}{{partition=\"{part}\",kind=\"used\"}} {}", u.used);
+    }
+    let _ = writeln!(out, "# TYPE {PROCESS_RSS} gauge\n{PROCESS_RSS} {}", m.device_used);
+    out
+}

@@ -1,0 +1,226 @@
+//! The spoke process: loads its models into engines, serves inference streams over QUIC
+//! with mutual TLS, sends heartbeats to subscribed hubs, and answers `/health` and
+//! `/metrics` over HTTP.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nave_consensus::frame::{read_frame, write_frame};
+use nave_consensus::tls::{self, ClusterCa, NodeIdentity};
+use nave_consensus::{ClusterConfig, SpokeConfig};
+use nave_inference::store::ModelStore;
+use nave_inference::{Engine, EngineConfig, Error as EngineError, Event, Ledger, LoadOptions, LoadedModel};
+use tokio::sync::Mutex;
+
+use crate::protocol::{Heartbeat, HubToSpoke, ModelLoad, SpokeToHub, MAX_FRAME};
+
+/// Everything a spoke's tasks share.
+pub struct Spoke {
+    pub id: String,
+    pub engines: HashMap<String, Engine>,
+    pub ledger: Ledger,
+    pub draining: AtomicBool,
+    heartbeat_every: Duration,
+    rate: Mutex<RateWindow>,
+}
+
+/// Output tokens per second, measured between heartbeats.
+struct RateWindow {
+    at: Instant,
+    tokens: u64,
+    rate: f64,
+}
+
+impl Spoke {
+    pub async fn heartbeat(&self) -> Heartbeat {
+        let models: Vec<ModelLoad> =
+            self.engines.iter().map(|(m, e)| ModelLoad { model: m.clone(), stats: e.stats() }).collect();
+        let tokens: u64 = models.iter().map(|m| m.stats.generated_tokens).sum();
+        let mut w = self.rate.lock().await;
+        let dt = w.at.elapsed().as_secs_f64();
+        if dt >= 1.0 {
+            w.rate = tokens.saturating_sub(w.tokens) as f64 / dt;
+            w.tokens = tokens;
+            w.at = Instant::now();
+        }
+        Heartbeat {
+            spoke_id: self.id.clone(),
+            models,
+            draining: self.draining.load(Ordering::Relaxed),
+            memory: self.ledger.snapshot(),
+            tokens_per_s: w.rate,
+        }
+    }
+}
+
+/// The node's certificate: made from the local cluster CA on first start (`nave up`
+/// creates the CA), or already present (a joined machine).
+pub fn identity(config: &ClusterConfig, id: &str) -> anyhow::Result<NodeIdentity> {
+    let dir = config.node_dir(id);
+    if dir.join("node.pem").exists() {
+        return Ok(NodeIdentity::load(&dir, id)?);
+    }
+    let ca = ClusterCa::load_or_create(&config.ca_dir())?;
+    Ok(ca.ensure_node(&dir, id)?)
+}
+
+/// Loads every model of the spoke (pulling missing ones) and starts its engines.
+pub fn load_engines(spec: &SpokeConfig, ledger: &Ledger) -> anyhow::Result<HashMap<String, Engine>> {
+    let store = ModelStore::from_env();
+    let mut engines = HashMap::new();
+    for entry in &spec.models {
+        let name = &nave_consensus::config::model_name(entry);
+        let path = if entry.ends_with(".gguf") {
+            std::path::PathBuf::from(entry)
+        } else {
+            store.ensure(name, &mut |p| tracing::info!(?p, "pulling model"))?
+        };
+        let model = LoadedModel::load(name.clone(), &path, LoadOptions::default())
+            .with_context(|| format!("loading model {name} from {}", path.display()))?;
+        let config = EngineConfig {
+            kv_pool_bytes: spec.kv_pool.0 / spec.models.len() as u64,
+            max_running: spec.max_running,
+            max_batch_tokens: spec.max_batch_tokens,
+            ..EngineConfig::default()
+        };
+        engines.insert(name.clone(), Engine::start(model, config, ledger)?);
+        tracing::info!(model = %name, "engine ready");
+    }
+    Ok(engines)
+}
+
+/// Runs spoke `id` of `config` until `shutdown` completes.
+pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let spec = config.spoke(&id)?.clone();
+    let dir = config.node_dir(&id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let identity = identity(&config, &id)?;
+    let ledger = Ledger::new(spec.device.clone(), spec.serving_reserve.0, spec.training_limit.0);
+    let engines = {
+        let (spec, ledger) = (spec.clone(), ledger.clone());
+        tokio::task::spawn_blocking(move || load_engines(&spec, &ledger)).await??
+    };
+    let spoke = Arc::new(Spoke {
+        id: id.clone(),
+        engines,
+        ledger,
+        draining: AtomicBool::new(false),
+        heartbeat_every: Duration::from_millis(config.cluster.heartbeat_interval_ms),
+        rate: Mutex::new(RateWindow { at: Instant::now(), tokens: 0, rate: 0.0 }),
+    });
+
+    let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE])?;
+    let http = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
+    let http_task = tokio::spawn(crate::http::serve(http, spoke.clone()));
+    tracing::info!(spoke = %id, quic = %spec.quic, http = %spec.http, "spoke serving");
+
+    let accept = {
+        let endpoint = endpoint.clone();
+        let spoke = spoke.clone();
+        async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let spoke = spoke.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => serve_connection(conn, spoke).await,
+                        Err(e) => tracing::debug!(error = %e, "handshake refused"),
+                    }
+                });
+            }
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    // Drain: no new streams; give running requests a bounded time to finish.
+    spoke.draining.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && spoke.engines.values().any(|e| { let s = e.stats(); s.running + s.waiting > 0 }) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    http_task.abort();
+    Ok(())
+}
+
+async fn serve_connection(conn: quinn::Connection, spoke: Arc<Spoke>) {
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let spoke = spoke.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_stream(send, recv, spoke).await {
+                        tracing::debug!(error = %e, "stream ended with an error");
+                    }
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, spoke: Arc<Spoke>) -> anyhow::Result<()> {
+    let Some(msg) = read_frame::<HubToSpoke, _>(&mut recv, MAX_FRAME).await? else { return Ok(()) };
+    match msg {
+        HubToSpoke::Generate { model, request } => {
+            let refuse = |message: String, retryable: bool| SpokeToHub::Refused { message, retryable };
+            let request_id = request.request_id.clone();
+            let Some(engine) = spoke.engines.get(&model) else {
+                write_frame(&mut send, &refuse(format!("model {model} is not served by spoke {}", spoke.id), true)).await?;
+                return Ok(send.finish()?);
+            };
+            if spoke.draining.load(Ordering::Relaxed) {
+                write_frame(&mut send, &refuse(format!("spoke {} is draining", spoke.id), true)).await?;
+                return Ok(send.finish()?);
+            }
+            let mut events = match engine.submit(request) {
+                Ok(s) => s,
+                Err(e) => {
+                    let retryable = !e.is_client_error();
+                    write_frame(&mut send, &refuse(e.to_string(), retryable)).await?;
+                    return Ok(send.finish()?);
+                }
+            };
+            tracing::debug!(%request_id, %model, "generating");
+            loop {
+                tokio::select! {
+                    ev = events.recv() => {
+                        let Some(ev) = ev else {
+                            write_frame(&mut send, &SpokeToHub::Event(Event::Error { message: EngineError::EngineStopped.to_string(), client: false })).await?;
+                            break;
+                        };
+                        let last = matches!(ev, Event::Done { .. } | Event::Error { .. });
+                        // A failed write means the hub went away: returning drops `events`,
+                        // which cancels the sequence.
+                        write_frame(&mut send, &SpokeToHub::Event(ev)).await?;
+                        if last {
+                            break;
+                        }
+                    }
+                    _ = send.stopped() => {
+                        tracing::debug!(%request_id, "cancelled by the hub");
+                        return Ok(());
+                    }
+                }
+            }
+            send.finish()?;
+        }
+        HubToSpoke::Subscribe => loop {
+            let hb = spoke.heartbeat().await;
+            write_frame(&mut send, &SpokeToHub::Heartbeat(hb)).await?;
+            tokio::time::sleep(spoke.heartbeat_every).await;
+        },
+        HubToSpoke::Drain(on) => {
+            spoke.draining.store(on, Ordering::Relaxed);
+            write_frame(&mut send, &SpokeToHub::Heartbeat(spoke.heartbeat().await)).await?;
+            send.finish()?;
+        }
+    }
+    Ok(())
+}
