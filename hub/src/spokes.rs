@@ -62,8 +62,10 @@ impl SpokeSet {
             .spokes
             .iter()
             .map(|s| {
+                let mut spec = s.clone();
+                spec.models = spec.models.iter().map(|m| nave_consensus::config::model_name(m)).collect();
                 Arc::new(Mutex::new(SpokeState {
-                    spec: s.clone(),
+                    spec,
                     conn: None,
                     heartbeat: None,
                     last_heard: None,

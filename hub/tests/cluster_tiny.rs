@@ -1,0 +1,109 @@
+//! A cluster of real processes on a tiny random-weight model: the API contract, bad
+//! input, a spoke killed under load, and a clean stop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{tiny_model, Cluster, Layout};
+use serde_json::{json, Value};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+#[test]
+fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let mut c = Cluster::start(Layout { hubs: 1, spokes: 2, models: &[model], extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n" });
+    let hub = c.hubs[0].clone();
+    let http = client();
+    let chat = |body: Value| http.post(format!("{hub}/v1/chat/completions")).bearer_auth(&c.key).json(&body).send().expect("sent");
+
+    // The contract: a whole answer, a stream ending in [DONE], the request id echoed.
+    let r = http
+        .post(format!("{hub}/v1/chat/completions"))
+        .bearer_auth(&c.key)
+        .header("x-request-id", "req-42")
+        .json(&json!({"model": "tiny", "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": "the"}]}))
+        .send()
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap_or(0) >= 1, "{v}");
+    let body = chat(json!({"model": "tiny", "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "the"}]}))
+        .text()
+        .expect("body");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(body.contains("\"usage\""), "{body}");
+    let v: Value = http.get(format!("{hub}/v1/models")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    assert_eq!(v["data"][0]["id"], "tiny");
+
+    // Bad input: the right status and an OpenAI-shaped error, never a 200.
+    let bad = |req: reqwest::blocking::RequestBuilder, status: u16| {
+        let r = req.send().expect("sent");
+        assert_eq!(r.status().as_u16(), status);
+        let v: Value = r.json().expect("error body is JSON");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    };
+    let url = format!("{hub}/v1/chat/completions");
+    bad(http.post(&url).bearer_auth(&c.key).body("{not json"), 400);
+    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": 5, "messages": []})), 400);
+    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": -3})), 400);
+    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})), 400);
+    bad(http.post(&url).bearer_auth("wrong").json(&json!({"model": "tiny", "messages": []})), 401);
+    bad(http.post(&url).json(&json!({"model": "tiny", "messages": []})), 401);
+    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})), 404);
+    bad(http.post(&url).bearer_auth(&c.key).body(vec![b'x'; 3 << 20]), 413);
+    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "the ".repeat(400)}]})), 400);
+
+    // A spoke dies while 16 clients send non-streamed requests: every request succeeds.
+    let started = Instant::now();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..16)
+            .map(|i| {
+                let (hub, key) = (hub.clone(), c.key.clone());
+                s.spawn(move || {
+                    let http = client();
+                    (0..6)
+                        .map(|j| {
+                            let r = http
+                                .post(format!("{hub}/v1/chat/completions"))
+                                .bearer_auth(&key)
+                                .json(&json!({"model": "tiny", "max_tokens": 24, "temperature": 0.5, "seed": i * 100 + j,
+                                              "messages": [{"role": "user", "content": "he the in"}]}))
+                                .send();
+                            r.map(|r| r.status().as_u16()).unwrap_or(0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        c.kill("s1", libc::SIGKILL);
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let failed = results.iter().filter(|&&s| s != 200).count();
+    assert_eq!(failed, 0, "{failed} of {} requests failed after a spoke died: {results:?}", results.len());
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The dead spoke leaves the candidate set within the heartbeat timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let s1 = v["spokes"].as_array().and_then(|a| a.iter().find(|s| s["id"] == "s1").cloned()).unwrap_or_default();
+        if s1["state"] == "down" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "s1 still listed as {s1}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    assert!(c.stop(), "nave up exits cleanly on SIGTERM");
+    for node in ["h1", "s2"] {
+        assert!(!c.data().join(node).join("pid").exists(), "{node} left its pid file");
+    }
+}
