@@ -1,2 +1,6 @@
 //! # nave-bench
-//! (grows with its issue)
+//!
+//! Benchmarks. [`engine`]: the inference engine in-process, side by side with llama.cpp on
+//! the same GGUF file. (The HTTP load generator, `nave bench --url`, grows here next.)
+
+pub mod engine;

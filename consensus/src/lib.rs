@@ -12,7 +12,10 @@
 pub mod config;
 pub mod error;
 pub mod frame;
+pub mod state;
+pub mod store;
 pub mod tls;
+pub mod typ;
 
 pub use config::{ByteSize, ClusterConfig, HubConfig, RoutingPolicy, SpokeConfig};
 pub use error::{Error, Result};

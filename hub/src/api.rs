@@ -129,6 +129,8 @@ struct Sampling {
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
     repetition_penalty: Option<f32>,
+    /// llama.cpp's extension: generate past end-of-turn tokens (benchmarks).
+    ignore_eos: Option<bool>,
     n: Option<u32>,
 }
 
@@ -153,6 +155,7 @@ impl Sampling {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         };
         p.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(p)
@@ -441,6 +444,7 @@ impl OllamaOptions {
             repetition_penalty: self.repeat_penalty.unwrap_or(1.0),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+            ignore_eos: false,
         };
         p.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(p)

@@ -49,6 +49,11 @@ enum Cmd {
         #[command(subcommand)]
         command: AdminCmd,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
     /// Stream an answer to a prompt.
     Chat {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -70,6 +75,29 @@ enum ModelCmd {
     Pull { name: String },
     /// The models the store knows and which are present.
     List,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The engine in-process, side by side with llama.cpp on the same GGUF file.
+    Engine {
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// Engine threads (also llama.cpp's); default: all cores.
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        /// Skip llama.cpp.
+        #[arg(long)]
+        no_peer: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +197,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Admin { command: AdminCmd::Status { url, key, json } } => runtime()?.block_on(status(url, default_key(key)?, json)),
+        Cmd::Bench { command: BenchCmd::Engine { model, threads, concurrency, prompt_tokens, decode_tokens, no_peer, json } } => {
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+            let b = nave_bench::engine::EngineBench { model, threads, concurrency, prompt_tokens, decode_tokens, peer: !no_peer };
+            let report = nave_bench::engine::run(&b)?;
+            nave_bench::engine::print(&report);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        }
         Cmd::Chat { url, model, key, max_tokens, prompt } => runtime()?.block_on(chat(url, model, default_key(key)?, max_tokens, prompt)),
     }
 }

@@ -551,7 +551,7 @@ impl Worker {
     fn emit(&mut self, idx: usize, token: u32) -> Option<FinishReason> {
         let s = &mut self.running[idx];
         let tok = &self.model.tokenizer;
-        if tok.stop_ids().contains(&token) {
+        if !s.sampler.params().ignore_eos && tok.stop_ids().contains(&token) {
             let held = s.detok.finish();
             if !held.is_empty() {
                 let _ = s.tx.send(Event::Delta { text: held, tokens: Vec::new() });
@@ -584,7 +584,11 @@ pub fn collect(mut stream: EventStream) -> Result<(String, Vec<u32>, FinishReaso
             }
             Event::Done { finish, usage } => return Ok((text, ids, finish, usage)),
             Event::Error { message, client } => {
-                return Err(if client { Error::InvalidRequest(message) } else { Error::Engine(message) })
+                return Err(if client {
+                    Error::InvalidRequest(message.trim_start_matches("invalid request: ").to_string())
+                } else {
+                    Error::Engine(message)
+                })
             }
         }
     }

@@ -24,6 +24,8 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Keep generating past end-of-turn tokens until `max_tokens` (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -39,6 +41,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             max_tokens: 256,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

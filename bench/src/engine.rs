@@ -1,0 +1,139 @@
+//! `nave bench engine`: the engine alone, in this process, on a model from the store:
+//! prefill tokens/s, batch-1 decode tokens/s, and aggregate decode tokens/s with 1, 4, 16
+//! and 64 concurrent sequences; then the same figures for llama.cpp on the same GGUF file
+//! with the same thread count (bench/peer_llamacpp.py, PyPI `xllamacpp`), in one table.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use nave_inference::engine::collect;
+use nave_inference::store::ModelStore;
+use nave_inference::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineFigures {
+    pub system: String,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// (concurrent sequences, aggregate output tokens/s)
+    pub aggregate: Vec<(usize, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineReport {
+    pub model: String,
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub figures: Vec<EngineFigures>,
+}
+
+pub struct EngineBench {
+    pub model: String,
+    pub threads: usize,
+    pub concurrency: Vec<usize>,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub peer: bool,
+}
+
+fn prompt_of(tokens: usize) -> Prompt {
+    // A fixed token pattern (ids of ordinary words), so both systems see the same length.
+    Prompt::Tokens((0..tokens).map(|i| 1000 + (i as u32 * 37) % 5000).collect())
+}
+
+fn params(max_tokens: usize) -> SamplingParams {
+    SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) }
+}
+
+pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
+    let path = ModelStore::from_env().ensure(&b.model, &mut |_| {})?;
+    let model = LoadedModel::load(b.model.clone(), &path, LoadOptions::default())?;
+    let ledger = Ledger::new("cpu", 8 << 30, 0);
+    let max = *b.concurrency.iter().max().unwrap_or(&1);
+    let config = EngineConfig { kv_pool_bytes: 1 << 30, max_running: max.max(1), max_batch_tokens: 512, queue_capacity: 1024, ..Default::default() };
+    let engine = Engine::start(model, config, &ledger)?;
+    let req = |tokens: usize, max_tokens: usize, i: usize| GenerateRequest {
+        request_id: format!("bench-{i}"),
+        prompt: Prompt::Tokens(match prompt_of(tokens) {
+            Prompt::Tokens(mut t) => {
+                t[0] = 1000 + (i % 4000) as u32; // distinct prompts: no prefix-cache hits
+                t
+            }
+            _ => unreachable!("prompt_of gives tokens"),
+        }),
+        params: params(max_tokens),
+    };
+    // Warm up (first-use costs: thread pool, page faults).
+    collect(engine.submit(req(32, 4, 999_999))?)?;
+
+    let t = Instant::now();
+    collect(engine.submit(req(b.prompt_tokens, 1, 0))?)?;
+    let prefill = b.prompt_tokens as f64 / t.elapsed().as_secs_f64();
+
+    let mut s = engine.submit(req(16, b.decode_tokens + 1, 1))?;
+    let mut first = None;
+    let mut n = 0usize;
+    while let Some(ev) = s.blocking_recv() {
+        match ev {
+            Event::Delta { tokens, .. } => {
+                n += tokens.len();
+                first.get_or_insert_with(Instant::now);
+            }
+            Event::Done { .. } => break,
+            Event::Error { message, .. } => anyhow::bail!(message),
+        }
+    }
+    let decode = (n.saturating_sub(1)) as f64 / first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(1.0);
+
+    let mut aggregate = Vec::new();
+    for &c in &b.concurrency {
+        let t = Instant::now();
+        let streams: Vec<_> = (0..c).map(|i| engine.submit(req(16, b.decode_tokens, 10 + i))).collect::<Result<_>>()?;
+        let mut total = 0;
+        for s in streams {
+            total += collect(s)?.3.completion_tokens;
+        }
+        aggregate.push((c, total as f64 / t.elapsed().as_secs_f64()));
+    }
+    let mut figures = vec![EngineFigures { system: "nave".into(), prefill_tok_s: prefill, decode_tok_s: decode, aggregate }];
+    if b.peer {
+        figures.push(peer(b, &path)?);
+    }
+    Ok(EngineReport { model: b.model.clone(), threads: b.threads, prompt_tokens: b.prompt_tokens, decode_tokens: b.decode_tokens, figures })
+}
+
+fn peer(b: &EngineBench, path: &std::path::Path) -> anyhow::Result<EngineFigures> {
+    let script = std::env::var("NAVE_PEER_SCRIPT").unwrap_or_else(|_| "bench/peer_llamacpp.py".into());
+    let conc = b.concurrency.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--model", &path.display().to_string(), "--threads", &b.threads.to_string(), "--concurrency", &conc])
+        .args(["--prompt-tokens", &b.prompt_tokens.to_string(), "--decode-tokens", &b.decode_tokens.to_string()])
+        .output()
+        .with_context(|| format!("running {script} (needs PyPI xllamacpp)"))?;
+    if !out.status.success() {
+        anyhow::bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("reading the peer's figures from {line:?}"))
+}
+
+pub fn print(r: &EngineReport) {
+    println!("engine benchmark: {} ({} threads; prefill {} tokens; decode {} tokens per sequence)", r.model, r.threads, r.prompt_tokens, r.decode_tokens);
+    let conc: Vec<usize> = r.figures.first().map(|f| f.aggregate.iter().map(|a| a.0).collect()).unwrap_or_default();
+    print!("{:<10} {:>12} {:>12}", "system", "prefill t/s", "decode t/s");
+    for c in &conc {
+        print!(" {:>10}", format!("agg@{c}"));
+    }
+    println!();
+    for f in &r.figures {
+        print!("{:<10} {:>12.1} {:>12.1}", f.system, f.prefill_tok_s, f.decode_tok_s);
+        for (_, a) in &f.aggregate {
+            print!(" {a:>10.1}");
+        }
+        println!();
+    }
+}

@@ -1,0 +1,353 @@
+//! The replicated state and its `apply`: pure and deterministic. Time comes in the command
+//! (the proposer's clock), never from the applying node's, so every replica computes the
+//! same result. Commands carry a request id; a retried command with an id already applied
+//! returns the first result and changes nothing.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_MS: u64 = 86_400_000;
+/// Remembered results of applied commands (for idempotent retries), and for how long.
+const DEDUP_KEEP: usize = 100_000;
+const DEDUP_MS: u64 = 10 * MINUTE_MS;
+/// Audit entries kept (oldest dropped first).
+pub const AUDIT_KEEP: usize = 10_000;
+/// A reservation never settled (its hub died) is released after this long.
+const RESERVATION_MS: u64 = 30 * MINUTE_MS;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute (reserved at admission).
+    pub tpm: Option<u64>,
+    /// Tokens per UTC day: never exceeded, whichever hubs the requests reach.
+    pub daily_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub name: String,
+    /// SHA-256 of the key, hex. The key itself is never stored.
+    pub digest: String,
+    pub limits: Limits,
+    pub created_ms: u64,
+    pub revoked: bool,
+    /// Tokens settled today (the day of `day`).
+    pub day_used: u64,
+    pub day: u64,
+    /// Tokens reserved by admitted requests not yet settled.
+    pub reserved: u64,
+    pub minute: u64,
+    pub minute_requests: u32,
+    pub minute_tokens: u64,
+    pub total_tokens: u64,
+    pub total_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Reservation {
+    digest: String,
+    tokens: u64,
+    minute: u64,
+    day: u64,
+    at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    pub what: String,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    UnknownKey,
+    Revoked,
+    RequestRate,
+    TokenRate,
+    DailyBudget,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::Revoked => "revoked_key",
+            Refusal::RequestRate => "request_rate",
+            Refusal::TokenRate => "token_rate",
+            Refusal::DailyBudget => "daily_budget",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateKey { name: String, digest: String, limits: Limits },
+    RevokeKey { name: String },
+    /// Rate-limit check plus reservation of `max_tokens` against the key's budgets.
+    Admit { digest: String, max_tokens: u64 },
+    /// Actual usage of an admitted request; releases the rest of its reservation.
+    Settle { admitted: String, used_tokens: u64 },
+    Audit { what: String },
+}
+
+/// A command with what every replica must agree on: who proposed it, when, and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: String,
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Done,
+    Admitted { key_name: String },
+    Refused { reason: Refusal, retry_after_ms: u64 },
+    NotFound(String),
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub keys: BTreeMap<String, ApiKey>,
+    names: BTreeMap<String, String>,
+    reservations: BTreeMap<String, Reservation>,
+    applied: BTreeMap<String, (u64, CommandResult)>,
+    applied_order: VecDeque<String>,
+    pub audit: VecDeque<AuditEntry>,
+}
+
+impl ClusterState {
+    pub fn key_by_digest(&self, digest: &str) -> Option<&ApiKey> {
+        self.keys.get(digest)
+    }
+
+    pub fn key_by_name(&self, name: &str) -> Option<&ApiKey> {
+        self.names.get(name).and_then(|d| self.keys.get(d))
+    }
+
+    pub fn outstanding_reservations(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Applies one proposal; the same proposal id applies once.
+    pub fn apply(&mut self, p: &Proposal) -> CommandResult {
+        if let Some((_, r)) = self.applied.get(&p.id) {
+            return r.clone();
+        }
+        self.expire(p.now_ms);
+        let result = self.apply_command(&p.id, p.now_ms, &p.command);
+        self.applied.insert(p.id.clone(), (p.now_ms, result.clone()));
+        self.applied_order.push_back(p.id.clone());
+        result
+    }
+
+    fn expire(&mut self, now: u64) {
+        while let Some(id) = self.applied_order.front() {
+            let old = self.applied.get(id).map_or(true, |(at, _)| now.saturating_sub(*at) > DEDUP_MS);
+            if !old && self.applied_order.len() <= DEDUP_KEEP {
+                break;
+            }
+            if let Some(id) = self.applied_order.pop_front() {
+                self.applied.remove(&id);
+            }
+        }
+        let stale: Vec<String> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| now.saturating_sub(r.at_ms) > RESERVATION_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.settle(&id, None, now);
+        }
+    }
+
+    fn audit(&mut self, now: u64, what: String) {
+        self.audit.push_back(AuditEntry { at_ms: now, what });
+        while self.audit.len() > AUDIT_KEEP {
+            self.audit.pop_front();
+        }
+    }
+
+    fn apply_command(&mut self, id: &str, now: u64, c: &Command) -> CommandResult {
+        match c {
+            Command::CreateKey { name, digest, limits } => {
+                if self.names.contains_key(name) {
+                    return CommandResult::Invalid(format!("a key named {name:?} exists"));
+                }
+                if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return CommandResult::Invalid("digest must be 64 hex digits".into());
+                }
+                let key = ApiKey { name: name.clone(), digest: digest.clone(), limits: limits.clone(), created_ms: now, ..Default::default() };
+                self.names.insert(name.clone(), digest.clone());
+                self.keys.insert(digest.clone(), key);
+                self.audit(now, format!("key created: {name}"));
+                CommandResult::Done
+            }
+            Command::RevokeKey { name } => match self.names.get(name).and_then(|d| self.keys.get_mut(d)) {
+                Some(k) => {
+                    k.revoked = true;
+                    self.audit(now, format!("key revoked: {name}"));
+                    CommandResult::Done
+                }
+                None => CommandResult::NotFound(format!("no key named {name:?}")),
+            },
+            Command::Admit { digest, max_tokens } => self.admit(id, now, digest, *max_tokens),
+            Command::Settle { admitted, used_tokens } => {
+                self.settle(admitted, Some(*used_tokens), now);
+                CommandResult::Done
+            }
+            Command::Audit { what } => {
+                self.audit(now, what.clone());
+                CommandResult::Done
+            }
+        }
+    }
+
+    fn admit(&mut self, id: &str, now: u64, digest: &str, max_tokens: u64) -> CommandResult {
+        let (minute, day) = (now / MINUTE_MS, now / DAY_MS);
+        let Some(k) = self.keys.get_mut(digest) else {
+            return CommandResult::Refused { reason: Refusal::UnknownKey, retry_after_ms: 0 };
+        };
+        if k.revoked {
+            return CommandResult::Refused { reason: Refusal::Revoked, retry_after_ms: 0 };
+        }
+        if k.minute != minute {
+            k.minute = minute;
+            k.minute_requests = 0;
+            k.minute_tokens = 0;
+        }
+        if k.day != day {
+            k.day = day;
+            k.day_used = 0;
+        }
+        let next_minute = (minute + 1) * MINUTE_MS - now;
+        if k.limits.rpm.is_some_and(|r| k.minute_requests >= r) {
+            return CommandResult::Refused { reason: Refusal::RequestRate, retry_after_ms: next_minute };
+        }
+        if k.limits.tpm.is_some_and(|t| k.minute_tokens + max_tokens > t) {
+            return CommandResult::Refused { reason: Refusal::TokenRate, retry_after_ms: next_minute };
+        }
+        if k.limits.daily_tokens.is_some_and(|d| k.day_used + k.reserved + max_tokens > d) {
+            return CommandResult::Refused { reason: Refusal::DailyBudget, retry_after_ms: (day + 1) * DAY_MS - now };
+        }
+        k.minute_requests += 1;
+        k.minute_tokens += max_tokens;
+        k.reserved += max_tokens;
+        k.total_requests += 1;
+        let name = k.name.clone();
+        self.reservations.insert(id.to_string(), Reservation { digest: digest.to_string(), tokens: max_tokens, minute, day, at_ms: now });
+        CommandResult::Admitted { key_name: name }
+    }
+
+    /// Releases a reservation; `used` tokens count against the budgets (never more than
+    /// were reserved). Unknown ids (settled already, or expired) change nothing.
+    fn settle(&mut self, admitted: &str, used: Option<u64>, _now: u64) {
+        let Some(r) = self.reservations.remove(admitted) else { return };
+        let Some(k) = self.keys.get_mut(&r.digest) else { return };
+        let used = used.unwrap_or(r.tokens).min(r.tokens);
+        k.reserved = k.reserved.saturating_sub(r.tokens);
+        if k.day == r.day {
+            k.day_used += used;
+        }
+        if k.minute == r.minute {
+            k.minute_tokens = k.minute_tokens.saturating_sub(r.tokens - used);
+        }
+        k.total_tokens += used;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    fn run(s: &mut ClusterState, id: &str, now_ms: u64, command: Command) -> CommandResult {
+        s.apply(&Proposal { id: id.into(), now_ms, command })
+    }
+
+    fn with_key(limits: Limits) -> ClusterState {
+        let mut s = ClusterState::default();
+        assert_eq!(run(&mut s, "c", 0, Command::CreateKey { name: "k".into(), digest: digest(1), limits }), CommandResult::Done);
+        s
+    }
+
+    #[test]
+    fn budgets_hold_whatever_the_order_of_admit_and_settle() {
+        // Exhaustive over small interleavings: reservations plus usage never pass the budget.
+        for seed in 0..200u64 {
+            let mut s = with_key(Limits { daily_tokens: Some(100), ..Default::default() });
+            let mut open: Vec<String> = Vec::new();
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for step in 0..60 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 3 != 0 || open.is_empty() {
+                    let id = format!("a{step}");
+                    if let CommandResult::Admitted { .. } = run(&mut s, &id, 1000 + step, Command::Admit { digest: digest(1), max_tokens: 1 + x % 40 }) {
+                        open.push(id);
+                    }
+                } else {
+                    let id = open.remove((x as usize / 3) % open.len());
+                    run(&mut s, &format!("s{step}"), 1000 + step, Command::Settle { admitted: id, used_tokens: x % 50 });
+                }
+                let k = s.key_by_name("k").cloned().unwrap_or_default();
+                assert!(k.day_used + k.reserved <= 100, "seed {seed} step {step}: {k:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rate_limits_follow_the_command_time() {
+        let mut s = with_key(Limits { rpm: Some(2), ..Default::default() });
+        let admit = |s: &mut ClusterState, id: &str, t: u64| run(s, id, t, Command::Admit { digest: digest(1), max_tokens: 1 });
+        assert!(matches!(admit(&mut s, "1", 60_000), CommandResult::Admitted { .. }));
+        assert!(matches!(admit(&mut s, "2", 60_500), CommandResult::Admitted { .. }));
+        match admit(&mut s, "3", 61_000) {
+            CommandResult::Refused { reason: Refusal::RequestRate, retry_after_ms } => assert_eq!(retry_after_ms, 59_000),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(admit(&mut s, "4", 120_000), CommandResult::Admitted { .. }), "a new minute");
+    }
+
+    #[test]
+    fn retried_commands_apply_once() {
+        let mut s = with_key(Limits { daily_tokens: Some(10), ..Default::default() });
+        let a = run(&mut s, "same", 5, Command::Admit { digest: digest(1), max_tokens: 8 });
+        let b = run(&mut s, "same", 6, Command::Admit { digest: digest(1), max_tokens: 8 });
+        assert_eq!(a, b);
+        assert_eq!(s.key_by_name("k").map(|k| k.reserved), Some(8), "reserved once");
+        run(&mut s, "settle", 7, Command::Settle { admitted: "same".into(), used_tokens: 3 });
+        run(&mut s, "settle-again", 8, Command::Settle { admitted: "same".into(), used_tokens: 3 });
+        let k = s.key_by_name("k").cloned().unwrap_or_default();
+        assert_eq!((k.reserved, k.day_used), (0, 3));
+    }
+
+    #[test]
+    fn unknown_and_revoked_keys_are_refused() {
+        let mut s = with_key(Limits::default());
+        assert!(matches!(run(&mut s, "x", 1, Command::Admit { digest: digest(9), max_tokens: 1 }), CommandResult::Refused { reason: Refusal::UnknownKey, .. }));
+        run(&mut s, "r", 2, Command::RevokeKey { name: "k".into() });
+        assert!(matches!(run(&mut s, "y", 3, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { reason: Refusal::Revoked, .. }));
+        assert!(matches!(run(&mut s, "z", 4, Command::CreateKey { name: "k".into(), digest: digest(2), limits: Limits::default() }), CommandResult::Invalid(_)));
+    }
+
+    #[test]
+    fn unsettled_reservations_expire() {
+        let mut s = with_key(Limits { daily_tokens: Some(10), ..Default::default() });
+        run(&mut s, "a", 1_000, Command::Admit { digest: digest(1), max_tokens: 10 });
+        assert!(matches!(run(&mut s, "b", 2_000, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { .. }));
+        run(&mut s, "tick", 1_000 + RESERVATION_MS + 1, Command::Audit { what: "tick".into() });
+        assert_eq!(s.outstanding_reservations(), 0);
+    }
+}

@@ -1,0 +1,352 @@
+//! The storage of Raft on sled, behind openraft's storage traits only (so it can be
+//! swapped): the log and the vote in one tree each, the state machine in memory with its
+//! latest snapshot in sled.
+//!
+//! A log write is reported flushed only after sled's `flush` returned (sled otherwise
+//! writes every 500 ms); entries appended together share one flush, which is what makes
+//! many concurrent writers cheap on a disk where a synced write costs ~3 ms. The state
+//! machine is rebuilt at start from the snapshot, and openraft re-applies the committed
+//! log after it (the committed index is stored too).
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, RwLock};
+
+use bincode::Options;
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ClusterState, CommandResult};
+use crate::typ::*;
+
+/// Largest log entry or snapshot decoded from disk.
+const MAX_RECORD: u64 = 256 << 20;
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(MAX_RECORD)
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    codec().serialize(v).map_err(|e| StorageError::IO { source: StorageIOError::write(AnyError::error(e)) })
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StorageError> {
+    codec().deserialize(b).map_err(|e| StorageError::IO { source: StorageIOError::read(AnyError::error(e)) })
+}
+
+fn io_write(e: impl std::fmt::Display) -> StorageError {
+    StorageError::IO { source: StorageIOError::write_logs(AnyError::error(e)) }
+}
+
+fn io_read(e: impl std::fmt::Display) -> StorageError {
+    StorageError::IO { source: StorageIOError::read_logs(AnyError::error(e)) }
+}
+
+/// The Raft log and vote on sled.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    logs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self { db: db.clone(), logs: db.open_tree("raft_log")?, meta: db.open_tree("raft_meta")? })
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await.map(|_| ()).map_err(io_write)
+    }
+
+    fn meta_get<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(io_read)? {
+            Some(v) => dec(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_put<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StorageError> {
+        self.meta.insert(key, enc(v)?).map_err(io_write)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for item in self.logs.range(start.to_be_bytes()..) {
+            let (k, v) = item.map_err(io_read)?;
+            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(io_read)?);
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(dec(&v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.meta_get("last_purged")?;
+        let last = match self.logs.last().map_err(io_read)? {
+            Some((_, v)) => Some(dec::<Entry>(&v)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.meta_put("vote", vote)?;
+        self.flush().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.meta_get("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.meta_put("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta_get::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&e.log_id.index.to_be_bytes(), enc(&e)?);
+        }
+        self.logs.apply_batch(batch).map_err(io_write)?;
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let keys: Vec<sled::IVec> = self.logs.range(log_id.index.to_be_bytes()..).keys().collect::<Result<_, _>>().map_err(io_read)?;
+        for k in keys {
+            self.logs.remove(k).map_err(io_write)?;
+        }
+        self.flush().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.meta_put("last_purged", &log_id)?;
+        let keys: Vec<sled::IVec> = self.logs.range(..=log_id.index.to_be_bytes()).keys().collect::<Result<_, _>>().map_err(io_read)?;
+        for k in keys {
+            self.logs.remove(k).map_err(io_write)?;
+        }
+        self.flush().await
+    }
+}
+
+/// What a snapshot holds: the state and the Raft bookkeeping it corresponds to.
+#[derive(Serialize, Deserialize, Default, Clone)]
+struct SnapshotBody {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The applied state, shared with readers (the hub) through [`StateHandle`].
+#[derive(Default)]
+pub struct Applied {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub state: ClusterState,
+}
+
+/// Read access to the applied state. The lock is never held across an await (reads copy
+/// out what they need), so a std RwLock is right here.
+#[derive(Clone, Default)]
+pub struct StateHandle(Arc<RwLock<Applied>>);
+
+impl StateHandle {
+    pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut Applied) -> T) -> T {
+        f(&mut self.0.write().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The state machine: in memory, its latest snapshot in sled.
+pub struct StateMachineStore {
+    pub handle: StateHandle,
+    tree: sled::Tree,
+    db: sled::Db,
+    snapshot_count: u64,
+    applied_tx: tokio::sync::watch::Sender<u64>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, rebuilt from the stored snapshot if there is one.
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        let tree = db.open_tree("state_machine").map_err(io_read)?;
+        let handle = StateHandle::default();
+        if let Some(v) = tree.get("snapshot").map_err(io_read)? {
+            let snap: StoredSnapshot = dec(&v)?;
+            let body: SnapshotBody = dec(&snap.data)?;
+            handle.write(|a| {
+                a.last_applied = body.last_applied;
+                a.membership = body.membership;
+                a.state = body.state;
+            });
+        }
+        let (applied_tx, _) = tokio::sync::watch::channel(0);
+        Ok(Self { handle, tree, db: db.clone(), snapshot_count: 0, applied_tx })
+    }
+
+    /// A watch of the last applied log index (for caches and tests).
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    fn current(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        match self.tree.get("snapshot").map_err(io_read)? {
+            Some(v) => dec(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let body = self.handle.read(|a| SnapshotBody { last_applied: a.last_applied, membership: a.membership.clone(), state: a.state.clone() });
+        let data = enc(&body)?;
+        self.snapshot_count += 1;
+        let id = match body.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshot_count),
+            None => format!("--{}", self.snapshot_count),
+        };
+        let meta = SnapshotMeta { last_log_id: body.last_applied, last_membership: body.membership, snapshot_id: id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        self.tree.insert("snapshot", enc(&stored)?).map_err(io_write)?;
+        self.db.flush_async().await.map_err(io_write)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.handle.read(|a| (a.last_applied, a.membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let mut last = 0;
+        self.handle.write(|a| {
+            for e in entries {
+                a.last_applied = Some(e.log_id);
+                last = e.log_id.index;
+                match e.payload {
+                    EntryPayload::Blank => out.push(CommandResult::Done),
+                    EntryPayload::Normal(p) => out.push(a.state.apply(&p)),
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(e.log_id), m);
+                        out.push(CommandResult::Done);
+                    }
+                }
+            }
+        });
+        self.applied_tx.send_replace(last);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Self {
+            handle: self.handle.clone(),
+            tree: self.tree.clone(),
+            db: self.db.clone(),
+            snapshot_count: self.snapshot_count,
+            applied_tx: self.applied_tx.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = dec(&data)?;
+        self.handle.write(|a| {
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+            a.state = body.state;
+        });
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.tree.insert("snapshot", enc(&stored)?).map_err(io_write)?;
+        self.db.flush_async().await.map_err(io_write)?;
+        self.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.current()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+/// Opens both stores on the sled database at `path`.
+pub fn open(path: &std::path::Path) -> Result<(LogStore, StateMachineStore), StorageError> {
+    let db = sled::open(path).map_err(io_read)?;
+    Ok((LogStore::open(&db).map_err(io_read)?, StateMachineStore::open(&db)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+            let dir = tempfile::tempdir().map_err(io_read)?;
+            let (l, s) = open(dir.path())?;
+            Ok((dir, l, s))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_conformance_suite() -> Result<(), StorageError> {
+        Suite::test_all(Builder)
+    }
+}
