@@ -16,6 +16,11 @@ pub enum Error {
     /// The peer could not be reached (retry elsewhere or later).
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// No leader could be reached in time: retry later (HTTP 503).
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    #[error("raft: {0}")]
+    Raft(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

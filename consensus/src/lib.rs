@@ -12,6 +12,8 @@
 pub mod config;
 pub mod error;
 pub mod frame;
+pub mod network;
+pub mod node;
 pub mod state;
 pub mod store;
 pub mod tls;

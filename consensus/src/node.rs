@@ -1,0 +1,238 @@
+//! A hub's consensus node: the Raft instance, its storage, its network, and the one API
+//! the hub uses: [`ConsensusNode::write`] (from any hub: a follower forwards to the
+//! leader) and [`ConsensusNode::read`] (linearizable: ReadIndex through
+//! `ensure_linearizable` on the leader, then the local replica once it has applied that
+//! far; no lease reads).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::frame::{read_frame, write_frame};
+use crate::network::{Network, RaftReply, RaftRpc, Redirect, MAX_RAFT_FRAME};
+use crate::state::{Command, CommandResult, Proposal};
+use crate::store::{Applied, StateHandle};
+use crate::tls::NodeIdentity;
+use crate::typ::*;
+
+/// Heartbeats every 100 ms; an election after 400-800 ms without one. openraft's defaults
+/// (150-300 ms) flap on a loaded 2-core machine; etcd's 1,000 ms would miss the 1 s
+/// failover target. 4 missed heartbeats is the margin.
+pub fn raft_config() -> Config {
+    Config {
+        cluster_name: "nave".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+}
+
+/// A forwarded write or read-index request to a leader that does not answer in this time
+/// is tried again (the leader may have died; a new one is elected within ~1 s).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// How long a write or read waits for a leader before answering "no quorum".
+const QUORUM_WAIT: Duration = Duration::from_secs(5);
+
+/// Figures for `/metrics` and `nave admin status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsensusFigures {
+    pub id: NodeId,
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// Follower and learner id -> log entries behind the leader (on the leader only).
+    pub lag: BTreeMap<NodeId, u64>,
+}
+
+pub struct ConsensusNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: StateHandle,
+    net: Network,
+    nodes: BTreeMap<NodeId, BasicNode>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A fresh proposal id (unique per proposer: node id, time, counter).
+fn proposal_id(node: NodeId) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{node}-{}-{}", now_ms(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+impl ConsensusNode {
+    /// Opens the node's storage under `dir`, starts Raft, and initializes the cluster with
+    /// `voters` when this node has never been part of one.
+    pub async fn start(dir: &Path, id: NodeId, voters: BTreeMap<NodeId, BasicNode>, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)?;
+        let (log, sm) = crate::store::open(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
+        let state = sm.handle.clone();
+        let net = Network::new(endpoint, identity)?;
+        let config = Arc::new(raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
+        let raft = Raft::new(id, config, net.clone(), log, sm).await.map_err(|e| Error::Raft(e.to_string()))?;
+        if !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+            // Every hub of a new cluster does this with the same membership; openraft lets
+            // the first election decide, and refuses it on a node that already has a log.
+            if let Err(e) = raft.initialize(voters.clone()).await {
+                tracing::debug!(error = %e, "initialize");
+            }
+        }
+        Ok(Arc::new(Self { id, raft, state, net, nodes: voters }))
+    }
+
+    /// Proposes `command` with this node's clock and a fresh id.
+    pub async fn write(&self, command: Command) -> Result<CommandResult> {
+        self.propose(Proposal { id: proposal_id(self.id), now_ms: now_ms(), command }).await
+    }
+
+    /// Commits `p` through the leader (forwarding it if this node is not), retrying while
+    /// an election runs, for at most [`QUORUM_WAIT`].
+    pub async fn propose(&self, p: Proposal) -> Result<CommandResult> {
+        let deadline = Instant::now() + QUORUM_WAIT;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            match self.propose_local(p.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(Redirect::NotLeader(Some(leader))) if leader != self.id => {
+                    let node = self.nodes.get(&leader).cloned().or_else(|| self.member(leader));
+                    if let Some(node) = node {
+                        match self.net.call(leader, &node, &RaftRpc::Write(p.clone()), FORWARD_TIMEOUT).await {
+                            Ok(RaftReply::Write(Ok(r))) => return Ok(r),
+                            Ok(RaftReply::Write(Err(e))) => last = format!("{e:?}"),
+                            Ok(other) => last = format!("unexpected reply {other:?}"),
+                            Err(e) => last = e,
+                        }
+                    }
+                }
+                Err(e) => last = format!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::NoQuorum(last))
+    }
+
+    fn member(&self, id: NodeId) -> Option<BasicNode> {
+        self.raft.metrics().borrow().membership_config.nodes().find(|(n, _)| **n == id).map(|(_, b)| b.clone())
+    }
+
+    /// A write on this node only: `NotLeader` if it is not the leader.
+    pub async fn propose_local(&self, p: Proposal) -> std::result::Result<CommandResult, Redirect> {
+        match self.raft.client_write(p).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Redirect::NotLeader(f.leader_id)),
+            Err(e) => Err(Redirect::Failed(e.to_string())),
+        }
+    }
+
+    /// The leader's read index, asked of this node.
+    async fn read_index_local(&self) -> std::result::Result<u64, Redirect> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(Redirect::NotLeader(f.leader_id)),
+            Err(e) => Err(Redirect::Failed(e.to_string())),
+        }
+    }
+
+    /// Runs `f` on the state once it reflects every write acknowledged before this call.
+    pub async fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> Result<T> {
+        let deadline = Instant::now() + QUORUM_WAIT;
+        let mut last = String::from("no leader");
+        let index = loop {
+            if Instant::now() >= deadline {
+                return Err(Error::NoQuorum(last));
+            }
+            match self.read_index_local().await {
+                Ok(i) => break i,
+                Err(Redirect::NotLeader(Some(leader))) if leader != self.id => {
+                    if let Some(node) = self.nodes.get(&leader).cloned().or_else(|| self.member(leader)) {
+                        match self.net.call(leader, &node, &RaftRpc::ReadIndex, FORWARD_TIMEOUT).await {
+                            Ok(RaftReply::ReadIndex(Ok(i))) => break i,
+                            Ok(other) => last = format!("{other:?}"),
+                            Err(e) => last = e,
+                        }
+                    }
+                }
+                Err(e) => last = format!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| Error::NoQuorum(format!("replica did not catch up: {e}")))?;
+        Ok(self.state.read(f))
+    }
+
+    /// Serves Raft RPCs from one peer connection until it closes.
+    pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let rpc = match read_frame::<RaftRpc, _>(&mut recv, MAX_RAFT_FRAME).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad raft frame; dropping the stream");
+                        return;
+                    }
+                };
+                let reply = match rpc {
+                    RaftRpc::Append(r) => RaftReply::Append(node.raft.append_entries(r).await),
+                    RaftRpc::Vote(r) => RaftReply::Vote(node.raft.vote(r).await),
+                    RaftRpc::Snapshot(r) => RaftReply::Snapshot(node.raft.install_snapshot(r).await),
+                    RaftRpc::Write(p) => RaftReply::Write(node.propose_local(p).await),
+                    RaftRpc::ReadIndex => RaftReply::ReadIndex(node.read_index_local().await),
+                };
+                if write_frame(&mut send, &reply).await.is_ok() {
+                    let _ = send.finish();
+                }
+            });
+        }
+    }
+
+    pub fn figures(&self) -> ConsensusFigures {
+        let m = self.raft.metrics().borrow().clone();
+        let lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                let last = m.last_log_index.unwrap_or(0);
+                r.iter().map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index)))).collect()
+            })
+            .unwrap_or_default();
+        ConsensusFigures {
+            id: m.id,
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            lag,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
