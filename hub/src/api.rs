@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::route::{complete, dispatch, Dispatch};
-use crate::Hub;
+use crate::{Admission, Caller, Hub};
 
 pub type AppState = Arc<Hub>;
 
@@ -205,7 +205,7 @@ fn usage_json(u: &Usage) -> Value {
            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
 
-pub async fn chat_completions(State(hub): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn chat_completions(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
     let ctx = context(&hub, &headers);
     let id = ctx.request_id.clone();
     let result = async {
@@ -218,13 +218,13 @@ pub async fn chat_completions(State(hub): State<AppState>, headers: HeaderMap, b
             req.messages.into_iter().map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default())).collect();
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params: req.sampling.params()? };
-        run(&hub, "chat", &model, gen, &ctx, req.stream, include_usage).await
+        run(&hub, &caller, "chat", &model, gen, &ctx, req.stream, include_usage).await
     }
     .await;
     finish(&hub, "/v1/chat/completions", &id, result)
 }
 
-pub async fn completions(State(hub): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn completions(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
     let ctx = context(&hub, &headers);
     let id = ctx.request_id.clone();
     let result = async {
@@ -237,7 +237,7 @@ pub async fn completions(State(hub): State<AppState>, headers: HeaderMap, body: 
         };
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Text(prompt), params: req.sampling.params()? };
-        run(&hub, "text", &model, gen, &ctx, req.stream, include_usage).await
+        run(&hub, &caller, "text", &model, gen, &ctx, req.stream, include_usage).await
     }
     .await;
     finish(&hub, "/v1/completions", &id, result)
@@ -258,8 +258,10 @@ fn finish(hub: &Hub, route: &'static str, id: &str, result: Result<(String, Resp
 }
 
 /// Runs a chat ("chat") or text ("text") generation, streamed as SSE or whole.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     hub: &Arc<Hub>,
+    caller: &Caller,
     kind: &'static str,
     model: &str,
     gen: GenerateRequest,
@@ -268,10 +270,12 @@ async fn run(
     include_usage: bool,
 ) -> Result<(String, Response), ApiError> {
     let _slot = hub.admit()?;
+    let admission = hub.admit_request(caller, &ctx.request_id, gen.params.max_tokens).await?;
     let created = now_secs();
     let cid = format!("{}-{}", if kind == "chat" { "chatcmpl" } else { "cmpl" }, random_id());
     if !streamed {
         let (text, finish, usage) = complete(hub, model, gen, ctx.session.as_deref(), ctx.deadline).await?;
+        admission.record(usage.completion_tokens);
         let body = if kind == "chat" {
             json!({"id": cid, "object": "chat.completion", "created": created, "model": model,
                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish.as_str()}],
@@ -285,7 +289,7 @@ async fn run(
     }
     let d = dispatch(hub, model, gen, ctx.session.as_deref(), ctx.deadline, &[]).await?;
     let chunk = ChunkFormat { kind, id: cid, created, model: model.to_string(), include_usage };
-    let events = sse_stream(hub.clone(), d, chunk, _slot);
+    let events = sse_stream(hub.clone(), d, chunk, (_slot, admission));
     let sse = Sse::new(events).keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(10)));
     Ok((model.to_string(), sse.into_response()))
 }
@@ -319,7 +323,7 @@ impl ChunkFormat {
 
 /// SSE events for a running dispatch. The response body owns the dispatch: a client that
 /// goes away drops it, which stops the QUIC stream and cancels the sequence on the spoke.
-fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: crate::Slot) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: (crate::Slot, Admission)) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     struct St {
         hub: Arc<Hub>,
         d: Dispatch,
@@ -327,16 +331,17 @@ fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: crate::Slot) -> 
         first: bool,
         done: bool,
         last: Instant,
-        _slot: crate::Slot,
+        slot: (crate::Slot, Admission),
     }
-    let start = St { hub, d, f, first: true, done: false, last: Instant::now(), _slot: slot };
+    let start = St { hub, d, f, first: true, done: false, last: Instant::now(), slot };
     stream::unfold(start, |mut st| async move {
         if st.done {
             return None;
         }
         let mut out: Vec<SseEvent> = Vec::new();
         match st.d.next().await {
-            Some(Event::Delta { text, .. }) => {
+            Some(Event::Delta { text, tokens }) => {
+                st.slot.1.record(tokens.len());
                 let now = Instant::now();
                 if st.first {
                     st.hub.metrics.ttft.observe(now.duration_since(st.last).as_secs_f64());
@@ -400,6 +405,9 @@ pub async fn ready(State(hub): State<AppState>) -> Response {
     if hub.shutting_down.load(Ordering::Relaxed) {
         return ApiError::unavailable("shutting down").into_response();
     }
+    if hub.consensus.figures().leader.is_none() {
+        return ApiError::unavailable("no Raft leader is known yet").into_response();
+    }
     if hub.spokes.any_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -408,7 +416,24 @@ pub async fn ready(State(hub): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(hub): State<AppState>) -> String {
-    hub.metrics.render(&hub.spokes.views())
+    use std::fmt::Write;
+    let mut out = hub.metrics.render(&hub.spokes.views());
+    let f = hub.consensus.figures();
+    let rows = [
+        (crate::metrics::RAFT_TERM, f.term),
+        (crate::metrics::RAFT_IS_LEADER, u64::from(f.leader == Some(f.id))),
+        (crate::metrics::RAFT_LAST_LOG, f.last_log_index.unwrap_or(0)),
+        (crate::metrics::RAFT_APPLIED, f.applied_index.unwrap_or(0)),
+        (crate::metrics::RAFT_SNAPSHOT, f.snapshot_index.unwrap_or(0)),
+    ];
+    for (name, v) in rows {
+        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
+    }
+    let _ = writeln!(out, "# TYPE {} gauge", crate::metrics::RAFT_LAG);
+    for (peer, lag) in &f.lag {
+        let _ = writeln!(out, "{}{{peer=\"{peer}\"}} {lag}", crate::metrics::RAFT_LAG);
+    }
+    out
 }
 
 // ---- Ollama ----
@@ -497,7 +522,7 @@ fn rfc3339_now() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub async fn ollama_chat(State(hub): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn ollama_chat(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
     let ctx = context(&hub, &headers);
     let id = ctx.request_id.clone();
     let result = async {
@@ -508,13 +533,13 @@ pub async fn ollama_chat(State(hub): State<AppState>, headers: HeaderMap, body: 
             return Err(ApiError::bad_request("messages must not be empty"));
         }
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params: req.options.unwrap_or_default().params()? };
-        ollama_run(&hub, true, &model, gen, &ctx, req.stream.unwrap_or(true)).await
+        ollama_run(&hub, &caller, true, &model, gen, &ctx, req.stream.unwrap_or(true)).await
     }
     .await;
     finish(&hub, "/api/chat", &id, result)
 }
 
-pub async fn ollama_generate(State(hub): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn ollama_generate(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
     let ctx = context(&hub, &headers);
     let id = ctx.request_id.clone();
     let result = async {
@@ -525,7 +550,7 @@ pub async fn ollama_generate(State(hub): State<AppState>, headers: HeaderMap, bo
             None => Prompt::Text(req.prompt),
         };
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt, params: req.options.unwrap_or_default().params()? };
-        ollama_run(&hub, false, &model, gen, &ctx, req.stream.unwrap_or(true)).await
+        ollama_run(&hub, &caller, false, &model, gen, &ctx, req.stream.unwrap_or(true)).await
     }
     .await;
     finish(&hub, "/api/generate", &id, result)
@@ -547,23 +572,28 @@ fn ollama_line(chat: bool, model: &str, text: &str, done: Option<(FinishReason, 
     v
 }
 
-async fn ollama_run(hub: &Arc<Hub>, chat: bool, model: &str, gen: GenerateRequest, ctx: &Ctx, streamed: bool) -> Result<(String, Response), ApiError> {
+async fn ollama_run(hub: &Arc<Hub>, caller: &Caller, chat: bool, model: &str, gen: GenerateRequest, ctx: &Ctx, streamed: bool) -> Result<(String, Response), ApiError> {
     let slot = hub.admit()?;
+    let admission = hub.admit_request(caller, &ctx.request_id, gen.params.max_tokens).await?;
     let started = Instant::now();
     if !streamed {
         let (text, finish, usage) = complete(hub, model, gen, ctx.session.as_deref(), ctx.deadline).await?;
+        admission.record(usage.completion_tokens);
         return Ok((model.to_string(), Json(ollama_line(chat, model, &text, Some((finish, usage, started.elapsed())))).into_response()));
     }
     let d = dispatch(hub, model, gen, ctx.session.as_deref(), ctx.deadline, &[]).await?;
     let model_name = model.to_string();
-    let lines = stream::unfold((d, false, slot), move |(mut d, done, slot)| {
+    let lines = stream::unfold((d, false, (slot, admission)), move |(mut d, done, slot)| {
         let model = model_name.clone();
         async move {
             if done {
                 return None;
             }
             let (line, end) = match d.next().await {
-                Some(Event::Delta { text, .. }) => (ollama_line(chat, &model, &text, None), false),
+                Some(Event::Delta { text, tokens }) => {
+                    slot.1.record(tokens.len());
+                    (ollama_line(chat, &model, &text, None), false)
+                }
                 Some(Event::Done { finish, usage }) => (ollama_line(chat, &model, "", Some((finish, usage, started.elapsed()))), true),
                 Some(Event::Error { message, .. }) => (json!({"error": message}), true),
                 None => (json!({"error": "the spoke ended the stream early"}), true),

@@ -16,6 +16,7 @@
 //! -> [`route::dispatch`] picks a spoke with the model's policy and opens a QUIC stream
 //! -> the spoke's engine streams events back -> SSE/NDJSON/JSON to the client.
 
+pub mod admin;
 pub mod api;
 pub mod circuit;
 pub mod error;
@@ -42,6 +43,10 @@ use nave_consensus::{ClusterConfig, RoutingPolicy};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use nave_consensus::network::node_addr;
+use nave_consensus::node::ConsensusNode;
+use nave_consensus::state::{Command, CommandResult, Proposal, Refusal};
+
 use crate::error::ApiError;
 use crate::spokes::SpokeSet;
 
@@ -59,6 +64,62 @@ pub struct Hub {
     pub shutting_down: AtomicBool,
     admin_digest: [u8; 32],
     slots: Arc<Semaphore>,
+    pub consensus: Arc<ConsensusNode>,
+}
+
+/// Who sent a request (set by the auth middleware).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin,
+    /// An API key, by its SHA-256 digest (hex); checked by admission.
+    Key(String),
+}
+
+/// An admitted request's reservation; settles with the tokens used when dropped, so a
+/// client that goes away mid-stream is still charged what it got.
+pub struct Admission {
+    hub: Option<(Arc<Hub>, String)>,
+    pub used: std::sync::atomic::AtomicU64,
+}
+
+impl Admission {
+    pub fn record(&self, tokens: usize) {
+        self.used.fetch_add(tokens as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some((hub, admitted)) = self.hub.take() {
+            let used_tokens = self.used.load(Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Err(e) = hub.consensus.write(Command::Settle { admitted: admitted.clone(), used_tokens }).await {
+                    // The reservation expires on its own (state.rs); the budget stays safe.
+                    tracing::warn!(%admitted, error = %e, "settlement failed");
+                }
+            });
+        }
+    }
+}
+
+fn refusal(r: Refusal, retry_after_ms: u64) -> ApiError {
+    match r {
+        Refusal::UnknownKey | Refusal::Revoked => ApiError::unauthorized(),
+        _ => {
+            let what = match r {
+                Refusal::RequestRate => "request rate limit",
+                Refusal::TokenRate => "token rate limit",
+                _ => "daily token budget",
+            };
+            let mut e = ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, format!("this key's {what} is used up; retry in {} s", retry_after_ms.div_ceil(1000)));
+            e.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
+            e
+        }
+    }
+}
+
+pub fn no_quorum(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(format!("the cluster state is not available ({e}); retry shortly"))
 }
 
 impl Hub {
@@ -86,6 +147,47 @@ impl Hub {
     pub fn routing(&self, model: &str) -> RoutingPolicy {
         self.config.policy(model)
     }
+
+    /// Admission: one consensus write that checks the key's limits and reserves
+    /// `max_tokens` against its budgets, whichever hub the request reached.
+    pub async fn admit_request(self: &Arc<Self>, caller: &Caller, request_id: &str, max_tokens: usize) -> Result<Admission, ApiError> {
+        let digest = match caller {
+            Caller::Admin => return Ok(Admission { hub: None, used: Default::default() }),
+            Caller::Key(d) => d.clone(),
+        };
+        let id = format!("admit-{}-{request_id}-{}", self.id, api::random_id());
+        let p = Proposal { id: id.clone(), now_ms: now_ms(), command: Command::Admit { digest, max_tokens: max_tokens as u64 } };
+        match self.consensus.propose(p).await {
+            Ok(CommandResult::Admitted { .. }) => Ok(Admission { hub: Some((self.clone(), id)), used: Default::default() }),
+            Ok(CommandResult::Refused { reason, retry_after_ms }) => {
+                self.metrics.refusal(reason.as_str());
+                Err(refusal(reason, retry_after_ms))
+            }
+            Ok(other) => Err(ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected admission result {other:?}"))),
+            Err(e) => {
+                self.metrics.refusal("no_quorum");
+                Err(no_quorum(e))
+            }
+        }
+    }
+
+    /// Whether `digest` names a live key (a linearizable read).
+    pub async fn key_is_live(&self, digest: &str) -> Result<bool, ApiError> {
+        self.consensus.read(|a| a.state.key_by_digest(digest).is_some_and(|k| !k.revoked)).await.map_err(no_quorum)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `n` random bytes as hex, from the kernel.
+pub fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(hex::encode(bytes))
 }
 
 /// The admin key of the cluster: read from `<data_dir>/admin.key`, created there (mode
@@ -100,11 +202,7 @@ pub fn ensure_admin_key(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     std::fs::create_dir_all(data_dir)?;
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("reading /dev/urandom for the admin key")?;
-    let key = format!("nave-admin-{}", hex::encode(bytes));
+    let key = format!("nave-admin-{}", random_hex(24)?);
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(key.as_bytes())?;
@@ -113,20 +211,46 @@ pub fn ensure_admin_key(data_dir: &Path) -> anyhow::Result<String> {
     Ok(key)
 }
 
-async fn auth(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+/// Identifies the caller. The admin key passes everything; another key passes to the
+/// inference routes, where admission (a consensus write) checks it and its limits, and to
+/// the listing routes after a linearizable check that it exists.
+async fn auth(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -> Response {
     let key = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    match key {
-        Some(k) if hub.is_admin_key(k) => next.run(req).await,
-        _ => {
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let caller = match key {
+        Some(k) if hub.is_admin_key(k) => Caller::Admin,
+        Some(k) => Caller::Key(hex::encode(Sha256::digest(k.as_bytes()))),
+        None => {
             hub.metrics.refusal("bad_key");
-            ApiError::unauthorized().into_response()
+            return ApiError::unauthorized().into_response();
+        }
+    };
+    let path = req.uri().path();
+    if let Caller::Key(digest) = &caller {
+        if path.starts_with("/admin/") {
+            return ApiError::new(axum::http::StatusCode::FORBIDDEN, "the admin API needs the admin key").into_response();
+        }
+        // The local replica answers for keys it knows; a key it does not know yet (created
+        // a moment ago through another hub) gets a linearizable read before a 401.
+        let known = hub.consensus.state.read(|a| a.state.key_by_digest(digest).is_some_and(|k| !k.revoked));
+        if !known || req.method() == axum::http::Method::GET {
+            match hub.key_is_live(digest).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    hub.metrics.refusal("bad_key");
+                    return ApiError::unauthorized().into_response();
+                }
+                Err(e) => return e.into_response(),
+            }
         }
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 /// Errors produced below the handlers (body limit) get the OpenAI shape too.
@@ -141,12 +265,35 @@ async fn shape_errors(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Hub ids in config order are Raft node ids 1, 2, 3...
+pub fn raft_id(config: &ClusterConfig, hub: &str) -> Option<u64> {
+    config.hubs.iter().position(|h| h.id == hub).map(|i| i as u64 + 1)
+}
+
+fn hub_name(config: &ClusterConfig, raft_id: u64) -> Option<String> {
+    config.hubs.get(raft_id.checked_sub(1)? as usize).map(|h| h.id.clone())
+}
+
 async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Value> {
+    let f = hub.consensus.figures();
+    let leader = f.leader.and_then(|l| hub_name(&hub.config, l));
     let hubs: Vec<_> = hub
         .config
         .hubs
         .iter()
-        .map(|h| serde_json::json!({"id": h.id, "http": h.http.to_string(), "quic": h.quic.to_string(), "role": if h.id == hub.id { "self" } else { "peer" }}))
+        .map(|h| {
+            let rid = raft_id(&hub.config, &h.id).unwrap_or(0);
+            let role = if Some(&h.id) == leader.as_ref() { "leader" } else { "follower" };
+            let lag = f.lag.get(&rid).copied();
+            let mut v = serde_json::json!({"id": h.id, "http": h.http.to_string(), "quic": h.quic.to_string(), "role": role, "lag": lag});
+            if h.id == hub.id {
+                v["term"] = f.term.into();
+                v["applied_index"] = f.applied_index.into();
+                v["last_log_index"] = f.last_log_index.into();
+                v["raft_state"] = f.state.clone().into();
+            }
+            v
+        })
         .collect();
     let spokes = hub.spokes.views();
     let models: Vec<_> = hub
@@ -159,7 +306,10 @@ async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Val
         .collect();
     axum::Json(serde_json::json!({
         "hub": hub.id,
-        "leader": serde_json::Value::Null,
+        "leader": leader,
+        "term": f.term,
+        "applied_index": f.applied_index,
+        "snapshot_index": f.snapshot_index,
         "hubs": hubs,
         "spokes": spokes,
         "models": models,
@@ -177,6 +327,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/generate", post(api::ollama_generate))
         .route("/api/tags", get(api::ollama_tags))
         .route("/admin/v1/status", get(admin_status))
+        .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/v1/keys/{name}", axum::routing::delete(admin::revoke_key))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth));
     Router::new()
         .merge(protected)
@@ -189,6 +341,27 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
+/// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`).
+async fn accept_peers(endpoint: quinn::Endpoint, consensus: Arc<ConsensusNode>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let consensus = consensus.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return tracing::debug!(error = %e, "peer handshake refused"),
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.protocol);
+            match alpn.as_deref() {
+                Some(tls::ALPN_RAFT) => consensus.serve_connection(conn).await,
+                _ => conn.close(1u32.into(), b"unsupported protocol"),
+            }
+        });
+    }
+}
+
 /// Runs hub `id` of `config` until `shutdown` completes, then drains: readiness goes 503,
 /// in-flight requests finish, connections close.
 pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -199,6 +372,15 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let identity = ca.ensure_node(&dir, &id)?;
     let admin = ensure_admin_key(&config.cluster.data_dir)?;
     let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_SPOKE])?;
+    let voters = config
+        .hubs
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i as u64 + 1, node_addr(&h.id, h.quic)))
+        .collect();
+    let rid = raft_id(&config, &id).context("hub id not in config")?;
+    let consensus = ConsensusNode::start(&dir, rid, voters, endpoint.clone(), &identity).await?;
+    tokio::spawn(accept_peers(endpoint.clone(), consensus.clone()));
     let spokes = SpokeSet::new(&config, &identity, endpoint.clone())?;
     spokes.spawn_watchers();
     let models = config.served_models();
@@ -213,6 +395,7 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
         admin_digest: Sha256::digest(admin.as_bytes()).into(),
         slots: Arc::new(Semaphore::new(c.max_concurrent_requests * 2)),
         config: config.clone(),
+        consensus: consensus.clone(),
     });
     let listener = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");
@@ -223,6 +406,7 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
         tracing::info!("draining");
     };
     axum::serve(listener, router(hub)).with_graceful_shutdown(graceful).await?;
+    consensus.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())

@@ -100,8 +100,52 @@ enum BenchCmd {
     },
 }
 
+#[derive(clap::Args)]
+struct AdminConn {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "NAVE_ADMIN_KEY")]
+    key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create an API key; it is printed once, on the last line.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Tokens per UTC day.
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// List keys, their limits and usage (never the keys themselves).
+    List {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Revoke a key: every hub refuses it from the next request on.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCmd,
+    },
     /// Hubs, spokes, models, load, circuits and memory partitions.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -197,6 +241,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Admin { command: AdminCmd::Status { url, key, json } } => runtime()?.block_on(status(url, default_key(key)?, json)),
+        Cmd::Admin { command: AdminCmd::Key { command } } => runtime()?.block_on(keys(command)),
         Cmd::Bench { command: BenchCmd::Engine { model, threads, concurrency, prompt_tokens, decode_tokens, no_peer, json } } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
@@ -229,10 +274,11 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("HUBS (answered by {})", v["hub"].as_str().unwrap_or("?"));
-    println!("  {:<6} {:<8} {:<22} {}", "ID", "ROLE", "HTTP", "QUIC");
+    println!("HUBS (leader {}, term {}, answered by {} at applied index {})", v["leader"].as_str().unwrap_or("none"), v["term"], v["hub"].as_str().unwrap_or("?"), v["applied_index"]);
+    println!("  {:<6} {:<9} {:>6} {:<22} {}", "ID", "ROLE", "LAG", "HTTP", "QUIC");
     for h in v["hubs"].as_array().into_iter().flatten() {
-        println!("  {:<6} {:<8} {:<22} {}", h["id"].as_str().unwrap_or(""), h["role"].as_str().unwrap_or(""), h["http"].as_str().unwrap_or(""), h["quic"].as_str().unwrap_or(""));
+        let lag = h["lag"].as_u64().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        println!("  {:<6} {:<9} {:>6} {:<22} {}", h["id"].as_str().unwrap_or(""), h["role"].as_str().unwrap_or(""), lag, h["http"].as_str().unwrap_or(""), h["quic"].as_str().unwrap_or(""));
     }
     println!("SPOKES");
     println!("  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8} {:>11} {:>19} {:>19}  {}", "ID", "STATE", "CIRCUIT", "QUEUE", "RUNNING", "TOK/S", "KV FREE", "SERVING (MiB)", "TRAINING (MiB)", "MODELS");
@@ -259,6 +305,45 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
     for m in v["models"].as_array().into_iter().flatten() {
         let on: Vec<&str> = m["spokes"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
         println!("  {:<14} routing {:<17} on {}", m["model"].as_str().unwrap_or(""), m["routing"].as_str().unwrap_or(""), on.join(", "));
+    }
+    Ok(())
+}
+
+async fn admin_call(conn: AdminConn, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let key = default_key(conn.key)?;
+    let mut req = reqwest::Client::new().request(method, format!("{}{path}", conn.url)).bearer_auth(key).timeout(Duration::from_secs(15));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.with_context(|| format!("cannot reach {}", conn.url))?;
+    let code = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !code.is_success() {
+        anyhow::bail!("{code}: {}", v["error"]["message"].as_str().unwrap_or("no detail"));
+    }
+    Ok(v)
+}
+
+async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create { name, rpm, tpm, daily_tokens, conn } => {
+            let v = admin_call(conn, reqwest::Method::POST, "/admin/v1/keys", Some(serde_json::json!({"name": name, "rpm": rpm, "tpm": tpm, "daily_tokens": daily_tokens}))).await?;
+            println!("created key {name} (limits: {}); it is shown only now:", v["limits"]);
+            println!("{}", v["key"].as_str().unwrap_or(""));
+        }
+        KeyCmd::List { conn } => {
+            let v = admin_call(conn, reqwest::Method::GET, "/admin/v1/keys", None).await?;
+            println!("{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}", "NAME", "REVOKED", "RPM", "TPM", "DAILY", "USED TODAY", "TOTAL");
+            let lim = |x: &serde_json::Value| x.as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            for k in v["keys"].as_array().into_iter().flatten() {
+                println!("{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}", k["name"].as_str().unwrap_or(""), k["revoked"], lim(&k["limits"]["rpm"]), lim(&k["limits"]["tpm"]),
+                    lim(&k["limits"]["daily_tokens"]), k["tokens_today"], k["total_tokens"]);
+            }
+        }
+        KeyCmd::Revoke { name, conn } => {
+            admin_call(conn, reqwest::Method::DELETE, &format!("/admin/v1/keys/{name}"), None).await?;
+            println!("revoked {name}");
+        }
     }
     Ok(())
 }

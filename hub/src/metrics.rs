@@ -14,6 +14,12 @@ pub const REFUSALS: &str = "nave_hub_admission_refusals_total";
 pub const CIRCUIT: &str = "nave_hub_spoke_circuit_open";
 pub const SPOKE_UP: &str = "nave_hub_spoke_up";
 pub const IN_FLIGHT: &str = "nave_hub_requests_in_flight";
+pub const RAFT_TERM: &str = "nave_raft_term";
+pub const RAFT_IS_LEADER: &str = "nave_raft_is_leader";
+pub const RAFT_LAST_LOG: &str = "nave_raft_last_log_index";
+pub const RAFT_APPLIED: &str = "nave_raft_applied_index";
+pub const RAFT_SNAPSHOT: &str = "nave_raft_snapshot_index";
+pub const RAFT_LAG: &str = "nave_raft_replication_lag_entries";
 
 const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 

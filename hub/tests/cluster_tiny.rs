@@ -107,3 +107,94 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
         assert!(!c.data().join(node).join("pid").exists(), "{node} left its pid file");
     }
 }
+
+#[test]
+fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let mut c = Cluster::start(Layout { hubs: 3, spokes: 1, models: &[model], extra: "" });
+    let http = client();
+    let (h1, h2, h3) = (c.hubs[0].clone(), c.hubs[1].clone(), c.hubs[2].clone());
+
+    // A key created on one hub works on another at once (admission is a Raft write).
+    let budget = 200u64;
+    let r = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "team", "daily_tokens": budget})).send().expect("sent");
+    assert_eq!(r.status(), 201);
+    let key = r.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
+    let ask = |hub: &str, key: &str| {
+        http.post(format!("{hub}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "tiny", "max_tokens": 10, "temperature": 0.7, "ignore_eos": true, "messages": [{"role": "user", "content": "the"}]}))
+            .send()
+            .expect("sent")
+    };
+    assert_eq!(ask(&h2, &key).status(), 200);
+    assert_eq!(http.get(format!("{h3}/v1/models")).bearer_auth(&key).send().expect("sent").status(), 200);
+    assert_eq!(http.get(format!("{h3}/admin/v1/status")).bearer_auth(&key).send().expect("sent").status(), 403, "not an admin key");
+
+    // 32 clients over three hubs spend the budget: never more than it, refusals are 429s.
+    let (served, refused): (Vec<u64>, Vec<bool>) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..32)
+            .map(|i| {
+                let (hub, key) = (c.hubs[i % 3].clone(), key.clone());
+                s.spawn(move || {
+                    let http = client();
+                    let mut served = 0;
+                    let mut refused = false;
+                    for _ in 0..10 {
+                        let r = http
+                            .post(format!("{hub}/v1/chat/completions"))
+                            .bearer_auth(&key)
+                            .json(&json!({"model": "tiny", "max_tokens": 10, "ignore_eos": true, "messages": [{"role": "user", "content": "he"}]}))
+                            .send()
+                            .expect("sent");
+                        match r.status().as_u16() {
+                            200 => served += r.json::<Value>().expect("json")["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+                            429 => {
+                                assert!(r.headers().contains_key("retry-after"));
+                                refused = true;
+                                break;
+                            }
+                            other => panic!("unexpected status {other}"),
+                        }
+                    }
+                    (served, refused)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).unzip()
+    });
+    let total: u64 = served.iter().sum::<u64>() + 10;
+    assert!(total <= budget, "served {total} tokens on a budget of {budget}");
+    assert!(refused.iter().any(|&r| r), "the budget ran out");
+
+    // Settlements land: the key's usage matches what was served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = http.get(format!("{h3}/admin/v1/keys")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let k = v["keys"].as_array().and_then(|a| a.iter().find(|k| k["name"] == "team").cloned()).unwrap_or_default();
+        if k["reserved"] == 0 {
+            assert_eq!(k["tokens_today"].as_u64(), Some(total), "{k}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "reservations still open: {k}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Revoked on one hub, refused by every hub.
+    let other = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "temp"})).send().expect("sent");
+    let other = other.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
+    assert_eq!(ask(&h1, &other).status(), 200);
+    assert_eq!(http.delete(format!("{h3}/admin/v1/keys/temp")).bearer_auth(&c.key).send().expect("sent").status(), 200);
+    for hub in [&h1, &h2, &h3] {
+        assert_eq!(ask(hub, &other).status(), 401);
+    }
+
+    // The whole cluster restarts: keys and budgets used are still there.
+    c.restart();
+    assert_eq!(ask(&h2, &key).status(), 429, "the spent budget survived the restart");
+    assert_eq!(ask(&h1, &other).status(), 401, "the revocation survived the restart");
+    let v: Value = http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    assert!(v["leader"].is_string(), "{v}");
+}

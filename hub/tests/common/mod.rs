@@ -18,6 +18,7 @@ pub fn free_port() -> u16 {
 }
 
 pub struct Cluster {
+    pub config: PathBuf,
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub key: String,
@@ -52,10 +53,25 @@ impl Cluster {
         }
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, cfg).expect("write config");
+        let child = launch(&config);
+        let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
+        Cluster { config, dir, child: Some(child), key, hubs, spokes }
+    }
+
+    /// Stops the cluster and starts it again on the same config and data.
+    pub fn restart(&mut self) {
+        assert!(self.stop(), "clean stop");
+        self.child = Some(launch(&self.config));
+    }
+}
+
+/// Runs `nave up` and waits until it says the cluster is up.
+fn launch(config: &Path) -> Child {
+    {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nave"))
             .arg("up")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -81,9 +97,11 @@ impl Cluster {
                 }
             }
         }
-        let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
-        Cluster { dir, child: Some(child), key, hubs, spokes }
+        child
     }
+}
+
+impl Cluster {
 
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
