@@ -137,3 +137,83 @@ async fn three_hubs_elect_replicate_fail_over_and_restart() {
     assert!(t.elapsed() < Duration::from_secs(15));
     stop(survivors[1]).await;
 }
+
+/// Committed writes per second and commit latency with 1, 16 and 64 concurrent writers on
+/// three hubs with sled and fsync. A benchmark, not a test: `cargo test --release -p
+/// nave-consensus --test cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn write_throughput() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let voters: BTreeMap<u64, openraft::BasicNode> = (1..=3).map(|i| (i, node_addr(&format!("h{i}"), free_udp()))).collect();
+    let mut hubs = Vec::new();
+    for i in 1..=3 {
+        hubs.push(start(dir.path(), &ca, i, &voters).await);
+    }
+    leader_among(&hubs.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let mut n = 0u64;
+    for writers in [1usize, 16, 64] {
+        let started = Instant::now();
+        let per_writer = 3000 / writers.max(1);
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let node = hubs[w % 3].node.clone();
+            let base = n + (w * per_writer) as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_writer);
+                for i in 0..per_writer as u64 {
+                    let t = Instant::now();
+                    node.write(Command::Audit { what: format!("w{}", base + i) }).await.expect("write");
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.expect("task"));
+        }
+        n += (writers * per_writer) as u64;
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+        println!("writers {writers:>3}: {:>7.0} writes/s, p50 {:.2} ms, p99 {:.2} ms ({} writes, spread over 3 hubs)", lat.len() as f64 / secs, p(0.5), p(0.99), lat.len());
+    }
+    for h in &hubs {
+        stop(h).await;
+    }
+}
+
+/// Leader failover time: kill the leader, time until a surviving hub acknowledges a
+/// write; repeated. `cargo test --release -p nave-consensus --test cluster -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn failover_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let voters: BTreeMap<u64, openraft::BasicNode> = (1..=3).map(|i| (i, node_addr(&format!("h{i}"), free_udp()))).collect();
+    let mut hubs: BTreeMap<u64, Hub> = BTreeMap::new();
+    for i in 1..=3 {
+        hubs.insert(i, start(dir.path(), &ca, i, &voters).await);
+    }
+    let mut times = Vec::new();
+    for round in 0..10 {
+        let leader = leader_among(&hubs.values().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+        let survivor = hubs.values().find(|h| h.node.id != leader).expect("survivor").node.clone();
+        survivor.write(key(&format!("before-{round}"), 0)).await.expect("write");
+        let old = hubs.remove(&leader).expect("leader");
+        // Close the endpoint first: from that instant the leader is gone for its peers.
+        old.endpoint.close(0u32.into(), b"killed");
+        let killed = Instant::now();
+        survivor.write(key(&format!("after-{round}"), 0)).await.expect("write after failover");
+        times.push(killed.elapsed());
+        old.node.shutdown().await;
+        old.endpoint.wait_idle().await;
+        drop(old);
+        hubs.insert(leader, start(dir.path(), &ca, leader, &voters).await);
+    }
+    times.sort();
+    println!("failover (kill -> first acknowledged write): {:?}", times);
+    println!("p50 {:?}, max {:?}", times[times.len() / 2], times[times.len() - 1]);
+}

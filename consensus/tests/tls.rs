@@ -1,0 +1,91 @@
+//! Mutual TLS between nodes: what is accepted and what is refused before any frame.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nave_consensus::tls::{self, ClusterCa, NodeIdentity, ALPN_RAFT, ALPN_SPOKE};
+
+fn identity(ca: &ClusterCa, name: &str, start_offset: i64, validity: Duration) -> NodeIdentity {
+    let (cert, key) = ca.issue_with(name, start_offset, validity).expect("issue");
+    NodeIdentity::from_pem(name, ca.cert_pem(), &cert, &key).expect("identity")
+}
+
+/// A server for node "h1" that answers one byte on each stream it accepts.
+fn server(ca: &ClusterCa) -> (quinn::Endpoint, std::net::SocketAddr) {
+    let id = identity(ca, "h1", -60, Duration::from_secs(3600));
+    let ep = tls::endpoint(&id, "127.0.0.1:0".parse().expect("addr"), &[ALPN_RAFT]).expect("endpoint");
+    let addr = ep.local_addr().expect("addr");
+    let e = ep.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = e.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = inc.await {
+                    while let Ok((mut send, _recv)) = conn.accept_bi().await {
+                        let _ = send.write_all(b"k").await;
+                        let _ = send.finish();
+                    }
+                }
+            });
+        }
+    });
+    (ep, addr)
+}
+
+/// Whether a client with `config` can open a stream to the server and read its byte.
+async fn talks(config: quinn::ClientConfig, addr: std::net::SocketAddr, name: &str) -> bool {
+    let ep = tls::client_endpoint().expect("client endpoint");
+    let attempt = async {
+        let conn = ep.connect_with(config, addr, name).ok()?.await.ok()?;
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        send.write_all(b"x").await.ok()?;
+        let mut b = [0u8; 1];
+        recv.read_exact(&mut b).await.ok()?;
+        Some(b == *b"k")
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[tokio::test]
+async fn only_cluster_certificates_for_the_right_node_and_protocol_get_through() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let (_server, addr) = server(&ca);
+    let good = identity(&ca, "h2", -60, Duration::from_secs(3600));
+
+    assert!(talks(good.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "a cluster node is accepted");
+
+    // The server presents h1's certificate: dialling it as another node is refused.
+    assert!(!talks(good.client_config(ALPN_RAFT).expect("cfg"), addr, "h3").await, "wrong node name");
+
+    // Wrong ALPN.
+    assert!(!talks(good.client_config(ALPN_SPOKE).expect("cfg"), addr, "h1").await, "wrong ALPN");
+
+    // A client certificate from another CA (trusting our CA so only the server can refuse).
+    let other = ClusterCa::generate("someone else", Duration::from_secs(3600)).expect("ca");
+    let (cert, key) = other.issue_with("h2", -60, Duration::from_secs(3600)).expect("issue");
+    let foreign = NodeIdentity::from_pem("h2", ca.cert_pem(), &cert, &key).expect("identity");
+    assert!(!talks(foreign.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "another CA's certificate");
+
+    // An expired client certificate.
+    let expired = identity(&ca, "h2", -7200, Duration::from_secs(3600));
+    assert!(!talks(expired.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "expired certificate");
+
+    // No client certificate at all.
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().expect("ca").expect("der");
+    roots.add(ca_der).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut anon = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anon.alpn_protocols = vec![ALPN_RAFT.to_vec()];
+    let anon = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(anon).expect("quic")));
+    assert!(!talks(anon, addr, "h1").await, "no client certificate");
+
+    // Keys are private to their owner.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("ca/ca.key")).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
