@@ -14,6 +14,9 @@ const DEDUP_KEEP: usize = 100_000;
 const DEDUP_MS: u64 = 10 * MINUTE_MS;
 /// Audit entries kept (oldest dropped first).
 pub const AUDIT_KEEP: usize = 10_000;
+/// Stored responses kept, and for how long.
+pub const RESPONSES_KEEP: usize = 100_000;
+pub const RESPONSE_TTL_MS: u64 = 7 * DAY_MS;
 /// A reservation never settled (its hub died) is released after this long.
 const RESERVATION_MS: u64 = 30 * MINUTE_MS;
 
@@ -56,6 +59,31 @@ struct Reservation {
     at_ms: u64,
 }
 
+/// One message of a stored conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub role: String,
+    pub content: String,
+}
+
+/// A response stored for `previous_response_id` chains (`/v1/responses`, `store: true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub id: String,
+    /// Digest of the key that created it (or "admin"): only it may read or continue it.
+    pub owner: String,
+    pub model: String,
+    pub previous: Option<String>,
+    pub created_ms: u64,
+    /// What this request added to the conversation (instructions are not carried over).
+    pub input: Vec<Turn>,
+    pub output: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// The spoke that answered (session affinity for follow-ups).
+    pub spoke: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at_ms: u64,
@@ -93,6 +121,7 @@ pub enum Command {
     /// Actual usage of an admitted request; releases the rest of its reservation.
     Settle { admitted: String, used_tokens: u64 },
     Audit { what: String },
+    StoreResponse(Box<StoredResponse>),
 }
 
 /// A command with what every replica must agree on: who proposed it, when, and its id.
@@ -120,6 +149,8 @@ pub struct ClusterState {
     applied: BTreeMap<String, (u64, CommandResult)>,
     applied_order: VecDeque<String>,
     pub audit: VecDeque<AuditEntry>,
+    responses: BTreeMap<String, StoredResponse>,
+    response_order: VecDeque<(u64, String)>,
 }
 
 impl ClusterState {
@@ -129,6 +160,27 @@ impl ClusterState {
 
     pub fn key_by_name(&self, name: &str) -> Option<&ApiKey> {
         self.names.get(name).and_then(|d| self.keys.get(d))
+    }
+
+    /// A stored response, if `owner` may see it.
+    pub fn response(&self, id: &str, owner: &str) -> Option<&StoredResponse> {
+        self.responses.get(id).filter(|r| r.owner == owner)
+    }
+
+    /// The conversation that ends with response `id`, oldest first (bounded by the store).
+    pub fn conversation(&self, id: &str, owner: &str) -> Option<Vec<&StoredResponse>> {
+        let mut chain = Vec::new();
+        let mut next = Some(id.to_string());
+        while let Some(cur) = next {
+            let r = self.response(&cur, owner)?;
+            next = r.previous.clone();
+            chain.push(r);
+            if chain.len() > RESPONSES_KEEP {
+                return None;
+            }
+        }
+        chain.reverse();
+        Some(chain)
     }
 
     pub fn outstanding_reservations(&self) -> usize {
@@ -155,6 +207,14 @@ impl ClusterState {
             }
             if let Some(id) = self.applied_order.pop_front() {
                 self.applied.remove(&id);
+            }
+        }
+        while let Some((at, _)) = self.response_order.front() {
+            if now.saturating_sub(*at) <= RESPONSE_TTL_MS && self.response_order.len() <= RESPONSES_KEEP {
+                break;
+            }
+            if let Some((_, id)) = self.response_order.pop_front() {
+                self.responses.remove(&id);
             }
         }
         let stale: Vec<String> = self
@@ -205,6 +265,16 @@ impl ClusterState {
             }
             Command::Audit { what } => {
                 self.audit(now, what.clone());
+                CommandResult::Done
+            }
+            Command::StoreResponse(r) => {
+                if self.responses.contains_key(&r.id) {
+                    return CommandResult::Invalid(format!("response {} exists", r.id));
+                }
+                let mut r = (**r).clone();
+                r.created_ms = now;
+                self.response_order.push_back((now, r.id.clone()));
+                self.responses.insert(r.id.clone(), r);
                 CommandResult::Done
             }
         }
@@ -340,6 +410,23 @@ mod tests {
         run(&mut s, "r", 2, Command::RevokeKey { name: "k".into() });
         assert!(matches!(run(&mut s, "y", 3, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { reason: Refusal::Revoked, .. }));
         assert!(matches!(run(&mut s, "z", 4, Command::CreateKey { name: "k".into(), digest: digest(2), limits: Limits::default() }), CommandResult::Invalid(_)));
+    }
+
+    #[test]
+    fn stored_responses_chain_and_stay_private() {
+        let mut s = ClusterState::default();
+        let resp = |id: &str, prev: Option<&str>, owner: &str| StoredResponse {
+            id: id.into(), owner: owner.into(), model: "m".into(), previous: prev.map(String::from), created_ms: 0,
+            input: vec![Turn { role: "user".into(), content: id.into() }], output: format!("re {id}"), input_tokens: 1, output_tokens: 1, spoke: "s1".into(),
+        };
+        run(&mut s, "1", 10, Command::StoreResponse(Box::new(resp("a", None, "alice"))));
+        run(&mut s, "2", 20, Command::StoreResponse(Box::new(resp("b", Some("a"), "alice"))));
+        let chain: Vec<_> = s.conversation("b", "alice").unwrap_or_default().iter().map(|r| r.id.clone()).collect();
+        assert_eq!(chain, vec!["a", "b"]);
+        assert!(s.response("b", "mallory").is_none(), "another key cannot read it");
+        assert!(s.conversation("b", "mallory").is_none());
+        run(&mut s, "3", 20 + RESPONSE_TTL_MS + 11, Command::Audit { what: "later".into() });
+        assert!(s.response("a", "alice").is_none() && s.response("b", "alice").is_none(), "expired");
     }
 
     #[test]

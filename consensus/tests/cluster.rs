@@ -36,7 +36,17 @@ async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap
             Err(e) => panic!("endpoint: {e}"),
         }
     };
-    let node = ConsensusNode::start(&dir.join(&name), id, voters.clone(), endpoint.clone(), &identity).await.expect("node starts");
+    // Likewise its sled files, until the stopped node's last handle is gone.
+    let node = loop {
+        match ConsensusNode::start(&dir.join(&name), id, voters.clone(), endpoint.clone(), &identity).await {
+            Ok(n) => break n,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node starts: {e}"),
+        }
+    };
     let (ep, n) = (endpoint.clone(), node.clone());
     tokio::spawn(async move {
         while let Some(inc) = ep.accept().await {

@@ -626,3 +626,132 @@ pub async fn ollama_tags(State(hub): State<AppState>) -> Json<Value> {
 pub async fn ollama_version() -> Json<Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
+
+// ---- Responses API ----
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ResponsesInput {
+    Text(String),
+    Items(Vec<InMessage>),
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct ResponsesRequest {
+    model: String,
+    input: ResponsesInput,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    #[serde(default = "default_true")]
+    store: bool,
+    #[serde(default)]
+    stream: bool,
+    max_output_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+}
+
+fn owner_of(caller: &Caller) -> String {
+    match caller {
+        Caller::Admin => "admin".into(),
+        Caller::Key(d) => d.clone(),
+    }
+}
+
+fn response_json(r: &nave_consensus::state::StoredResponse, status: &str) -> Value {
+    json!({
+        "id": r.id, "object": "response", "created_at": r.created_ms / 1000, "status": status, "model": r.model,
+        "previous_response_id": r.previous, "error": null, "incomplete_details": null,
+        "output": [{"type": "message", "id": format!("msg_{}", r.id.trim_start_matches("resp_")), "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": r.output, "annotations": []}]}],
+        "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+    })
+}
+
+/// `POST /v1/responses`: the conversation so far comes from the replicated state (the
+/// `previous_response_id` chain), so a follow-up on any hub continues it.
+pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
+    let ctx = context(&hub, &headers);
+    let id = ctx.request_id.clone();
+    let result = async {
+        let req: ResponsesRequest = parse(&body)?;
+        let model = check_model(&hub, &req.model)?;
+        if req.stream {
+            return Err(ApiError::bad_request("streaming is not supported on /v1/responses yet; use /v1/chat/completions").with_param("stream"));
+        }
+        let owner = owner_of(&caller);
+        let history: Vec<nave_consensus::state::StoredResponse> = match &req.previous_response_id {
+            None => Vec::new(),
+            Some(prev) => hub
+                .consensus
+                .read(|a| a.state.conversation(prev, &owner).map(|c| c.into_iter().cloned().collect()))
+                .await
+                .map_err(crate::no_quorum)?
+                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("response {prev:?} not found")).with_param("previous_response_id"))?,
+        };
+        let input: Vec<ChatMessage> = match req.input {
+            ResponsesInput::Text(t) => vec![ChatMessage::new("user", t)],
+            ResponsesInput::Items(items) => items.into_iter().map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default())).collect(),
+        };
+        if input.is_empty() {
+            return Err(ApiError::bad_request("input must not be empty").with_param("input"));
+        }
+        let mut messages = Vec::new();
+        if let Some(i) = &req.instructions {
+            messages.push(ChatMessage::new("system", i.clone()));
+        }
+        for r in &history {
+            messages.extend(r.input.iter().map(|t| ChatMessage::new(t.role.clone(), t.content.clone())));
+            messages.push(ChatMessage::new("assistant", r.output.clone()));
+        }
+        messages.extend(input.iter().cloned());
+        let params = Sampling { max_tokens: req.max_output_tokens, temperature: req.temperature, top_p: req.top_p, seed: req.seed, ..Default::default() }.params()?;
+        let _slot = hub.admit()?;
+        let admission = hub.admit_request(&caller, &ctx.request_id, params.max_tokens).await?;
+        // Follow-ups of one conversation prefer one spoke (its prefix cache holds it).
+        let session = history.first().map(|r| r.id.clone()).or_else(|| ctx.session.clone());
+        let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params };
+        let (text, _finish, usage) = complete(&hub, &model, gen, session.as_deref(), ctx.deadline).await?;
+        admission.record(usage.completion_tokens);
+        let stored = nave_consensus::state::StoredResponse {
+            id: format!("resp_{}{}", random_id(), random_id()),
+            owner,
+            model: model.clone(),
+            previous: req.previous_response_id.clone(),
+            created_ms: now_secs() * 1000,
+            input: input.into_iter().map(|m| nave_consensus::state::Turn { role: m.role, content: m.content }).collect(),
+            output: text,
+            input_tokens: usage.prompt_tokens as u64,
+            output_tokens: usage.completion_tokens as u64,
+            spoke: String::new(),
+        };
+        if req.store {
+            // Written before the answer goes out: a follow-up on any hub finds it.
+            hub.consensus
+                .write(nave_consensus::state::Command::StoreResponse(Box::new(stored.clone())))
+                .await
+                .map_err(crate::no_quorum)?;
+        }
+        Ok((model, Json(response_json(&stored, "completed")).into_response()))
+    }
+    .await;
+    finish(&hub, "/v1/responses", &id, result)
+}
+
+/// `GET /v1/responses/{id}`: a stored response, to the key that created it only.
+pub async fn get_response(State(hub): State<AppState>, Extension(caller): Extension<Caller>, axum::extract::Path(rid): axum::extract::Path<String>) -> Response {
+    let owner = owner_of(&caller);
+    match hub.consensus.read(|a| a.state.response(&rid, &owner).cloned()).await {
+        Ok(Some(r)) => Json(response_json(&r, "completed")).into_response(),
+        Ok(None) => ApiError::new(StatusCode::NOT_FOUND, format!("response {rid:?} not found")).into_response(),
+        Err(e) => crate::no_quorum(e).into_response(),
+    }
+}

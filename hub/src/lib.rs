@@ -323,6 +323,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
         .route("/v1/models", get(api::models))
+        .route("/v1/responses", post(api::responses))
+        .route("/v1/responses/{id}", get(api::get_response))
         .route("/api/chat", post(api::ollama_chat))
         .route("/api/generate", post(api::ollama_generate))
         .route("/api/tags", get(api::ollama_tags))

@@ -32,6 +32,15 @@ for url in urls:
     assert "Paris" in "".join(parts), f"{url} streamed: {''.join(parts)!r}"
     assert usage is not None and usage.completion_tokens > 0
 
+    first = client.responses.create(model="smollm2-135m", instructions="You are a helpful assistant.",
+                                    input="What is the capital of France?", temperature=0, max_output_tokens=32)
+    assert "Paris" in first.output_text, f"{url} responses: {first.output_text!r}"
+    other_hub = openai.OpenAI(base_url=f"{urls[(urls.index(url) + 1) % len(urls)]}/v1", api_key=key, max_retries=0, timeout=120)
+    assert other_hub.responses.retrieve(first.id).output_text == first.output_text
+    follow = other_hub.responses.create(model="smollm2-135m", input="And of Italy?", previous_response_id=first.id,
+                                        temperature=0, max_output_tokens=32)
+    assert follow.usage.input_tokens > first.usage.input_tokens, (first.usage, follow.usage)
+
     c = client.completions.create(model="smollm2-135m", prompt="The capital of France is", temperature=0, max_tokens=8)
     assert c.choices[0].text, c
 

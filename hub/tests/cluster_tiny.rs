@@ -191,8 +191,44 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
         assert_eq!(ask(hub, &other).status(), 401);
     }
 
-    // The whole cluster restarts: keys and budgets used are still there.
+    // Stored responses: written through one hub, read and continued through the others,
+    // invisible to other keys.
+    let conv = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "conv"})).send().expect("sent");
+    let conv = conv.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
+    let first: Value = http
+        .post(format!("{h1}/v1/responses"))
+        .bearer_auth(&conv)
+        .json(&json!({"model": "tiny", "input": "the he", "max_output_tokens": 6, "temperature": 0}))
+        .send()
+        .expect("sent")
+        .json()
+        .expect("json");
+    let rid = first["id"].as_str().expect("response id").to_string();
+    assert_eq!(first["object"], "response");
+    let again: Value = http.get(format!("{h2}/v1/responses/{rid}")).bearer_auth(&conv).send().expect("sent").json().expect("json");
+    assert_eq!(again["output"], first["output"], "readable from another hub at once");
+    assert_eq!(http.get(format!("{h2}/v1/responses/{rid}")).bearer_auth(&key).send().expect("sent").status(), 404, "not another key's");
+    let follow: Value = http
+        .post(format!("{h3}/v1/responses"))
+        .bearer_auth(&conv)
+        .json(&json!({"model": "tiny", "input": "in", "previous_response_id": rid, "max_output_tokens": 6, "temperature": 0}))
+        .send()
+        .expect("sent")
+        .json()
+        .expect("json");
+    let (a, b) = (first["usage"]["input_tokens"].as_u64().unwrap_or(0), follow["usage"]["input_tokens"].as_u64().unwrap_or(0));
+    assert!(b > a + 2, "the follow-up carried the first turn: {a} then {b}");
+    let missing = http
+        .post(format!("{h2}/v1/responses"))
+        .bearer_auth(&conv)
+        .json(&json!({"model": "tiny", "input": "x", "previous_response_id": "resp_nope"}))
+        .send()
+        .expect("sent");
+    assert_eq!(missing.status(), 404);
+
+    // The whole cluster restarts: keys, budgets used and stored responses are still there.
     c.restart();
+    assert_eq!(http.get(format!("{h3}/v1/responses/{rid}")).bearer_auth(&conv).send().expect("sent").status(), 200);
     assert_eq!(ask(&h2, &key).status(), 429, "the spent budget survived the restart");
     assert_eq!(ask(&h1, &other).status(), 401, "the revocation survived the restart");
     let v: Value = http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
