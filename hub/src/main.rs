@@ -49,11 +49,8 @@ enum Cmd {
         #[command(subcommand)]
         command: AdminCmd,
     },
-    /// Benchmarks.
-    Bench {
-        #[command(subcommand)]
-        command: BenchCmd,
-    },
+    /// Load an OpenAI-compatible endpoint (`nave bench --url U ...`), or `nave bench engine`.
+    Bench(BenchArgs),
     /// Stream an answer to a prompt.
     Chat {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -75,6 +72,47 @@ enum ModelCmd {
     Pull { name: String },
     /// The models the store knows and which are present.
     List,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCmd>,
+    /// The endpoint (its /v1/chat/completions is loaded).
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// API key (default: ./.nave/admin.key when present).
+    #[arg(long, env = "NAVE_API_KEY")]
+    key: Option<String>,
+    /// Closed loop: this many clients.
+    #[arg(long, conflicts_with = "rate")]
+    concurrency: Option<usize>,
+    /// Open loop: this many requests per second (Poisson arrivals).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 100)]
+    requests: usize,
+    /// Words (about tokens) in each synthetic prompt.
+    #[arg(long, default_value_t = 32)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Prompts from a JSON-lines file: {"prompt": "..."} or {"messages": [...]} per line.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// A second endpoint run with the same workload, alternating halves.
+    #[arg(long)]
+    compare: Option<String>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -242,7 +280,33 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Admin { command: AdminCmd::Status { url, key, json } } => runtime()?.block_on(status(url, default_key(key)?, json)),
         Cmd::Admin { command: AdminCmd::Key { command } } => runtime()?.block_on(keys(command)),
-        Cmd::Bench { command: BenchCmd::Engine { model, threads, concurrency, prompt_tokens, decode_tokens, no_peer, json } } => {
+        Cmd::Bench(BenchArgs { command: None, url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, compare, json, timeout }) => {
+            let url = url.context("give --url (or use `nave bench engine`)")?;
+            let key = key.or_else(|| std::fs::read_to_string(".nave/admin.key").ok().map(|k| k.trim().to_string()));
+            let prompts = match prompts {
+                None => None,
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .lines()
+                        .enumerate()
+                        .filter(|(_, l)| !l.trim().is_empty())
+                        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", p.display(), i + 1)))
+                        .collect::<anyhow::Result<Vec<serde_json::Value>>>()?,
+                ),
+            };
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                anyhow::bail!("--rate must be a positive number of requests per second");
+            }
+            let args = nave_bench::load::LoadArgs { url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, timeout: Duration::from_secs(timeout) };
+            let reports = runtime()?.block_on(nave_bench::load::run(args, compare));
+            nave_bench::load::print(&reports);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&reports)?)?;
+            }
+            Ok(())
+        }
+        Cmd::Bench(BenchArgs { command: Some(BenchCmd::Engine { model, threads, concurrency, prompt_tokens, decode_tokens, no_peer, json }), .. }) => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
             let b = nave_bench::engine::EngineBench { model, threads, concurrency, prompt_tokens, decode_tokens, peer: !no_peer };
