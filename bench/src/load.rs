@@ -186,7 +186,9 @@ async fn one(client: &reqwest::Client, a: &LoadArgs, i: usize, start: Instant) -
 
 /// Runs the workload against `a.url` (requests `offset..offset + count`).
 async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::ProgressBar) -> (Vec<Sample>, Duration) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build().unwrap_or_default();
+    // Idle connections are dropped after 1 s: servers close theirs (llama.cpp after a few
+    // seconds), and a POST on a connection the server closed fails instead of retrying.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(1)).build().unwrap_or_default();
     let started = Instant::now();
     let mut samples = Vec::with_capacity(count);
     if let Some(rate) = a.rate {
