@@ -138,7 +138,12 @@ impl Network {
                 self.lock().conns.remove(&target);
                 Err(e)
             }
-            Err(_) => Err(format!("node {target}: no reply within {timeout:?}")),
+            Err(_) => {
+                // A peer that stops answering (killed without closing) keeps a half-open
+                // connection until the idle timeout: stop using it now.
+                self.lock().conns.remove(&target);
+                Err(format!("node {target}: no reply within {timeout:?}"))
+            }
         }
     }
 }

@@ -234,3 +234,61 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
     let v: Value = http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
     assert!(v["leader"].is_string(), "{v}");
 }
+
+#[test]
+fn killing_the_leader_hub_loses_no_request_on_the_others() {
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let c = Cluster::start(Layout { hubs: 3, spokes: 2, models: &[model], extra: "" });
+    let http = client();
+    let h1 = c.hubs[0].clone();
+    let r = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "app", "rpm": 100000})).send().expect("sent");
+    let key = r.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
+    let status: Value = http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    let leader = status["leader"].as_str().expect("a leader").to_string();
+    let others: Vec<String> = c.hubs.iter().enumerate().filter(|(i, _)| format!("h{}", i + 1) != leader).map(|(_, h)| h.clone()).collect();
+
+    // Every request needs an admission write, so the load crosses the failover: each
+    // client sends requests for 4 s (at most 400), the leader dies at 0.5 s.
+    let started = Instant::now();
+    let results: Vec<(u16, Duration)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..16)
+            .map(|i| {
+                let (hub, key) = (others[i % 2].clone(), key.clone());
+                s.spawn(move || {
+                    let http = client();
+                    (0..400)
+                        .take_while(|_| started.elapsed() < Duration::from_secs(4))
+                        .map(|_| {
+                            let t = Instant::now();
+                            let r = http
+                                .post(format!("{hub}/v1/chat/completions"))
+                                .bearer_auth(&key)
+                                .json(&json!({"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "the"}]}))
+                                .send();
+                            (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        c.kill(&leader, libc::SIGKILL);
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    let slowest = results.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    println!("leader {leader} killed; {} requests, slowest {slowest:?}", results.len());
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), results.len());
+    assert!(results.len() > 100, "the load ran through the failover");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: Value = http.get(format!("{}/admin/v1/status", others[0])).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        if status["leader"].is_string() && status["leader"].as_str() != Some(leader.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
