@@ -79,3 +79,31 @@ pub async fn revoke_key(State(hub): State<Arc<Hub>>, Path(name): Path<String>) -
         Err(e) => no_quorum(e).into_response(),
     }
 }
+
+#[derive(Deserialize, Default)]
+struct DrainRequest {
+    #[serde(default)]
+    undo: bool,
+}
+
+/// `POST /admin/v1/spokes/{id}/drain` (`{"undo": true}` resumes): no new requests go to
+/// the spoke, running ones finish; its state turns "drained" when nothing is left.
+pub async fn drain_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let req: DrainRequest = if body.is_empty() {
+        DrainRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return ApiError::bad_request(format!("invalid drain request: {e}")).into_response(),
+        }
+    };
+    match hub.spokes.drain(&id, !req.undo).await {
+        Ok(hb) => {
+            let _ = hub.consensus.write(Command::Audit { what: format!("spoke {id} drain={}", !req.undo) }).await;
+            let busy: usize = hb.models.iter().map(|m| m.stats.running + m.stats.waiting).sum();
+            Json(json!({"spoke": id, "draining": hb.draining, "in_flight": busy})).into_response()
+        }
+        Err(e) if !hub.config.spokes.iter().any(|s| s.id == id) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+    }
+}

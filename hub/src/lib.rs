@@ -331,6 +331,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/status", get(admin_status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth));
     Router::new()
         .merge(protected)

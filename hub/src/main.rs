@@ -178,7 +178,25 @@ enum KeyCmd {
 }
 
 #[derive(Subcommand)]
+enum SpokeCmd {
+    /// Stop sending new requests to a spoke; running ones finish.
+    Drain {
+        id: String,
+        /// Resume sending requests to it.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCmd {
+    /// Spokes.
+    Spoke {
+        #[command(subcommand)]
+        command: SpokeCmd,
+    },
     /// API keys.
     Key {
         #[command(subcommand)]
@@ -280,6 +298,15 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Admin { command: AdminCmd::Status { url, key, json } } => runtime()?.block_on(status(url, default_key(key)?, json)),
         Cmd::Admin { command: AdminCmd::Key { command } } => runtime()?.block_on(keys(command)),
+        Cmd::Admin { command: AdminCmd::Spoke { command: SpokeCmd::Drain { id, undo, conn } } } => runtime()?.block_on(async {
+            let v = admin_call(conn, reqwest::Method::POST, &format!("/admin/v1/spokes/{id}/drain"), Some(serde_json::json!({"undo": undo}))).await?;
+            if undo {
+                println!("{id} takes requests again");
+            } else {
+                println!("{id} is draining ({} requests in flight); `nave admin status` shows it drained when they finish", v["in_flight"]);
+            }
+            Ok(())
+        }),
         Cmd::Bench(BenchArgs { command: None, url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, compare, json, timeout }) => {
             let url = url.context("give --url (or use `nave bench engine`)")?;
             let key = key.or_else(|| std::fs::read_to_string(".nave/admin.key").ok().map(|k| k.trim().to_string()));

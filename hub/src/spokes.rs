@@ -162,6 +162,23 @@ impl SpokeSet {
         Ok((send, recv))
     }
 
+    /// Tells spoke `id` to stop (or resume) taking new requests; returns its heartbeat.
+    pub async fn drain(&self, id: &str, on: bool) -> anyhow::Result<Heartbeat> {
+        let s = self.find(id).ok_or_else(|| anyhow::anyhow!("no spoke {id} in the config"))?;
+        let conn = lock(s).conn.clone().ok_or_else(|| anyhow::anyhow!("spoke {id} is not connected"))?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &HubToSpoke::Drain(on)).await?;
+        match read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await? {
+            Some(SpokeToHub::Heartbeat(hb)) => {
+                let mut g = lock(s);
+                g.heartbeat = Some(hb.clone());
+                g.last_heard = Some(Instant::now());
+                Ok(hb)
+            }
+            other => anyhow::bail!("unexpected answer from spoke {id}: {other:?}"),
+        }
+    }
+
     pub fn record(&self, id: &str, ok: bool, first_event_s: f64) {
         if let Some(s) = self.find(id) {
             let mut g = lock(s);
@@ -197,7 +214,15 @@ impl SpokeSet {
                 SpokeView {
                     id: g.spec.id.clone(),
                     models: g.spec.models.clone(),
-                    state: if !fresh { "down" } else if hb.draining { "draining" } else { "active" },
+                    state: if !fresh {
+                        "down"
+                    } else if hb.draining && queue + running == 0 {
+                        "drained"
+                    } else if hb.draining {
+                        "draining"
+                    } else {
+                        "active"
+                    },
                     circuit: g.circuit.name(),
                     queue,
                     running,

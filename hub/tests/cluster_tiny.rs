@@ -71,6 +71,56 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
         Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
     }
 
+    // Draining a spoke under load loses no request; it reports drained, then resumes.
+    // (`nave up` is ready with one spoke; wait for both.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        if v["spokes"].as_array().is_some_and(|a| a.iter().all(|s| s["state"] == "active")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spokes not all active: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drained: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let (hub, key) = (hub.clone(), c.key.clone());
+                s.spawn(move || {
+                    let http = client();
+                    (0..10)
+                        .map(|j| {
+                            http.post(format!("{hub}/v1/chat/completions"))
+                                .bearer_auth(&key)
+                                .json(&json!({"model": "tiny", "max_tokens": 24, "seed": i * 10 + j, "messages": [{"role": "user", "content": "he the"}]}))
+                                .send()
+                                .map(|r| r.status().as_u16())
+                                .unwrap_or(0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).send().expect("sent");
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    assert!(drained.iter().all(|&s| s == 200), "{drained:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let s2 = v["spokes"].as_array().and_then(|a| a.iter().find(|s| s["id"] == "s2").cloned()).unwrap_or_default();
+        if s2["state"] == "drained" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "s2 is {s2}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({"undo": true})).send().expect("sent");
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    assert_eq!(http.post(format!("{hub}/admin/v1/spokes/s9/drain")).bearer_auth(&c.key).send().expect("sent").status(), 404);
+
     // A spoke dies while 16 clients send non-streamed requests: every request succeeds.
     let started = Instant::now();
     let results: Vec<_> = std::thread::scope(|s| {
