@@ -201,7 +201,7 @@ impl ClusterState {
 
     fn expire(&mut self, now: u64) {
         while let Some(id) = self.applied_order.front() {
-            let old = self.applied.get(id).map_or(true, |(at, _)| now.saturating_sub(*at) > DEDUP_MS);
+            let old = self.applied.get(id).is_none_or(|(at, _)| now.saturating_sub(*at) > DEDUP_MS);
             if !old && self.applied_order.len() <= DEDUP_KEEP {
                 break;
             }

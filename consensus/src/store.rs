@@ -8,6 +8,10 @@
 //! machine is rebuilt at start from the snapshot, and openraft re-applies the committed
 //! log after it (the committed index is stored too).
 
+// openraft's storage traits return its `StorageError`, which is large; these helpers
+// return what the traits need.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

@@ -93,7 +93,7 @@ mod tests {
         let first: Vec<&str> = sessions.iter().map(|s| all[SessionAffinity.pick(&all, Some(s))].id.as_str()).collect();
         let again: Vec<&str> = sessions.iter().map(|s| all[SessionAffinity.pick(&all, Some(s))].id.as_str()).collect();
         assert_eq!(first, again);
-        assert!(first.iter().any(|&x| x == "s1") && first.iter().any(|&x| x == "s2") && first.iter().any(|&x| x == "s3"));
+        assert!(first.contains(&"s1") && first.contains(&"s2") && first.contains(&"s3"));
         let without_s2 = [all[0].clone(), all[2].clone()];
         for (s, before) in sessions.iter().zip(&first) {
             let after = without_s2[SessionAffinity.pick(&without_s2, Some(s))].id.as_str();

@@ -20,7 +20,7 @@ pub fn load(gguf: &mut GgufFile, vocab: usize, opts: LoadOptions) -> Result<Tran
     let hidden = gguf.u32("gemma3.embedding_length")? as usize;
     let heads = gguf.u32("gemma3.attention.head_count")? as usize;
     let kv_heads = gguf.opt_u32("gemma3.attention.head_count_kv").unwrap_or(heads as u32) as usize;
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(Error::model(gguf.path(), format!("inconsistent heads: {heads} query, {kv_heads} kv")));
     }
     let head_dim = gguf.opt_u32("gemma3.attention.key_length").map_or(hidden / heads, |d| d as usize);

