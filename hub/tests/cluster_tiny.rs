@@ -59,6 +59,17 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     bad(http.post(&url).json(&json!({"model": "tiny", "messages": []})), 401);
     bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})), 404);
     bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "the ".repeat(400)}]})), 400);
+    // A deadline that passes before the answer: 504, never a hang.
+    let r = http
+        .post(&url)
+        .bearer_auth(&c.key)
+        .header("x-request-timeout-ms", "1")
+        .json(&json!({"model": "tiny", "max_tokens": 200, "ignore_eos": true, "messages": [{"role": "user", "content": "the"}]}))
+        .send()
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 504);
+    assert!(r.json::<Value>().expect("json")["error"]["message"].as_str().is_some_and(|m| m.contains("deadline")));
+
     // Too large: refused from its Content-Length before the body is read; a client still
     // uploading may see the connection close instead of the 413 (as with nginx).
     // Its own client: the server closes that connection, which must not be reused.
