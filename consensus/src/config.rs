@@ -88,8 +88,8 @@ pub struct ClusterSection {
     pub circuit_open_ms: u64,
     /// Largest request body the HTTP API accepts.
     pub max_body_bytes: ByteSize,
-    /// Requests one hub serves at once; more wait in a queue of the same size, beyond
-    /// which they get 503.
+    /// A hub takes at most twice this many requests in flight (the spokes' queues absorb
+    /// the burst); beyond that it answers 503.
     pub max_concurrent_requests: usize,
 }
 
