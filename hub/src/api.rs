@@ -436,6 +436,44 @@ pub async fn metrics(State(hub): State<AppState>) -> String {
     out
 }
 
+/// The routes whose JSON bodies [`validate_body`] knows.
+pub const BODY_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat", "/api/generate"];
+
+/// Parses and validates a request body as the handler of `route` would, without running
+/// it: a typed request with valid sampling parameters, or the 400 the client would get.
+/// (For fuzzing and for tools that check requests offline.)
+pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
+    let body = Bytes::copy_from_slice(body);
+    match route {
+        "/v1/chat/completions" => parse::<ChatRequest>(&body)?.sampling.params().map(|_| ()),
+        "/v1/completions" => parse::<CompletionRequest>(&body)?.sampling.params().map(|_| ()),
+        "/v1/responses" => {
+            let r = parse::<ResponsesRequest>(&body)?;
+            Sampling { max_tokens: r.max_output_tokens, temperature: r.temperature, top_p: r.top_p, seed: r.seed, ..Default::default() }.params().map(|_| ())
+        }
+        "/api/chat" => parse::<OllamaChat>(&body)?.options.unwrap_or_default().params().map(|_| ()),
+        "/api/generate" => parse::<OllamaGenerate>(&body)?.options.unwrap_or_default().params().map(|_| ()),
+        other => Err(ApiError::bad_request(format!("no body parser for {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_or_give_a_400() {
+        assert!(validate_body("/v1/chat/completions", br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"unknown":1}"#).is_ok());
+        assert!(validate_body("/v1/chat/completions", br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#).is_ok());
+        for bad in [&b"{"[..], b"[]", br#"{"model":5}"#, br#"{"model":"m","messages":[],"temperature":-1}"#, br#"{"model":"m","messages":[],"n":2}"#] {
+            let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
+            assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(validate_body("/api/generate", br#"{"model":"m","prompt":"x","options":{"num_predict":-1}}"#).is_ok());
+        assert!(validate_body("/v1/responses", br#"{"model":"m","input":"x","max_output_tokens":0}"#).is_err());
+    }
+}
+
 // ---- Ollama ----
 
 #[derive(Deserialize, Default)]
