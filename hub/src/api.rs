@@ -206,9 +206,8 @@ fn usage_json(u: &Usage) -> Value {
 }
 
 pub async fn chat_completions(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
-    let ctx = context(&hub, &headers);
-    let id = ctx.request_id.clone();
-    let result = async {
+    let h = hub.clone();
+    respond(&h, &headers, "/v1/chat/completions", |ctx| async move {
         let req: ChatRequest = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         if req.messages.is_empty() {
@@ -219,15 +218,13 @@ pub async fn chat_completions(State(hub): State<AppState>, Extension(caller): Ex
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params: req.sampling.params()? };
         run(&hub, &caller, "chat", &model, gen, &ctx, req.stream, include_usage).await
-    }
-    .await;
-    finish(&hub, "/v1/chat/completions", &id, result)
+    })
+    .await
 }
 
 pub async fn completions(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
-    let ctx = context(&hub, &headers);
-    let id = ctx.request_id.clone();
-    let result = async {
+    let h = hub.clone();
+    respond(&h, &headers, "/v1/completions", |ctx| async move {
         let req: CompletionRequest = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         let prompt = match req.prompt {
@@ -238,9 +235,20 @@ pub async fn completions(State(hub): State<AppState>, Extension(caller): Extensi
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Text(prompt), params: req.sampling.params()? };
         run(&hub, &caller, "text", &model, gen, &ctx, req.stream, include_usage).await
-    }
-    .await;
-    finish(&hub, "/v1/completions", &id, result)
+    })
+    .await
+}
+
+/// The frame of every generation handler: the request's context from its headers, then
+/// `work`, then the response with its request id and the request counted in the metrics.
+async fn respond<Fut>(hub: &Hub, headers: &HeaderMap, route: &'static str, work: impl FnOnce(Ctx) -> Fut) -> Response
+where
+    Fut: std::future::Future<Output = Result<(String, Response), ApiError>>,
+{
+    let ctx = context(hub, headers);
+    let id = ctx.request_id.clone();
+    let result = work(ctx).await;
+    finish(hub, route, &id, result)
 }
 
 fn finish(hub: &Hub, route: &'static str, id: &str, result: Result<(String, Response), ApiError>) -> Response {
@@ -561,9 +569,8 @@ fn rfc3339_now() -> String {
 }
 
 pub async fn ollama_chat(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
-    let ctx = context(&hub, &headers);
-    let id = ctx.request_id.clone();
-    let result = async {
+    let h = hub.clone();
+    respond(&h, &headers, "/api/chat", |ctx| async move {
         let req: OllamaChat = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         let messages = req.messages.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect::<Vec<_>>();
@@ -572,15 +579,13 @@ pub async fn ollama_chat(State(hub): State<AppState>, Extension(caller): Extensi
         }
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params: req.options.unwrap_or_default().params()? };
         ollama_run(&hub, &caller, true, &model, gen, &ctx, req.stream.unwrap_or(true)).await
-    }
-    .await;
-    finish(&hub, "/api/chat", &id, result)
+    })
+    .await
 }
 
 pub async fn ollama_generate(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
-    let ctx = context(&hub, &headers);
-    let id = ctx.request_id.clone();
-    let result = async {
+    let h = hub.clone();
+    respond(&h, &headers, "/api/generate", |ctx| async move {
         let req: OllamaGenerate = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         let prompt = match req.system {
@@ -589,9 +594,8 @@ pub async fn ollama_generate(State(hub): State<AppState>, Extension(caller): Ext
         };
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt, params: req.options.unwrap_or_default().params()? };
         ollama_run(&hub, &caller, false, &model, gen, &ctx, req.stream.unwrap_or(true)).await
-    }
-    .await;
-    finish(&hub, "/api/generate", &id, result)
+    })
+    .await
 }
 
 fn ollama_line(chat: bool, model: &str, text: &str, done: Option<(FinishReason, Usage, Duration)>) -> Value {
@@ -717,9 +721,8 @@ fn response_json(r: &nave_consensus::state::StoredResponse, status: &str) -> Val
 /// `POST /v1/responses`: the conversation so far comes from the replicated state (the
 /// `previous_response_id` chain), so a follow-up on any hub continues it.
 pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
-    let ctx = context(&hub, &headers);
-    let id = ctx.request_id.clone();
-    let result = async {
+    let h = hub.clone();
+    respond(&h, &headers, "/v1/responses", |ctx| async move {
         let req: ResponsesRequest = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         if req.stream {
@@ -779,9 +782,8 @@ pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension
                 .map_err(crate::no_quorum)?;
         }
         Ok((model, Json(response_json(&stored, "completed")).into_response()))
-    }
-    .await;
-    finish(&hub, "/v1/responses", &id, result)
+    })
+    .await
 }
 
 /// `GET /v1/responses/{id}`: a stored response, to the key that created it only.
