@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// A byte count written as `1073741824`, `"1GiB"`, `"512MiB"`, `"64KiB"` or `"2GB"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
 #[serde(into = "u64")]
 pub struct ByteSize(pub u64);
 

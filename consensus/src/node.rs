@@ -79,6 +79,12 @@ fn proposal_id(node: NodeId) -> String {
     format!("{node}-{}-{}", now_ms(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A forwarded request on a leader that lost its quorum would wait forever; its sender
+/// gave up long before this.
+async fn bounded<T>(f: impl std::future::Future<Output = std::result::Result<T, Redirect>>) -> std::result::Result<T, Redirect> {
+    tokio::time::timeout(QUORUM_WAIT, f).await.unwrap_or_else(|_| Err(Redirect::Failed("the leader has no quorum".into())))
+}
+
 impl ConsensusNode {
     /// Opens the node's storage under `dir`, starts Raft, and initializes the cluster with
     /// `voters` when this node has never been part of one.
@@ -111,7 +117,15 @@ impl ConsensusNode {
         let mut last = String::from("no leader");
         let mut unreachable_leader = None;
         while Instant::now() < deadline {
-            match self.propose_local(p.clone()).await {
+            // A leader that lost its quorum keeps the proposal waiting forever: bound it.
+            // If the quorum comes back later the proposal may still commit; its id makes a
+            // retry by the caller apply once.
+            let local = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.propose_local(p.clone()));
+            let Ok(local) = local.await else {
+                last = "this node leads but has no quorum".into();
+                break;
+            };
+            match local {
                 Ok(r) => return Ok(r),
                 Err(Redirect::NotLeader(Some(leader))) if leader != self.id => {
                     if unreachable_leader == Some(leader) {
@@ -178,7 +192,11 @@ impl ConsensusNode {
             if Instant::now() >= deadline {
                 return Err(Error::NoQuorum(last));
             }
-            match self.read_index_local().await {
+            let local = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.read_index_local());
+            let Ok(local) = local.await else {
+                return Err(Error::NoQuorum("this node leads but has no quorum".into()));
+            };
+            match local {
                 Ok(i) => break i,
                 Err(Redirect::NotLeader(Some(leader))) if leader != self.id => {
                     if let Some(node) = self.nodes.get(&leader).cloned().or_else(|| self.member(leader)) {
@@ -222,8 +240,8 @@ impl ConsensusNode {
                     RaftRpc::Append(r) => RaftReply::Append(node.raft.append_entries(r).await),
                     RaftRpc::Vote(r) => RaftReply::Vote(node.raft.vote(r).await),
                     RaftRpc::Snapshot(r) => RaftReply::Snapshot(node.raft.install_snapshot(r).await),
-                    RaftRpc::Write(p) => RaftReply::Write(node.propose_local(p).await),
-                    RaftRpc::ReadIndex => RaftReply::ReadIndex(node.read_index_local().await),
+                    RaftRpc::Write(p) => RaftReply::Write(bounded(node.propose_local(p)).await),
+                    RaftRpc::ReadIndex => RaftReply::ReadIndex(bounded(node.read_index_local()).await),
                 };
                 if write_frame(&mut send, &reply).await.is_ok() {
                     let _ = send.finish();

@@ -90,6 +90,31 @@ pub struct AuditEntry {
     pub what: String,
 }
 
+/// A join token: a spoke that presents its secret joins the cluster (its digest is
+/// stored, never the secret), while it has uses left and has not expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub digest: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub uses_left: u32,
+}
+
+/// A spoke that joined with a token (spokes listed in cluster.toml are not here): what a
+/// hub needs to dial it and route to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpokeRecord {
+    pub id: String,
+    /// QUIC address the hubs dial (mutual TLS, the certificate names `id`).
+    pub quic: String,
+    /// Its /health and /metrics.
+    pub http: String,
+    pub models: Vec<String>,
+    pub cost_weight: f64,
+    pub labels: BTreeMap<String, String>,
+    pub joined_ms: u64,
+}
+
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
@@ -112,7 +137,7 @@ impl Refusal {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     CreateKey { name: String, digest: String, limits: Limits },
     RevokeKey { name: String },
@@ -122,10 +147,17 @@ pub enum Command {
     Settle { admitted: String, used_tokens: u64 },
     Audit { what: String },
     StoreResponse(Box<StoredResponse>),
+    /// A join token with `uses` uses, valid for `ttl_ms` from the command's time.
+    CreateJoinToken { digest: String, ttl_ms: u64, uses: u32 },
+    /// Consumes one use of the token and registers the spoke, in one step: refused
+    /// (`Invalid`, nothing changed) for an unknown, expired or used-up token or a taken id.
+    Join { token_digest: String, spoke: SpokeRecord },
+    /// Forgets a joined spoke: hubs stop dialling it.
+    RemoveSpoke { id: String },
 }
 
 /// A command with what every replica must agree on: who proposed it, when, and its id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
     pub id: String,
     pub now_ms: u64,
@@ -151,6 +183,9 @@ pub struct ClusterState {
     pub audit: VecDeque<AuditEntry>,
     responses: BTreeMap<String, StoredResponse>,
     response_order: VecDeque<(u64, String)>,
+    join_tokens: BTreeMap<String, JoinToken>,
+    /// Joined spokes by id.
+    pub spokes: BTreeMap<String, SpokeRecord>,
 }
 
 impl ClusterState {
@@ -181,6 +216,10 @@ impl ClusterState {
         }
         chain.reverse();
         Some(chain)
+    }
+
+    pub fn join_token(&self, digest: &str) -> Option<&JoinToken> {
+        self.join_tokens.get(digest)
     }
 
     pub fn outstanding_reservations(&self) -> usize {
@@ -217,6 +256,7 @@ impl ClusterState {
                 self.responses.remove(&id);
             }
         }
+        self.join_tokens.retain(|_, t| t.expires_ms > now && t.uses_left > 0);
         let stale: Vec<String> = self
             .reservations
             .iter()
@@ -277,7 +317,40 @@ impl ClusterState {
                 self.responses.insert(r.id.clone(), r);
                 CommandResult::Done
             }
+            Command::CreateJoinToken { digest, ttl_ms, uses } => {
+                if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return CommandResult::Invalid("digest must be 64 hex digits".into());
+                }
+                let token = JoinToken { digest: digest.clone(), created_ms: now, expires_ms: now.saturating_add(*ttl_ms), uses_left: *uses };
+                self.join_tokens.insert(digest.clone(), token);
+                self.audit(now, format!("join token created: {uses} use(s), {} s", ttl_ms / 1000));
+                CommandResult::Done
+            }
+            Command::Join { token_digest, spoke } => self.join(now, token_digest, spoke),
+            Command::RemoveSpoke { id } => match self.spokes.remove(id) {
+                Some(_) => {
+                    self.audit(now, format!("spoke removed: {id}"));
+                    CommandResult::Done
+                }
+                None => CommandResult::NotFound(format!("no joined spoke {id:?}")),
+            },
         }
+    }
+
+    fn join(&mut self, now: u64, token_digest: &str, spoke: &SpokeRecord) -> CommandResult {
+        // Expired and used-up tokens were dropped by `expire` before this command.
+        let Some(token) = self.join_tokens.get_mut(token_digest) else {
+            return CommandResult::Invalid("the join token is unknown, expired or used up; ask an admin for a new one (nave admin token create)".into());
+        };
+        if self.spokes.contains_key(&spoke.id) {
+            return CommandResult::Invalid(format!("a spoke named {:?} has joined already; pick another --id", spoke.id));
+        }
+        token.uses_left -= 1;
+        let mut record = spoke.clone();
+        record.joined_ms = now;
+        self.spokes.insert(spoke.id.clone(), record);
+        self.audit(now, format!("spoke joined: {} at {}", spoke.id, spoke.quic));
+        CommandResult::Done
     }
 
     fn admit(&mut self, id: &str, now: u64, digest: &str, max_tokens: u64) -> CommandResult {
@@ -436,5 +509,31 @@ mod tests {
         assert!(matches!(run(&mut s, "b", 2_000, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { .. }));
         run(&mut s, "tick", 1_000 + RESERVATION_MS + 1, Command::Audit { what: "tick".into() });
         assert_eq!(s.outstanding_reservations(), 0);
+    }
+
+    fn spoke(id: &str) -> SpokeRecord {
+        SpokeRecord { id: id.into(), quic: "127.0.0.1:7200".into(), http: "127.0.0.1:9200".into(), models: vec!["m".into()], cost_weight: 1.0, labels: BTreeMap::new(), joined_ms: 0 }
+    }
+
+    #[test]
+    fn join_tokens_are_used_once_and_expire() {
+        let mut s = ClusterState::default();
+        run(&mut s, "t", 0, Command::CreateJoinToken { digest: digest(7), ttl_ms: 60_000, uses: 1 });
+        assert_eq!(run(&mut s, "j1", 1_000, Command::Join { token_digest: digest(7), spoke: spoke("s3") }), CommandResult::Done);
+        assert_eq!(s.spokes["s3"].joined_ms, 1_000);
+        let again = run(&mut s, "j2", 2_000, Command::Join { token_digest: digest(7), spoke: spoke("s4") });
+        assert!(matches!(again, CommandResult::Invalid(ref m) if m.contains("used up")), "{again:?}");
+        assert!(!s.spokes.contains_key("s4"), "a refused join registers nothing");
+
+        run(&mut s, "t2", 3_000, Command::CreateJoinToken { digest: digest(8), ttl_ms: 1_000, uses: 5 });
+        let taken = run(&mut s, "j3", 3_100, Command::Join { token_digest: digest(8), spoke: spoke("s3") });
+        assert!(matches!(taken, CommandResult::Invalid(ref m) if m.contains("s3")), "{taken:?}");
+        assert_eq!(s.join_token(&digest(8)).map(|t| t.uses_left), Some(5), "a refused join keeps the use");
+        let late = run(&mut s, "j4", 4_001, Command::Join { token_digest: digest(8), spoke: spoke("s5") });
+        assert!(matches!(late, CommandResult::Invalid(_)), "expired: {late:?}");
+        assert!(run(&mut s, "j5", 4_002, Command::Join { token_digest: digest(9), spoke: spoke("s6") }) != CommandResult::Done);
+
+        assert_eq!(run(&mut s, "r", 5_000, Command::RemoveSpoke { id: "s3".into() }), CommandResult::Done);
+        assert!(s.spokes.is_empty());
     }
 }

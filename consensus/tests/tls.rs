@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nave_consensus::tls::{self, ClusterCa, NodeIdentity, ALPN_RAFT, ALPN_SPOKE};
+use nave_consensus::tls::{self, ClusterCa, NodeIdentity, ALPN_JOIN, ALPN_RAFT, ALPN_SPOKE, HUB_NAME};
 
 fn identity(ca: &ClusterCa, name: &str, start_offset: i64, validity: Duration) -> NodeIdentity {
     let (cert, key) = ca.issue_with(name, start_offset, validity).expect("issue");
@@ -88,4 +88,66 @@ async fn only_cluster_certificates_for_the_right_node_and_protocol_get_through()
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path().join("ca/ca.key")).expect("key").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// A hub's port lets clients without a certificate through the handshake, for joining
+/// only: the accept loop closes every other protocol for them (as the hub's does). A
+/// joining client accepts only the hub whose chain carries the pinned CA.
+#[tokio::test]
+async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    // A hub certificate from before hubs were named for joiners is issued again.
+    ca.ensure_node(&dir.path().join("h1"), "h1").expect("old identity");
+    let hub = ca.ensure_hub(&dir.path().join("h1"), "h1").expect("hub identity");
+    let ep = tls::hub_endpoint(&hub, "127.0.0.1:0".parse().expect("addr"), &[ALPN_RAFT, ALPN_JOIN]).expect("endpoint");
+    let addr = ep.local_addr().expect("addr");
+    let e = ep.clone();
+    tokio::spawn(async move {
+        while let Some(inc) = e.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = inc.await else { return };
+                let allowed = match tls::alpn(&conn).as_deref() {
+                    Some(ALPN_RAFT) => tls::has_certificate(&conn),
+                    Some(ALPN_JOIN) => true,
+                    _ => false,
+                };
+                if !allowed {
+                    return conn.close(3u32.into(), b"certificate required");
+                }
+                while let Ok((mut send, _recv)) = conn.accept_bi().await {
+                    let _ = send.write_all(b"k").await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+    let node = identity(&ca, "h2", -60, Duration::from_secs(3600));
+    assert!(talks(node.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "a node with a certificate");
+
+    let fingerprint = ca.fingerprint().expect("fingerprint");
+    assert!(talks(tls::join_client_config(&fingerprint).expect("cfg"), addr, HUB_NAME).await, "a joiner that pins this CA");
+    let other = ClusterCa::generate("someone else", Duration::from_secs(3600)).expect("ca");
+    let wrong = other.fingerprint().expect("fingerprint");
+    assert!(!talks(tls::join_client_config(&wrong).expect("cfg"), addr, HUB_NAME).await, "a joiner that pins another CA");
+
+    // Without a certificate, Raft is closed even though the handshake went through.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().expect("ca").expect("der")).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut anon = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anon.alpn_protocols = vec![ALPN_RAFT.to_vec()];
+    let anon = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(anon).expect("quic")));
+    assert!(!talks(anon, addr, "h1").await, "no certificate, Raft protocol");
+
+    // A certificate signed from a request names exactly the node the hub chose.
+    let (csr, key) = tls::new_request("asked-for").expect("request");
+    let cert = ca.sign_request(&csr, "s3").expect("signed");
+    let joined = NodeIdentity::from_pem("s3", ca.cert_pem(), &cert, &key).expect("identity");
+    assert!(talks(joined.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "the signed certificate is the cluster's");
+    assert!(ca.sign_request("garbage", "s3").is_err());
 }

@@ -1,6 +1,7 @@
-//! The admin API's key management (`/admin/v1/keys`): keys are created, listed and
-//! revoked through the replicated state, so every hub knows them at once. A key is shown
-//! once, at creation; the state holds only its SHA-256 digest.
+//! The admin API: API keys (`/admin/v1/keys`), join tokens (`/admin/v1/tokens`) and
+//! spokes (drain, removal). Keys and tokens live in the replicated state, so every hub
+//! knows them at once; each is shown once, at creation, and the state holds only its
+//! SHA-256 digest.
 
 use std::sync::Arc;
 
@@ -103,7 +104,73 @@ pub async fn drain_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>, bo
             let busy: usize = hb.models.iter().map(|m| m.stats.running + m.stats.waiting).sum();
             Json(json!({"spoke": id, "draining": hb.draining, "in_flight": busy})).into_response()
         }
-        Err(e) if !hub.config.spokes.iter().any(|s| s.id == id) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(e) if !hub.spokes.views().iter().any(|s| s.id == id) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    #[serde(default = "default_ttl")]
+    ttl_s: u64,
+    #[serde(default = "default_uses")]
+    uses: u32,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+fn default_uses() -> u32 {
+    1
+}
+
+/// `POST /admin/v1/tokens` (`{"ttl_s": 3600, "uses": 1}`): a join token for new spokes.
+/// It is shown once; the state keeps the digest of its secret.
+pub async fn create_token(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let req: NewToken = if body.is_empty() {
+        NewToken { ttl_s: default_ttl(), uses: default_uses() }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return ApiError::bad_request(format!("invalid token request: {e}")).into_response(),
+        }
+    };
+    if !(1..=30 * 86_400).contains(&req.ttl_s) {
+        return ApiError::bad_request("ttl_s: from 1 s to 30 days").with_param("ttl_s").into_response();
+    }
+    if !(1..=1000).contains(&req.uses) {
+        return ApiError::bad_request("uses: from 1 to 1000").with_param("uses").into_response();
+    }
+    let (secret, fingerprint) = match (random_hex(16), hub.ca.fingerprint()) {
+        (Ok(s), Ok(f)) => (s, f),
+        (Err(e), _) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        (_, Err(e)) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let token = nave_spoke::protocol::JoinToken { secret, ca_fingerprint: fingerprint };
+    let digest = nave_spoke::protocol::JoinToken::digest(&token.secret);
+    match hub.consensus.write(Command::CreateJoinToken { digest, ttl_ms: req.ttl_s * 1000, uses: req.uses }).await {
+        Ok(CommandResult::Done) => {
+            let quic = hub.config.hub(&hub.id).map(|h| h.quic.to_string()).unwrap_or_default();
+            let join = format!("nave spoke --join {quic} --token {token} --id NEW_ID --quic IP:PORT --http IP:PORT");
+            (StatusCode::CREATED, Json(json!({"token": token.to_string(), "ttl_s": req.ttl_s, "uses": req.uses, "hub_quic": quic, "join": join}))).into_response()
+        }
+        Ok(other) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")).into_response(),
+        Err(e) => no_quorum(e).into_response(),
+    }
+}
+
+/// `DELETE /admin/v1/spokes/{id}`: forgets a spoke that joined with a token (hubs stop
+/// dialling it; drain it first to let its requests finish). Config spokes stay.
+pub async fn remove_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    if hub.config.spokes.iter().any(|s| s.id == id) {
+        return ApiError::new(StatusCode::CONFLICT, format!("spoke {id} is listed in cluster.toml: remove it there")).into_response();
+    }
+    match hub.consensus.write(Command::RemoveSpoke { id: id.clone() }).await {
+        Ok(CommandResult::Done) => Json(json!({"spoke": id, "removed": true})).into_response(),
+        Ok(CommandResult::NotFound(m)) => ApiError::new(StatusCode::NOT_FOUND, m).into_response(),
+        Ok(other) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")).into_response(),
+        Err(e) => no_quorum(e).into_response(),
     }
 }

@@ -64,10 +64,11 @@ pub fn context(hub: &Hub, headers: &HeaderMap) -> Ctx {
 
 fn check_model(hub: &Hub, model: &str) -> Result<String, ApiError> {
     let model = model.strip_suffix(":latest").unwrap_or(model);
-    if hub.models.iter().any(|m| m == model) {
+    let models = hub.models();
+    if models.iter().any(|m| m == model) {
         Ok(model.to_string())
     } else {
-        Err(ApiError::unknown_model(model, &hub.models))
+        Err(ApiError::unknown_model(model, &models))
     }
 }
 
@@ -401,7 +402,7 @@ fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: (crate::Slot, Ad
 
 pub async fn models(State(hub): State<AppState>) -> Json<Value> {
     let created = now_secs();
-    let data: Vec<Value> = hub.models.iter().map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "nave"})).collect();
+    let data: Vec<Value> = hub.models().iter().map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "nave"})).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -653,7 +654,7 @@ async fn ollama_run(hub: &Arc<Hub>, caller: &Caller, chat: bool, model: &str, ge
 pub async fn ollama_tags(State(hub): State<AppState>) -> Json<Value> {
     let store = nave_inference::store::ModelStore::from_env();
     let models: Vec<Value> = hub
-        .models
+        .models()
         .iter()
         .map(|m| {
             let spec = nave_inference::store::spec(m).ok();

@@ -10,6 +10,7 @@
 //!   cost-aware); [`circuit`]: the per-spoke circuit breaker (pure).
 //! - [`spokes`]: connections, heartbeats and circuits of every spoke.
 //! - [`metrics`], [`error`]: Prometheus text; OpenAI-shaped errors.
+//! - [`join`]: spokes joining with a token (`nave-join/1` on the QUIC port).
 //! - [`up`]: `nave up`, the whole cluster as child processes.
 //!
 //! A request: axum handler ([`api`]) -> auth (middleware in [`router`]) -> admission slot
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod api;
 pub mod circuit;
 pub mod error;
+pub mod join;
 pub mod metrics;
 pub mod policy;
 pub mod route;
@@ -59,12 +61,13 @@ pub struct Hub {
     pub config: ClusterConfig,
     pub spokes: Arc<SpokeSet>,
     pub metrics: metrics::Metrics,
-    pub models: Vec<String>,
     pub request_timeout: Duration,
     pub shutting_down: AtomicBool,
     admin_digest: [u8; 32],
     slots: Arc<Semaphore>,
     pub consensus: Arc<ConsensusNode>,
+    /// Signs the certificates of joining spokes.
+    pub ca: ClusterCa,
 }
 
 /// Who sent a request (set by the auth middleware).
@@ -123,6 +126,11 @@ pub fn no_quorum(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Hub {
+    /// The models some spoke of the cluster serves (config and joined spokes), sorted.
+    pub fn models(&self) -> Vec<String> {
+        self.spokes.models()
+    }
+
     pub fn policy(&self, model: &str) -> Box<dyn policy::Policy> {
         policy::for_config(self.config.policy(model))
     }
@@ -297,7 +305,7 @@ async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Val
         .collect();
     let spokes = hub.spokes.views();
     let models: Vec<_> = hub
-        .models
+        .models()
         .iter()
         .map(|m| {
             let on: Vec<&str> = spokes.iter().filter(|s| s.models.contains(m) && s.state == "active").map(|s| s.id.as_str()).collect();
@@ -332,6 +340,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", axum::routing::delete(admin::revoke_key))
         .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
+        .route("/admin/v1/spokes/{id}", axum::routing::delete(admin::remove_spoke))
+        .route("/admin/v1/tokens", post(admin::create_token))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth));
     Router::new()
         .merge(protected)
@@ -344,24 +354,39 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`).
-async fn accept_peers(endpoint: quinn::Endpoint, consensus: Arc<ConsensusNode>) {
+/// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`, certificate required)
+/// and joining spokes (`nave-join/1`, the only protocol open without one).
+async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
     while let Some(incoming) = endpoint.accept().await {
-        let consensus = consensus.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => return tracing::debug!(error = %e, "peer handshake refused"),
             };
-            let alpn = conn
-                .handshake_data()
-                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-                .and_then(|h| h.protocol);
-            match alpn.as_deref() {
-                Some(tls::ALPN_RAFT) => consensus.serve_connection(conn).await,
+            match tls::alpn(&conn).as_deref() {
+                Some(tls::ALPN_RAFT) if tls::has_certificate(&conn) => hub.consensus.clone().serve_connection(conn).await,
+                Some(tls::ALPN_RAFT) => conn.close(3u32.into(), b"a cluster certificate is required"),
+                Some(tls::ALPN_JOIN) => join::serve(hub, conn).await,
                 _ => conn.close(1u32.into(), b"unsupported protocol"),
             }
         });
+    }
+}
+
+/// Keeps the hub's set of joined spokes in line with the replicated registry.
+async fn follow_registry(hub: Arc<Hub>) {
+    let mut seen = None;
+    loop {
+        let registry = hub.consensus.state.read(|a| a.state.spokes.clone());
+        if seen.as_ref() != Some(&registry) {
+            hub.spokes.sync_joined(&registry);
+            for m in hub.models() {
+                hub.metrics.add_model(&m);
+            }
+            seen = Some(registry);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -372,9 +397,9 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let dir = config.node_dir(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
-    let identity = ca.ensure_node(&dir, &id)?;
+    let identity = ca.ensure_hub(&dir, &id)?;
     let admin = ensure_admin_key(&config.cluster.data_dir)?;
-    let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_SPOKE])?;
+    let endpoint = tls::hub_endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_JOIN])?;
     let voters = config
         .hubs
         .iter()
@@ -383,23 +408,23 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
         .collect();
     let rid = raft_id(&config, &id).context("hub id not in config")?;
     let consensus = ConsensusNode::start(&dir, rid, voters, endpoint.clone(), &identity).await?;
-    tokio::spawn(accept_peers(endpoint.clone(), consensus.clone()));
     let spokes = SpokeSet::new(&config, &identity, endpoint.clone())?;
     spokes.spawn_watchers();
-    let models = config.served_models();
     let c = &config.cluster;
     let hub = Arc::new(Hub {
         id: id.clone(),
         spokes,
-        metrics: metrics::Metrics::new(models.clone()),
-        models,
+        metrics: metrics::Metrics::new(config.served_models()),
         request_timeout: Duration::from_millis(c.request_timeout_ms),
         shutting_down: AtomicBool::new(false),
         admin_digest: Sha256::digest(admin.as_bytes()).into(),
         slots: Arc::new(Semaphore::new(c.max_concurrent_requests * 2)),
         config: config.clone(),
         consensus: consensus.clone(),
+        ca,
     });
+    tokio::spawn(accept_peers(endpoint.clone(), hub.clone()));
+    tokio::spawn(follow_registry(hub.clone()));
     let listener = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");
     let flag = hub.clone();

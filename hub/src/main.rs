@@ -35,11 +35,18 @@ enum Cmd {
         id: String,
     },
     /// Run one spoke of the config.
+    ///
+    /// A machine outside cluster.toml joins a running cluster with a token from `nave
+    /// admin token create`: `nave spoke --join HUB_QUIC_ADDR --token TOKEN --id s3 --quic
+    /// IP:PORT --http IP:PORT`. It keeps its identity in <data-dir>/<id>/ and starts again
+    /// later with `nave spoke --id s3 --data-dir DIR` (no token).
     Spoke {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         #[arg(long)]
         id: String,
+        #[command(flatten)]
+        join: JoinArgs,
     },
     /// The model store: pull and list models.
     Model {
@@ -148,6 +155,94 @@ struct AdminConn {
     key: Option<String>,
 }
 
+/// A spoke that joins with a token (its settings; cluster.toml ones take the same names).
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// QUIC address of any hub of the cluster.
+    #[arg(long, requires = "token")]
+    join: Option<std::net::SocketAddr>,
+    /// Join token (`nave admin token create`).
+    #[arg(long, env = "NAVE_JOIN_TOKEN")]
+    token: Option<String>,
+    /// Where a joined spoke keeps its identity and settings (in <data-dir>/<id>/).
+    #[arg(long, default_value = ".nave")]
+    data_dir: PathBuf,
+    /// Address the hubs dial for inference streams.
+    #[arg(long, default_value = "127.0.0.1:7103")]
+    quic: std::net::SocketAddr,
+    /// Address of /health and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9103")]
+    http: std::net::SocketAddr,
+    /// Models to serve: store names or paths to .gguf files, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "smollm2-135m")]
+    models: Vec<String>,
+    #[arg(long, default_value = "1GiB")]
+    serving_reserve: String,
+    #[arg(long, default_value = "512MiB")]
+    training_limit: String,
+    #[arg(long, default_value = "256MiB")]
+    kv_pool: String,
+    #[arg(long, default_value_t = 1.0)]
+    cost_weight: f64,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    max_running: usize,
+    #[arg(long, default_value_t = 256)]
+    max_batch_tokens: usize,
+}
+
+impl JoinArgs {
+    fn spec(&self, id: &str) -> anyhow::Result<nave_consensus::SpokeConfig> {
+        let size = |name: &str, v: &str| nave_consensus::ByteSize::parse(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"));
+        Ok(nave_consensus::SpokeConfig {
+            id: id.to_string(),
+            http: self.http,
+            quic: self.quic,
+            models: self.models.clone(),
+            device: "cpu".into(),
+            serving_reserve: size("serving-reserve", &self.serving_reserve)?,
+            training_limit: size("training-limit", &self.training_limit)?,
+            kv_pool: size("kv-pool", &self.kv_pool)?,
+            cost_weight: self.cost_weight,
+            labels: Default::default(),
+            threads: self.threads,
+            max_running: self.max_running,
+            max_batch_tokens: self.max_batch_tokens,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a join token for new spokes; it is printed once, on the last line.
+    Create {
+        /// How long it is valid: 30m, 1h, 7d...
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many spokes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+/// Seconds in "90s", "30m", "1h", "7d" (a bare number is seconds).
+fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a duration like 90s, 30m, 1h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{text:?} is not a duration like 90s, 30m, 1h or 7d"),
+    };
+    Ok(n * mult)
+}
+
 #[derive(Subcommand)]
 enum KeyCmd {
     /// Create an API key; it is printed once, on the last line.
@@ -190,10 +285,21 @@ enum SpokeCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
+    /// Forget a spoke that joined with a token (drain it first).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
 }
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Join tokens for new spokes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Spokes.
     Spoke {
         #[command(subcommand)]
@@ -279,7 +385,14 @@ fn main() -> anyhow::Result<()> {
             let _pid = PidFile::create(config.node_dir(&id))?;
             runtime()?.block_on(nave_hub::run(config, id, shutdown_signal()))
         }
-        Cmd::Spoke { config, id } => {
+        Cmd::Spoke { config, id, join } => {
+            let joined_dir = nave_spoke::join::node_dir(&join.data_dir, &id);
+            if join.join.is_some() || joined_dir.join("joined.json").exists() {
+                let spec = join.spec(&id)?;
+                let _pid = PidFile::create(joined_dir)?;
+                let with = join.join.zip(join.token.clone());
+                return runtime()?.block_on(nave_spoke::join::run_joined(&join.data_dir, spec, with, shutdown_signal()));
+            }
             let config = ClusterConfig::load(&config)?;
             let _pid = PidFile::create(config.node_dir(&id))?;
             runtime()?.block_on(nave_spoke::run(config, id, shutdown_signal()))
@@ -300,6 +413,20 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Admin { command: AdminCmd::Status { url, key, json } } => runtime()?.block_on(status(url, default_key(key)?, json)),
         Cmd::Admin { command: AdminCmd::Key { command } } => runtime()?.block_on(keys(command)),
+        Cmd::Admin { command: AdminCmd::Token { command: TokenCmd::Create { ttl, uses, conn } } } => runtime()?.block_on(async {
+            let ttl_s = parse_duration_s(&ttl)?;
+            let v = admin_call(conn, reqwest::Method::POST, "/admin/v1/tokens", Some(serde_json::json!({"ttl_s": ttl_s, "uses": uses}))).await?;
+            println!("join token for {uses} spoke(s), valid {ttl}; on the new machine:");
+            println!("  {}", v["join"].as_str().unwrap_or(""));
+            println!("it is shown only now:");
+            println!("{}", v["token"].as_str().unwrap_or(""));
+            Ok(())
+        }),
+        Cmd::Admin { command: AdminCmd::Spoke { command: SpokeCmd::Remove { id, conn } } } => runtime()?.block_on(async {
+            admin_call(conn, reqwest::Method::DELETE, &format!("/admin/v1/spokes/{id}"), None).await?;
+            println!("{id} removed: the hubs no longer send it requests");
+            Ok(())
+        }),
         Cmd::Admin { command: AdminCmd::Spoke { command: SpokeCmd::Drain { id, undo, conn } } } => runtime()?.block_on(async {
             let v = admin_call(conn, reqwest::Method::POST, &format!("/admin/v1/spokes/{id}/drain"), Some(serde_json::json!({"undo": undo}))).await?;
             if undo {

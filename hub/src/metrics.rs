@@ -58,16 +58,25 @@ pub struct Metrics {
     pub itl: Histogram,
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
-    models: Vec<String>,
+    models: Mutex<Vec<String>>,
 }
 
 impl Metrics {
     pub fn new(models: Vec<String>) -> Self {
-        Self { models, ..Self::default() }
+        Self { models: Mutex::new(models), ..Self::default() }
+    }
+
+    /// A model served by a spoke that joined: its requests get their own label.
+    pub fn add_model(&self, model: &str) {
+        let mut m = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.iter().any(|x| x == model) {
+            m.push(model.to_string());
+        }
     }
 
     pub fn request(&self, route: &'static str, model: &str, status: u16) {
-        let model = if self.models.iter().any(|m| m == model) { model.to_string() } else { "other".into() };
+        let known = self.models.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|m| m == model);
+        let model = if known { model.to_string() } else { "other".into() };
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry((route, model, status)).or_default() += 1;
     }

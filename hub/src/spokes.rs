@@ -21,15 +21,20 @@ pub struct SpokeState {
     pub heartbeat: Option<Heartbeat>,
     pub last_heard: Option<Instant>,
     pub circuit: Circuit,
+    /// Joined with a token (not in cluster.toml); may be removed.
+    pub joined: bool,
+    removed: bool,
     /// Seconds to first event of recent requests, and whether each succeeded.
     recent: VecDeque<(f64, bool)>,
 }
 
 pub struct SpokeSet {
-    pub spokes: Vec<Arc<Mutex<SpokeState>>>,
+    /// The config's spokes, then the joined ones (from the replicated state).
+    spokes: std::sync::RwLock<Vec<Arc<Mutex<SpokeState>>>>,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     heartbeat_timeout: Duration,
+    circuit: (u32, Duration),
 }
 
 fn lock(s: &Mutex<SpokeState>) -> std::sync::MutexGuard<'_, SpokeState> {
@@ -53,41 +58,100 @@ pub struct SpokeView {
     pub training_used: u64,
     pub training_total: u64,
     pub last_heard_ms: Option<u64>,
+    pub joined: bool,
 }
 
 impl SpokeSet {
     pub fn new(config: &ClusterConfig, identity: &NodeIdentity, endpoint: quinn::Endpoint) -> nave_consensus::Result<Arc<Self>> {
         let c = &config.cluster;
+        let circuit = || Circuit::new(c.circuit_failures, Duration::from_millis(c.circuit_open_ms));
         let spokes = config
             .spokes
             .iter()
             .map(|s| {
                 let mut spec = s.clone();
                 spec.models = spec.models.iter().map(|m| nave_consensus::config::model_name(m)).collect();
-                Arc::new(Mutex::new(SpokeState {
-                    spec,
-                    conn: None,
-                    heartbeat: None,
-                    last_heard: None,
-                    circuit: Circuit::new(c.circuit_failures, Duration::from_millis(c.circuit_open_ms)),
-                    recent: VecDeque::new(),
-                }))
+                Arc::new(Mutex::new(SpokeState::new(spec, circuit(), false)))
             })
             .collect();
         Ok(Arc::new(Self {
-            spokes,
+            spokes: std::sync::RwLock::new(spokes),
+            circuit: (c.circuit_failures, Duration::from_millis(c.circuit_open_ms)),
             endpoint,
             client: identity.client_config(ALPN_SPOKE)?,
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
         }))
     }
 
+    /// Every spoke, config ones first.
+    fn all(&self) -> Vec<Arc<Mutex<SpokeState>>> {
+        self.spokes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Keeps a connection and a heartbeat subscription to every spoke, forever.
     pub fn spawn_watchers(self: &Arc<Self>) {
-        for s in &self.spokes {
-            let (set, s) = (self.clone(), s.clone());
-            tokio::spawn(async move { set.watch(s).await });
+        for s in self.all() {
+            self.spawn_watcher(s);
         }
+    }
+
+    fn spawn_watcher(self: &Arc<Self>, s: Arc<Mutex<SpokeState>>) {
+        let set = self.clone();
+        tokio::spawn(async move { set.watch(s).await });
+    }
+
+    /// Brings the joined spokes in line with the replicated registry: new ones are dialled,
+    /// removed ones dropped. Config spokes are never touched.
+    pub fn sync_joined(self: &Arc<Self>, registry: &std::collections::BTreeMap<String, nave_consensus::state::SpokeRecord>) {
+        let mut list = self.spokes.write().unwrap_or_else(|p| p.into_inner());
+        list.retain(|s| {
+            let mut g = lock(s);
+            let keep = !g.joined || registry.contains_key(&g.spec.id);
+            if !keep {
+                tracing::info!(spoke = %g.spec.id, "spoke removed from the cluster");
+                g.removed = true;
+                if let Some(c) = g.conn.take() {
+                    c.close(0u32.into(), b"removed");
+                }
+            }
+            keep
+        });
+        for (id, r) in registry {
+            if list.iter().any(|s| lock(s).spec.id == *id) {
+                continue;
+            }
+            let Ok(quic) = r.quic.parse() else {
+                tracing::warn!(spoke = %id, quic = %r.quic, "joined spoke with an unusable address");
+                continue;
+            };
+            let spec = SpokeConfig {
+                id: id.clone(),
+                http: r.http.parse().unwrap_or(quic),
+                quic,
+                models: r.models.clone(),
+                device: String::new(),
+                serving_reserve: Default::default(),
+                training_limit: Default::default(),
+                kv_pool: Default::default(),
+                cost_weight: r.cost_weight,
+                labels: r.labels.clone(),
+                threads: None,
+                max_running: 0,
+                max_batch_tokens: 0,
+            };
+            tracing::info!(spoke = %id, %quic, models = ?r.models, "joined spoke added");
+            let s = Arc::new(Mutex::new(SpokeState::new(spec, Circuit::new(self.circuit.0, self.circuit.1), true)));
+            list.push(s.clone());
+            self.spawn_watcher(s);
+        }
+    }
+
+    /// Models some spoke serves (config or joined), sorted.
+    pub fn models(&self) -> Vec<String> {
+        let mut m: Vec<String> = self.all().iter().flat_map(|s| lock(s).spec.models.clone()).collect();
+        m.sort();
+        m.dedup();
+        m
     }
 
     async fn watch(&self, s: Arc<Mutex<SpokeState>>) {
@@ -95,6 +159,9 @@ impl SpokeSet {
         loop {
             let (addr, id) = {
                 let g = lock(&s);
+                if g.removed {
+                    return;
+                }
                 (g.spec.quic, g.spec.id.clone())
             };
             match self.subscribe(&s, addr, &id).await {
@@ -126,7 +193,7 @@ impl SpokeSet {
     /// Spokes a request for `model` may go to now, excluding `tried`.
     pub fn candidates(&self, model: &str, tried: &[String]) -> Vec<Candidate> {
         let now = Instant::now();
-        self.spokes
+        self.all()
             .iter()
             .filter_map(|s| {
                 let g = lock(s);
@@ -142,8 +209,8 @@ impl SpokeSet {
             .collect()
     }
 
-    fn find(&self, id: &str) -> Option<&Arc<Mutex<SpokeState>>> {
-        self.spokes.iter().find(|s| lock(s).spec.id == id)
+    fn find(&self, id: &str) -> Option<Arc<Mutex<SpokeState>>> {
+        self.all().into_iter().find(|s| lock(s).spec.id == id)
     }
 
     /// Opens a request stream to spoke `id` and sends the request; takes the half-open
@@ -151,7 +218,7 @@ impl SpokeSet {
     pub async fn open(&self, id: &str, msg: &HubToSpoke) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream)> {
         let s = self.find(id).ok_or_else(|| anyhow::anyhow!("unknown spoke {id}"))?;
         let conn = {
-            let mut g = lock(s);
+            let mut g = lock(&s);
             if !g.circuit.allow(Instant::now()) {
                 anyhow::bail!("spoke {id}: circuit open");
             }
@@ -164,13 +231,13 @@ impl SpokeSet {
 
     /// Tells spoke `id` to stop (or resume) taking new requests; returns its heartbeat.
     pub async fn drain(&self, id: &str, on: bool) -> anyhow::Result<Heartbeat> {
-        let s = self.find(id).ok_or_else(|| anyhow::anyhow!("no spoke {id} in the config"))?;
-        let conn = lock(s).conn.clone().ok_or_else(|| anyhow::anyhow!("spoke {id} is not connected"))?;
+        let s = self.find(id).ok_or_else(|| anyhow::anyhow!("no spoke {id} in this cluster"))?;
+        let conn = lock(&s).conn.clone().ok_or_else(|| anyhow::anyhow!("spoke {id} is not connected"))?;
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, &HubToSpoke::Drain(on)).await?;
         match read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await? {
             Some(SpokeToHub::Heartbeat(hb)) => {
-                let mut g = lock(s);
+                let mut g = lock(&s);
                 g.heartbeat = Some(hb.clone());
                 g.last_heard = Some(Instant::now());
                 Ok(hb)
@@ -181,7 +248,7 @@ impl SpokeSet {
 
     pub fn record(&self, id: &str, ok: bool, first_event_s: f64) {
         if let Some(s) = self.find(id) {
-            let mut g = lock(s);
+            let mut g = lock(&s);
             if ok {
                 g.circuit.success();
             } else {
@@ -196,13 +263,12 @@ impl SpokeSet {
 
     /// Whether any spoke is ready to serve some model.
     pub fn any_ready(&self) -> bool {
-        let models: Vec<String> = self.spokes.iter().flat_map(|s| lock(s).spec.models.clone()).collect();
-        models.iter().any(|m| !self.candidates(m, &[]).is_empty())
+        self.models().iter().any(|m| !self.candidates(m, &[]).is_empty())
     }
 
     pub fn views(&self) -> Vec<SpokeView> {
         let now = Instant::now();
-        self.spokes
+        self.all()
             .iter()
             .map(|s| {
                 let g = lock(s);
@@ -234,6 +300,7 @@ impl SpokeSet {
                     training_used: hb.memory.training.used,
                     training_total: hb.memory.training.total,
                     last_heard_ms: g.last_heard.map(|t| now.duration_since(t).as_millis() as u64),
+                    joined: g.joined,
                 }
             })
             .collect()
@@ -241,6 +308,10 @@ impl SpokeSet {
 }
 
 impl SpokeState {
+    fn new(spec: SpokeConfig, circuit: Circuit, joined: bool) -> Self {
+        Self { spec, conn: None, heartbeat: None, last_heard: None, circuit, joined, removed: false, recent: VecDeque::new() }
+    }
+
     fn latency_figures(&self) -> (f64, f64) {
         if self.recent.is_empty() {
             return (0.0, 1.0);

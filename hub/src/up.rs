@@ -115,7 +115,11 @@ pub fn up(config_path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
     for id in config.hubs.iter().map(|h| &h.id).chain(config.spokes.iter().map(|s| &s.id)) {
-        ca.ensure_node(&config.node_dir(id), id)?;
+        if config.hubs.iter().any(|h| &h.id == id) {
+            ca.ensure_hub(&config.node_dir(id), id)?;
+        } else {
+            ca.ensure_node(&config.node_dir(id), id)?;
+        }
     }
     let admin = crate::ensure_admin_key(data)?;
 

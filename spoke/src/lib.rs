@@ -7,12 +7,14 @@
 //! - [`server`]: loading engines, the QUIC accept loop, one task per stream bridging
 //!   frames to the engine's event stream, heartbeats.
 //! - [`http`]: `/health` and `/metrics` on the spoke's HTTP port.
+//! - [`join`]: joining a running cluster with a token, and starting again from it.
 //!
 //! A request arrives as a `Generate` frame on a new stream, is submitted to the engine of
 //! its model, and every engine event goes back as a frame until `Done` or `Error`; a hub
 //! that stops the stream cancels the sequence.
 
 pub mod http;
+pub mod join;
 pub mod protocol;
 pub mod server;
 

@@ -54,3 +54,73 @@ impl Heartbeat {
         self.models.iter().find(|m| m.model == model).map(|m| m.stats.waiting + m.stats.running)
     }
 }
+
+/// Largest join frame either side accepts (`nave-join/1`).
+pub const MAX_JOIN_FRAME: u32 = 64 << 10;
+
+/// The first and only frame a joining spoke sends on `nave-join/1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The token's secret (the hub compares its digest with the replicated one).
+    pub secret: String,
+    pub spoke: nave_consensus::state::SpokeRecord,
+    /// A certificate request for the spoke's id; the key stays on the spoke.
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JoinReply {
+    Accepted { cert_pem: String, ca_pem: String, heartbeat_interval_ms: u64 },
+    Refused(String),
+}
+
+/// A join token as an admin hands it over: `nave-join.<secret>.<CA fingerprint>`. The
+/// secret proves the right to join; the fingerprint lets the spoke check that it talks to
+/// this cluster's hubs before it sends the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl JoinToken {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || "a join token looks like nave-join.<32 hex digits>.<64 hex digits> (from `nave admin token create`)".to_string();
+        let mut parts = text.trim().split('.');
+        let (Some("nave-join"), Some(secret), Some(fp), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(secret, 32) || !hex(fp, 64) {
+            return Err(bad());
+        }
+        Ok(Self { secret: secret.to_ascii_lowercase(), ca_fingerprint: fp.to_ascii_lowercase() })
+    }
+
+    /// SHA-256 of the secret, hex: what the replicated state keeps.
+    pub fn digest(secret: &str) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nave-join.{}.{}", self.secret, self.ca_fingerprint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_round_trip_and_reject_garbage() {
+        let t = JoinToken { secret: "ab".repeat(16), ca_fingerprint: "cd".repeat(32) };
+        assert_eq!(JoinToken::parse(&t.to_string()), Ok(t.clone()));
+        assert_eq!(JoinToken::parse(&format!(" {} \n", t.to_string().to_uppercase().replace("NAVE-JOIN", "nave-join"))), Ok(t));
+        for bad in ["", "nave-join", "nave-join.abc.def", &format!("nave-join.{}.{}.x", "ab".repeat(16), "cd".repeat(32)), &format!("other.{}.{}", "ab".repeat(16), "cd".repeat(32)), &format!("nave-join.{}.{}", "zz".repeat(16), "cd".repeat(32))] {
+            assert!(JoinToken::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

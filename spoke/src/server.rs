@@ -99,6 +99,12 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let dir = config.node_dir(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = identity(&config, &id)?;
+    serve(spec, identity, Duration::from_millis(config.cluster.heartbeat_interval_ms), shutdown).await
+}
+
+/// Loads the spoke's models and serves them with `identity` until `shutdown` completes.
+pub async fn serve(spec: SpokeConfig, identity: NodeIdentity, heartbeat_every: Duration, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let id = spec.id.clone();
     let ledger = Ledger::new(spec.device.clone(), spec.serving_reserve.0, spec.training_limit.0);
     let engines = {
         let (spec, ledger) = (spec.clone(), ledger.clone());
@@ -109,7 +115,7 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
         engines,
         ledger,
         draining: AtomicBool::new(false),
-        heartbeat_every: Duration::from_millis(config.cluster.heartbeat_interval_ms),
+        heartbeat_every,
         rate: Mutex::new(RateWindow { at: Instant::now(), tokens: 0, rate: 0.0 }),
     });
 

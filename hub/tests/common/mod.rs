@@ -23,6 +23,8 @@ pub struct Cluster {
     pub child: Option<Child>,
     pub key: String,
     pub hubs: Vec<String>,
+    /// The hubs' QUIC addresses (IP:port), in the same order.
+    pub hub_quic: Vec<String>,
     pub spokes: Vec<String>,
 }
 
@@ -38,11 +40,12 @@ impl Cluster {
     pub fn start(layout: Layout<'_>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = format!("[cluster]\ndata_dir = \"{}\"\n{}\n", dir.path().join("data").display(), layout.extra);
-        let mut hubs = Vec::new();
+        let (mut hubs, mut hub_quic) = (Vec::new(), Vec::new());
         for i in 0..layout.hubs {
             let (h, q) = (free_port(), free_port());
             cfg += &format!("[[hub]]\nid = \"h{}\"\nhttp = \"127.0.0.1:{h}\"\nquic = \"127.0.0.1:{q}\"\n", i + 1);
             hubs.push(format!("http://127.0.0.1:{h}"));
+            hub_quic.push(format!("127.0.0.1:{q}"));
         }
         let models = layout.models.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
         let mut spokes = Vec::new();
@@ -55,7 +58,7 @@ impl Cluster {
         std::fs::write(&config, cfg).expect("write config");
         let child = launch(&config);
         let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
-        Cluster { config, dir, child: Some(child), key, hubs, spokes }
+        Cluster { config, dir, child: Some(child), key, hubs, hub_quic, spokes }
     }
 
     /// Stops the cluster and starts it again on the same config and data.
@@ -147,4 +150,14 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
     nave_inference::tiny::write_tiny_model(&path, nave_inference::tiny::TinyArch::Llama, 11).expect("tiny model");
     path
+}
+
+/// A process killed (SIGKILL) and reaped when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,0 +1,87 @@
+//! The hub's side of joining (`nave-join/1`, the one protocol a client without a
+//! certificate may speak on the QUIC port): check the request, sign the spoke's
+//! certificate request, and consume the token while registering the spoke in one
+//! consensus write. A refused join changes nothing and says why.
+
+use std::sync::Arc;
+
+use nave_consensus::frame::{read_frame, write_frame};
+use nave_consensus::state::{Command, CommandResult};
+use nave_consensus::tls::HUB_NAME;
+use nave_spoke::protocol::{JoinReply, JoinRequest, JoinToken, MAX_JOIN_FRAME};
+
+use crate::Hub;
+
+/// Serves one joining connection: one stream, one request, one answer.
+pub async fn serve(hub: Arc<Hub>, conn: quinn::Connection) {
+    let peer = conn.remote_address();
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await else {
+        return conn.close(2u32.into(), b"no join request");
+    };
+    let reply = match tokio::time::timeout(std::time::Duration::from_secs(10), read_frame::<JoinRequest, _>(&mut recv, MAX_JOIN_FRAME)).await {
+        Ok(Ok(Some(request))) => answer(&hub, request).await,
+        Ok(Ok(None)) => JoinReply::Refused("empty join request".into()),
+        Ok(Err(e)) => JoinReply::Refused(format!("malformed join request: {e}")),
+        Err(_) => JoinReply::Refused("the join request did not arrive within 10 s".into()),
+    };
+    match &reply {
+        JoinReply::Accepted { .. } => tracing::info!(%peer, "spoke joined"),
+        JoinReply::Refused(why) => {
+            hub.metrics.refusal("join");
+            tracing::warn!(%peer, %why, "join refused");
+        }
+    }
+    if write_frame(&mut send, &reply).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+    }
+}
+
+async fn answer(hub: &Hub, request: JoinRequest) -> JoinReply {
+    let spoke = &request.spoke;
+    if let Err(why) = check(hub, &request) {
+        return JoinReply::Refused(why);
+    }
+    // Signing first: a request that cannot be signed must not spend the token.
+    let cert_pem = match hub.ca.sign_request(&request.csr_pem, &spoke.id) {
+        Ok(c) => c,
+        Err(e) => return JoinReply::Refused(e.to_string()),
+    };
+    let command = Command::Join { token_digest: JoinToken::digest(&request.secret), spoke: spoke.clone() };
+    match hub.consensus.write(command).await {
+        Ok(CommandResult::Done) => JoinReply::Accepted {
+            cert_pem,
+            ca_pem: hub.ca.cert_pem().to_string(),
+            heartbeat_interval_ms: hub.config.cluster.heartbeat_interval_ms,
+        },
+        Ok(CommandResult::Invalid(why) | CommandResult::NotFound(why)) => JoinReply::Refused(why),
+        Ok(other) => JoinReply::Refused(format!("unexpected result {other:?}")),
+        Err(e) => JoinReply::Refused(format!("the cluster state is not available ({e}); try again shortly")),
+    }
+}
+
+/// What the hub checks before the consensus write.
+fn check(hub: &Hub, request: &JoinRequest) -> Result<(), String> {
+    let s = &request.spoke;
+    let id_ok = !s.id.is_empty() && s.id.len() <= 63 && s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !id_ok || s.id == HUB_NAME {
+        return Err(format!("{:?} is not a usable spoke id: use 1-63 letters, digits or '-'", s.id));
+    }
+    let config = &hub.config;
+    if config.hubs.iter().any(|h| h.id == s.id) || config.spokes.iter().any(|c| c.id == s.id) {
+        return Err(format!("{:?} is a node of cluster.toml; pick another --id", s.id));
+    }
+    if s.quic.parse::<std::net::SocketAddr>().is_err() || s.http.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("the addresses {:?} and {:?} must be IP:port", s.quic, s.http));
+    }
+    if s.models.is_empty() {
+        return Err("a spoke serves at least one model".into());
+    }
+    if !(s.cost_weight.is_finite() && s.cost_weight > 0.0) {
+        return Err(format!("cost weight {} must be a positive number", s.cost_weight));
+    }
+    if request.secret.len() != 32 {
+        return Err("malformed join token".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! A spoke joins a running cluster with a token while requests flow: it serves, the token
+//! cannot be used twice, bad tokens are refused with a clear message and register
+//! nothing, the joined spoke starts again from its saved identity, and removal forgets it.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, tiny_model, Cluster, Layout, Process};
+use serde_json::{json, Value};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+struct Joiner<'a> {
+    hub_quic: &'a str,
+    model: &'a str,
+    data_dir: &'a std::path::Path,
+}
+
+impl Joiner<'_> {
+    fn command(&self, id: &str, token: Option<&str>, quic: u16, http: u16) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nave"));
+        cmd.args(["spoke", "--id", id, "--models", self.model, "--kv-pool", "64MiB", "--threads", "1"])
+            .arg("--data-dir")
+            .arg(self.data_dir)
+            .args(["--quic", &format!("127.0.0.1:{quic}"), "--http", &format!("127.0.0.1:{http}")])
+            .env("NAVE_LOG", "info");
+        if let Some(t) = token {
+            cmd.args(["--join", self.hub_quic, "--token", t]);
+        }
+        cmd
+    }
+
+    /// Runs a join that must fail; returns its stderr.
+    fn refused(&self, id: &str, token: &str) -> String {
+        let out = self.command(id, Some(token), free_port(), free_port()).stdout(Stdio::null()).output().expect("runs");
+        assert!(!out.status.success(), "the join must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+fn spoke_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str) -> Option<String> {
+    let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(key).send().ok()?.json().ok()?;
+    v["spokes"].as_array()?.iter().find(|s| s["id"] == id).and_then(|s| s["state"].as_str().map(String::from))
+}
+
+fn wait_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let state = spoke_state(http, hub, key, id);
+        if state.as_deref() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spoke {id}: state {state:?}, waited for {want:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_spoke_joins_with_a_token_while_requests_flow() {
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model], extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n" });
+    let (hub, key) = (c.hubs[0].clone(), c.key.clone());
+    let http = client();
+    let joined_dir = c.dir.path().join("joined");
+    let joiner = Joiner { hub_quic: &c.hub_quic[0], model, data_dir: &joined_dir };
+
+    // Requests flow the whole time; none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, hub, key) = (stop.clone(), ok.clone(), failed.clone(), hub.clone(), key.clone());
+        std::thread::spawn(move || {
+            let http = client();
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = http
+                    .post(format!("{hub}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "the"}]}))
+                    .send();
+                match r {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(r) => {
+                        eprintln!("request failed: {} {}", r.status(), r.text().unwrap_or_default());
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+
+    // A one-use token; the spoke joins with it and becomes a candidate.
+    let r = http.post(format!("{hub}/admin/v1/tokens")).bearer_auth(&key).json(&json!({"ttl_s": 600, "uses": 1})).send().expect("sent");
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().expect("json")["token"].as_str().expect("token").to_string();
+    let (quic, port) = (free_port(), free_port());
+    let spoke = Process(joiner.command("s9", Some(&token), quic, port).stdout(Stdio::null()).spawn().expect("spawn"));
+    wait_state(&http, &hub, &key, "s9", Some("active"));
+
+    // With the config spoke drained, the joined one answers alone.
+    let drain = |undo: bool| {
+        let r = http.post(format!("{hub}/admin/v1/spokes/s1/drain")).bearer_auth(&key).json(&json!({"undo": undo})).send().expect("sent");
+        assert_eq!(r.status(), 200);
+    };
+    drain(false);
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{hub}/v1/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "tiny", "max_tokens": 4, "prompt": "the"}))
+            .send()
+            .expect("sent");
+        assert_eq!(r.status(), 200, "served by the joined spoke");
+    }
+    let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().expect("spoke metrics").text().expect("text");
+    let generated: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("nave_engine_generated_tokens_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(generated >= 3.0, "the joined spoke generated tokens: {metrics}");
+    drain(true);
+
+    // The same token again, a garbled one, one for another CA: refused, nothing registered.
+    let again = joiner.refused("s10", &token);
+    assert!(again.contains("used up"), "{again}");
+    assert!(joiner.refused("s11", "nave-join.1234").contains("looks like"));
+    let foreign = format!("nave-join.{}.{}", "ab".repeat(16), "cd".repeat(32));
+    let err = joiner.refused("s12", &foreign);
+    assert!(err.contains("no hub of the token's cluster answered"), "{err}");
+    for id in ["s10", "s11", "s12"] {
+        assert_eq!(spoke_state(&http, &hub, &key, id), None, "{id} must not be registered");
+    }
+
+    // The joined spoke starts again from its saved identity, without a token.
+    drop(spoke);
+    wait_state(&http, &hub, &key, "s9", Some("down"));
+    let _spoke = Process(joiner.command("s9", None, quic, port).stdout(Stdio::null()).spawn().expect("spawn"));
+    wait_state(&http, &hub, &key, "s9", Some("active"));
+
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the spoke joined ({} succeeded)", ok.load(Ordering::Relaxed));
+    assert!(ok.load(Ordering::Relaxed) > 0);
+
+    // Removal: the hubs forget it.
+    let r = http.delete(format!("{hub}/admin/v1/spokes/s9")).bearer_auth(&key).send().expect("sent");
+    assert_eq!(r.status(), 200);
+    wait_state(&http, &hub, &key, "s9", None);
+    let r = http.delete(format!("{hub}/admin/v1/spokes/s1")).bearer_auth(&key).send().expect("sent");
+    assert_eq!(r.status(), 409, "a config spoke is removed in cluster.toml");
+}
