@@ -26,7 +26,22 @@ pub struct EngineReport {
     pub threads: usize,
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
+    /// Nave's weights in memory (after re-quantization and padding), and its peak
+    /// resident memory over the run (weights, the KV pool of 1 GiB as it got touched,
+    /// activations).
+    pub weight_bytes: u64,
+    pub peak_rss_bytes: u64,
     pub figures: Vec<EngineFigures>,
+}
+
+/// The process's peak resident memory (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 pub struct EngineBench {
@@ -50,6 +65,7 @@ fn params(max_tokens: usize) -> SamplingParams {
 pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
     let path = ModelStore::from_env().ensure(&b.model, &mut |_| {})?;
     let model = LoadedModel::load(b.model.clone(), &path, LoadOptions::default())?;
+    let weight_bytes = model.transformer.weight_bytes();
     let ledger = Ledger::new("cpu", 8 << 30, 0);
     let max = *b.concurrency.iter().max().unwrap_or(&1);
     let config = EngineConfig { kv_pool_bytes: 1 << 30, max_running: max.max(1), max_batch_tokens: 512, queue_capacity: 1024, ..Default::default() };
@@ -97,11 +113,12 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
         }
         aggregate.push((c, total as f64 / t.elapsed().as_secs_f64()));
     }
+    let peak_rss_bytes = peak_rss();
     let mut figures = vec![EngineFigures { system: "nave".into(), prefill_tok_s: prefill, decode_tok_s: decode, aggregate }];
     if b.peer {
         figures.push(peer(b, &path)?);
     }
-    Ok(EngineReport { model: b.model.clone(), threads: b.threads, prompt_tokens: b.prompt_tokens, decode_tokens: b.decode_tokens, figures })
+    Ok(EngineReport { model: b.model.clone(), threads: b.threads, prompt_tokens: b.prompt_tokens, decode_tokens: b.decode_tokens, weight_bytes, peak_rss_bytes, figures })
 }
 
 fn peer(b: &EngineBench, path: &std::path::Path) -> anyhow::Result<EngineFigures> {
@@ -136,4 +153,5 @@ pub fn print(r: &EngineReport) {
         }
         println!();
     }
+    println!("nave memory: weights {} MB, peak resident {} MB", r.weight_bytes / 1_000_000, r.peak_rss_bytes / 1_000_000);
 }

@@ -72,17 +72,17 @@ impl ModelConfig {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     post_ffn_norm: Option<Vec<f32>>,
 }
 
@@ -93,7 +93,7 @@ pub struct Transformer {
     embed_row_bytes: usize,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
-    output: QMatMul,
+    output: Linear,
     weight_bytes: u64,
 }
 
@@ -143,26 +143,105 @@ impl Loader<'_> {
     }
 
     /// A weight matrix of shape (out, in).
-    pub fn matrix(&mut self, name: &str, out: usize, inp: usize) -> Result<QMatMul> {
+    pub fn matrix(&mut self, name: &str, out: usize, inp: usize) -> Result<Linear> {
         let t = self.gguf.tensor(name)?;
         let dims = t.shape().dims().to_vec();
         if dims != [out, inp] {
             return Err(self.bad(format!("tensor {name} has shape {dims:?}, expected [{out}, {inp}]")));
         }
-        let t = self.maybe_requantize(t)?;
-        self.bytes += t.storage_size_in_bytes() as u64;
-        Ok(QMatMul::from_arc(std::sync::Arc::new(t))?)
+        self.linear(t)
     }
 
-    fn maybe_requantize(&self, t: QTensor) -> Result<QTensor> {
-        let slow = matches!(t.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
-        let cols = t.shape().dims().last().copied().unwrap_or(0);
-        if self.opts.requantize && slow && cols % GgmlDType::Q8_0.block_size() == 0 {
+    /// Holds `t` (out, in) the way the CPU multiplies it fastest: candle's repacked
+    /// AVX-512/AVX VNNI kernels take Q8_0 (and Q4_K) only with `in` a multiple of 256,
+    /// and are about ten times faster than its generic dot products here (SmolLM2's
+    /// hidden size, 576, misses them). So other types are re-quantized to Q8_0 and the
+    /// columns padded with zeros to the next multiple of 256; inputs are padded alike.
+    pub fn linear(&mut self, t: QTensor) -> Result<Linear> {
+        let (out, inp) = t.shape().dims2()?;
+        let fast = matches!(t.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4K) && inp % QK_K == 0;
+        let convertible = inp % GgmlDType::Q8_0.block_size() == 0 && out % 16 == 0;
+        let slow_scalar = matches!(t.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+        let t = if self.opts.requantize && !fast && convertible && (has_vnni() || slow_scalar) {
+            let padded = if has_vnni() { inp.next_multiple_of(QK_K) } else { inp };
             let f = t.dequantize(&Device::Cpu)?;
-            Ok(QTensor::quantize(&f, GgmlDType::Q8_0)?)
+            let f = if padded > inp { f.pad_with_zeros(1, 0, padded - inp)? } else { f };
+            QTensor::quantize(&f, GgmlDType::Q8_0)?
         } else {
-            Ok(t)
+            t
+        };
+        self.bytes += t.storage_size_in_bytes() as u64;
+        let padded = t.shape().dims2()?.1;
+        let t = std::sync::Arc::new(t);
+        Ok(Linear { w: QMatMul::from_arc(t.clone())?, t, inp, padded })
+    }
+}
+
+/// Super-block size of the k-quants: candle's fast CPU kernels need whole ones per row.
+const QK_K: usize = 256;
+
+/// Whether this CPU has the int8 dot-product instructions candle's repacked kernels use.
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) || is_x86_feature_detected!("avxvnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A weight matrix (out, in) whose columns may be zero-padded to `padded`.
+pub(crate) struct Linear {
+    w: QMatMul,
+    t: std::sync::Arc<QTensor>,
+    inp: usize,
+    padded: usize,
+}
+
+impl Linear {
+    /// `x` (rows, in) as a tensor with the padded width.
+    fn input(&self, x: &[f32], rows: usize) -> Result<Tensor> {
+        debug_assert_eq!(x.len(), rows * self.inp);
+        Ok(if self.padded == self.inp {
+            Tensor::from_slice(x, (rows, self.inp), &Device::Cpu)?
+        } else {
+            let mut p = vec![0.0f32; rows * self.padded];
+            for (dst, src) in p.chunks_exact_mut(self.padded).zip(x.chunks_exact(self.inp)) {
+                dst[..self.inp].copy_from_slice(src);
+            }
+            Tensor::from_vec(p, (rows, self.padded), &Device::Cpu)?
+        })
+    }
+
+    /// `x` (rows, in) times the transposed weights: (rows, out).
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        Ok(self.w.forward(&self.input(x, rows)?)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Several matrices applied to the same `x` (q, k, v; gate, up): one quantization of
+    /// `x` and one parallel region when candle's fused kernel takes them, else one by one.
+    fn forward_shared<const N: usize>(ls: [&Linear; N], x: &[f32], rows: usize) -> Result<[Vec<f32>; N]> {
+        let same = ls.iter().all(|l| l.padded == ls[0].padded && l.t.dtype() == ls[0].t.dtype());
+        if same {
+            let input = ls[0].input(x, rows)?;
+            let ts: Vec<&QTensor> = ls.iter().map(|l| l.t.as_ref()).collect();
+            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, &input)? {
+                let v: Vec<Vec<f32>> = outs.into_iter().map(|t| t.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+                if let Ok(a) = <[Vec<f32>; N]>::try_from(v) {
+                    return Ok(a);
+                }
+            }
         }
+        let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        for (o, l) in out.iter_mut().zip(ls) {
+            *o = l.forward(x, rows)?;
+        }
+        Ok(out)
     }
 }
 
@@ -209,8 +288,9 @@ impl Transformer {
         let output = if l.gguf.has_tensor("output.weight") {
             l.matrix("output.weight", c.vocab, c.hidden)?
         } else {
-            // Tied embeddings: the output layer reads the embedding table.
-            QMatMul::from_arc(std::sync::Arc::new(l.gguf.tensor("token_embd.weight")?))?
+            // Tied embeddings: the output layer is (a copy of) the embedding table.
+            let t = l.gguf.tensor("token_embd.weight")?;
+            l.linear(t)?
         };
         let weight_bytes = l.bytes + embed.storage_size_in_bytes() as u64;
         Ok(Self { config, embed, embed_row_bytes, layers, out_norm, output, weight_bytes })
@@ -256,12 +336,12 @@ impl Transformer {
         let rope_global = RopeTable::new(rows, c.head_dim, c.rope_theta);
         let rope_local = (c.rope_theta_local != c.rope_theta).then(|| RopeTable::new(rows, c.head_dim, c.rope_theta_local));
         let mut h = vec![0.0f32; n * c.hidden];
+        // Where each row's positions 0..=pos sit in the KV store (the same in every layer).
+        let offsets: Vec<Vec<usize>> = rows.iter().map(|r| (0..=r.pos).map(|p| kv.offset(r.blocks, p)).collect()).collect();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut h);
-            let mut q = matmul(&layer.q, &h, n, c.hidden)?;
-            let mut k = matmul(&layer.k, &h, n, c.hidden)?;
-            let v = matmul(&layer.v, &h, n, c.hidden)?;
+            let [mut q, mut k, v] = Linear::forward_shared([&layer.q, &layer.k, &layer.v], &h, n)?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 rms_norm_in_place(&mut q, qn, c.eps);
                 rms_norm_in_place(&mut k, kn, c.eps);
@@ -280,22 +360,20 @@ impl Transformer {
                 kv.v[li][off..off + d].copy_from_slice(&v[i * d..(i + 1) * d]);
             }
             let window = if local { c.sliding_window.map(|(w, _)| w) } else { None };
-            let attn = attention(rows, &q, kv, li, c, window);
-            let mut o = matmul(&layer.o, &attn, n, c.heads * c.head_dim)?;
+            let attn = attention(rows, &offsets, &q, kv, li, c, window);
+            let mut o = layer.o.forward(&attn, n)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut o, w, c.eps);
             }
             add_in_place(&mut x, &o);
 
             rms_norm_rows(&x, &layer.ffn_norm, c.eps, &mut h);
-            let mut g = matmul(&layer.gate, &h, n, c.hidden)?;
-            let u = matmul(&layer.up, &h, n, c.hidden)?;
+            let [mut g, u] = Linear::forward_shared([&layer.gate, &layer.up], &h, n)?;
             match c.activation {
                 Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::GeluTanh => g.iter_mut().zip(&u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
-            let ffn = u.len() / n;
-            let mut d = matmul(&layer.down, &g, n, ffn)?;
+            let mut d = layer.down.forward(&g, n)?;
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut d, w, c.eps);
             }
@@ -311,14 +389,9 @@ impl Transformer {
             last.extend_from_slice(&x[i * c.hidden..(i + 1) * c.hidden]);
         }
         rms_norm_in_place(&mut last, &self.out_norm, c.eps);
-        let logits = matmul(&self.output, &last, picked.len(), c.hidden)?;
+        let logits = self.output.forward(&last, picked.len())?;
         Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
     }
-}
-
-fn matmul(w: &QMatMul, x: &[f32], rows: usize, k: usize) -> Result<Vec<f32>> {
-    let t = Tensor::from_slice(x, (rows, k), &Device::Cpu)?;
-    Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -403,13 +476,15 @@ unsafe impl Sync for SharedOut {}
 
 /// Causal attention of every row over its own sequence's keys and values, one job per
 /// (row, head) on candle's worker pool.
-fn attention(rows: &[Row<'_>], q: &[f32], kv: &KvStore, layer: usize, c: &ModelConfig, window: Option<usize>) -> Vec<f32> {
+fn attention(rows: &[Row<'_>], offsets: &[Vec<usize>], q: &[f32], kv: &KvStore, layer: usize, c: &ModelConfig, window: Option<usize>) -> Vec<f32> {
     let (heads, hd) = (c.heads, c.head_dim);
     let group = heads / c.kv_heads;
     let mut out = vec![0.0f32; rows.len() * heads * hd];
     let out_ptr = SharedOut(out.as_mut_ptr());
     let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
-    let jobs = rows.len() * heads;
+    // One job per (row, KV head): the query heads sharing that KV head read each key and
+    // value once between them.
+    let jobs = rows.len() * c.kv_heads;
     // Rebinding makes the closure capture the Send + Sync wrapper rather than its raw
     // pointer field (edition 2021 captures disjoint fields).
     #[allow(clippy::redundant_locals)]
@@ -417,35 +492,47 @@ fn attention(rows: &[Row<'_>], q: &[f32], kv: &KvStore, layer: usize, c: &ModelC
         let out_ptr = out_ptr;
         let mut scores: Vec<f32> = Vec::new();
         for job in range {
-            let (ri, h) = (job / heads, job % heads);
+            let (ri, g) = (job / c.kv_heads, job % c.kv_heads);
             let r = &rows[ri];
-            let g = h / group;
-            let qv = &q[(ri * heads + h) * hd..(ri * heads + h + 1) * hd];
             let first = window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+            let len = r.pos + 1 - first;
+            let head0 = ri * heads + g * group;
+            let qs = &q[head0 * hd..(head0 + group) * hd];
             scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in first..=r.pos {
-                let off = kv.offset(r.blocks, p) + g * hd;
-                let s = dot(qv, &kc[off..off + hd]) * c.attn_scale;
-                max = max.max(s);
-                scores.push(s);
+            scores.resize(group * len, 0.0);
+            let offs = &offsets[ri][first..=r.pos];
+            for (i, &off) in offs.iter().enumerate() {
+                let off = off + g * hd;
+                let k = &kc[off..off + hd];
+                for (j, qv) in qs.chunks_exact(hd).enumerate() {
+                    scores[j * len + i] = dot(qv, k) * c.attn_scale;
+                }
             }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            for row in scores.chunks_exact_mut(len) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|s| *s *= inv);
             }
-            // SAFETY: job (ri, h) owns out[(ri*heads+h)*hd ..][..hd]; no other job writes it,
-            // and `out` outlives the pool call, which returns only when every job is done.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((ri * heads + h) * hd), hd) };
-            for (s, p) in scores.iter().zip(first..=r.pos) {
-                let off = kv.offset(r.blocks, p) + g * hd;
-                let w = s / sum;
-                o.iter_mut().zip(&vc[off..off + hd]).for_each(|(o, v)| *o += w * v);
+            // SAFETY: job (ri, g) owns the outputs of heads g*group .. (g+1)*group of row ri;
+            // no other job writes them, and `out` outlives the pool call, which returns only
+            // when every job is done.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(head0 * hd), group * hd) };
+            for (i, &off) in offs.iter().enumerate() {
+                let off = off + g * hd;
+                let v = &vc[off..off + hd];
+                for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[j * len + i];
+                    oj.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                }
             }
         }
     };
-    if jobs >= 8 {
+    if jobs >= 4 {
         candle_core::utils::barrier_pool().execute_chunked(jobs, run);
     } else {
         run(0..jobs);
@@ -455,17 +542,15 @@ fn attention(rows: &[Row<'_>], q: &[f32], kv: &KvStore, layer: usize, c: &ModelC
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorize without reassociation.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for j in 0..8 {
-            acc[j] += a[i * 8 + j] * b[i * 8 + j];
+    // Sixteen independent accumulators (one 512-bit register) let the compiler vectorize
+    // without reassociation.
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    acc.iter().sum::<f32>() + tail
 }
