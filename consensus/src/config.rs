@@ -91,6 +91,11 @@ pub struct ClusterSection {
     /// A hub takes at most twice this many requests in flight (the spokes' queues absorb
     /// the burst); beyond that it answers 503.
     pub max_concurrent_requests: usize,
+    /// A client has this long to send a request's headers; an idle keep-alive connection
+    /// is closed after it too (a slow client cannot hold a connection).
+    pub header_timeout_ms: u64,
+    /// A client has this long to send a request's body once its headers arrived (408).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for ClusterSection {
@@ -105,6 +110,8 @@ impl Default for ClusterSection {
             circuit_open_ms: 30_000,
             max_body_bytes: ByteSize(2 << 20),
             max_concurrent_requests: 512,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -278,6 +285,9 @@ impl ClusterConfig {
         }
         if c.request_timeout_ms == 0 {
             return Err(invalid("cluster.request_timeout_ms", 0, "must be positive"));
+        }
+        if c.header_timeout_ms == 0 || c.body_timeout_ms == 0 {
+            return Err(invalid("cluster.header_timeout_ms / body_timeout_ms", 0, "must be positive"));
         }
         if c.max_concurrent_requests == 0 {
             return Err(invalid("cluster.max_concurrent_requests", 0, "must be positive"));

@@ -25,6 +25,7 @@ pub mod join;
 pub mod metrics;
 pub mod policy;
 pub mod route;
+pub mod serve;
 pub mod spokes;
 pub mod up;
 
@@ -327,6 +328,7 @@ async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Val
 /// The HTTP routes of a hub.
 pub fn router(hub: Arc<Hub>) -> Router {
     let limit = hub.config.cluster.max_body_bytes.0 as usize;
+    let body_limits = serve::BodyLimits { max_bytes: limit, timeout: Duration::from_millis(hub.config.cluster.body_timeout_ms) };
     let protected = Router::new()
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
@@ -349,6 +351,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
+        .layer(middleware::from_fn_with_state(body_limits, serve::read_body))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(shape_errors))
         .with_state(hub)
@@ -433,7 +436,9 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
         flag.shutting_down.store(true, Ordering::Relaxed);
         tracing::info!("draining");
     };
-    axum::serve(listener, router(hub)).with_graceful_shutdown(graceful).await?;
+    let header_timeout = Duration::from_millis(c.header_timeout_ms);
+    let drain = Duration::from_millis(c.request_timeout_ms);
+    serve::serve(listener, router(hub), header_timeout, drain, graceful).await;
     consensus.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

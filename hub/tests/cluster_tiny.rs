@@ -363,3 +363,59 @@ fn killing_the_leader_hub_loses_no_request_on_the_others() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Slow clients cannot hold connections: headers sent too slowly close the connection,
+/// a body sent too slowly gets 408, an idle keep-alive connection is closed, and the hub
+/// keeps answering others meanwhile.
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model], extra: "header_timeout_ms = 1000\nbody_timeout_ms = 1000\n" });
+    let addr = c.hubs[0].trim_start_matches("http://").to_string();
+    let connect = || {
+        let s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s
+    };
+    // Reads until the hub closes the connection; returns what it sent and how long it took.
+    let until_closed = |s: &mut std::net::TcpStream| {
+        let t = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the hub kept the connection open: {e}"),
+            }
+        }
+        (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+    };
+
+    // Half the headers, then nothing: closed after the header timeout.
+    let mut slow_headers = connect();
+    slow_headers.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").expect("write");
+    // Meanwhile the hub serves others.
+    let r = client().get(format!("{}/health", c.hubs[0])).send().expect("sent");
+    assert_eq!(r.status(), 200);
+    let (_, took) = until_closed(&mut slow_headers);
+    assert!(took < Duration::from_secs(8), "closed after {took:?}");
+
+    // Headers, then a body that never completes: 408 in the OpenAI shape.
+    let mut slow_body = connect();
+    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\"", c.key);
+    slow_body.write_all(head.as_bytes()).expect("write");
+    let (answer, _) = until_closed(&mut slow_body);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+
+    // A keep-alive connection left idle after a request is closed.
+    let mut idle = connect();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let (answer, took) = until_closed(&mut idle);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(took < Duration::from_secs(8), "idle connection closed after {took:?}");
+}
