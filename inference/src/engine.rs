@@ -28,7 +28,7 @@ use crate::detok::{Detokenizer, Step};
 use crate::error::{Error, Result};
 use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
 use crate::ledger::{Ledger, Partition, Reservation};
-use crate::model::Row;
+use crate::model::{Row, ServingAdapter};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::template::ChatMessage;
 use crate::LoadedModel;
@@ -139,7 +139,7 @@ pub struct EngineStats {
 }
 
 enum Msg {
-    Request(GenerateRequest, UnboundedSender<Event>),
+    Request(GenerateRequest, Option<Arc<ServingAdapter>>, UnboundedSender<Event>),
 }
 
 /// Handle to the engine thread; dropping it stops the thread after the queue drains.
@@ -151,6 +151,9 @@ pub struct Engine {
     model_name: String,
     context: usize,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// LoRA adapters requests may name, by name.
+    adapters: std::sync::RwLock<std::collections::BTreeMap<String, Arc<ServingAdapter>>>,
+    config: crate::model::ModelConfig,
 }
 
 impl Engine {
@@ -191,17 +194,40 @@ impl Engine {
             .name("nave-engine".into())
             .spawn(move || worker.run(rx))
             .map_err(Error::Io)?;
-        Ok(Self { tx: Some(tx), queued, capacity: config.queue_capacity, gauges, model_name, context, thread: Some(thread) })
+        Ok(Self { tx: Some(tx), queued, capacity: config.queue_capacity, gauges, model_name, context, thread: Some(thread), adapters: Default::default(), config: c })
+    }
+
+    /// Makes `adapter` available to requests as `name` (replacing one of that name).
+    pub fn add_adapter(&self, name: &str, adapter: &crate::train::Adapter) -> Result<()> {
+        let serving = ServingAdapter::new(name, adapter, &self.config)?;
+        self.adapters.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), Arc::new(serving));
+        Ok(())
+    }
+
+    /// The names of the adapters this engine serves.
+    pub fn adapters(&self) -> Vec<String> {
+        self.adapters.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     /// Queues a request; its events arrive on the returned stream. Dropping the stream
     /// cancels the request and frees its memory.
     pub fn submit(&self, req: GenerateRequest) -> Result<EventStream> {
+        self.submit_with(req, None)
+    }
+
+    /// Like [`Engine::submit`], with the LoRA adapter `adapter` applied (by name).
+    pub fn submit_with(&self, req: GenerateRequest, adapter: Option<&str>) -> Result<EventStream> {
+        let adapter = match adapter {
+            None => None,
+            Some(name) => Some(self.adapters.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned().ok_or_else(|| {
+                Error::InvalidRequest(format!("model {} has no adapter {name:?}", self.model_name))
+            })?),
+        };
         req.params.validate()?;
         let (etx, erx) = unbounded_channel();
         let tx = self.tx.as_ref().ok_or(Error::EngineStopped)?;
         self.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(Msg::Request(req, etx)) {
+        match tx.try_send(Msg::Request(req, adapter, etx)) {
             Ok(()) => Ok(erx),
             Err(TrySendError::Full(_)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -256,6 +282,10 @@ struct Sequence {
     /// Full blocks registered in the prefix cache, and the hash of the last one.
     registered: usize,
     last_hash: u64,
+    /// Where the prefix-cache hash chain starts: 0, or the adapter's (keys and values
+    /// computed with an adapter are not the base model's).
+    hash_seed: u64,
+    adapter: Option<Arc<ServingAdapter>>,
     max_tokens: usize,
     sampler: Sampler,
     detok: Detokenizer,
@@ -314,9 +344,9 @@ impl Worker {
         g.kv_blocks_free.store(self.pool.num_free(), Ordering::Relaxed);
     }
 
-    fn intake(&mut self, Msg::Request(req, tx): Msg) {
+    fn intake(&mut self, Msg::Request(req, adapter, tx): Msg) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
-        match self.prepare(req, tx.clone()) {
+        match self.prepare(req, adapter, tx.clone()) {
             Ok(seq) => self.waiting.push_back(seq),
             Err(e) => {
                 let _ = tx.send(Event::Error { message: e.to_string(), client: e.is_client_error() });
@@ -324,7 +354,7 @@ impl Worker {
         }
     }
 
-    fn prepare(&mut self, req: GenerateRequest, tx: UnboundedSender<Event>) -> Result<Sequence> {
+    fn prepare(&mut self, req: GenerateRequest, adapter: Option<Arc<ServingAdapter>>, tx: UnboundedSender<Event>) -> Result<Sequence> {
         let m = &self.model;
         let tokens = match req.prompt {
             Prompt::Tokens(t) => t,
@@ -369,7 +399,9 @@ impl Worker {
             computed: 0,
             blocks: Vec::new(),
             registered: 0,
-            last_hash: 0,
+            hash_seed: adapter.as_ref().map_or(0, |a| a.hash_seed),
+            last_hash: adapter.as_ref().map_or(0, |a| a.hash_seed),
+            adapter,
             max_tokens,
             detok: Detokenizer::new(req.params.stop.clone()),
             sampler,
@@ -421,7 +453,7 @@ impl Worker {
         }
         seq.computed = 0;
         seq.registered = 0;
-        seq.last_hash = 0;
+        seq.last_hash = seq.hash_seed;
         self.gauges.preemptions.fetch_add(1, Ordering::Relaxed);
         self.waiting.push_front(seq);
     }
@@ -432,7 +464,7 @@ impl Worker {
         while self.running.len() < self.config.max_running {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             // Reuse cached blocks for all but the last token, whose logits are needed.
-            let hashes = prefix_hashes(&seq.tokens[..seq.tokens.len() - 1], bs);
+            let hashes = prefix_hashes(&seq.tokens[..seq.tokens.len() - 1], bs, seq.hash_seed);
             let cached = self.pool.take_prefix(&hashes);
             let need = seq.tokens.len().div_ceil(bs) - cached.len();
             if self.pool.num_free() < need {
@@ -441,7 +473,7 @@ impl Worker {
                 break;
             }
             seq.registered = cached.len();
-            seq.last_hash = hashes.get(cached.len().wrapping_sub(1)).copied().unwrap_or(0);
+            seq.last_hash = hashes.get(cached.len().wrapping_sub(1)).copied().unwrap_or(seq.hash_seed);
             seq.computed = cached.len() * bs;
             if seq.generated() == 0 {
                 seq.cached_tokens = seq.computed;
@@ -495,7 +527,7 @@ impl Worker {
         for (id, take) in &plan {
             let s = self.running.iter().find(|s| s.id == *id).expect("planned sequences are running");
             for p in s.computed..s.computed + take {
-                rows.push(Row { token: s.tokens[p], pos: p, blocks: &s.blocks, logits: p + 1 == s.tokens.len() });
+                rows.push(Row { token: s.tokens[p], pos: p, blocks: &s.blocks, logits: p + 1 == s.tokens.len(), adapter: s.adapter.as_deref() });
             }
         }
         let logits = self.model.transformer.forward(&rows, &mut self.kv)?;

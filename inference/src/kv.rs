@@ -23,9 +23,9 @@ pub fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
-/// The hashes of every full block of `tokens`.
-pub fn prefix_hashes(tokens: &[u32], block_size: usize) -> Vec<u64> {
-    let mut parent = 0u64;
+/// The hashes of every full block of `tokens`, the chain starting at `seed`.
+pub fn prefix_hashes(tokens: &[u32], block_size: usize, seed: u64) -> Vec<u64> {
+    let mut parent = seed;
     tokens
         .chunks_exact(block_size)
         .map(|chunk| {
@@ -191,7 +191,7 @@ mod tests {
     fn a_released_prefix_is_found_again_until_evicted() {
         let mut p = BlockPool::new(3, 2);
         let tokens = [1, 2, 3, 4];
-        let hashes = prefix_hashes(&tokens, 2);
+        let hashes = prefix_hashes(&tokens, 2, 0);
         let blocks: Vec<_> = (0..2).filter_map(|_| p.allocate()).collect();
         for (b, h) in blocks.iter().zip(&hashes) {
             p.register(*b, *h);
@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(p.prefix_hits(), 2);
         blocks.iter().for_each(|&b| p.release(b));
         // A different prefix shares nothing.
-        assert!(p.take_prefix(&prefix_hashes(&[9, 9, 3, 4], 2)).is_empty());
+        assert!(p.take_prefix(&prefix_hashes(&[9, 9, 3, 4], 2, 0)).is_empty());
         // Using the whole pool evicts the cached blocks.
         let all: Vec<_> = (0..3).filter_map(|_| p.allocate()).collect();
         assert_eq!(all.len(), 3);
@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn shared_blocks_stay_until_the_last_reference() {
         let mut p = BlockPool::new(2, 2);
-        let h = prefix_hashes(&[5, 6], 2);
+        let h = prefix_hashes(&[5, 6], 2, 0);
         let b = p.allocate().expect("a free block");
         p.register(b, h[0]);
         assert_eq!(p.take_prefix(&h), vec![b]);
@@ -225,9 +225,9 @@ mod tests {
 
     #[test]
     fn prefix_hashes_chain() {
-        let a = prefix_hashes(&[1, 2, 3, 4], 2);
-        let b = prefix_hashes(&[0, 2, 3, 4], 2);
+        let a = prefix_hashes(&[1, 2, 3, 4], 2, 0);
+        let b = prefix_hashes(&[0, 2, 3, 4], 2, 0);
         assert_ne!(a[1], b[1], "the second block's hash depends on the first");
-        assert_eq!(prefix_hashes(&[1, 2, 3], 2).len(), 1, "partial blocks are not hashed");
+        assert_eq!(prefix_hashes(&[1, 2, 3], 2, 0).len(), 1, "partial blocks are not hashed");
     }
 }

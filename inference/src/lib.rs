@@ -34,6 +34,7 @@ pub mod sampler;
 pub mod store;
 pub mod template;
 pub mod tiny;
+pub mod train;
 pub mod tokenizer;
 
 use std::path::Path;

@@ -105,6 +105,60 @@ pub struct Row<'a> {
     pub blocks: &'a [BlockId],
     /// Whether the logits after this token are needed (the last row of a sequence's chunk).
     pub logits: bool,
+    /// The LoRA adapter of the row's request, if any.
+    pub adapter: Option<&'a ServingAdapter>,
+}
+
+/// A LoRA adapter ready for the forward pass: per layer and projection, `A` (rank x in)
+/// and `B` (out x rank), applied as `y += scale * B (A x)` to the rows that asked for it.
+pub struct ServingAdapter {
+    pub rank: usize,
+    pub scale: f32,
+    /// Starts the prefix-cache hash chain of its requests.
+    pub hash_seed: u64,
+    layers: Vec<std::collections::HashMap<String, (Vec<f32>, Vec<f32>)>>,
+}
+
+impl ServingAdapter {
+    /// Checks `adapter`'s shapes against the model and arranges it per layer.
+    pub fn new(name: &str, adapter: &crate::train::Adapter, c: &ModelConfig) -> Result<Self> {
+        let mut layers = vec![std::collections::HashMap::new(); c.layers];
+        let r = adapter.rank;
+        for ((layer, proj), (a, b)) in &adapter.weights {
+            let (inp, out) = match proj.as_str() {
+                "attn_q" => (c.hidden, c.heads * c.head_dim),
+                "attn_k" | "attn_v" => (c.hidden, c.kv_dim()),
+                "attn_output" => (c.heads * c.head_dim, c.hidden),
+                "ffn_gate" | "ffn_up" => (c.hidden, b.len() / r.max(1)),
+                "ffn_down" => (a.len() / r.max(1), c.hidden),
+                other => return Err(Error::InvalidRequest(format!("adapter {name}: unknown projection {other}"))),
+            };
+            if *layer >= c.layers || a.len() != r * inp || b.len() != out * r {
+                return Err(Error::InvalidRequest(format!("adapter {name} does not fit this model (layer {layer}, {proj})")));
+            }
+            layers[*layer].insert(proj.clone(), (a.clone(), b.clone()));
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(name, &mut h);
+        Ok(Self { rank: r, scale: adapter.scale, hash_seed: std::hash::Hasher::finish(&h) | 1, layers })
+    }
+}
+
+/// Adds the LoRA term of projection `proj` of layer `li` to `y` (rows of `out`) for the
+/// rows of `x` (rows of `inp`) whose request has an adapter.
+fn add_lora(rows: &[Row<'_>], li: usize, proj: &str, x: &[f32], inp: usize, y: &mut [f32]) {
+    let out = y.len() / rows.len().max(1);
+    let mut t = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let Some(ad) = r.adapter else { continue };
+        let Some((a, b)) = ad.layers[li].get(proj) else { continue };
+        let xi = &x[i * inp..(i + 1) * inp];
+        t.clear();
+        t.extend(a.chunks_exact(inp).map(|row| dot(row, xi) * ad.scale));
+        for (yo, brow) in y[i * out..(i + 1) * out].iter_mut().zip(b.chunks_exact(ad.rank)) {
+            *yo += dot(brow, &t);
+        }
+    }
 }
 
 /// Options that change how weights are held in memory.
@@ -337,11 +391,17 @@ impl Transformer {
         let rope_local = (c.rope_theta_local != c.rope_theta).then(|| RopeTable::new(rows, c.head_dim, c.rope_theta_local));
         let mut h = vec![0.0f32; n * c.hidden];
         // Where each row's positions 0..=pos sit in the KV store (the same in every layer).
+        let lora = rows.iter().any(|r| r.adapter.is_some());
         let offsets: Vec<Vec<usize>> = rows.iter().map(|r| (0..=r.pos).map(|p| kv.offset(r.blocks, p)).collect()).collect();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut h);
-            let [mut q, mut k, v] = Linear::forward_shared([&layer.q, &layer.k, &layer.v], &h, n)?;
+            let [mut q, mut k, mut v] = Linear::forward_shared([&layer.q, &layer.k, &layer.v], &h, n)?;
+            if lora {
+                add_lora(rows, li, "attn_q", &h, c.hidden, &mut q);
+                add_lora(rows, li, "attn_k", &h, c.hidden, &mut k);
+                add_lora(rows, li, "attn_v", &h, c.hidden, &mut v);
+            }
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 rms_norm_in_place(&mut q, qn, c.eps);
                 rms_norm_in_place(&mut k, kn, c.eps);
@@ -362,18 +422,28 @@ impl Transformer {
             let window = if local { c.sliding_window.map(|(w, _)| w) } else { None };
             let attn = attention(rows, &offsets, &q, kv, li, c, window);
             let mut o = layer.o.forward(&attn, n)?;
+            if lora {
+                add_lora(rows, li, "attn_output", &attn, c.heads * c.head_dim, &mut o);
+            }
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut o, w, c.eps);
             }
             add_in_place(&mut x, &o);
 
             rms_norm_rows(&x, &layer.ffn_norm, c.eps, &mut h);
-            let [mut g, u] = Linear::forward_shared([&layer.gate, &layer.up], &h, n)?;
+            let [mut g, mut u] = Linear::forward_shared([&layer.gate, &layer.up], &h, n)?;
+            if lora {
+                add_lora(rows, li, "ffn_gate", &h, c.hidden, &mut g);
+                add_lora(rows, li, "ffn_up", &h, c.hidden, &mut u);
+            }
             match c.activation {
                 Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::GeluTanh => g.iter_mut().zip(&u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
             let mut d = layer.down.forward(&g, n)?;
+            if lora {
+                add_lora(rows, li, "ffn_down", &g, g.len() / n, &mut d);
+            }
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm_in_place(&mut d, w, c.eps);
             }

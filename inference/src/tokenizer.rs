@@ -189,6 +189,12 @@ impl TextTokenizer {
         &self.stop_ids
     }
 
+    /// The token that closes an assistant's turn (what a fine-tuned answer ends with):
+    /// the chat format's end-of-turn token where it has one, else eos.
+    pub fn end_of_turn(&self) -> Option<u32> {
+        self.stop_ids.last().copied()
+    }
+
     /// A tokenizer straight from a GGUF file (for tools and tests).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_gguf(&GgufFile::open(path)?)
