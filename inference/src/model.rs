@@ -116,8 +116,11 @@ pub struct ServingAdapter {
     pub scale: f32,
     /// Starts the prefix-cache hash chain of its requests.
     pub hash_seed: u64,
-    layers: Vec<std::collections::HashMap<String, (Vec<f32>, Vec<f32>)>>,
+    layers: Vec<LoraLayer>,
 }
+
+/// One layer's adapters: projection name -> (A, B).
+type LoraLayer = std::collections::HashMap<String, (Vec<f32>, Vec<f32>)>;
 
 impl ServingAdapter {
     /// Checks `adapter`'s shapes against the model and arranges it per layer.
