@@ -48,7 +48,7 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
     // most 400 steps.
     while !trainer.finished() && last > 0.01 {
         last = trainer.step().expect("step").loss;
-        if trainer.steps_done() % 25 == 0 {
+        if trainer.steps_done().is_multiple_of(25) {
             println!("step {} loss {last}", trainer.steps_done());
         }
     }
