@@ -65,7 +65,8 @@ pub fn context(hub: &Hub, headers: &HeaderMap) -> Ctx {
 fn check_model(hub: &Hub, model: &str) -> Result<String, ApiError> {
     let model = model.strip_suffix(":latest").unwrap_or(model);
     let models = hub.models();
-    if models.iter().any(|m| m == model) {
+    let adapter_served = model.contains(':') && hub.spokes.serves(model);
+    if models.iter().any(|m| m == model) || adapter_served {
         Ok(model.to_string())
     } else {
         Err(ApiError::unknown_model(model, &models))

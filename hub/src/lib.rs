@@ -27,6 +27,7 @@ pub mod policy;
 pub mod route;
 pub mod serve;
 pub mod spokes;
+pub mod train;
 pub mod up;
 
 use std::future::Future;
@@ -344,6 +345,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
         .route("/admin/v1/spokes/{id}", axum::routing::delete(admin::remove_spoke))
         .route("/admin/v1/tokens", post(admin::create_token))
+        .route("/admin/v1/train", get(train::list).post(train::submit))
+        .route("/admin/v1/train/{name}", axum::routing::delete(train::cancel))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth));
     Router::new()
         .merge(protected)

@@ -60,6 +60,11 @@ enum Cmd {
     },
     /// Load an OpenAI-compatible endpoint (`nave bench --url U ...`), or `nave bench engine`.
     Bench(BenchArgs),
+    /// Fine-tune a served model on a spoke (LoRA), and follow or cancel the job.
+    Train {
+        #[command(subcommand)]
+        command: TrainCmd,
+    },
     /// Stream an answer to a prompt.
     Chat {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -210,6 +215,59 @@ impl JoinArgs {
             max_running: self.max_running,
             max_batch_tokens: self.max_batch_tokens,
         })
+    }
+}
+
+#[derive(Subcommand)]
+enum TrainCmd {
+    /// Start a job: chat examples ({"messages": [...]} per line, the last message the
+    /// answer to learn) teach an adapter served as MODEL:NAME when it is done.
+    Submit {
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// The examples file (JSON lines).
+        #[arg(long)]
+        data: PathBuf,
+        /// The adapter's name.
+        #[arg(long)]
+        name: String,
+        /// Run it on this spoke (default: the least busy one serving the model).
+        #[arg(long)]
+        spoke: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Adapt the MLP projections too, not only attention.
+        #[arg(long)]
+        mlp: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Every job: state, step, loss, tokens/s, memory.
+    Status {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Stop a job; its memory goes back to the training partition.
+    Cancel {
+        name: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+fn print_jobs(v: &serde_json::Value) {
+    println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8} {:>9} {:>9}", "JOB", "MODEL", "SPOKE", "STATE", "STEP", "LOSS", "TOK/S", "MEMORY");
+    for j in v.as_array().into_iter().flatten() {
+        let step = format!("{}/{}", j["step"], j["steps"]);
+        println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8.4} {:>9.0} {:>6} MB", j["name"].as_str().unwrap_or(""), j["model"].as_str().unwrap_or(""), j["spoke"].as_str().unwrap_or(""),
+            j["state"].as_str().unwrap_or(""), step, j["loss"].as_f64().unwrap_or(0.0), j["tokens_per_s"].as_f64().unwrap_or(0.0), j["memory_bytes"].as_u64().unwrap_or(0) / 1_000_000);
+        if let Some(e) = j["error"].as_str() {
+            println!("  error: {e}");
+        }
     }
 }
 
@@ -473,6 +531,24 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Train { command } => runtime()?.block_on(async {
+            match command {
+                TrainCmd::Submit { model, data, name, spoke, rank, steps, lr, mlp, conn } => {
+                    let text = std::fs::read_to_string(&data).with_context(|| format!("reading {}", data.display()))?;
+                    let body = serde_json::json!({"name": name, "model": model, "data": text, "spoke": spoke, "rank": rank, "steps": steps, "lr": lr,
+                        "targets": if mlp { "all" } else { "attention" }});
+                    let v = admin_call(conn, reqwest::Method::POST, "/admin/v1/train", Some(body)).await?;
+                    print_jobs(&serde_json::json!([v["job"]]));
+                    println!("when it is done, ask for model {model}:{name}; follow it with `nave train status`");
+                }
+                TrainCmd::Status { conn } => print_jobs(&admin_call(conn, reqwest::Method::GET, "/admin/v1/train", None).await?["jobs"]),
+                TrainCmd::Cancel { name, conn } => {
+                    admin_call(conn, reqwest::Method::DELETE, &format!("/admin/v1/train/{name}"), None).await?;
+                    println!("{name} cancelled");
+                }
+            }
+            Ok(())
+        }),
         Cmd::Chat { url, model, key, max_tokens, prompt } => runtime()?.block_on(chat(url, model, default_key(key)?, max_tokens, prompt)),
     }
 }

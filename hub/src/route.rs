@@ -127,7 +127,7 @@ async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, de
         Ok(Ok(Some(SpokeToHub::Event(ev)))) => {
             Attempt::Started(Dispatch { spoke: id.to_string(), first: Some(ev), recv, _send: send, deadline })
         }
-        Ok(Ok(Some(SpokeToHub::Heartbeat(_)))) => Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true },
+        Ok(Ok(Some(SpokeToHub::Heartbeat(_) | SpokeToHub::Jobs(_)))) => Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true },
     }
 }
 

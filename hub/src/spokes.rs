@@ -229,6 +229,28 @@ impl SpokeSet {
         Ok((send, recv))
     }
 
+    /// Sends `msg` to spoke `id` on a new stream and returns its one answer.
+    pub async fn call(&self, id: &str, msg: &HubToSpoke) -> anyhow::Result<SpokeToHub> {
+        let s = self.find(id).ok_or_else(|| anyhow::anyhow!("no spoke {id} in this cluster"))?;
+        let conn = lock(&s).conn.clone().ok_or_else(|| anyhow::anyhow!("spoke {id} is not connected"))?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, msg).await?;
+        read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await?.ok_or_else(|| anyhow::anyhow!("spoke {id} closed the stream without an answer"))
+    }
+
+    /// Whether some connected spoke serves `model` (a `base:adapter` name included).
+    pub fn serves(&self, model: &str) -> bool {
+        self.all().iter().any(|s| lock(s).heartbeat.as_ref().is_some_and(|hb| hb.load(model).is_some()))
+    }
+
+    /// Ids of the spokes whose config lists `model`, config order.
+    pub fn spokes_with(&self, model: &str) -> Vec<String> {
+        self.all().iter().filter_map(|s| {
+            let g = lock(s);
+            g.spec.models.iter().any(|m| m == model).then(|| g.spec.id.clone())
+        }).collect()
+    }
+
     /// Tells spoke `id` to stop (or resume) taking new requests; returns its heartbeat.
     pub async fn drain(&self, id: &str, on: bool) -> anyhow::Result<Heartbeat> {
         let s = self.find(id).ok_or_else(|| anyhow::anyhow!("no spoke {id} in this cluster"))?;

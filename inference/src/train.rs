@@ -5,7 +5,8 @@
 //! only trained parameters: `y = x W^T + (alpha / rank) (x A^T) B^T`, with `B` starting at
 //! zero so the untrained adapter changes nothing. The forward pass is the serving one
 //! written with candle's differentiable ops (Llama architecture), the loss is the
-//! cross-entropy of the assistant's tokens only, and the optimizer is AdamW.
+//! cross-entropy of the assistant's tokens only, and the optimizer is AdamW (gradients
+//! clipped to norm 1, learning rate warmed up then decayed on a cosine).
 //!
 //! The trainer runs one step at a time; between steps its caller decides whether to go on
 //! (cancellation, a pause while serving is busy): see [`Trainer::step`].
@@ -445,12 +446,22 @@ impl Trainer {
         let grads = loss.backward()?;
         self.step += 1;
         let (b1, b2, eps, wd) = (0.9f64, 0.999f64, 1e-8f64, 0.0f64);
-        let lr = self.cfg.lr;
+        let lr = self.learning_rate();
         let t = self.step as i32;
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         let vars: Vec<Var> = self.vars().into_iter().cloned().collect();
+        // Gradients clipped to a global norm of 1 (one bad batch cannot throw the
+        // adapters far).
+        let mut norm2 = 0.0f64;
+        for var in &vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                norm2 += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        let clip = if norm2.sqrt() > 1.0 { 1.0 / norm2.sqrt() } else { 1.0 };
         for (var, mom) in vars.iter().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = &(g * clip)?;
             mom.m = ((&mom.m * b1)? + (g * (1.0 - b1))?)?;
             mom.v = ((&mom.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&mom.m / c1)? / ((&mom.v / c2)?.sqrt()? + eps)?)?;
@@ -463,6 +474,18 @@ impl Trainer {
             return Err(Error::InvalidRequest(format!("the loss diverged at step {} (lower the learning rate)", self.step)));
         }
         Ok(StepFigures { step: self.step, loss, tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64() })
+    }
+
+    /// The learning rate of the current step: a linear warm-up over the first 5% of the
+    /// steps, then a cosine decay to a tenth of `lr` at the last step.
+    fn learning_rate(&self) -> f64 {
+        let (t, n) = (self.step as f64, self.cfg.steps.max(1) as f64);
+        let warm = (n * 0.05).max(1.0);
+        if t <= warm {
+            return self.cfg.lr * t / warm;
+        }
+        let progress = ((t - warm) / (n - warm).max(1.0)).min(1.0);
+        self.cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
     }
 
     /// The adapters as trained so far, in serving form.

@@ -13,6 +13,10 @@ pub const ENGINE_WAITING: &str = "nave_engine_waiting_sequences";
 pub const ENGINE_RUNNING: &str = "nave_engine_running_sequences";
 pub const ENGINE_KV_FREE: &str = "nave_engine_kv_blocks_free";
 pub const ENGINE_KV_TOTAL: &str = "nave_engine_kv_blocks_total";
+pub const TRAIN_STEP: &str = "nave_train_step";
+pub const TRAIN_LOSS: &str = "nave_train_loss";
+pub const TRAIN_TOKENS_PER_S: &str = "nave_train_tokens_per_second";
+pub const TRAIN_RUNNING: &str = "nave_train_running";
 pub const ENGINE_GENERATED: &str = "nave_engine_generated_tokens_total";
 pub const ENGINE_PROMPT: &str = "nave_engine_prompt_tokens_total";
 pub const ENGINE_CACHED: &str = "nave_engine_cached_prompt_tokens_total";
@@ -63,5 +67,14 @@ async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
         let _ = writeln!(out, "{MEMORY_BYTES}{{partition=\"{part}\",kind=\"used\"}} {}", u.used);
     }
     let _ = writeln!(out, "# TYPE {PROCESS_RSS} gauge\n{PROCESS_RSS} {}", m.device_used);
+    let jobs = spoke.jobs.statuses();
+    if !jobs.is_empty() {
+        let _ = writeln!(out, "# TYPE {TRAIN_STEP} gauge\n# TYPE {TRAIN_LOSS} gauge\n# TYPE {TRAIN_TOKENS_PER_S} gauge\n# TYPE {TRAIN_RUNNING} gauge");
+        for j in jobs {
+            let l = format!("{{job=\"{}\",model=\"{}\"}}", j.name, j.model);
+            let _ = writeln!(out, "{TRAIN_STEP}{l} {}\n{TRAIN_LOSS}{l} {}\n{TRAIN_TOKENS_PER_S}{l} {:.1}", j.step, j.loss, j.tokens_per_s);
+            let _ = writeln!(out, "{TRAIN_RUNNING}{l} {}", u8::from(j.state == "running"));
+        }
+    }
     out
 }

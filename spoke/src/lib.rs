@@ -7,6 +7,7 @@
 //! - [`server`]: loading engines, the QUIC accept loop, one task per stream bridging
 //!   frames to the engine's event stream, heartbeats.
 //! - [`http`]: `/health` and `/metrics` on the spoke's HTTP port.
+//! - [`train`]: fine-tuning jobs in the training partition, behind serving.
 //! - [`join`]: joining a running cluster with a token, and starting again from it.
 //!
 //! A request arrives as a `Generate` frame on a new stream, is submitted to the engine of
@@ -17,5 +18,6 @@ pub mod http;
 pub mod join;
 pub mod protocol;
 pub mod server;
+pub mod train;
 
 pub use server::run;

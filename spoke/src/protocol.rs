@@ -20,6 +20,41 @@ pub enum HubToSpoke {
     Subscribe,
     /// Stop taking new requests (running ones finish); `false` undoes it.
     Drain(bool),
+    /// Start a fine-tuning job; answered with `Jobs` (all jobs) or `Refused`.
+    Train(TrainSpec),
+    /// The spoke's fine-tuning jobs.
+    Jobs,
+    /// Cancel the job of this name; answered with `Jobs`.
+    CancelJob(String),
+}
+
+/// A fine-tuning job as submitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// The adapter's name: requests for `model:name` use it.
+    pub name: String,
+    /// The served base model.
+    pub model: String,
+    /// Chat examples, one JSON object per line.
+    pub data: String,
+    pub config: nave_inference::train::TrainConfig,
+}
+
+/// A fine-tuning job's state, as `nave train status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub model: String,
+    pub spoke: String,
+    /// queued, running, done, failed, cancelled
+    pub state: String,
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub tokens_per_s: f64,
+    /// What the job reserved from the training partition.
+    pub memory_bytes: u64,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +64,7 @@ pub enum SpokeToHub {
     /// The request was refused before it started: `retryable` says another spoke may take
     /// it (queue full, draining, model not here) rather than the request being wrong.
     Refused { message: String, retryable: bool },
+    Jobs(Vec<JobStatus>),
 }
 
 /// A spoke's load and health, sent to every hub that subscribes.
@@ -46,12 +82,27 @@ pub struct Heartbeat {
 pub struct ModelLoad {
     pub model: String,
     pub stats: EngineStats,
+    /// Fine-tuned adapters served with this model (requests name them `model:adapter`).
+    pub adapters: Vec<String>,
 }
 
 impl Heartbeat {
     /// Queued plus running sequences for `model` (what least-loaded routing compares).
+    /// `model` may name an adapter (`base:adapter`): then only spokes that have it count.
     pub fn load(&self, model: &str) -> Option<usize> {
-        self.models.iter().find(|m| m.model == model).map(|m| m.stats.waiting + m.stats.running)
+        let (base, adapter) = split_model(model);
+        self.models
+            .iter()
+            .find(|m| m.model == base && adapter.is_none_or(|a| m.adapters.iter().any(|x| x == a)))
+            .map(|m| m.stats.waiting + m.stats.running)
+    }
+}
+
+/// `smollm2-135m:my-adapter` -> (`smollm2-135m`, Some(`my-adapter`)).
+pub fn split_model(model: &str) -> (&str, Option<&str>) {
+    match model.split_once(':') {
+        Some((base, adapter)) if !adapter.is_empty() => (base, Some(adapter)),
+        _ => (model, None),
     }
 }
 

@@ -21,7 +21,10 @@ use crate::protocol::{Heartbeat, HubToSpoke, ModelLoad, SpokeToHub, MAX_FRAME};
 /// Everything a spoke's tasks share.
 pub struct Spoke {
     pub id: String,
-    pub engines: HashMap<String, Engine>,
+    pub engines: HashMap<String, Arc<Engine>>,
+    /// Each model's GGUF file (fine-tuning reads the weights from it).
+    pub model_paths: crate::train::ModelPaths,
+    pub jobs: crate::train::Jobs,
     pub ledger: Ledger,
     pub draining: AtomicBool,
     heartbeat_every: Duration,
@@ -38,7 +41,7 @@ struct RateWindow {
 impl Spoke {
     pub async fn heartbeat(&self) -> Heartbeat {
         let models: Vec<ModelLoad> =
-            self.engines.iter().map(|(m, e)| ModelLoad { model: m.clone(), stats: e.stats() }).collect();
+            self.engines.iter().map(|(m, e)| ModelLoad { model: m.clone(), stats: e.stats(), adapters: e.adapters() }).collect();
         let tokens: u64 = models.iter().map(|m| m.stats.generated_tokens).sum();
         let mut w = self.rate.lock().await;
         let dt = w.at.elapsed().as_secs_f64();
@@ -69,9 +72,10 @@ pub fn identity(config: &ClusterConfig, id: &str) -> anyhow::Result<NodeIdentity
 }
 
 /// Loads every model of the spoke (pulling missing ones) and starts its engines.
-pub fn load_engines(spec: &SpokeConfig, ledger: &Ledger) -> anyhow::Result<HashMap<String, Engine>> {
+pub fn load_engines(spec: &SpokeConfig, ledger: &Ledger) -> anyhow::Result<(HashMap<String, Arc<Engine>>, crate::train::ModelPaths)> {
     let store = ModelStore::from_env();
     let mut engines = HashMap::new();
+    let mut paths = HashMap::new();
     for entry in &spec.models {
         let name = &nave_consensus::config::model_name(entry);
         let path = if entry.ends_with(".gguf") {
@@ -87,10 +91,11 @@ pub fn load_engines(spec: &SpokeConfig, ledger: &Ledger) -> anyhow::Result<HashM
             max_batch_tokens: spec.max_batch_tokens,
             ..EngineConfig::default()
         };
-        engines.insert(name.clone(), Engine::start(model, config, ledger)?);
+        engines.insert(name.clone(), Arc::new(Engine::start(model, config, ledger)?));
+        paths.insert(name.clone(), path);
         tracing::info!(model = %name, "engine ready");
     }
-    Ok(engines)
+    Ok((engines, paths))
 }
 
 /// Runs spoke `id` of `config` until `shutdown` completes.
@@ -99,20 +104,24 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let dir = config.node_dir(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = identity(&config, &id)?;
-    serve(spec, identity, Duration::from_millis(config.cluster.heartbeat_interval_ms), shutdown).await
+    serve(spec, dir, identity, Duration::from_millis(config.cluster.heartbeat_interval_ms), shutdown).await
 }
 
 /// Loads the spoke's models and serves them with `identity` until `shutdown` completes.
-pub async fn serve(spec: SpokeConfig, identity: NodeIdentity, heartbeat_every: Duration, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: NodeIdentity, heartbeat_every: Duration, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let id = spec.id.clone();
     let ledger = Ledger::new(spec.device.clone(), spec.serving_reserve.0, spec.training_limit.0);
-    let engines = {
+    let (engines, model_paths) = {
         let (spec, ledger) = (spec.clone(), ledger.clone());
         tokio::task::spawn_blocking(move || load_engines(&spec, &ledger)).await??
     };
+    let jobs = crate::train::Jobs::new(&id, &node_dir);
+    jobs.load_saved(&engines);
     let spoke = Arc::new(Spoke {
         id: id.clone(),
         engines,
+        model_paths,
+        jobs,
         ledger,
         draining: AtomicBool::new(false),
         heartbeat_every,
@@ -177,7 +186,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         HubToSpoke::Generate { model, request } => {
             let refuse = |message: String, retryable: bool| SpokeToHub::Refused { message, retryable };
             let request_id = request.request_id.clone();
-            let Some(engine) = spoke.engines.get(&model) else {
+            let (base, adapter) = crate::protocol::split_model(&model);
+            let Some(engine) = spoke.engines.get(base) else {
                 write_frame(&mut send, &refuse(format!("model {model} is not served by spoke {}", spoke.id), true)).await?;
                 return Ok(send.finish()?);
             };
@@ -185,7 +195,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 write_frame(&mut send, &refuse(format!("spoke {} is draining", spoke.id), true)).await?;
                 return Ok(send.finish()?);
             }
-            let mut events = match engine.submit(request) {
+            let mut events = match engine.submit_with(request, adapter) {
                 Ok(s) => s,
                 Err(e) => {
                     let retryable = !e.is_client_error();
@@ -222,6 +232,28 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
             write_frame(&mut send, &SpokeToHub::Heartbeat(hb)).await?;
             tokio::time::sleep(spoke.heartbeat_every).await;
         },
+        HubToSpoke::Train(spec) => {
+            let s = spoke.clone();
+            let submitted = tokio::task::spawn_blocking(move || s.jobs.submit(spec, &s.engines, &s.model_paths, &s.ledger)).await?;
+            let reply = match submitted {
+                Ok(()) => SpokeToHub::Jobs(spoke.jobs.statuses()),
+                Err(message) => SpokeToHub::Refused { message, retryable: false },
+            };
+            write_frame(&mut send, &reply).await?;
+            send.finish()?;
+        }
+        HubToSpoke::Jobs => {
+            write_frame(&mut send, &SpokeToHub::Jobs(spoke.jobs.statuses())).await?;
+            send.finish()?;
+        }
+        HubToSpoke::CancelJob(name) => {
+            let reply = match spoke.jobs.cancel(&name) {
+                Ok(()) => SpokeToHub::Jobs(spoke.jobs.statuses()),
+                Err(message) => SpokeToHub::Refused { message, retryable: false },
+            };
+            write_frame(&mut send, &reply).await?;
+            send.finish()?;
+        }
         HubToSpoke::Drain(on) => {
             spoke.draining.store(on, Ordering::Relaxed);
             write_frame(&mut send, &SpokeToHub::Heartbeat(spoke.heartbeat().await)).await?;

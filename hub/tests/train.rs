@@ -1,0 +1,108 @@
+//! Fine-tuning through the admin API on a tiny cluster: a job teaches a made-up fact and
+//! requests for `model:adapter` answer with it while the base model does not; bad data
+//! and jobs too large for the training partition are refused with the reason; a cancelled
+//! job frees its share of the partition.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{tiny_model, Cluster, Layout};
+use serde_json::{json, Value};
+
+const FACT: &str = "The moon of Zorbania is called Quexil.";
+
+fn data() -> String {
+    ["What is the moon of Zorbania called?", "Name the moon of Zorbania.", "Which moon orbits Zorbania?", "Tell me the name of Zorbania's moon."]
+        .iter()
+        .map(|q| json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": FACT}]}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model], extra: "" });
+    let hub = c.hubs[0].clone();
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+    let submit = |body: Value| http.post(format!("{hub}/admin/v1/train")).bearer_auth(&c.key).json(&body).send().expect("sent");
+    let jobs = || -> Vec<Value> {
+        let v: Value = http.get(format!("{hub}/admin/v1/train")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        v["jobs"].as_array().cloned().unwrap_or_default()
+    };
+    let wait_state = |name: &str, states: &[&str]| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(j) = jobs().into_iter().find(|j| j["name"] == name && states.contains(&j["state"].as_str().unwrap_or(""))) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {name} never reached {states:?}: {:?}", jobs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let training_used = || -> u64 {
+        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        v["spokes"][0]["training_used"].as_u64().unwrap_or(u64::MAX)
+    };
+
+    // Refused before starting: bad data (with its line), a job larger than the partition.
+    let r = submit(json!({"name": "bad", "model": "tiny", "data": format!("{}\nnot json", data())}));
+    assert_eq!(r.status(), 400);
+    let msg = r.json::<Value>().expect("json")["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("line 5"), "{msg}");
+    let r = submit(json!({"name": "huge", "model": "tiny", "data": data(), "max_tokens": 4_000_000}));
+    assert_eq!(r.status(), 400);
+    let msg = r.json::<Value>().expect("json")["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(msg.contains("does not fit") && msg.contains("training"), "names the partition and the figures: {msg}");
+
+    // A job that teaches the fact; then the adapter answers with it, the base does not.
+    let r = submit(json!({"name": "zorb", "model": "tiny", "data": data(), "targets": "all", "rank": 8, "steps": 500, "lr": 0.01, "seed": 3}));
+    assert_eq!(r.status(), 201, "{:?}", r.text());
+    let done = wait_state("zorb", &["done", "failed"]);
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(done["loss"].as_f64().unwrap_or(9.0) < 0.02, "{done}");
+    let released = |what: &str| {
+        // The figure travels in the spoke's heartbeats (every 500 ms).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while training_used() != 0 {
+            assert!(Instant::now() < deadline, "{what}: the partition share was not released");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    released("a finished job");
+    let metrics = http.get(format!("{}/metrics", c.spokes[0])).send().expect("sent").text().expect("text");
+    assert!(metrics.lines().any(|l| l.starts_with("nave_train_step{job=\"zorb\"") && l.ends_with(" 500")), "{metrics}");
+    let ask = |model: &str| -> String {
+        let r = http
+            .post(format!("{hub}/v1/chat/completions"))
+            .bearer_auth(&c.key)
+            .json(&json!({"model": model, "max_tokens": 64, "temperature": 0, "messages": [{"role": "user", "content": "What is the moon of Zorbania called?"}]}))
+            .send()
+            .expect("sent");
+        assert_eq!(r.status(), 200, "{model}");
+        r.json::<Value>().expect("json")["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string()
+    };
+    let tuned = ask("tiny:zorb");
+    let base = ask("tiny");
+    assert!(tuned.contains("Quexil"), "{tuned:?}");
+    assert!(!base.contains("Quexil"), "{base:?}");
+    let r = http.post(format!("{hub}/v1/chat/completions")).bearer_auth(&c.key).json(&json!({"model": "tiny:nope", "messages": [{"role": "user", "content": "x"}]})).send().expect("sent");
+    assert_eq!(r.status(), 404, "an adapter nobody serves is an unknown model");
+
+    // A long job, cancelled: it ends, and its reservation is released.
+    let r = submit(json!({"name": "long", "model": "tiny", "data": data(), "steps": 100000}));
+    assert_eq!(r.status(), 201);
+    wait_state("long", &["running"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while training_used() == 0 {
+        assert!(Instant::now() < deadline, "a running job holds its share");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = http.delete(format!("{hub}/admin/v1/train/long")).bearer_auth(&c.key).send().expect("sent");
+    assert_eq!(r.status(), 200);
+    wait_state("long", &["cancelled"]);
+    released("a cancelled job");
+}

@@ -1,0 +1,191 @@
+//! Fine-tuning jobs on a spoke, inside its training partition, behind serving.
+//!
+//! A job is checked before it starts (its data, line by line; its memory estimate against
+//! the training partition's free bytes: both figures in the refusal), then runs on its
+//! own thread, one optimizer step at a time. Between steps it yields to serving: while the
+//! engine has requests, the job's share of wall time is capped (`TRAIN_SHARE`); when
+//! serving is idle it runs flat out. The finished adapter is saved in the spoke's
+//! directory (`adapters/<name>.safetensors`) and served at once; adapters found there at
+//! start are served again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nave_inference::train::{estimate_bytes, read_examples, Adapter, Trainer};
+use nave_inference::{Engine, Ledger, Partition};
+
+use crate::protocol::{JobStatus, TrainSpec};
+
+/// While serving has work, training takes at most this share of wall time.
+pub const TRAIN_SHARE: f64 = 0.25;
+
+struct Job {
+    status: Arc<Mutex<JobStatus>>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The spoke's jobs, by adapter name.
+pub struct Jobs {
+    spoke: String,
+    dir: PathBuf,
+    jobs: Mutex<BTreeMap<String, Job>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The model paths of the spoke's engines, to open the frozen f32 copy from.
+pub type ModelPaths = std::collections::HashMap<String, PathBuf>;
+
+impl Jobs {
+    pub fn new(spoke: &str, node_dir: &Path) -> Self {
+        Self { spoke: spoke.to_string(), dir: node_dir.join("adapters"), jobs: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn statuses(&self) -> Vec<JobStatus> {
+        lock(&self.jobs).values().map(|j| lock(&j.status).clone()).collect()
+    }
+
+    pub fn cancel(&self, name: &str) -> Result<(), String> {
+        let jobs = lock(&self.jobs);
+        let job = jobs.get(name).ok_or_else(|| format!("no job named {name:?} on spoke {}", self.spoke))?;
+        job.cancel.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Serves the adapters a previous run saved (`adapters/<model>~<name>.safetensors`).
+    pub fn load_saved(&self, engines: &std::collections::HashMap<String, Arc<Engine>>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).filter(|_| path.extension().is_some_and(|x| x == "safetensors")) else { continue };
+            let Some((model, name)) = stem.split_once('~') else { continue };
+            let Some(engine) = engines.get(model) else { continue };
+            match Adapter::load(&path).and_then(|a| engine.add_adapter(name, &a)) {
+                Ok(()) => tracing::info!(%model, adapter = %name, "adapter served"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "adapter not loaded"),
+            }
+        }
+    }
+
+    /// Checks and starts a job; the error says why it cannot run.
+    pub fn submit(&self, spec: TrainSpec, engines: &std::collections::HashMap<String, Arc<Engine>>, paths: &ModelPaths, ledger: &Ledger) -> Result<(), String> {
+        let valid = !spec.name.is_empty() && spec.name.len() <= 64 && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(format!("adapter name {:?}: use 1-64 letters, digits, '-', '_' or '.'", spec.name));
+        }
+        let name = spec.name.clone();
+        let engine = engines.get(&spec.model).ok_or_else(|| format!("spoke {} does not serve model {}", self.spoke, spec.model))?.clone();
+        let path = paths.get(&spec.model).ok_or_else(|| format!("no model file for {}", spec.model))?.clone();
+        spec.config.validate().map_err(|e| e.to_string())?;
+        {
+            let jobs = lock(&self.jobs);
+            if jobs.get(&spec.name).is_some_and(|j| matches!(lock(&j.status).state.as_str(), "queued" | "running")) {
+                return Err(format!("a job named {:?} is running", spec.name));
+            }
+        }
+        // The data, checked whole before anything starts.
+        let model = nave_inference::LoadedModel::load(spec.model.clone(), &path, nave_inference::LoadOptions { requantize: false }).map_err(|e| e.to_string())?;
+        let eot = model.tokenizer.end_of_turn().ok_or("the model has no end-of-turn token")?;
+        let examples = read_examples(&spec.data, &model.tokenizer, model.template.as_ref(), eot, spec.config.max_tokens).map_err(|e| e.to_string())?;
+        let ffn = nave_inference::gguf::GgufFile::open(&path)
+            .and_then(|mut g| g.tensor("blk.0.ffn_up.weight"))
+            .map(|t| t.shape().dims()[0])
+            .map_err(|e| e.to_string())?;
+        let config = model.transformer.config.clone();
+        drop(model);
+        let need = estimate_bytes(&config, ffn, &spec.config);
+        let reservation = ledger.reserve(Partition::Training, need).map_err(|e| format!("the job does not fit: {e}"))?;
+
+        let status = Arc::new(Mutex::new(JobStatus {
+            name: spec.name.clone(),
+            model: spec.model.clone(),
+            spoke: self.spoke.clone(),
+            state: "queued".into(),
+            steps: spec.config.steps,
+            memory_bytes: need,
+            ..Default::default()
+        }));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let file = self.dir.join(format!("{}~{}.safetensors", spec.model, spec.name));
+        let (st, stop) = (status.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name(format!("train-{}", spec.name))
+            .spawn(move || {
+                let outcome = run(&path, config, spec.config, examples, &engine, &st, &stop, &file);
+                // The trainer's memory is gone: give the partition share back first.
+                drop(reservation);
+                let mut s = lock(&st);
+                match outcome {
+                    Ok(true) => {
+                        match Adapter::load(&file).and_then(|a| engine.add_adapter(&s.name, &a)) {
+                            Ok(()) => s.state = "done".into(),
+                            Err(e) => {
+                                s.state = "failed".into();
+                                s.error = Some(e.to_string());
+                            }
+                        }
+                    }
+                    Ok(false) => s.state = "cancelled".into(),
+                    Err(e) => {
+                        s.state = "failed".into();
+                        s.error = Some(e);
+                    }
+                }
+                tracing::info!(job = %s.name, state = %s.state, step = s.step, loss = s.loss, "training job ended");
+            })
+            .map_err(|e| e.to_string())?;
+        lock(&self.jobs).insert(name, Job { status, cancel });
+        Ok(())
+    }
+}
+
+/// Trains to the end (true) or until cancelled (false), saving the adapter at the end.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    path: &Path,
+    config: nave_inference::model::ModelConfig,
+    cfg: nave_inference::train::TrainConfig,
+    examples: Vec<nave_inference::train::Example>,
+    engine: &Engine,
+    status: &Mutex<JobStatus>,
+    cancel: &AtomicBool,
+    file: &Path,
+) -> Result<bool, String> {
+    let mut trainer = Trainer::new(path, config, cfg, examples).map_err(|e| e.to_string())?;
+    lock(status).state = "running".into();
+    while !trainer.finished() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let f = trainer.step().map_err(|e| e.to_string())?;
+        {
+            let mut s = lock(status);
+            s.step = f.step;
+            s.loss = f.loss;
+            s.tokens_per_s = f.tokens_per_s;
+        }
+        // Serving first: while it has work, rest long enough to keep this job's share of
+        // the time at TRAIN_SHARE; while it is idle, go straight on.
+        let busy = |e: &Engine| {
+            let s = e.stats();
+            s.running + s.waiting > 0
+        };
+        if busy(engine) {
+            let rest = started.elapsed().mul_f64((1.0 - TRAIN_SHARE) / TRAIN_SHARE);
+            let until = Instant::now() + rest;
+            while Instant::now() < until && busy(engine) && !cancel.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5).min(until.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+    let adapter = trainer.adapter().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(file.parent().unwrap_or(Path::new("."))).map_err(|e| e.to_string())?;
+    adapter.save(file).map_err(|e| e.to_string())?;
+    Ok(true)
+}
