@@ -165,7 +165,7 @@ fn default_serving_reserve() -> ByteSize {
     ByteSize(1 << 30)
 }
 fn default_training_limit() -> ByteSize {
-    ByteSize(512 << 20)
+    ByteSize(4 << 30)
 }
 fn default_kv_pool() -> ByteSize {
     ByteSize(256 << 20)

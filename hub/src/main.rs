@@ -183,7 +183,7 @@ struct JoinArgs {
     models: Vec<String>,
     #[arg(long, default_value = "1GiB")]
     serving_reserve: String,
-    #[arg(long, default_value = "512MiB")]
+    #[arg(long, default_value = "4GiB")]
     training_limit: String,
     #[arg(long, default_value = "256MiB")]
     kv_pool: String,

@@ -41,9 +41,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The model paths of the spoke's engines, to open the frozen f32 copy from.
 pub type ModelPaths = std::collections::HashMap<String, PathBuf>;
 
+/// Writes a job's status beside the adapters, so that a restart knows what happened.
+fn persist(dir: &Path, status: &JobStatus) {
+    let path = dir.join(format!("{}.job.json", status.name));
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, serde_json::to_vec_pretty(status).unwrap_or_default()))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(job = %status.name, error = %e, "cannot record the job's state");
+    }
+}
+
 impl Jobs {
+    /// The jobs recorded in the node's directory: one that was queued or running when
+    /// the spoke stopped is marked failed (its adapter was never finished).
     pub fn new(spoke: &str, node_dir: &Path) -> Self {
-        Self { spoke: spoke.to_string(), dir: node_dir.join("adapters"), jobs: Mutex::new(BTreeMap::new()) }
+        let dir = node_dir.join("adapters");
+        let mut jobs = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if !path.to_string_lossy().ends_with(".job.json") {
+                continue;
+            }
+            let Some(mut status) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<JobStatus>(&b).ok()) else { continue };
+            if matches!(status.state.as_str(), "queued" | "running") {
+                status.state = "failed".into();
+                status.error = Some(format!("the spoke stopped during the job, at step {}", status.step));
+                persist(&dir, &status);
+            }
+            let name = status.name.clone();
+            jobs.insert(name, Job { status: Arc::new(Mutex::new(status)), cancel: Arc::new(AtomicBool::new(true)) });
+        }
+        Self { spoke: spoke.to_string(), dir, jobs: Mutex::new(jobs) }
     }
 
     pub fn statuses(&self) -> Vec<JobStatus> {
@@ -112,7 +142,8 @@ impl Jobs {
         }));
         let cancel = Arc::new(AtomicBool::new(false));
         let file = self.dir.join(format!("{}~{}.safetensors", spec.model, spec.name));
-        let (st, stop) = (status.clone(), cancel.clone());
+        persist(&self.dir, &lock(&status));
+        let (st, stop, dir) = (status.clone(), cancel.clone(), self.dir.clone());
         std::thread::Builder::new()
             .name(format!("train-{}", spec.name))
             .spawn(move || {
@@ -136,6 +167,7 @@ impl Jobs {
                         s.error = Some(e);
                     }
                 }
+                persist(&dir, &s);
                 tracing::info!(job = %s.name, state = %s.state, step = s.step, loss = s.loss, "training job ended");
             })
             .map_err(|e| e.to_string())?;
@@ -157,7 +189,11 @@ fn run(
     file: &Path,
 ) -> Result<bool, String> {
     let mut trainer = Trainer::new(path, config, cfg, examples).map_err(|e| e.to_string())?;
-    lock(status).state = "running".into();
+    {
+        let mut s = lock(status);
+        s.state = "running".into();
+        persist(file.parent().unwrap_or(Path::new(".")), &s);
+    }
     while !trainer.finished() {
         if cancel.load(Ordering::Relaxed) {
             return Ok(false);
@@ -169,6 +205,9 @@ fn run(
             s.step = f.step;
             s.loss = f.loss;
             s.tokens_per_s = f.tokens_per_s;
+            if f.step.is_multiple_of(10) {
+                persist(file.parent().unwrap_or(Path::new(".")), &s);
+            }
         }
         // Serving first: while it has work, rest long enough to keep this job's share of
         // the time at TRAIN_SHARE; while it is idle, go straight on.
