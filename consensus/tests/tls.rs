@@ -31,6 +31,20 @@ fn server(ca: &ClusterCa) -> (quinn::Endpoint, std::net::SocketAddr) {
     (ep, addr)
 }
 
+/// A client that trusts the cluster CA but presents no certificate of its own.
+fn anonymous(ca: &ClusterCa, alpn: &[u8]) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().expect("ca").expect("der")).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut anon = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    anon.alpn_protocols = vec![alpn.to_vec()];
+    quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(anon).expect("quic")))
+}
+
 /// Whether a client with `config` can open a stream to the server and read its byte.
 async fn talks(config: quinn::ClientConfig, addr: std::net::SocketAddr, name: &str) -> bool {
     let ep = tls::client_endpoint().expect("client endpoint");
@@ -71,18 +85,7 @@ async fn only_cluster_certificates_for_the_right_node_and_protocol_get_through()
     assert!(!talks(expired.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "expired certificate");
 
     // No client certificate at all.
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_der = rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().expect("ca").expect("der");
-    roots.add(ca_der).expect("root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut anon = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    anon.alpn_protocols = vec![ALPN_RAFT.to_vec()];
-    let anon = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(anon).expect("quic")));
-    assert!(!talks(anon, addr, "h1").await, "no client certificate");
+    assert!(!talks(anonymous(&ca, ALPN_RAFT), addr, "h1").await, "no client certificate");
 
     // Keys are private to their owner.
     use std::os::unix::fs::PermissionsExt;
@@ -132,17 +135,7 @@ async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
     assert!(!talks(tls::join_client_config(&wrong).expect("cfg"), addr, HUB_NAME).await, "a joiner that pins another CA");
 
     // Without a certificate, Raft is closed even though the handshake went through.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()).next().expect("ca").expect("der")).expect("root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut anon = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    anon.alpn_protocols = vec![ALPN_RAFT.to_vec()];
-    let anon = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(anon).expect("quic")));
-    assert!(!talks(anon, addr, "h1").await, "no certificate, Raft protocol");
+    assert!(!talks(anonymous(&ca, ALPN_RAFT), addr, "h1").await, "no certificate, Raft protocol");
 
     // A certificate signed from a request names exactly the node the hub chose.
     let (csr, key) = tls::new_request("asked-for").expect("request");
