@@ -141,6 +141,10 @@ pub struct SpokeConfig {
     /// What training jobs may use.
     #[serde(default = "default_training_limit")]
     pub training_limit: ByteSize,
+    /// While serving has requests, fine-tuning takes at most this share of wall time (it
+    /// also runs at the lowest CPU priority); when serving is idle it takes everything.
+    #[serde(default = "default_training_share")]
+    pub training_share: f64,
     /// The KV pool inside the serving reserve.
     #[serde(default = "default_kv_pool")]
     pub kv_pool: ByteSize,
@@ -166,6 +170,9 @@ fn default_serving_reserve() -> ByteSize {
 }
 fn default_training_limit() -> ByteSize {
     ByteSize(4 << 30)
+}
+fn default_training_share() -> f64 {
+    0.25
 }
 fn default_kv_pool() -> ByteSize {
     ByteSize(256 << 20)
@@ -262,6 +269,9 @@ impl ClusterConfig {
             let f = |name: &str| format!("spoke[{}].{name}", s.id);
             if s.models.is_empty() {
                 return Err(invalid(f("models"), "[]", "a spoke serves at least one model"));
+            }
+            if !(s.training_share > 0.0 && s.training_share <= 1.0) {
+                return Err(invalid(f("training_share"), s.training_share, "a share of time in (0, 1]"));
             }
             if s.device != "cpu" && !s.device.starts_with("cuda:") {
                 return Err(invalid(f("device"), &s.device, "use \"cpu\" or \"cuda:N\""));

@@ -208,6 +208,7 @@ impl JoinArgs {
             device: "cpu".into(),
             serving_reserve: size("serving-reserve", &self.serving_reserve)?,
             training_limit: size("training-limit", &self.training_limit)?,
+            training_share: 0.25,
             kv_pool: size("kv-pool", &self.kv_pool)?,
             cost_weight: self.cost_weight,
             labels: Default::default(),

@@ -132,6 +132,7 @@ impl SpokeSet {
                 device: String::new(),
                 serving_reserve: Default::default(),
                 training_limit: Default::default(),
+                training_share: 0.25,
                 kv_pool: Default::default(),
                 cost_weight: r.cost_weight,
                 labels: r.labels.clone(),

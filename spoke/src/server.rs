@@ -108,14 +108,18 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
 }
 
 /// Loads the spoke's models and serves them with `identity` until `shutdown` completes.
+/// The engines run on candle's own worker threads; rayon's pool serves only fine-tuning's
+/// f32 products, so its threads run at the lowest priority.
 pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: NodeIdentity, heartbeat_every: Duration, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let id = spec.id.clone();
+    // Fails only if the pool exists already (then it keeps its priority).
+    let _ = rayon::ThreadPoolBuilder::new().start_handler(|_| crate::train::lower_priority()).build_global();
     let ledger = Ledger::new(spec.device.clone(), spec.serving_reserve.0, spec.training_limit.0);
     let (engines, model_paths) = {
         let (spec, ledger) = (spec.clone(), ledger.clone());
         tokio::task::spawn_blocking(move || load_engines(&spec, &ledger)).await??
     };
-    let jobs = crate::train::Jobs::new(&id, &node_dir);
+    let jobs = crate::train::Jobs::new(&id, &node_dir, spec.training_share);
     jobs.load_saved(&engines);
     let spoke = Arc::new(Spoke {
         id: id.clone(),

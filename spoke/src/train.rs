@@ -2,9 +2,10 @@
 //!
 //! A job is checked before it starts (its data, line by line; its memory estimate against
 //! the training partition's free bytes: both figures in the refusal), then runs on its
-//! own thread, one optimizer step at a time. Between steps it yields to serving: while the
-//! engine has requests, the job's share of wall time is capped (`TRAIN_SHARE`); when
-//! serving is idle it runs flat out. The finished adapter is saved in the spoke's
+//! own thread at the lowest CPU priority (as are the threads its tensor products use), one
+//! optimizer step at a time. Between steps it yields to serving: while the engine has
+//! requests, the job's share of wall time is capped (`training_share`); when serving is
+//! idle it runs flat out. The finished adapter is saved in the spoke's
 //! directory (`adapters/<name>.safetensors`) and served at once; adapters found there at
 //! start are served again.
 
@@ -19,8 +20,15 @@ use nave_inference::{Engine, Ledger, Partition};
 
 use crate::protocol::{JobStatus, TrainSpec};
 
-/// While serving has work, training takes at most this share of wall time.
-pub const TRAIN_SHARE: f64 = 0.25;
+/// Puts the calling thread at the lowest CPU priority (nice 19): the engine's threads
+/// then win every contended moment, and training takes only what serving leaves.
+pub fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}
 
 struct Job {
     status: Arc<Mutex<JobStatus>>,
@@ -30,6 +38,7 @@ struct Job {
 /// The spoke's jobs, by adapter name.
 pub struct Jobs {
     spoke: String,
+    share: f64,
     dir: PathBuf,
     jobs: Mutex<BTreeMap<String, Job>>,
 }
@@ -56,7 +65,7 @@ fn persist(dir: &Path, status: &JobStatus) {
 impl Jobs {
     /// The jobs recorded in the node's directory: one that was queued or running when
     /// the spoke stopped is marked failed (its adapter was never finished).
-    pub fn new(spoke: &str, node_dir: &Path) -> Self {
+    pub fn new(spoke: &str, node_dir: &Path, share: f64) -> Self {
         let dir = node_dir.join("adapters");
         let mut jobs = BTreeMap::new();
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -73,7 +82,7 @@ impl Jobs {
             let name = status.name.clone();
             jobs.insert(name, Job { status: Arc::new(Mutex::new(status)), cancel: Arc::new(AtomicBool::new(true)) });
         }
-        Self { spoke: spoke.to_string(), dir, jobs: Mutex::new(jobs) }
+        Self { spoke: spoke.to_string(), share, dir, jobs: Mutex::new(jobs) }
     }
 
     pub fn statuses(&self) -> Vec<JobStatus> {
@@ -143,11 +152,12 @@ impl Jobs {
         let cancel = Arc::new(AtomicBool::new(false));
         let file = self.dir.join(format!("{}~{}.safetensors", spec.model, spec.name));
         persist(&self.dir, &lock(&status));
-        let (st, stop, dir) = (status.clone(), cancel.clone(), self.dir.clone());
+        let (st, stop, dir, share) = (status.clone(), cancel.clone(), self.dir.clone(), self.share);
         std::thread::Builder::new()
             .name(format!("train-{}", spec.name))
             .spawn(move || {
-                let outcome = run(&path, config, spec.config, examples, &engine, &st, &stop, &file);
+                lower_priority();
+                let outcome = run(&path, config, spec.config, examples, &engine, &st, &stop, &file, share);
                 // The trainer's memory is gone: give the partition share back first.
                 drop(reservation);
                 let mut s = lock(&st);
@@ -187,6 +197,7 @@ fn run(
     status: &Mutex<JobStatus>,
     cancel: &AtomicBool,
     file: &Path,
+    share: f64,
 ) -> Result<bool, String> {
     let mut trainer = Trainer::new(path, config, cfg, examples).map_err(|e| e.to_string())?;
     {
@@ -216,7 +227,7 @@ fn run(
             s.running + s.waiting > 0
         };
         if busy(engine) {
-            let rest = started.elapsed().mul_f64((1.0 - TRAIN_SHARE) / TRAIN_SHARE);
+            let rest = started.elapsed().mul_f64((1.0 - share) / share);
             let until = Instant::now() + rest;
             while Instant::now() < until && busy(engine) && !cancel.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(5).min(until.saturating_duration_since(Instant::now())));
