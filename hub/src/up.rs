@@ -142,6 +142,16 @@ pub fn up(config_path: &Path) -> anyhow::Result<()> {
         if let Some(t) = threads {
             cmd.env("CANDLE_NUM_THREADS", t.to_string()).env("RAYON_NUM_THREADS", t.to_string());
         }
+        // A node outlives nothing: if `nave up` dies (even by SIGKILL), the kernel sends
+        // its children SIGTERM and they stop cleanly.
+        // SAFETY: prctl in the forked child before exec, async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().with_context(|| format!("starting {kind} {id}"))?;
         nodes.push(Node { id, child, log });
     }

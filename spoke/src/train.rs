@@ -210,6 +210,7 @@ fn run(
             return Ok(false);
         }
         let started = Instant::now();
+        let served_before = engine.stats().steps;
         let f = trainer.step().map_err(|e| e.to_string())?;
         {
             let mut s = lock(status);
@@ -220,17 +221,14 @@ fn run(
                 persist(file.parent().unwrap_or(Path::new(".")), &s);
             }
         }
-        // Serving first: while it has work, rest long enough to keep this job's share of
-        // the time at TRAIN_SHARE; while it is idle, go straight on.
-        let busy = |e: &Engine| {
-            let s = e.stats();
-            s.running + s.waiting > 0
-        };
-        if busy(engine) {
-            let rest = started.elapsed().mul_f64((1.0 - share) / share);
-            let until = Instant::now() + rest;
-            while Instant::now() < until && busy(engine) && !cancel.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5).min(until.saturating_duration_since(Instant::now())));
+        // Serving first: if the engine ran while this step did (or has work now), rest long
+        // enough that this job's share of the time stays at `share`; when serving is
+        // idle, go straight on.
+        let stats = engine.stats();
+        if stats.steps != served_before || stats.running + stats.waiting > 0 {
+            let until = Instant::now() + started.elapsed().mul_f64((1.0 - share) / share);
+            while Instant::now() < until && !cancel.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
             }
         }
     }
