@@ -154,6 +154,8 @@ pub enum Command {
     Join { token_digest: String, spoke: SpokeRecord },
     /// Forgets a joined spoke: hubs stop dialling it.
     RemoveSpoke { id: String },
+    /// A fine-tuned adapter `model:name` is served by `spoke` (recorded once per spoke).
+    RegisterAdapter { model: String, name: String, spoke: String },
 }
 
 /// A command with what every replica must agree on: who proposed it, when, and its id.
@@ -186,6 +188,8 @@ pub struct ClusterState {
     join_tokens: BTreeMap<String, JoinToken>,
     /// Joined spokes by id.
     pub spokes: BTreeMap<String, SpokeRecord>,
+    /// Fine-tuned adapters (`model:name`) and the spokes that serve them.
+    pub adapters: BTreeMap<String, Vec<String>>,
 }
 
 impl ClusterState {
@@ -327,6 +331,14 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::Join { token_digest, spoke } => self.join(now, token_digest, spoke),
+            Command::RegisterAdapter { model, name, spoke } => {
+                let spokes = self.adapters.entry(format!("{model}:{name}")).or_default();
+                if !spokes.contains(spoke) {
+                    spokes.push(spoke.clone());
+                    self.audit(now, format!("adapter {model}:{name} served by {spoke}"));
+                }
+                CommandResult::Done
+            }
             Command::RemoveSpoke { id } => match self.spokes.remove(id) {
                 Some(_) => {
                     self.audit(now, format!("spoke removed: {id}"));

@@ -65,7 +65,7 @@ pub fn context(hub: &Hub, headers: &HeaderMap) -> Ctx {
 fn check_model(hub: &Hub, model: &str) -> Result<String, ApiError> {
     let model = model.strip_suffix(":latest").unwrap_or(model);
     let models = hub.models();
-    let adapter_served = model.contains(':') && hub.spokes.serves(model);
+    let adapter_served = model.contains(':') && (hub.spokes.serves(model) || hub.adapters().iter().any(|a| a == model));
     if models.iter().any(|m| m == model) || adapter_served {
         Ok(model.to_string())
     } else {
@@ -403,7 +403,7 @@ fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: (crate::Slot, Ad
 
 pub async fn models(State(hub): State<AppState>) -> Json<Value> {
     let created = now_secs();
-    let data: Vec<Value> = hub.models().iter().map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "nave"})).collect();
+    let data: Vec<Value> = hub.models().iter().chain(hub.adapters().iter()).map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "nave"})).collect();
     Json(json!({"object": "list", "data": data}))
 }
 

@@ -133,6 +133,11 @@ impl Hub {
         self.spokes.models()
     }
 
+    /// Fine-tuned adapters (`model:name`) in the replicated registry, sorted.
+    pub fn adapters(&self) -> Vec<String> {
+        self.consensus.state.read(|a| a.state.adapters.keys().cloned().collect())
+    }
+
     pub fn policy(&self, model: &str) -> Box<dyn policy::Policy> {
         policy::for_config(self.config.policy(model))
     }
@@ -391,6 +396,22 @@ async fn follow_registry(hub: Arc<Hub>) {
                 hub.metrics.add_model(&m);
             }
             seen = Some(registry);
+        }
+        // Adapters the spokes announce and the replicated state does not list yet. Every
+        // hub may propose; the proposal id makes it apply once.
+        let known = hub.consensus.state.read(|a| a.state.adapters.clone());
+        for (spoke, model, name) in hub.spokes.announced_adapters() {
+            let listed = known.get(&format!("{model}:{name}")).is_some_and(|s| s.contains(&spoke));
+            if !listed {
+                let p = Proposal {
+                    id: format!("adapter-{spoke}-{model}-{name}"),
+                    now_ms: now_ms(),
+                    command: Command::RegisterAdapter { model: model.clone(), name: name.clone(), spoke: spoke.clone() },
+                };
+                if let Err(e) = hub.consensus.propose(p).await {
+                    tracing::debug!(error = %e, "adapter registration deferred");
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

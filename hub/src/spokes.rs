@@ -239,6 +239,18 @@ impl SpokeSet {
         read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await?.ok_or_else(|| anyhow::anyhow!("spoke {id} closed the stream without an answer"))
     }
 
+    /// (spoke, model, adapter) for every adapter the spokes' heartbeats announce.
+    pub fn announced_adapters(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for s in self.all() {
+            let g = lock(&s);
+            for m in g.heartbeat.iter().flat_map(|hb| hb.models.iter()) {
+                out.extend(m.adapters.iter().map(|a| (g.spec.id.clone(), m.model.clone(), a.clone())));
+            }
+        }
+        out
+    }
+
     /// Whether some connected spoke serves `model` (a `base:adapter` name included).
     pub fn serves(&self, model: &str) -> bool {
         self.all().iter().any(|s| lock(s).heartbeat.as_ref().is_some_and(|hb| hb.load(model).is_some()))

@@ -85,6 +85,16 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
         assert_eq!(r.status(), 200, "{model}");
         r.json::<Value>().expect("json")["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string()
     };
+    // The adapter is registered in the replicated state: /v1/models lists it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Value = http.get(format!("{hub}/v1/models")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        if v["data"].as_array().into_iter().flatten().any(|m| m["id"] == "tiny:zorb") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tiny:zorb never listed: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let tuned = ask("tiny:zorb");
     let base = ask("tiny");
     assert!(tuned.contains("Quexil"), "{tuned:?}");
