@@ -55,17 +55,34 @@ pub struct ClusterCa {
 }
 
 impl ClusterCa {
-    /// Loads the CA from `dir` (ca.pem, ca.key), creating it on first start.
+    /// Loads the CA from `dir` (ca.pem, ca.key), creating it on first start. Nodes
+    /// starting together agree on one: each writes its candidate into a directory of its
+    /// own and renames it to `dir`, which only the first rename achieves.
     pub fn load_or_create(dir: &Path) -> Result<Self> {
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
         if cert.exists() && key.exists() {
             return Ok(Self { cert_pem: std::fs::read_to_string(cert)?, key_pem: std::fs::read_to_string(key)? });
         }
-        std::fs::create_dir_all(dir)?;
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)?;
+        let staging = parent.join(format!(".ca.{}.tmp", unique_suffix()));
+        std::fs::create_dir_all(&staging)?;
         let ca = Self::generate("nave cluster CA", Duration::from_secs(10 * 365 * 86400))?;
-        write_private(&key, &ca.key_pem)?;
-        write_public(&cert, &ca.cert_pem)?;
-        Ok(ca)
+        write_private(&staging.join("ca.key"), &ca.key_pem)?;
+        write_public(&staging.join("ca.pem"), &ca.cert_pem)?;
+        // An empty `dir` (made by an older version or by hand) is replaced; a full one wins.
+        let _ = std::fs::remove_dir(dir);
+        match std::fs::rename(&staging, dir) {
+            Ok(()) => Ok(ca),
+            Err(_) if cert.exists() && key.exists() => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Ok(Self { cert_pem: std::fs::read_to_string(cert)?, key_pem: std::fs::read_to_string(key)? })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Err(e.into())
+            }
+        }
     }
 
     /// A fresh CA valid for `validity` (tests make short-lived or foreign CAs with it).
@@ -165,6 +182,14 @@ fn names(der: &[u8]) -> Result<Vec<String>> {
     let san = cert.subject_alternative_name().map_err(tls)?;
     let names = san.iter().flat_map(|s| s.value.general_names.iter());
     Ok(names.filter_map(|n| if let GeneralName::DNSName(d) = n { Some(d.to_string()) } else { None }).collect())
+}
+
+/// A name part no other process or thread uses at the same time (pid, counter, clock).
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 const NODE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);

@@ -144,3 +144,16 @@ async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
     assert!(talks(joined.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "the signed certificate is the cluster's");
     assert!(ca.sign_request("garbage", "s3").is_err());
 }
+
+/// Nodes that start together on one data directory end up with one CA.
+#[test]
+fn nodes_starting_together_agree_on_one_ca() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_dir = dir.path().join("ca");
+    let prints: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| ClusterCa::load_or_create(&ca_dir).expect("ca").fingerprint().expect("fp"))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(prints.iter().all(|p| *p == prints[0]), "{prints:?}");
+    assert_eq!(ClusterCa::load_or_create(&ca_dir).expect("ca").fingerprint().expect("fp"), prints[0]);
+}

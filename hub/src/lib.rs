@@ -206,24 +206,29 @@ pub fn random_hex(n: usize) -> anyhow::Result<String> {
 }
 
 /// The admin key of the cluster: read from `<data_dir>/admin.key`, created there (mode
-/// 0600) if absent.
+/// 0600) if absent. Hubs starting together agree: the file is published with a hard link,
+/// which fails if another hub published first, and then that one's key is used.
 pub fn ensure_admin_key(data_dir: &Path) -> anyhow::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("admin.key");
-    if let Ok(k) = std::fs::read_to_string(&path) {
-        if !k.trim().is_empty() {
-            return Ok(k.trim().to_string());
-        }
+    let read = || std::fs::read_to_string(&path).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+    if let Some(k) = read() {
+        return Ok(k);
     }
     std::fs::create_dir_all(data_dir)?;
     let key = format!("nave-admin-{}", random_hex(24)?);
-    let tmp = path.with_extension("tmp");
+    let tmp = data_dir.join(format!("admin.key.{}.tmp", tls::unique_suffix()));
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(key.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(key)
+    let published = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match published {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read().context("admin.key exists but is empty"),
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 /// Identifies the caller. The admin key passes everything; another key passes to the
@@ -467,4 +472,19 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Hubs that start together on one data directory end up with one admin key.
+    #[test]
+    fn hubs_starting_together_agree_on_one_admin_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6).map(|_| s.spawn(|| super::ensure_admin_key(dir.path()).expect("key"))).collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        assert_eq!(super::ensure_admin_key(dir.path()).expect("key"), keys[0]);
+    }
 }
