@@ -419,3 +419,58 @@ fn slow_clients_are_cut_off() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(took < Duration::from_secs(8), "idle connection closed after {took:?}");
 }
+
+/// A spoke killed while it streams: the client's stream ends with an error event in the
+/// OpenAI shape within the connection's idle timeout (3 s) and never hangs; the next
+/// request is served by the other spoke.
+#[test]
+fn a_stream_on_a_killed_spoke_ends_with_an_error_event() {
+    use std::io::{BufRead, BufReader};
+    let models = tempfile::tempdir().expect("dir");
+    let model = tiny_model(models.path());
+    let model = model.to_str().expect("utf-8 path");
+    let c = Cluster::start(Layout { hubs: 1, spokes: 2, models: &[model], extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n" });
+    let hub = c.hubs[0].clone();
+    let http = client();
+    // Only s1 takes requests, so the stream is on it.
+    let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({})).send().expect("sent");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{hub}/v1/chat/completions"))
+        .bearer_auth(&c.key)
+        .json(&json!({"model": "tiny", "stream": true, "max_tokens": 100000, "ignore_eos": true, "messages": [{"role": "user", "content": "the"}]}))
+        .send()
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    let mut lines = BufReader::new(r).lines();
+    // Tokens flow; then the spoke dies.
+    let mut seen = 0;
+    while seen < 3 {
+        let line = lines.next().expect("a line").expect("read");
+        seen += usize::from(line.starts_with("data: {"));
+    }
+    let killed = Instant::now();
+    c.kill("s1", libc::SIGKILL);
+    let mut error = None;
+    for line in lines {
+        let Ok(line) = line else { break };
+        if line.contains("\"error\"") {
+            error = Some(line);
+        }
+        assert!(killed.elapsed() < Duration::from_secs(20), "the stream kept going after the spoke died");
+    }
+    let error = error.expect("the stream ended with an error event");
+    assert!(error.contains("\"message\""), "{error}");
+    assert!(killed.elapsed() < Duration::from_secs(10), "ended after {:?}", killed.elapsed());
+
+    // The other spoke takes the next request.
+    let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({"undo": true})).send().expect("sent");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{hub}/v1/chat/completions"))
+        .bearer_auth(&c.key)
+        .json(&json!({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "the"}]}))
+        .send()
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+}
