@@ -256,14 +256,6 @@ impl SpokeSet {
         self.all().iter().any(|s| lock(s).heartbeat.as_ref().is_some_and(|hb| hb.load(model).is_some()))
     }
 
-    /// Ids of the spokes whose config lists `model`, config order.
-    pub fn spokes_with(&self, model: &str) -> Vec<String> {
-        self.all().iter().filter_map(|s| {
-            let g = lock(s);
-            g.spec.models.iter().any(|m| m == model).then(|| g.spec.id.clone())
-        }).collect()
-    }
-
     /// Tells spoke `id` to stop (or resume) taking new requests; returns its heartbeat.
     pub async fn drain(&self, id: &str, on: bool) -> anyhow::Result<Heartbeat> {
         let s = self.find(id).ok_or_else(|| anyhow::anyhow!("no spoke {id} in this cluster"))?;

@@ -433,16 +433,11 @@ fn a_stream_on_a_killed_spoke_ends_with_an_error_event() {
     let hub = c.hubs[0].clone();
     let http = client();
     // Both spokes connected and active first (`nave up` waits for one).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    common::wait_until(Duration::from_secs(60), "both spokes active", || {
         let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let active = v["spokes"].as_array().into_iter().flatten().filter(|s| s["state"] == "active").count();
-        if active == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "spokes not active: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        if active == 2 { Ok(()) } else { Err(v) }
+    });
     // Only s1 takes requests, so the stream is on it.
     let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({})).send().expect("sent");
     assert_eq!(r.status(), 200);

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{free_port, tiny_model, Cluster, Layout, Process};
 use serde_json::{json, Value};
@@ -50,15 +50,10 @@ fn spoke_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str)
 }
 
 fn wait_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str, want: Option<&str>) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    common::wait_until(Duration::from_secs(90), &format!("spoke {id} reaching {want:?}"), || {
         let state = spoke_state(http, hub, key, id);
-        if state.as_deref() == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "spoke {id}: state {state:?}, waited for {want:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        if state.as_deref() == want { Ok(()) } else { Err(state) }
+    });
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{tiny_model, Cluster, Layout};
 use serde_json::{json, Value};
@@ -34,14 +34,10 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
         v["jobs"].as_array().cloned().unwrap_or_default()
     };
     let wait_state = |name: &str, states: &[&str]| -> Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if let Some(j) = jobs().into_iter().find(|j| j["name"] == name && states.contains(&j["state"].as_str().unwrap_or(""))) {
-                return j;
-            }
-            assert!(Instant::now() < deadline, "job {name} never reached {states:?}: {:?}", jobs());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        common::wait_until(Duration::from_secs(300), &format!("job {name} reaching {states:?}"), || {
+            let all = jobs();
+            all.iter().find(|j| j["name"] == name && states.contains(&j["state"].as_str().unwrap_or(""))).cloned().ok_or(all)
+        })
     };
     let training_used = || -> u64 {
         let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
@@ -66,11 +62,10 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
     assert!(done["loss"].as_f64().unwrap_or(9.0) < 0.02, "{done}");
     let released = |what: &str| {
         // The figure travels in the spoke's heartbeats (every 500 ms).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while training_used() != 0 {
-            assert!(Instant::now() < deadline, "{what}: the partition share was not released");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_until(Duration::from_secs(30), &format!("{what} releasing its partition share"), || match training_used() {
+            0 => Ok(()),
+            used => Err(used),
+        });
     };
     released("a finished job");
     let metrics = http.get(format!("{}/metrics", c.spokes[0])).send().expect("sent").text().expect("text");
@@ -86,15 +81,10 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
         r.json::<Value>().expect("json")["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string()
     };
     // The adapter is registered in the replicated state: /v1/models lists it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::wait_until(Duration::from_secs(30), "tiny:zorb listed on /v1/models", || {
         let v: Value = http.get(format!("{hub}/v1/models")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
-        if v["data"].as_array().into_iter().flatten().any(|m| m["id"] == "tiny:zorb") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "tiny:zorb never listed: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        if v["data"].as_array().into_iter().flatten().any(|m| m["id"] == "tiny:zorb") { Ok(()) } else { Err(v) }
+    });
     let tuned = ask("tiny:zorb");
     let base = ask("tiny");
     assert!(tuned.contains("Quexil"), "{tuned:?}");
@@ -106,11 +96,10 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
     let r = submit(json!({"name": "long", "model": "tiny", "data": data(), "steps": 100000}));
     assert_eq!(r.status(), 201);
     wait_state("long", &["running"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while training_used() == 0 {
-        assert!(Instant::now() < deadline, "a running job holds its share");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until(Duration::from_secs(30), "a running job holding its share", || match training_used() {
+        0 => Err(0),
+        used => Ok(used),
+    });
     let r = http.delete(format!("{hub}/admin/v1/train/long")).bearer_auth(&c.key).send().expect("sent");
     assert_eq!(r.status(), 200);
     wait_state("long", &["cancelled"]);

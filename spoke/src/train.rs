@@ -20,13 +20,16 @@ use nave_inference::{Engine, Ledger, Partition};
 
 use crate::protocol::{JobStatus, TrainSpec};
 
-/// Puts the calling thread at the lowest CPU priority (nice 19): the engine's threads
-/// then win every contended moment, and training takes only what serving leaves.
+/// Puts the calling thread at the lowest CPU priority (nice 19, or `NAVE_TRAINING_NICE`):
+/// the engine's threads then win every contended moment, and training takes only what
+/// serving leaves. (The test suite sets 0: on a machine loaded by other work, nice 19
+/// would let its short jobs starve.)
 pub fn lower_priority() {
+    let nice = std::env::var("NAVE_TRAINING_NICE").ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(19).clamp(0, 19);
     // SAFETY: plain system calls on the calling thread's own id.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }
 

@@ -72,6 +72,8 @@ impl Cluster {
 fn launch(config: &Path) -> Child {
     {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nave"))
+            // Fine-tuning at normal priority: a loaded test machine must not starve it.
+            .env("NAVE_TRAINING_NICE", "0")
             .arg("up")
             .arg("--config")
             .arg(config)
@@ -159,5 +161,18 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` every 100 ms until it gives `Some`, for at most `within`; panics with
+/// `what` and the last state otherwise.
+pub fn wait_until<T, S: std::fmt::Debug>(within: Duration, what: &str, mut check: impl FnMut() -> Result<T, S>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(state) if Instant::now() >= deadline => panic!("{what}: still {state:?} after {within:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }
