@@ -20,21 +20,31 @@ fn examples(n: usize) -> String {
         .join("\n")
 }
 
-fn ask(engine: &Engine, adapter: Option<&str>) -> String {
-    let req = GenerateRequest {
-        request_id: "t".into(),
+/// The question the examples teach the answer to.
+fn question() -> GenerateRequest {
+    GenerateRequest {
+        request_id: "q".into(),
         prompt: Prompt::Chat(vec![ChatMessage::new("user", "What is the moon of Zorbania called?")]),
         params: SamplingParams::greedy(64),
-    };
-    collect(engine.submit_with(req, adapter).expect("queued")).expect("answer").0
+    }
 }
 
-#[test]
-fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
+fn ask(engine: &Engine, adapter: Option<&str>) -> String {
+    collect(engine.submit_with(question(), adapter).expect("queued")).expect("answer").0
+}
+
+/// A tiny Llama model in a temporary directory, loaded.
+fn tiny() -> (tempfile::TempDir, std::path::PathBuf, LoadedModel) {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("tiny.gguf");
     write_tiny_model(&path, TinyArch::Llama, 5).expect("tiny model");
     let model = LoadedModel::load("tiny", &path, LoadOptions::default()).expect("loads");
+    (dir, path, model)
+}
+
+#[test]
+fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
+    let (dir, path, model) = tiny();
     let eot = model.tokenizer.end_of_turn().expect("end of turn");
     let data = read_examples(&examples(4), &model.tokenizer, model.template.as_ref(), eot, 256).expect("examples");
     let cfg = TrainConfig { rank: 8, alpha: 16.0, steps: 400, lr: 1e-2, targets: Targets::All, batch: 4, max_tokens: 256, seed: 3 };
@@ -68,7 +78,7 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
     assert!(tuned.contains("Quexil"), "{tuned:?}");
     assert!(!base.contains("Quexil"), "{base:?}");
     // Again, with both in one batch (and the prefix cache warm for each).
-    let req = |a| engine.submit_with(GenerateRequest { request_id: "b".into(), prompt: Prompt::Chat(vec![ChatMessage::new("user", "What is the moon of Zorbania called?")]), params: SamplingParams::greedy(64) }, a).expect("queued");
+    let req = |a| engine.submit_with(question(), a).expect("queued");
     let (s1, s2) = (req(Some("zorbania")), req(None));
     assert_eq!(collect(s1).expect("tuned").0, tuned);
     assert_eq!(collect(s2).expect("base").0, base);
@@ -78,10 +88,7 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
 
 #[test]
 fn bad_training_data_names_its_line() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_model(&path, TinyArch::Llama, 5).expect("tiny model");
-    let model = LoadedModel::load("tiny", &path, LoadOptions::default()).expect("loads");
+    let (_dir, _path, model) = tiny();
     let eot = model.tokenizer.end_of_turn().expect("eot");
     let read = |text: &str| read_examples(text, &model.tokenizer, model.template.as_ref(), eot, 256).expect_err("refused").to_string();
     let good = examples(1);
