@@ -261,11 +261,12 @@ enum TrainCmd {
 }
 
 fn print_jobs(v: &serde_json::Value) {
-    println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8} {:>9} {:>9}", "JOB", "MODEL", "SPOKE", "STATE", "STEP", "LOSS", "TOK/S", "MEMORY");
+    println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8} {:>9} {:>9} {:>9}", "JOB", "MODEL", "SPOKE", "STATE", "STEP", "LOSS", "TOK/S", "RESERVED", "PEAK");
     for j in v.as_array().into_iter().flatten() {
         let step = format!("{}/{}", j["step"], j["steps"]);
-        println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8.4} {:>9.0} {:>6} MB", j["name"].as_str().unwrap_or(""), j["model"].as_str().unwrap_or(""), j["spoke"].as_str().unwrap_or(""),
-            j["state"].as_str().unwrap_or(""), step, j["loss"].as_f64().unwrap_or(0.0), j["tokens_per_s"].as_f64().unwrap_or(0.0), j["memory_bytes"].as_u64().unwrap_or(0) / 1_000_000);
+        let mb = |k: &str| j[k].as_u64().unwrap_or(0) / 1_000_000;
+        println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8.4} {:>9.0} {:>6} MB {:>6} MB", j["name"].as_str().unwrap_or(""), j["model"].as_str().unwrap_or(""), j["spoke"].as_str().unwrap_or(""),
+            j["state"].as_str().unwrap_or(""), step, j["loss"].as_f64().unwrap_or(0.0), j["tokens_per_s"].as_f64().unwrap_or(0.0), mb("memory_bytes"), mb("peak_bytes"));
         if let Some(e) = j["error"].as_str() {
             println!("  error: {e}");
         }

@@ -1,7 +1,7 @@
 //! Fine-tuning through the admin API on a tiny cluster: a job teaches a made-up fact and
 //! requests for `model:adapter` answer with it while the base model does not; bad data
-//! and jobs too large for the training partition are refused with the reason; a cancelled
-//! job frees its share of the partition.
+//! and jobs too large for the training partition are refused with the reason; jobs run one
+//! at a time (the others queued); a cancelled job frees its share of the partition.
 
 mod common;
 
@@ -100,6 +100,15 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
         0 => Err(0),
         used => Ok(used),
     });
+    // One job runs at a time: another waits, queued, and can be cancelled while it waits.
+    let r = submit(json!({"name": "next", "model": "tiny", "data": data(), "steps": 100000}));
+    assert_eq!(r.status(), 201);
+    std::thread::sleep(Duration::from_millis(500));
+    let next = jobs().into_iter().find(|j| j["name"] == "next").unwrap_or_default();
+    assert_eq!(next["state"], "queued", "{next}");
+    let r = http.delete(format!("{hub}/admin/v1/train/next")).bearer_auth(&c.key).send().expect("sent");
+    assert_eq!(r.status(), 200);
+    wait_state("next", &["cancelled"]);
     let r = http.delete(format!("{hub}/admin/v1/train/long")).bearer_auth(&c.key).send().expect("sent");
     assert_eq!(r.status(), 200);
     wait_state("long", &["cancelled"]);

@@ -151,14 +151,21 @@ pub struct KvStore {
 }
 
 impl KvStore {
+    /// The whole pool, made resident at once: the serving partition's memory is held
+    /// from the start, so the process's resident size does not creep up as sequences
+    /// come (and what grows later is somebody else's: a training job's).
     pub fn new(layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize) -> Self {
         let len = num_blocks * block_size * kv_dim;
-        Self {
-            block_size,
-            kv_dim,
-            k: (0..layers).map(|_| vec![0.0; len]).collect(),
-            v: (0..layers).map(|_| vec![0.0; len]).collect(),
-        }
+        let resident = || {
+            let mut v = vec![0.0f32; len];
+            // Zeroed allocations are mapped lazily; one write per page maps them.
+            for i in (0..len).step_by(1024) {
+                // SAFETY: `i < len`, inside the vector.
+                unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0.0) };
+            }
+            v
+        };
+        Self { block_size, kv_dim, k: (0..layers).map(|_| resident()).collect(), v: (0..layers).map(|_| resident()).collect() }
     }
 
     /// Bytes one token takes in every layer (keys and values).

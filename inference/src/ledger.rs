@@ -122,6 +122,16 @@ impl Reservation {
         std::mem::forget(extra);
         Ok(())
     }
+
+    /// Makes the reservation cover `seen` bytes, what its holder was measured to use:
+    /// grows it when that is more than reserved, or fails (both figures) when the
+    /// partition cannot give the difference. It never shrinks.
+    pub fn cover(&mut self, seen: u64) -> Result<()> {
+        match seen.checked_sub(self.bytes) {
+            Some(more) if more > 0 => self.grow(more),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Drop for Reservation {
@@ -142,6 +152,21 @@ pub fn process_rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Peak resident set size of this process since it started or since the last
+/// [`reset_peak_rss`] (Linux `VmHWM`); `None` elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Starts a new peak: [`peak_rss_bytes`] then reports the highest resident size from now
+/// on. False where the system cannot (then the peak is the process's lifetime peak).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +185,36 @@ mod tests {
         drop(a);
         let s = l.snapshot();
         assert_eq!((s.serving.used, s.training.used), (0, 0));
+    }
+
+    #[test]
+    fn a_holder_that_outgrows_its_reservation_is_covered_or_refused() {
+        let l = Ledger::new("cpu", 1000, 500);
+        let _serving = l.reserve(Partition::Serving, 900).expect("fits");
+        let mut job = l.reserve(Partition::Training, 300).expect("fits");
+        job.cover(250).expect("used less than reserved");
+        assert_eq!(job.bytes(), 300, "a reservation never shrinks");
+        job.cover(450).expect("the partition has room for the growth");
+        assert_eq!(l.snapshot().training.used, 450);
+        let err = job.cover(700).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("training") && err.contains("250") && err.contains("50"), "names the growth and what is free: {err}");
+        let s = l.snapshot();
+        assert_eq!((s.training.used, s.serving.used), (450, 900), "a refused growth changes nothing, serving least of all");
+    }
+
+    #[test]
+    fn the_peak_resident_size_sees_an_allocation_after_a_reset() {
+        if !reset_peak_rss() {
+            return; // not Linux: nothing to measure
+        }
+        let before = process_rss_bytes().unwrap_or(0);
+        let mut big = vec![0u8; 64 << 20];
+        for i in (0..big.len()).step_by(4096) {
+            // SAFETY: in bounds.
+            unsafe { std::ptr::write_volatile(big.as_mut_ptr().add(i), 1) };
+        }
+        drop(big);
+        let peak = peak_rss_bytes().unwrap_or(0);
+        assert!(peak >= before + (60 << 20), "peak {peak} after 64 MiB touched from {before}");
     }
 }

@@ -52,8 +52,13 @@ pub struct JobStatus {
     pub steps: usize,
     pub loss: f32,
     pub tokens_per_s: f64,
-    /// What the job reserved from the training partition.
+    /// What the job reserved from the training partition (its estimate, grown if it was
+    /// measured using more).
     pub memory_bytes: u64,
+    /// The most the job was measured using (the process's resident size above where it
+    /// was when the job started).
+    #[serde(default)]
+    pub peak_bytes: u64,
     pub error: Option<String>,
 }
 

@@ -3,7 +3,11 @@
 //! A job is checked before it starts (its data, line by line; its memory estimate against
 //! the training partition's free bytes: both figures in the refusal), then runs on its
 //! own thread at the lowest CPU priority (as are the threads its tensor products use), one
-//! optimizer step at a time. Between steps it yields to serving: while the engine has
+//! optimizer step at a time, one job at a time (others wait, queued, holding their
+//! reservations). After each step the job's real memory is measured (the peak resident
+//! size above the level when it started): more than it reserved grows the reservation,
+//! and a growth the training partition cannot give fails the job cleanly, its memory
+//! released and serving untouched. Between steps it yields to serving: while the engine has
 //! requests, the job's share of wall time is capped (`training_share`); when serving is
 //! idle it runs flat out. The finished adapter is saved in the spoke's
 //! directory (`adapters/<name>.safetensors`) and served at once; adapters found there at
@@ -16,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nave_inference::train::{estimate_bytes, read_examples, Adapter, Trainer};
+use nave_inference::ledger::{peak_rss_bytes, process_rss_bytes, reset_peak_rss, Reservation};
 use nave_inference::{Engine, Ledger, Partition};
 
 use crate::protocol::{JobStatus, TrainSpec};
@@ -44,6 +49,8 @@ pub struct Jobs {
     share: f64,
     dir: PathBuf,
     jobs: Mutex<BTreeMap<String, Job>>,
+    /// Held by the running job: one at a time, so that each one's measured memory is its own.
+    turn: Arc<Mutex<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,7 +92,7 @@ impl Jobs {
             let name = status.name.clone();
             jobs.insert(name, Job { status: Arc::new(Mutex::new(status)), cancel: Arc::new(AtomicBool::new(true)) });
         }
-        Self { spoke: spoke.to_string(), share, dir, jobs: Mutex::new(jobs) }
+        Self { spoke: spoke.to_string(), share, dir, jobs: Mutex::new(jobs), turn: Arc::new(Mutex::new(())) }
     }
 
     pub fn statuses(&self) -> Vec<JobStatus> {
@@ -141,7 +148,7 @@ impl Jobs {
         let config = model.transformer.config.clone();
         drop(model);
         let need = estimate_bytes(&config, ffn, &spec.config);
-        let reservation = ledger.reserve(Partition::Training, need).map_err(|e| format!("the job does not fit: {e}"))?;
+        let mut reservation = ledger.reserve(Partition::Training, need).map_err(|e| format!("the job does not fit: {e}"))?;
 
         let status = Arc::new(Mutex::new(JobStatus {
             name: spec.name.clone(),
@@ -155,12 +162,15 @@ impl Jobs {
         let cancel = Arc::new(AtomicBool::new(false));
         let file = self.dir.join(format!("{}~{}.safetensors", spec.model, spec.name));
         persist(&self.dir, &lock(&status));
-        let (st, stop, dir, share) = (status.clone(), cancel.clone(), self.dir.clone(), self.share);
+        let (st, stop, dir, share, turn) = (status.clone(), cancel.clone(), self.dir.clone(), self.share, self.turn.clone());
         std::thread::Builder::new()
             .name(format!("train-{}", spec.name))
             .spawn(move || {
                 lower_priority();
-                let outcome = run(&path, config, spec.config, examples, &engine, &st, &stop, &file, share);
+                let outcome = match wait_turn(&turn, &stop) {
+                    Some(_turn) => run(&path, config, spec.config, examples, &engine, &st, &stop, &file, share, &mut reservation),
+                    None => Ok(false),
+                };
                 // The trainer's memory is gone: give the partition share back first.
                 drop(reservation);
                 let mut s = lock(&st);
@@ -189,6 +199,46 @@ impl Jobs {
     }
 }
 
+/// Waits until no other job runs; `None` if cancelled meanwhile.
+fn wait_turn<'a>(turn: &'a Mutex<()>, cancel: &AtomicBool) -> Option<std::sync::MutexGuard<'a, ()>> {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        match turn.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The job's memory as measured: the peak resident size since the last reset, above
+/// `baseline` (the level when the job started). Serving's memory is resident from the
+/// start (weights, the whole KV pool), so what grows is the job's.
+struct MemoryWatch {
+    baseline: u64,
+}
+
+impl MemoryWatch {
+    fn start() -> Self {
+        reset_peak_rss();
+        Self { baseline: process_rss_bytes().unwrap_or(0) }
+    }
+
+    /// Covers what was used since the last check with the reservation (growing it), or
+    /// says why the job must stop.
+    fn check(&self, reservation: &mut Reservation, status: &Mutex<JobStatus>, during: &str) -> Result<(), String> {
+        let seen = peak_rss_bytes().unwrap_or(0).saturating_sub(self.baseline);
+        reset_peak_rss();
+        let covered = reservation.cover(seen);
+        let mut s = lock(status);
+        s.peak_bytes = s.peak_bytes.max(seen);
+        s.memory_bytes = reservation.bytes();
+        covered.map_err(|e| format!("{during} used {} MB, more than the job reserved and than the training partition can give: {e}", seen / 1_000_000))
+    }
+}
+
 /// Trains to the end (true) or until cancelled (false), saving the adapter at the end.
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -201,8 +251,11 @@ fn run(
     cancel: &AtomicBool,
     file: &Path,
     share: f64,
+    reservation: &mut Reservation,
 ) -> Result<bool, String> {
+    let watch = MemoryWatch::start();
     let mut trainer = Trainer::new(path, config, cfg, examples).map_err(|e| e.to_string())?;
+    watch.check(reservation, status, "loading the base weights")?;
     {
         let mut s = lock(status);
         s.state = "running".into();
@@ -215,6 +268,7 @@ fn run(
         let started = Instant::now();
         let served_before = engine.stats().steps;
         let f = trainer.step().map_err(|e| e.to_string())?;
+        watch.check(reservation, status, &format!("step {}", f.step))?;
         {
             let mut s = lock(status);
             s.step = f.step;
@@ -239,4 +293,61 @@ fn run(
     std::fs::create_dir_all(file.parent().unwrap_or(Path::new("."))).map_err(|e| e.to_string())?;
     adapter.save(file).map_err(|e| e.to_string())?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The resident size is the process's: these tests measure it one at a time.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    /// Touches `mib` MiB so that they are resident, and keeps them until dropped.
+    fn resident(mib: usize) -> Vec<u8> {
+        let mut v = vec![0u8; mib << 20];
+        for i in (0..v.len()).step_by(4096) {
+            // SAFETY: in bounds.
+            unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 1) };
+        }
+        v
+    }
+
+    #[test]
+    fn a_job_that_outgrows_the_training_partition_is_stopped_and_serving_untouched() {
+        let _one = lock(&ONE_AT_A_TIME);
+        if !reset_peak_rss() {
+            return; // no resident-size figures on this system
+        }
+        let ledger = Ledger::new("cpu", 1 << 30, 48 << 20);
+        let _serving = ledger.reserve(Partition::Serving, 512 << 20).expect("fits");
+        let mut job = ledger.reserve(Partition::Training, 8 << 20).expect("fits");
+        let status = Mutex::new(JobStatus::default());
+        let watch = MemoryWatch::start();
+        let step = resident(96);
+        let err = watch.check(&mut job, &status, "step 7").expect_err("96 MiB cannot fit a 48 MiB partition");
+        drop(step);
+        assert!(err.contains("step 7") && err.contains("training partition"), "{err}");
+        let s = ledger.snapshot();
+        assert_eq!((s.training.used, s.serving.used), (8 << 20, 512 << 20), "the refused growth took nothing");
+        assert!(lock(&status).peak_bytes >= 90 << 20, "the job's status shows what it used");
+        drop(job);
+        assert_eq!(ledger.snapshot().training.used, 0, "the failed job's reservation is released");
+    }
+
+    #[test]
+    fn a_job_that_uses_more_than_its_estimate_grows_its_reservation_when_it_fits() {
+        let _one = lock(&ONE_AT_A_TIME);
+        if !reset_peak_rss() {
+            return;
+        }
+        let ledger = Ledger::new("cpu", 1 << 30, 4 << 30);
+        let mut job = ledger.reserve(Partition::Training, 1 << 20).expect("fits");
+        let status = Mutex::new(JobStatus::default());
+        let watch = MemoryWatch::start();
+        let step = resident(32);
+        watch.check(&mut job, &status, "step 1").expect("the partition has room");
+        drop(step);
+        assert!(job.bytes() >= 30 << 20 && ledger.snapshot().training.used == job.bytes(), "grown to what was used: {}", job.bytes());
+        assert_eq!(lock(&status).memory_bytes, job.bytes());
+    }
 }
