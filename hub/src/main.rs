@@ -26,6 +26,10 @@ enum Cmd {
     Up {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// Start only these nodes of the config (comma-separated ids); the others run on
+        /// other machines or are started by hand.
+        #[arg(long, value_delimiter = ',')]
+        only: Option<Vec<String>>,
     },
     /// Run one hub of the config.
     Hub {
@@ -439,7 +443,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
-        Cmd::Up { config } => nave_hub::up::up(&config),
+        Cmd::Up { config, only } => nave_hub::up::up(&config, only.as_deref()),
         Cmd::Hub { config, id } => {
             let config = ClusterConfig::load(&config)?;
             let _pid = PidFile::create(config.node_dir(&id))?;

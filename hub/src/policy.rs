@@ -1,13 +1,16 @@
 //! Routing policies, one trait: given the candidate spokes for a request (they serve the
 //! model, are active, heard from recently, and their circuit allows), pick one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use nave_consensus::RoutingPolicy;
 
 /// What a policy knows of a candidate.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub id: String,
-    /// Queued plus running sequences of the model (from the last heartbeat).
+    /// Queued plus running sequences of the model: the last heartbeat's figure, or this
+    /// hub's own requests in flight there when that is more (heartbeats lag).
     pub load: usize,
     pub cost_weight: f64,
     /// Recent p95 latency to first event, seconds (0 when unknown).
@@ -21,12 +24,16 @@ pub trait Policy: Send + Sync {
     fn pick(&self, candidates: &[Candidate], session: Option<&str>) -> usize;
 }
 
-/// Fewest queued and running sequences; ties go to the lower id for stability.
+/// Fewest queued and running sequences; ties take turns (an idle cluster spreads its
+/// requests instead of sending them all to one spoke).
 pub struct LeastLoaded;
 
 impl Policy for LeastLoaded {
     fn pick(&self, c: &[Candidate], _: Option<&str>) -> usize {
-        (0..c.len()).min_by(|&a, &b| c[a].load.cmp(&c[b].load).then(c[a].id.cmp(&c[b].id))).unwrap_or(0)
+        static TURN: AtomicUsize = AtomicUsize::new(0);
+        let least = c.iter().map(|x| x.load).min().unwrap_or(0);
+        let tied: Vec<usize> = (0..c.len()).filter(|&i| c[i].load == least).collect();
+        tied.get(TURN.fetch_add(1, Ordering::Relaxed) % tied.len().max(1)).copied().unwrap_or(0)
     }
 }
 
@@ -82,8 +89,11 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_picks_the_emptiest() {
+    fn least_loaded_picks_the_emptiest_and_ties_take_turns() {
         assert_eq!(LeastLoaded.pick(&[cand("a", 3, 1.0), cand("b", 1, 1.0), cand("c", 2, 1.0)], None), 1);
+        let c = [cand("a", 0, 1.0), cand("b", 5, 1.0), cand("c", 0, 1.0)];
+        let picks: std::collections::HashSet<usize> = (0..10).map(|_| LeastLoaded.pick(&c, None)).collect();
+        assert_eq!(picks, [0, 2].into_iter().collect(), "both idle spokes get requests, the busy one none");
     }
 
     #[test]

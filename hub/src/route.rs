@@ -1,7 +1,7 @@
 //! Sending a request to a spoke: pick a candidate with the model's policy, open a stream,
 //! and wait for its first event. A failure before the first event (unreachable, refused
-//! as busy, the spoke dying) is retried on another spoke with backoff, within the
-//! request's deadline. After that the caller gets events as they come; a broken stream
+//! as busy, the spoke dying, or hung: not taking the request within the heartbeat
+//! timeout) is retried on another spoke with backoff, within the request's deadline. After that the caller gets events as they come; a broken stream
 //! becomes an error event, never a hang (the QUIC idle timeout closes a dead spoke's
 //! connection within the heartbeat timeout).
 
@@ -23,6 +23,7 @@ pub struct Dispatch {
     recv: quinn::RecvStream,
     _send: quinn::SendStream,
     pub deadline: Instant,
+    _counted: Option<crate::spokes::InFlight>,
 }
 
 impl Dispatch {
@@ -110,24 +111,43 @@ pub async fn dispatch(
 
 async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, deadline: Instant) -> Attempt {
     let msg = HubToSpoke::Generate { model: model.to_string(), request: request.clone() };
+    let counted = hub.spokes.in_flight(id);
     let open = timeout_at(deadline.into(), hub.spokes.open(id, &msg)).await;
     let (send, mut recv) = match open {
         Err(_) => return Attempt::Fatal(ApiError::deadline()),
         Ok(Err(e)) => return Attempt::Retry { message: e.to_string(), count: true },
         Ok(Ok(s)) => s,
     };
-    match timeout_at(deadline.into(), read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME)).await {
-        Err(_) => Attempt::Fatal(ApiError::deadline()),
-        Ok(Err(e)) => Attempt::Retry { message: format!("spoke {id}: {e}"), count: true },
-        Ok(Ok(None)) => Attempt::Retry { message: format!("spoke {id} closed the stream"), count: true },
-        Ok(Ok(Some(SpokeToHub::Refused { message, retryable: true }))) => Attempt::Retry { message, count: false },
-        Ok(Ok(Some(SpokeToHub::Refused { message, retryable: false }))) => Attempt::Fatal(ApiError::bad_request(message)),
-        Ok(Ok(Some(SpokeToHub::Event(Event::Error { message, client: true })))) => Attempt::Fatal(ApiError::bad_request(message)),
-        Ok(Ok(Some(SpokeToHub::Event(Event::Error { message, client: false })))) => Attempt::Retry { message, count: true },
-        Ok(Ok(Some(SpokeToHub::Event(ev)))) => {
-            Attempt::Started(Dispatch { spoke: id.to_string(), first: Some(ev), recv, _send: send, deadline })
-        }
-        Ok(Ok(Some(SpokeToHub::Heartbeat(_) | SpokeToHub::Jobs(_)))) => Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true },
+    // The spoke takes the request at once or is hung: a hung spoke (its heartbeats may
+    // still flow) counts as a failure and the request moves on, long before its deadline.
+    let take_within = Duration::from_millis(hub.config.cluster.heartbeat_timeout_ms);
+    let accept_by = deadline.min(Instant::now() + take_within);
+    let mut accepted = false;
+    loop {
+        let until = if accepted { deadline } else { accept_by };
+        let frame = match timeout_at(until.into(), read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME)).await {
+            Err(_) if until < deadline => {
+                return Attempt::Retry { message: format!("spoke {id} did not take the request within {} ms", take_within.as_millis()), count: true };
+            }
+            Err(_) => return Attempt::Fatal(ApiError::deadline()),
+            Ok(frame) => frame,
+        };
+        return match frame {
+            Ok(Some(SpokeToHub::Accepted)) if !accepted => {
+                accepted = true;
+                continue;
+            }
+            Err(e) => Attempt::Retry { message: format!("spoke {id}: {e}"), count: true },
+            Ok(None) => Attempt::Retry { message: format!("spoke {id} closed the stream"), count: true },
+            Ok(Some(SpokeToHub::Refused { message, retryable: true })) => Attempt::Retry { message, count: false },
+            Ok(Some(SpokeToHub::Refused { message, retryable: false })) => Attempt::Fatal(ApiError::bad_request(message)),
+            Ok(Some(SpokeToHub::Event(Event::Error { message, client: true }))) => Attempt::Fatal(ApiError::bad_request(message)),
+            Ok(Some(SpokeToHub::Event(Event::Error { message, client: false }))) => Attempt::Retry { message, count: true },
+            Ok(Some(SpokeToHub::Event(ev))) => Attempt::Started(Dispatch { spoke: id.to_string(), first: Some(ev), recv, _send: send, deadline, _counted: counted }),
+            Ok(Some(SpokeToHub::Accepted | SpokeToHub::Heartbeat(_) | SpokeToHub::Jobs(_))) => {
+                Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true }
+            }
+        };
     }
 }
 

@@ -3,6 +3,7 @@
 //! spokes a request for a model may go to; `open` starts a request stream on one.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,17 @@ pub struct SpokeState {
     removed: bool,
     /// Seconds to first event of recent requests, and whether each succeeded.
     recent: VecDeque<(f64, bool)>,
+    /// This hub's requests streaming from the spoke now.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One request counted in a spoke's in-flight figure until dropped.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct SpokeSet {
@@ -203,11 +215,19 @@ impl SpokeSet {
                 if !fresh || hb.draining || g.conn.is_none() || tried.contains(&g.spec.id) || !g.circuit.is_available(now) {
                     return None;
                 }
-                let load = hb.load(model)?;
+                let load = hb.load(model)?.max(g.in_flight.load(Ordering::Relaxed));
                 let (p95_s, availability) = g.latency_figures();
                 Some(Candidate { id: g.spec.id.clone(), load, cost_weight: g.spec.cost_weight, p95_s, availability })
             })
             .collect()
+    }
+
+    /// Counts a request as running on spoke `id` until the guard is dropped.
+    pub fn in_flight(&self, id: &str) -> Option<InFlight> {
+        let s = self.find(id)?;
+        let counter = lock(&s).in_flight.clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(counter))
     }
 
     fn find(&self, id: &str) -> Option<Arc<Mutex<SpokeState>>> {
@@ -336,7 +356,7 @@ impl SpokeSet {
 
 impl SpokeState {
     fn new(spec: SpokeConfig, circuit: Circuit, joined: bool) -> Self {
-        Self { spec, conn: None, heartbeat: None, last_heard: None, circuit, joined, removed: false, recent: VecDeque::new() }
+        Self { spec, conn: None, heartbeat: None, last_heard: None, circuit, joined, removed: false, recent: VecDeque::new(), in_flight: Arc::default() }
     }
 
     fn latency_figures(&self) -> (f64, f64) {

@@ -44,12 +44,13 @@ pub fn pull_with_progress(store: &ModelStore, name: &str) -> anyhow::Result<Path
     Ok(path?)
 }
 
-fn check_ports(config: &ClusterConfig) -> anyhow::Result<()> {
+fn check_ports(config: &ClusterConfig, here: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     let nodes = config
         .hubs
         .iter()
         .map(|h| (&h.id, h.http, h.quic))
-        .chain(config.spokes.iter().map(|s| (&s.id, s.http, s.quic)));
+        .chain(config.spokes.iter().map(|s| (&s.id, s.http, s.quic)))
+        .filter(|(id, _, _)| here(id));
     for (id, http, quic) in nodes {
         let busy = |a: SocketAddr, what: &str| anyhow::anyhow!("{id}: {what} address {a} is already in use (another nave up, or another program?)");
         TcpListener::bind(http).map_err(|_| busy(http, "HTTP"))?;
@@ -97,13 +98,19 @@ fn stop_all(nodes: &mut [Node]) {
     }
 }
 
-/// Runs `nave up` on `config_path`; returns when the cluster was stopped.
-pub fn up(config_path: &Path) -> anyhow::Result<()> {
+/// Runs `nave up` on `config_path`; returns when the cluster was stopped. `only` names
+/// the nodes to start (the others run elsewhere); `None` starts them all.
+pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     let config = ClusterConfig::load(config_path)?;
     let config_path = std::fs::canonicalize(config_path)?;
-    check_ports(&config)?;
+    let ids: Vec<&str> = config.hubs.iter().map(|h| h.id.as_str()).chain(config.spokes.iter().map(|s| s.id.as_str())).collect();
+    if let Some(unknown) = only.into_iter().flatten().find(|id| !ids.contains(&id.as_str())) {
+        bail!("--only {unknown}: no node of that id in {} (nodes: {})", config_path.display(), ids.join(", "));
+    }
+    let here = |id: &str| only.is_none_or(|o| o.iter().any(|x| x == id));
+    check_ports(&config, &here)?;
     let store = ModelStore::from_env();
-    let store_models = config.spokes.iter().flat_map(|s| s.models.iter()).filter(|m| !m.ends_with(".gguf"));
+    let store_models = config.spokes.iter().filter(|s| here(&s.id)).flat_map(|s| s.models.iter()).filter(|m| !m.ends_with(".gguf"));
     let mut store_models: Vec<&String> = store_models.collect();
     store_models.sort();
     store_models.dedup();
@@ -126,11 +133,13 @@ pub fn up(config_path: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut nodes = Vec::new();
+    let local_spokes = config.spokes.iter().filter(|s| here(&s.id)).count().max(1);
     let plan = config
         .hubs
         .iter()
         .map(|h| ("hub", h.id.clone(), None))
-        .chain(config.spokes.iter().map(|s| ("spoke", s.id.clone(), Some(s.threads.unwrap_or((cores / config.spokes.len()).max(1))))));
+        .chain(config.spokes.iter().map(|s| ("spoke", s.id.clone(), Some(s.threads.unwrap_or((cores / local_spokes).max(1))))))
+        .filter(|(_, id, _)| here(id));
     for (kind, id, threads) in plan {
         let dir = config.node_dir(&id);
         std::fs::create_dir_all(&dir)?;
@@ -156,13 +165,15 @@ pub fn up(config_path: &Path) -> anyhow::Result<()> {
         nodes.push(Node { id, child, log });
     }
 
-    let http = config.hubs[0].http;
-    let ready = wait_ready(&config, &mut nodes);
+    let local_hubs: Vec<_> = config.hubs.iter().filter(|h| here(&h.id)).collect();
+    let http = local_hubs.first().map_or(config.hubs[0].http, |h| h.http);
+    let ready = wait_ready(&local_hubs, &config.cluster.data_dir, &mut nodes);
     if let Err(e) = ready {
         stop_all(&mut nodes);
         return Err(e);
     }
-    println!("Nave is up: {} hubs, {} spokes, serving {}", config.hubs.len(), config.spokes.len(), config.served_models().join(", "));
+    let local = if only.is_some() { " here" } else { "" };
+    println!("Nave is up: {} hubs, {} spokes{local}, serving {}", local_hubs.len(), nodes.len() - local_hubs.len(), config.served_models().join(", "));
     println!("  API:       http://{http}/v1  (any hub: {})", config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", "));
     println!("  admin key: {admin}  (also in {})", data.join("admin.key").display());
     println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
@@ -190,7 +201,8 @@ pub fn up(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_ready(config: &ClusterConfig, nodes: &mut [Node]) -> anyhow::Result<()> {
+/// Waits until every hub started here answers `/ready` (a node exiting is an error).
+fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, nodes: &mut [Node]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let client = probe::blocking_client();
     loop {
@@ -199,12 +211,12 @@ fn wait_ready(config: &ClusterConfig, nodes: &mut [Node]) -> anyhow::Result<()> 
                 bail!("{} exited during start ({status}); last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 15));
             }
         }
-        let ready = config.hubs.iter().all(|h| client(&format!("http://{}/ready", h.http)));
+        let ready = hubs.iter().all(|h| client(&format!("http://{}/ready", h.http)));
         if ready {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the cluster was not ready within 300 s; see the logs in {}", config.cluster.data_dir.display());
+            bail!("the cluster was not ready within 300 s; see the logs in {}", data_dir.display());
         }
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -64,6 +64,10 @@ pub struct JobStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SpokeToHub {
+    /// The spoke took the request (it is in the engine's queue): sent at once, before any
+    /// token, so a hub tells a hung spoke (no answer within the heartbeat timeout) from a
+    /// busy one (accepted, tokens to come).
+    Accepted,
     Event(Event),
     Heartbeat(Heartbeat),
     /// The request was refused before it started: `retryable` says another spoke may take

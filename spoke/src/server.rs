@@ -207,6 +207,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                     return Ok(send.finish()?);
                 }
             };
+            write_frame(&mut send, &SpokeToHub::Accepted).await?;
             tracing::debug!(%request_id, %model, "generating");
             loop {
                 tokio::select! {

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
                     let Ok(Some(msg)) = read_frame::<HubToSpoke, _>(&mut recv, MAX_FRAME).await else { return };
                     match msg {
                         HubToSpoke::Generate { .. } => {
+                            let _ = write_frame(&mut send, &SpokeToHub::Accepted).await;
                             let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Delta { text: "ok".into(), tokens: vec![1] })).await;
                             let usage = Usage { prompt_tokens: 1, completion_tokens: 1, cached_tokens: 0 };
                             let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Done { finish: FinishReason::Length, usage })).await;

@@ -2,6 +2,8 @@
 //! ports in a temporary directory, `nave up` as a child, stopped with SIGTERM on drop.
 #![allow(dead_code)]
 
+pub mod mock_spoke;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,7 +58,7 @@ impl Cluster {
         }
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, cfg).expect("write config");
-        let child = launch(&config);
+        let child = launch(&config, None);
         let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
         Cluster { config, dir, child: Some(child), key, hubs, hub_quic, spokes }
     }
@@ -64,17 +66,18 @@ impl Cluster {
     /// Stops the cluster and starts it again on the same config and data.
     pub fn restart(&mut self) {
         assert!(self.stop(), "clean stop");
-        self.child = Some(launch(&self.config));
+        self.child = Some(launch(&self.config, None));
     }
 }
 
-/// Runs `nave up` and waits until it says the cluster is up.
-fn launch(config: &Path) -> Child {
+/// Runs `nave up` (on the nodes in `only`, or all) and waits until it says it is up.
+pub fn launch(config: &Path, only: Option<&str>) -> Child {
     {
         let mut child = Command::new(env!("CARGO_BIN_EXE_nave"))
             // Fine-tuning at normal priority: a loaded test machine must not starve it.
             .env("NAVE_TRAINING_NICE", "0")
             .arg("up")
+            .args(only.map(|o| format!("--only={o}")))
             .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())

@@ -1,0 +1,146 @@
+//! A spoke that misbehaves on command, for the hub's failure tests. It speaks
+//! `nave-spoke/1` with the node's real certificate and sends heartbeats like a real spoke,
+//! but answers each request as its current [`Mode`] says. It runs in the test process.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nave_consensus::frame::{read_frame, write_frame};
+use nave_consensus::{tls, ClusterConfig};
+use nave_inference::{Event, FinishReason, Usage};
+use nave_spoke::protocol::{Heartbeat, HubToSpoke, ModelLoad, SpokeToHub, MAX_FRAME};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Takes the request and answers "ok from <id>" in three tokens.
+    Answer,
+    /// Takes the request, then fails it before any token (an engine error).
+    Fail,
+    /// Reads the request and never answers, while its heartbeats go on.
+    Hang,
+    /// Takes the request, sends one token, then goes silent until the deadline.
+    StallMidStream,
+    /// Takes the request, sends one token, then drops the connection (a crash).
+    DieMidStream,
+}
+
+pub struct MockSpoke {
+    pub id: String,
+    mode: Arc<Mutex<Mode>>,
+    requests: Arc<AtomicUsize>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl MockSpoke {
+    /// Serves spoke `id` of `config` (its certificate is made from the cluster CA, which
+    /// this creates if no node did yet).
+    pub fn start(config: &Path, id: &str, mode: Mode) -> MockSpoke {
+        let config = ClusterConfig::load(config).expect("config");
+        let spec = config.spoke(id).expect("spoke in config").clone();
+        let identity = nave_spoke::server::identity(&config, id).expect("identity");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let endpoint = runtime.block_on(async { tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE]) }).expect("endpoint");
+        let (mode, requests) = (Arc::new(Mutex::new(mode)), Arc::new(AtomicUsize::new(0)));
+        let shared = Shared {
+            id: id.to_string(),
+            models: spec.models.iter().map(|m| nave_consensus::config::model_name(m)).collect(),
+            every: Duration::from_millis(config.cluster.heartbeat_interval_ms),
+            mode: mode.clone(),
+            requests: requests.clone(),
+        };
+        runtime.spawn(accept(endpoint, Arc::new(shared)));
+        MockSpoke { id: id.to_string(), mode, requests, runtime: Some(runtime) }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+    }
+
+    /// Generate requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockSpoke {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+struct Shared {
+    id: String,
+    models: Vec<String>,
+    every: Duration,
+    mode: Arc<Mutex<Mode>>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn accept(endpoint: quinn::Endpoint, s: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(stream(conn.clone(), send, recv, s.clone()));
+            }
+        });
+    }
+}
+
+async fn stream(conn: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream, s: Arc<Shared>) {
+    let Ok(Some(msg)) = read_frame::<HubToSpoke, _>(&mut recv, MAX_FRAME).await else { return };
+    let delta = |text: &str| SpokeToHub::Event(Event::Delta { text: text.to_string(), tokens: vec![1] });
+    match msg {
+        HubToSpoke::Generate { .. } => {
+            s.requests.fetch_add(1, Ordering::SeqCst);
+            let mode = *s.mode.lock().unwrap_or_else(|p| p.into_inner());
+            if mode == Mode::Hang {
+                // Bounded: the runtime is dropped with the test anyway.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                return;
+            }
+            let _ = write_frame(&mut send, &SpokeToHub::Accepted).await;
+            match mode {
+                Mode::Answer => {
+                    for t in ["ok ", "from ", s.id.as_str()] {
+                        let _ = write_frame(&mut send, &delta(t)).await;
+                    }
+                    let usage = Usage { prompt_tokens: 1, completion_tokens: 3, cached_tokens: 0 };
+                    let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Done { finish: FinishReason::Stop, usage })).await;
+                    let _ = send.finish();
+                }
+                Mode::Fail => {
+                    let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Error { message: format!("{} failed on purpose", s.id), client: false })).await;
+                    let _ = send.finish();
+                }
+                Mode::StallMidStream => {
+                    let _ = write_frame(&mut send, &delta("partial")).await;
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+                Mode::DieMidStream => {
+                    let _ = write_frame(&mut send, &delta("partial")).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    conn.close(quinn::VarInt::from_u32(1), b"crash");
+                }
+                Mode::Hang => {}
+            }
+        }
+        HubToSpoke::Subscribe => loop {
+            let models = s.models.iter().map(|m| ModelLoad { model: m.clone(), ..Default::default() }).collect();
+            let hb = Heartbeat { spoke_id: s.id.clone(), models, ..Default::default() };
+            if write_frame(&mut send, &SpokeToHub::Heartbeat(hb)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(s.every).await;
+        },
+        _ => {
+            let _ = write_frame(&mut send, &SpokeToHub::Refused { message: "a mock spoke only answers requests".into(), retryable: false }).await;
+            let _ = send.finish();
+        }
+    }
+}
