@@ -156,6 +156,9 @@ pub enum Command {
     RemoveSpoke { id: String },
     /// A fine-tuned adapter `model:name` is served by `spoke` (recorded once per spoke).
     RegisterAdapter { model: String, name: String, spoke: String },
+    /// Proposals gathered by one hub while its previous ones were in flight, committed as
+    /// one log entry; each is applied as if alone (its own id, time and result).
+    Batch(Vec<Proposal>),
 }
 
 /// A command with what every replica must agree on: who proposed it, when, and its id.
@@ -173,6 +176,8 @@ pub enum CommandResult {
     Refused { reason: Refusal, retry_after_ms: u64 },
     NotFound(String),
     Invalid(String),
+    /// The results of a [`Command::Batch`], in its order.
+    Batch(Vec<CommandResult>),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -232,6 +237,10 @@ impl ClusterState {
 
     /// Applies one proposal; the same proposal id applies once.
     pub fn apply(&mut self, p: &Proposal) -> CommandResult {
+        if let Command::Batch(all) = &p.command {
+            // Each proposal of the batch is remembered (and deduplicated) by its own id.
+            return CommandResult::Batch(all.iter().map(|q| self.apply(q)).collect());
+        }
         if let Some((_, r)) = self.applied.get(&p.id) {
             return r.clone();
         }
@@ -339,6 +348,7 @@ impl ClusterState {
                 }
                 CommandResult::Done
             }
+            Command::Batch(_) => CommandResult::Invalid("a batch inside a batch".into()),
             Command::RemoveSpoke { id } => match self.spokes.remove(id) {
                 Some(_) => {
                     self.audit(now, format!("spoke removed: {id}"));
@@ -486,6 +496,24 @@ mod tests {
         run(&mut s, "settle-again", 8, Command::Settle { admitted: "same".into(), used_tokens: 3 });
         let k = s.key_by_name("k").cloned().unwrap_or_default();
         assert_eq!((k.reserved, k.day_used), (0, 3));
+    }
+
+    #[test]
+    fn a_batch_applies_each_proposal_once_in_order() {
+        let mut s = with_key(Limits { daily_tokens: Some(10), ..Default::default() });
+        let admit = |id: &str, t: u64| Proposal { id: id.into(), now_ms: t, command: Command::Admit { digest: digest(1), max_tokens: 4 } };
+        // "x" was committed alone before; the batch carries it again (a retry) with two more.
+        run(&mut s, "x", 1, admit("x", 1).command);
+        let batch = Command::Batch(vec![admit("x", 1), admit("y", 2), admit("z", 3)]);
+        let CommandResult::Batch(results) = run(&mut s, "batch-1", 3, batch.clone()) else { panic!("a batch answers with a batch") };
+        assert!(matches!(results[0], CommandResult::Admitted { .. }), "the retry gets the first answer");
+        assert!(matches!(results[1], CommandResult::Admitted { .. }));
+        assert!(matches!(results[2], CommandResult::Refused { reason: Refusal::DailyBudget, .. }), "8 of 10 reserved: {:?}", results[2]);
+        assert_eq!(s.key_by_name("k").map(|k| k.reserved), Some(8), "x counted once");
+        // The whole batch retried (its forward timed out, say) changes nothing.
+        let again = run(&mut s, "batch-2", 4, batch);
+        assert_eq!(again, CommandResult::Batch(results));
+        assert_eq!(s.key_by_name("k").map(|k| k.reserved), Some(8));
     }
 
     #[test]
