@@ -5,8 +5,8 @@
 #
 #   bench/hub_overhead.sh [REQUESTS]        # default 2000
 #
-# Prints end-to-end latency at 1 and 64 clients on one hub, then requests/s with 100
-# clients spread over the three hubs. Ports 18080-18082 (HTTP), 17001-17003 and 17101.
+# Prints end-to-end latency at 1 and 64 clients and at 2,000 requests/s on one hub, then
+# requests/s with 100 clients spread over the three hubs. Ports 18080-18082 (HTTP), 17001-17003 and 17101.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-2000}"
@@ -56,6 +56,7 @@ for port in 18080 18081 18082; do
 done
 KEY=$($NAVE admin key create --name bench --url http://127.0.0.1:18080 --key "$(cat "$DIR/data/admin.key")" | tail -1)
 run() { $NAVE bench --url "$1" --key "$KEY" --concurrency "$2" --requests "$3" --max-tokens 1 --prompt-len 8 --json "$4" >/dev/null; }
+run_rate() { $NAVE bench --url "$1" --key "$KEY" --rate "$2" --requests "$3" --max-tokens 1 --prompt-len 8 --json "$4" >/dev/null; }
 report() { python3 -c "
 import json,sys
 rs=[json.load(open(f))[0] for f in sys.argv[2:]]
@@ -67,6 +68,9 @@ print(f'{sys.argv[1]:<34} {rps:>8.0f} req/s  success {100*ok/n:.1f}%  E2E p50 {e
 run http://127.0.0.1:18080 1 200 "$DIR/warm.json"
 run http://127.0.0.1:18080 1 "$N" "$DIR/c1.json";   report "1 client, hub h1" "$DIR/c1.json"
 run http://127.0.0.1:18081 64 "$N" "$DIR/c64.json"; report "64 clients, hub h2 (a follower?)" "$DIR/c64.json"
+# Closed loop, 64 clients wait on each other (p50 = 64 / throughput): the same hub at a
+# fixed 2,000 requests/s (Poisson arrivals) shows its cost without that queue.
+run_rate http://127.0.0.1:18081 2000 "$N" "$DIR/r2000.json"; report "2,000 req/s open loop, hub h2" "$DIR/r2000.json"
 bench_pids=()
 for i in 0 1 2; do run "http://127.0.0.1:1808$i" 34 "$N" "$DIR/c100-$i.json" & bench_pids+=($!); done
 wait "${bench_pids[@]}"
