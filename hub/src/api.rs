@@ -443,6 +443,8 @@ pub async fn metrics(State(hub): State<AppState>) -> String {
     for (peer, lag) in &f.lag {
         let _ = writeln!(out, "{}{{peer=\"{peer}\"}} {lag}", crate::metrics::RAFT_LAG);
     }
+    let dropped = crate::otlp::DROPPED.load(Ordering::Relaxed);
+    let _ = writeln!(out, "# TYPE {0} counter\n{0} {dropped}", crate::metrics::OTLP_DROPPED);
     out
 }
 

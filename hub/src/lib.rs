@@ -23,6 +23,7 @@ pub mod circuit;
 pub mod error;
 pub mod join;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod route;
 pub mod serve;
@@ -165,6 +166,7 @@ impl Hub {
 
     /// Admission: one consensus write that checks the key's limits and reserves
     /// `max_tokens` against its budgets, whichever hub the request reached.
+    #[tracing::instrument(name = "admit", skip_all)]
     pub async fn admit_request(self: &Arc<Self>, caller: &Caller, request_id: &str, max_tokens: usize) -> Result<Admission, ApiError> {
         let digest = match caller {
             Caller::Admin => return Ok(Admission { hub: None, used: Default::default() }),
@@ -367,7 +369,27 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .layer(middleware::from_fn_with_state(body_limits, serve::read_body))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(shape_errors))
+        .layer(middleware::from_fn(request_span))
         .with_state(hub)
+}
+
+/// Every request runs in a span carrying its id (`X-Request-Id`, or a new one, set on
+/// the request for the handlers and echoed on the response): every log line written
+/// while it is handled names it, and the OTLP exporter makes its trace from it.
+async fn request_span(mut req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty() && s.len() <= 128);
+    let id = given.map(str::to_string).unwrap_or_else(api::random_id);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.record("status", resp.status().as_u16());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().entry("x-request-id").or_insert(v);
+    }
+    resp
 }
 
 /// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`, certificate required)

@@ -385,15 +385,20 @@ enum AdminCmd {
     },
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr (text, or JSON with `--log-json`), filtered by `NAVE_LOG` (default
+/// info); spans also go to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+fn init_logging(json: bool, node: &str) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let (text, json) = if json {
+        (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)))
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
-    }
+        (Some(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)), None)
+    };
+    tracing_subscriber::registry().with(filter).with(text).with(json).with(nave_hub::otlp::OtlpLayer::from_env(node)).init();
 }
 
 /// The process's pid file in its node directory, removed when the node stops.
@@ -441,7 +446,11 @@ fn default_key(key: Option<String>) -> anyhow::Result<String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    let node = match &cli.command {
+        Cmd::Hub { id, .. } | Cmd::Spoke { id, .. } => id.clone(),
+        _ => "nave".to_string(),
+    };
+    init_logging(cli.log_json, &node);
     match cli.command {
         Cmd::Up { config, only } => nave_hub::up::up(&config, only.as_deref()),
         Cmd::Hub { config, id } => {

@@ -20,6 +20,7 @@ pub const RAFT_LAST_LOG: &str = "nave_raft_last_log_index";
 pub const RAFT_APPLIED: &str = "nave_raft_applied_index";
 pub const RAFT_SNAPSHOT: &str = "nave_raft_snapshot_index";
 pub const RAFT_LAG: &str = "nave_raft_replication_lag_entries";
+pub const OTLP_DROPPED: &str = "nave_otlp_spans_dropped_total";
 
 const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 

@@ -50,6 +50,7 @@ enum Attempt {
 }
 
 /// Starts `request` for `model` on the best spoke, retrying others before the first event.
+#[tracing::instrument(name = "dispatch", skip_all, fields(model = %model, spoke = tracing::field::Empty))]
 pub async fn dispatch(
     hub: &Hub,
     model: &str,
@@ -88,6 +89,7 @@ pub async fn dispatch(
         let started = Instant::now();
         match attempt(hub, &id, model, &request, deadline).await {
             Attempt::Started(d) => {
+                tracing::Span::current().record("spoke", id.as_str());
                 hub.spokes.record(&id, true, started.elapsed().as_secs_f64());
                 return Ok(d);
             }

@@ -15,6 +15,7 @@ use nave_consensus::{ClusterConfig, SpokeConfig};
 use nave_inference::store::ModelStore;
 use nave_inference::{Engine, EngineConfig, Error as EngineError, Event, Ledger, LoadOptions, LoadedModel};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::protocol::{Heartbeat, HubToSpoke, ModelLoad, SpokeToHub, MAX_FRAME};
 
@@ -184,6 +185,34 @@ async fn serve_connection(conn: quinn::Connection, spoke: Arc<Spoke>) {
     }
 }
 
+/// Sends the engine's events for one request until its end; the hub stopping the stream
+/// (its client went away) drops `events`, which cancels the sequence.
+async fn stream_events(send: &mut quinn::SendStream, mut events: nave_inference::EventStream) -> anyhow::Result<()> {
+    tracing::debug!("generating");
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else {
+                    write_frame(send, &SpokeToHub::Event(Event::Error { message: EngineError::EngineStopped.to_string(), client: false })).await?;
+                    break;
+                };
+                let last = matches!(ev, Event::Done { .. } | Event::Error { .. });
+                // A failed write means the hub went away: returning drops `events`.
+                write_frame(send, &SpokeToHub::Event(ev)).await?;
+                if last {
+                    break;
+                }
+            }
+            _ = send.stopped() => {
+                tracing::debug!("cancelled by the hub");
+                return Ok(());
+            }
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
 async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, spoke: Arc<Spoke>) -> anyhow::Result<()> {
     let Some(msg) = read_frame::<HubToSpoke, _>(&mut recv, MAX_FRAME).await? else { return Ok(()) };
     match msg {
@@ -199,7 +228,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 write_frame(&mut send, &refuse(format!("spoke {} is draining", spoke.id), true)).await?;
                 return Ok(send.finish()?);
             }
-            let mut events = match engine.submit_with(request, adapter) {
+            let events = match engine.submit_with(request, adapter) {
                 Ok(s) => s,
                 Err(e) => {
                     let retryable = !e.is_client_error();
@@ -208,29 +237,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 }
             };
             write_frame(&mut send, &SpokeToHub::Accepted).await?;
-            tracing::debug!(%request_id, %model, "generating");
-            loop {
-                tokio::select! {
-                    ev = events.recv() => {
-                        let Some(ev) = ev else {
-                            write_frame(&mut send, &SpokeToHub::Event(Event::Error { message: EngineError::EngineStopped.to_string(), client: false })).await?;
-                            break;
-                        };
-                        let last = matches!(ev, Event::Done { .. } | Event::Error { .. });
-                        // A failed write means the hub went away: returning drops `events`,
-                        // which cancels the sequence.
-                        write_frame(&mut send, &SpokeToHub::Event(ev)).await?;
-                        if last {
-                            break;
-                        }
-                    }
-                    _ = send.stopped() => {
-                        tracing::debug!(%request_id, "cancelled by the hub");
-                        return Ok(());
-                    }
-                }
-            }
-            send.finish()?;
+            let span = tracing::info_span!("generate", request_id = %request_id, model = %model);
+            stream_events(&mut send, events).instrument(span).await?;
         }
         HubToSpoke::Subscribe => loop {
             let hb = spoke.heartbeat().await;
