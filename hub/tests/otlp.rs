@@ -13,8 +13,11 @@ use common::{tiny_model, wait_until, Cluster, Layout};
 use serde_json::{json, Value};
 use sha2::Digest;
 
-/// Accepts OTLP/HTTP posts and keeps every span, with its node (`service.instance.id`).
-fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+/// Spans received, each with its node (`service.instance.id`).
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Accepts OTLP/HTTP posts and keeps every span.
+fn collector() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let spans = Arc::new(Mutex::new(Vec::new()));
