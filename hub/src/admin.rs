@@ -52,22 +52,23 @@ pub async fn create_key(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     }
 }
 
+fn key_json(k: &nave_consensus::state::ApiKey) -> serde_json::Value {
+    json!({"name": k.name, "limits": k.limits, "revoked": k.revoked, "created_ms": k.created_ms,
+           "tokens_today": k.day_used, "reserved": k.reserved, "total_tokens": k.total_tokens, "total_requests": k.total_requests})
+}
+
 pub async fn list_keys(State(hub): State<Arc<Hub>>) -> Response {
-    let keys = hub
-        .consensus
-        .read(|a| {
-            a.state
-                .keys
-                .values()
-                .map(|k| {
-                    json!({"name": k.name, "limits": k.limits, "revoked": k.revoked, "created_ms": k.created_ms,
-                           "tokens_today": k.day_used, "reserved": k.reserved, "total_tokens": k.total_tokens, "total_requests": k.total_requests})
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-    match keys {
+    match hub.consensus.read(|a| a.state.keys.values().map(key_json).collect::<Vec<_>>()).await {
         Ok(k) => Json(json!({"keys": k})).into_response(),
+        Err(e) => no_quorum(e).into_response(),
+    }
+}
+
+/// `GET /admin/v1/keys/{name}`: one key, as of every write acknowledged before the call.
+pub async fn get_key(State(hub): State<Arc<Hub>>, Path(name): Path<String>) -> Response {
+    match hub.consensus.read(|a| a.state.key_by_name(&name).map(key_json)).await {
+        Ok(Some(k)) => Json(k).into_response(),
+        Ok(None) => ApiError::new(StatusCode::NOT_FOUND, format!("no key named {name:?}")).into_response(),
         Err(e) => no_quorum(e).into_response(),
     }
 }

@@ -353,7 +353,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/tags", get(api::ollama_tags))
         .route("/admin/v1/status", get(admin_status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
-        .route("/admin/v1/keys/{name}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
         .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
         .route("/admin/v1/spokes/{id}", axum::routing::delete(admin::remove_spoke))
         .route("/admin/v1/tokens", post(admin::create_token))

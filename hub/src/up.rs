@@ -4,7 +4,8 @@
 //! bar), creates the cluster CA, node certificates and the admin key on first start,
 //! starts every node (`nave hub` / `nave spoke`) with its log in `<data_dir>/<id>/log`,
 //! waits until a hub is ready, prints how to use it, and serves until Ctrl-C or SIGTERM,
-//! when it stops every node with SIGTERM (SIGKILL after a grace period).
+//! when it stops every node with SIGTERM (SIGKILL after a grace period). A node that
+//! exits meanwhile is started again (after 1 s, backing off while it keeps failing).
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,45 @@ struct Node {
     id: String,
     child: Child,
     log: PathBuf,
+    launch: Launch,
+    started: Instant,
+    /// When a node that exited is started again.
+    restart_at: Option<Instant>,
+    /// Exits in a row, each within a minute of its start (for the backoff).
+    crashes: u32,
+}
+
+/// How to start one node.
+struct Launch {
+    exe: PathBuf,
+    kind: &'static str,
+    config: PathBuf,
+    id: String,
+    threads: Option<usize>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(self.kind).arg("--config").arg(&self.config).arg("--id").arg(&self.id);
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        if let Some(t) = self.threads {
+            cmd.env("CANDLE_NUM_THREADS", t.to_string()).env("RAYON_NUM_THREADS", t.to_string());
+        }
+        // A node outlives nothing: if `nave up` dies (even by SIGKILL), the kernel sends
+        // its children SIGTERM and they stop cleanly.
+        // SAFETY: prctl in the forked child before exec, async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        cmd.spawn().with_context(|| format!("starting {} {}", self.kind, self.id))
+    }
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -79,8 +119,11 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn stop_all(nodes: &mut [Node]) {
-    for n in nodes.iter() {
-        signal(n.child.id(), libc::SIGTERM);
+    for n in nodes.iter_mut() {
+        // Only a running child: the pid of one already reaped may belong to anyone now.
+        if let Ok(None) = n.child.try_wait() {
+            signal(n.child.id(), libc::SIGTERM);
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     for n in nodes.iter_mut() {
@@ -143,26 +186,9 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     for (kind, id, threads) in plan {
         let dir = config.node_dir(&id);
         std::fs::create_dir_all(&dir)?;
-        let log = dir.join("log");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg(kind).arg("--config").arg(&config_path).arg("--id").arg(&id);
-        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-        if let Some(t) = threads {
-            cmd.env("CANDLE_NUM_THREADS", t.to_string()).env("RAYON_NUM_THREADS", t.to_string());
-        }
-        // A node outlives nothing: if `nave up` dies (even by SIGKILL), the kernel sends
-        // its children SIGTERM and they stop cleanly.
-        // SAFETY: prctl in the forked child before exec, async-signal-safe.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {kind} {id}"))?;
-        nodes.push(Node { id, child, log });
+        let launch = Launch { exe: exe.clone(), kind, config: config_path.clone(), id: id.clone(), threads, log: dir.join("log") };
+        let child = launch.spawn()?;
+        nodes.push(Node { id, child, log: launch.log.clone(), launch, started: Instant::now(), restart_at: None, crashes: 0 });
     }
 
     let local_hubs: Vec<_> = config.hubs.iter().filter(|h| here(&h.id)).collect();
@@ -184,16 +210,11 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let _ = signal_hook_flag(sig, stop.clone());
     }
-    let mut reported = std::collections::HashSet::new();
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         for n in nodes.iter_mut() {
-            if let Ok(Some(status)) = n.child.try_wait() {
-                if reported.insert(n.id.clone()) {
-                    eprintln!("{} exited ({status}); last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 10));
-                }
-            }
+            supervise(n);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
     println!("stopping the cluster…");
     stop_all(&mut nodes);
@@ -202,6 +223,36 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
 }
 
 /// Waits until every hub started here answers `/ready` (a node exiting is an error).
+/// Starts a node that exited again: after 1 s, doubling (to 30 s) while it keeps exiting
+/// within a minute of its start. Its state is on disk: a restarted hub catches up from its
+/// peers, a restarted spoke reloads its models.
+fn supervise(n: &mut Node) {
+    if let Some(at) = n.restart_at {
+        if Instant::now() < at {
+            return;
+        }
+        n.restart_at = None;
+        match n.launch.spawn() {
+            Ok(child) => {
+                n.child = child;
+                n.started = Instant::now();
+                eprintln!("{} restarted", n.id);
+            }
+            Err(e) => {
+                eprintln!("{} cannot be restarted: {e:#}", n.id);
+                n.restart_at = Some(Instant::now() + Duration::from_secs(30));
+            }
+        }
+        return;
+    }
+    if let Ok(Some(status)) = n.child.try_wait() {
+        n.crashes = if n.started.elapsed() < Duration::from_secs(60) { n.crashes + 1 } else { 1 };
+        let wait = Duration::from_secs(1 << (n.crashes - 1).min(5)).min(Duration::from_secs(30));
+        eprintln!("{} exited ({status}); restarting it in {wait:?}; last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 10));
+        n.restart_at = Some(Instant::now() + wait);
+    }
+}
+
 fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, nodes: &mut [Node]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let client = probe::blocking_client();

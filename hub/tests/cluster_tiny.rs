@@ -134,6 +134,7 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
 
     // A spoke dies while 16 clients send non-streamed requests: every request succeeds.
     let started = Instant::now();
+    let killed_pid = c.pid("s1");
     let results: Vec<_> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..16)
             .map(|i| {
@@ -161,12 +162,14 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     let failed = results.iter().filter(|&&s| s != 200).count();
     assert_eq!(failed, 0, "{failed} of {} requests failed after a spoke died: {results:?}", results.len());
     assert!(started.elapsed() < Duration::from_secs(60));
-    // The dead spoke leaves the candidate set within the heartbeat timeout.
+    // The dead spoke leaves the candidate set within the heartbeat timeout, unless `nave
+    // up` has started it again first (a new pid).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let s1 = v["spokes"].as_array().and_then(|a| a.iter().find(|s| s["id"] == "s1").cloned()).unwrap_or_default();
-        if s1["state"] == "down" {
+        let restarted = std::fs::read_to_string(c.data().join("s1/pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()).is_some_and(|p| p != killed_pid);
+        if s1["state"] == "down" || restarted {
             break;
         }
         assert!(Instant::now() < deadline, "s1 still listed as {s1}");
