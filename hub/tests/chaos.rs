@@ -128,6 +128,9 @@ struct Event {
     action: Action<KeyOp>,
 }
 
+/// A non-streamed prompt: (hub, start, end, succeeded, what went wrong).
+type Prompt = (usize, Instant, Instant, bool, String);
+
 struct Shared {
     hubs: Hubs,
     admin: String,
@@ -141,8 +144,7 @@ struct Shared {
     acked: Mutex<BTreeMap<String, KeyState>>,
     acked_writes: AtomicU64,
     reads: AtomicU64,
-    /// Non-streamed prompts: (hub, start, end, succeeded, what went wrong).
-    prompts: Mutex<Vec<(usize, Instant, Instant, bool, String)>>,
+    prompts: Mutex<Vec<Prompt>>,
     streams_ok: AtomicU64,
     streams_errored: AtomicU64,
     streams_hanging: AtomicU64,
@@ -237,14 +239,11 @@ fn reader(s: &Shared, r: usize, seed: u64) {
             Ok(resp) if resp.status() == 200 => resp.json::<Value>().ok().map(|v| if v["revoked"] == true { KeyState::Revoked } else { KeyState::Active }),
             _ => None,
         };
-        match state {
-            Some(st) => {
-                record(s, &name, r, Action::Response(KeyOp::Read(Some(st))));
-                s.reads.fetch_add(1, Ordering::Relaxed);
-            }
-            // No answer: the call stays open and is left out of the history (a read
-            // changes nothing).
-            None => {}
+        // No answer: the call stays open and is left out of the history (a read changes
+        // nothing).
+        if let Some(st) = state {
+            record(s, &name, r, Action::Response(KeyOp::Read(Some(st))));
+            s.reads.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
