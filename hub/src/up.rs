@@ -246,7 +246,11 @@ fn supervise(n: &mut Node) {
         return;
     }
     if let Ok(Some(status)) = n.child.try_wait() {
-        n.crashes = if n.started.elapsed() < Duration::from_secs(60) { n.crashes + 1 } else { 1 };
+        // A node killed by a signal (SIGKILL, the OOM killer) comes back after 1 s; one that
+        // keeps failing by itself soon after its start (a bad disk, a port taken) backs off.
+        use std::os::unix::process::ExitStatusExt;
+        let killed = status.signal().is_some();
+        n.crashes = if !killed && n.started.elapsed() < Duration::from_secs(60) { n.crashes + 1 } else { 1 };
         let wait = Duration::from_secs(1 << (n.crashes - 1).min(5)).min(Duration::from_secs(30));
         eprintln!("{} exited ({status}); restarting it in {wait:?}; last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 10));
         n.restart_at = Some(Instant::now() + wait);

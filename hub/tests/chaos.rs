@@ -370,7 +370,7 @@ fn budgets(s: &Shared, seed: u64) {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
     KillLeader,
     KillFollower,
@@ -458,7 +458,8 @@ struct Report {
     seed: u64,
     seconds: u64,
     faults: Vec<(u64, Fault, String)>,
-    failovers: Vec<Duration>,
+    /// (when, what) of each leader fault, and the time to the next acknowledged write.
+    failovers: Vec<(u64, Fault, Duration)>,
 }
 
 fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
@@ -539,7 +540,7 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
                     signal(p, libc::SIGKILL);
                     report.faults.push((at, fault, id));
                     if matches!(fault, Fault::KillLeader) {
-                        report.failovers.push(failover(s, hub, n));
+                        report.failovers.push((at, fault, failover(s, hub, n)));
                     }
                     wait_back(&c, s, hub, p, true);
                 }
@@ -572,7 +573,7 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
                     let cut = Instant::now();
                     cut_off(&port, || {
                         if leader == Some(hub) {
-                            report.failovers.push(failover(s, hub, n));
+                            report.failovers.push((at, fault, failover(s, hub, n)));
                         }
                         std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
                     });
@@ -664,7 +665,7 @@ fn check(s: &Shared, report: &Report) {
     let to_survivors: Vec<_> = prompts.iter().filter(|p| !s.hubs.faulted(p.0, p.1, p.2)).collect();
     let failed: Vec<String> = to_survivors.iter().filter(|p| !p.3).map(|p| format!("h{}: {}", p.0 + 1, p.4)).collect();
     let budget = s.budget_violations.lock().expect("lock").clone();
-    let mut failovers = report.failovers.clone();
+    let mut failovers: Vec<Duration> = report.failovers.iter().map(|f| f.2).collect();
     failovers.sort();
     let p99 = failovers.get(((failovers.len() as f64 - 1.0) * 0.99).round().max(0.0) as usize).copied();
 
@@ -682,7 +683,10 @@ fn check(s: &Shared, report: &Report) {
         s.streams_errored.load(Ordering::Relaxed),
         s.streams_hanging.load(Ordering::Relaxed)
     );
-    println!("leader failovers (kill -> first acknowledged write): {:?}, p99 {:?}", failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), p99);
+    for (at, f, took) in &report.failovers {
+        println!("   failover after {f:?} at {at} s: {} ms", took.as_millis());
+    }
+    println!("leader failovers (fault -> first acknowledged write), ms: {:?}, p99 {:?}", failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), p99);
     assert!(lost.is_empty(), "lost writes (seed {}): {lost:?}", report.seed);
     assert!(violations.is_empty(), "linearizability violations (seed {}): {violations:?}", report.seed);
     assert!(budget.is_empty(), "budgets exceeded (seed {}): {budget:?}", report.seed);
