@@ -21,6 +21,17 @@ use crate::store::{Applied, StateHandle};
 use crate::tls::NodeIdentity;
 use crate::typ::*;
 
+/// The Raft id of spoke `spoke` (a learner): stable across restarts and hubs, far above
+/// the hubs' 1, 2, 3...
+pub fn learner_id(spoke: &str) -> NodeId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in spoke.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    1_000_000 + h % 1_000_000_000_000
+}
+
 /// Heartbeats every 50 ms. A follower that stops hearing them runs for leader after
 /// openraft's leader lease (`election_timeout_max`, during which it also refuses to vote
 /// for anyone else) plus a random 200-400 ms: 600-800 ms of silence, 12 or more missed
@@ -123,13 +134,25 @@ impl ConsensusNode {
     /// Opens the node's storage under `dir`, starts Raft, and initializes the cluster with
     /// `voters` when this node has never been part of one.
     pub async fn start(dir: &Path, id: NodeId, voters: BTreeMap<NodeId, BasicNode>, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+        Self::open(dir, id, Some(voters), endpoint, identity).await
+    }
+
+    /// Opens a learner's replica under `dir` (a spoke's): it never votes or initializes a
+    /// cluster; a leader adds it ([`Self::ensure_learners`]) and replicates the state to it.
+    pub async fn start_learner(dir: &Path, id: NodeId, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+        Self::open(dir, id, None, endpoint, identity).await
+    }
+
+    async fn open(dir: &Path, id: NodeId, voters: Option<BTreeMap<NodeId, BasicNode>>, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let (log, sm) = crate::store::open(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
         let state = sm.handle.clone();
         let net = Network::new(endpoint, identity)?;
         let config = Arc::new(raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
         let raft = Raft::new(id, config, net.clone(), log, sm).await.map_err(|e| Error::Raft(e.to_string()))?;
-        if !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+        let learner = voters.is_none();
+        let voters = voters.unwrap_or_default();
+        if !learner && !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             // Every hub of a new cluster does this with the same membership; openraft lets
             // the first election decide, and refuses it on a node that already has a log.
             if let Err(e) = raft.initialize(voters.clone()).await {
@@ -246,6 +269,36 @@ impl ConsensusNode {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(Error::NoQuorum(last))
+    }
+
+    /// On the leader: makes the learners of the membership exactly `want` (spokes), adding
+    /// the missing ones and removing the others (never a voter). Elsewhere: nothing.
+    pub async fn ensure_learners(&self, want: &BTreeMap<NodeId, BasicNode>) -> Result<()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.id) {
+            return Ok(());
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let present: BTreeMap<NodeId, BasicNode> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        for (id, node) in want {
+            if voters.contains(id) || present.get(id) == Some(node) {
+                continue;
+            }
+            // A learner that moved (a new address) is replaced; a new one is added. Not
+            // blocking: it catches up from the log or a snapshot on its own.
+            let change = if present.contains_key(id) {
+                openraft::ChangeMembers::SetNodes([(*id, node.clone())].into())
+            } else {
+                openraft::ChangeMembers::AddNodes([(*id, node.clone())].into())
+            };
+            self.raft.change_membership(change, true).await.map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        let gone: std::collections::BTreeSet<NodeId> = present.keys().filter(|id| !voters.contains(id) && !want.contains_key(id)).copied().collect();
+        if !gone.is_empty() {
+            self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), true).await.map_err(|e| Error::Raft(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Waits until this node's Raft names a leader other than `old` (or the deadline).

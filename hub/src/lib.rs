@@ -333,7 +333,12 @@ async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Val
         "applied_index": f.applied_index,
         "snapshot_index": f.snapshot_index,
         "hubs": hubs,
-        "spokes": spokes,
+        "spokes": spokes.iter().map(|v| {
+            let mut j = serde_json::to_value(v).unwrap_or_default();
+            // Entries its replica is behind the leader's log (on the leader only).
+            j["replica_lag"] = f.lag.get(&nave_consensus::node::learner_id(&v.id)).copied().into();
+            j
+        }).collect::<Vec<_>>(),
         "models": models,
     }))
 }
@@ -412,6 +417,23 @@ async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
     }
 }
 
+/// Every spoke (of the config, or joined) holds a replica of the state as a Raft learner:
+/// the leader adds the missing ones and removes those gone from the registry.
+async fn keep_learners(hub: Arc<Hub>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let joined = hub.consensus.state.read(|a| a.state.spokes.values().map(|s| (s.id.clone(), s.quic.clone())).collect::<Vec<_>>());
+        let config_spokes = hub.config.spokes.iter().map(|s| (s.id.clone(), s.quic.to_string()));
+        let want: std::collections::BTreeMap<_, _> = config_spokes
+            .chain(joined)
+            .filter_map(|(id, quic)| Some((nave_consensus::node::learner_id(&id), nave_consensus::network::node_addr(&id, quic.parse().ok()?))))
+            .collect();
+        if let Err(e) = hub.consensus.ensure_learners(&want).await {
+            tracing::debug!(error = %e, "spoke replicas not updated yet");
+        }
+    }
+}
+
 /// Keeps the hub's set of joined spokes in line with the replicated registry.
 async fn follow_registry(hub: Arc<Hub>) {
     let mut seen = None;
@@ -479,6 +501,7 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     });
     tokio::spawn(accept_peers(endpoint.clone(), hub.clone()));
     tokio::spawn(follow_registry(hub.clone()));
+    tokio::spawn(keep_learners(hub.clone()));
     let listener = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");
     let flag = hub.clone();

@@ -63,28 +63,30 @@ pub async fn dispatch(
     let mut backoff = Duration::from_millis(25);
     let mut last_error = String::from("no spoke is ready for this model");
     let policy = hub.policy(model);
+    let no_spoke_wait = Duration::from_millis(2 * hub.config.cluster.heartbeat_timeout_ms);
+    let mut waiting_since: Option<Instant> = None;
     loop {
         if Instant::now() >= deadline {
             return Err(ApiError::deadline());
         }
         let candidates = hub.spokes.candidates(model, &tried);
         if candidates.is_empty() {
-            if tried.len() > exclude.len() || !hub.spokes.candidates(model, &[]).is_empty() {
-                // Everything was tried once: wait for the circuits and heartbeats to move.
-                if Instant::now() + backoff >= deadline {
-                    return Err(ApiError::unavailable(last_error));
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                tried.truncate(exclude.len());
-                if hub.spokes.candidates(model, &tried).is_empty() {
-                    return Err(ApiError::unavailable(last_error));
-                }
-                continue;
+            // Nothing to try now: every spoke was tried, or they are reconnecting or
+            // restarting (a spoke comes back within seconds). Wait for one with backoff,
+            // for up to twice the heartbeat timeout and within the deadline; then every
+            // spoke is a candidate again, those that failed this request included.
+            let give_up = deadline.min(*waiting_since.get_or_insert_with(Instant::now) + no_spoke_wait);
+            if Instant::now() + backoff >= give_up {
+                hub.metrics.refusal("no_capacity");
+                let what = if tried.is_empty() { format!("no spoke is ready to serve {model}") } else { last_error };
+                return Err(ApiError::unavailable(what));
             }
-            hub.metrics.refusal("no_capacity");
-            return Err(ApiError::unavailable(format!("no spoke is ready to serve {model}")));
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            tried.clear();
+            continue;
         }
+        waiting_since = None;
         let id = candidates[policy.pick(&candidates, session)].id.clone();
         let started = Instant::now();
         match attempt(hub, &id, model, &request, deadline).await {

@@ -597,19 +597,26 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
 }
 
 fn check(s: &Shared, report: &Report) {
-    let http = client();
-    // No acknowledged write lost: every hub reads every acknowledged key as acknowledged.
+    // No acknowledged write lost: every hub reads every acknowledged key as acknowledged
+    // (one linearizable read of all keys per hub).
     let acked = s.acked.lock().expect("lock").clone();
     let mut lost = Vec::new();
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
     for url in &s.hubs.urls {
+        let keys: Value = wait_until(Duration::from_secs(60), &format!("{url} listing the keys"), || {
+            match http.get(format!("{url}/admin/v1/keys")).bearer_auth(&s.admin).send() {
+                Ok(r) if r.status() == 200 => r.json::<Value>().map_err(|e| e.to_string()),
+                other => Err(format!("{:?}", other.map(|r| r.status()))),
+            }
+        });
+        let state: HashMap<&str, KeyState> = keys["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| Some((k["name"].as_str()?, if k["revoked"] == true { KeyState::Revoked } else { KeyState::Active })))
+            .collect();
         for (name, want) in &acked {
-            let got = wait_until(Duration::from_secs(30), &format!("{url} reading {name}"), || {
-                match http.get(format!("{url}/admin/v1/keys/{name}")).bearer_auth(&s.admin).send() {
-                    Ok(r) if r.status() == 404 => Ok(KeyState::Absent),
-                    Ok(r) if r.status() == 200 => Ok(if r.json::<Value>().map(|v| v["revoked"] == true).unwrap_or(false) { KeyState::Revoked } else { KeyState::Active }),
-                    other => Err(other.map(|r| r.status().as_u16()).unwrap_or(0)),
-                }
-            });
+            let got = state.get(name.as_str()).copied().unwrap_or(KeyState::Absent);
             // A key acknowledged as created may have been revoked since (its revocation's
             // answer lost); nothing acknowledged may be missing or undone.
             let fine = match want {
@@ -663,7 +670,12 @@ fn check(s: &Shared, report: &Report) {
 
     let prompts = s.prompts.lock().expect("lock").clone();
     let to_survivors: Vec<_> = prompts.iter().filter(|p| !s.hubs.faulted(p.0, p.1, p.2)).collect();
-    let failed: Vec<String> = to_survivors.iter().filter(|p| !p.3).map(|p| format!("h{}: {}", p.0 + 1, p.4)).collect();
+    let t0 = prompts.iter().map(|p| p.1).min();
+    let failed: Vec<String> = to_survivors
+        .iter()
+        .filter(|p| !p.3)
+        .map(|p| format!("h{} at {:.1}-{:.1} s: {}", p.0 + 1, t0.map_or(0.0, |t| (p.1 - t).as_secs_f64()), t0.map_or(0.0, |t| (p.2 - t).as_secs_f64()), p.4))
+        .collect();
     let budget = s.budget_violations.lock().expect("lock").clone();
     let mut failovers: Vec<Duration> = report.failovers.iter().map(|f| f.2).collect();
     failovers.sort();

@@ -26,15 +26,36 @@ pub const ENGINE_BATCH_ROWS: &str = "nave_engine_batch_rows_total";
 pub const ENGINE_TOKENS_PER_S: &str = "nave_engine_output_tokens_per_second";
 pub const MEMORY_BYTES: &str = "nave_memory_partition_bytes";
 pub const PROCESS_RSS: &str = "nave_process_resident_bytes";
+pub const REPLICA_APPLIED: &str = "nave_replica_applied_index";
+pub const REPLICA_TERM: &str = "nave_replica_term";
 
 pub async fn serve(listener: tokio::net::TcpListener, spoke: Arc<Spoke>) {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster))
         .with_state(spoke);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "spoke HTTP server stopped");
     }
+}
+
+/// `GET /cluster`: what this spoke's replica knows of the cluster, from its own copy of
+/// the state (answers while no hub is reachable; as of `applied_index`).
+async fn cluster(State(spoke): State<Arc<Spoke>>) -> axum::Json<serde_json::Value> {
+    let f = spoke.replica.figures();
+    let m = spoke.replica.raft.metrics().borrow().clone();
+    let hubs: Vec<String> = m.membership_config.membership().voter_ids().filter_map(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())).collect();
+    let view = spoke.replica.state.read(|a| {
+        serde_json::json!({
+            "keys": a.state.keys.values().filter(|k| !k.revoked).count(),
+            "joined_spokes": a.state.spokes.keys().collect::<Vec<_>>(),
+            "adapters": a.state.adapters.keys().collect::<Vec<_>>(),
+        })
+    });
+    axum::Json(serde_json::json!({
+        "spoke": spoke.id, "leader": f.leader, "term": f.term, "applied_index": f.applied_index, "hubs": hubs, "state": view,
+    }))
 }
 
 async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
@@ -67,6 +88,9 @@ async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
         let _ = writeln!(out, "{MEMORY_BYTES}{{partition=\"{part}\",kind=\"used\"}} {}", u.used);
     }
     let _ = writeln!(out, "# TYPE {PROCESS_RSS} gauge\n{PROCESS_RSS} {}", m.device_used);
+    let f = spoke.replica.figures();
+    let _ = writeln!(out, "# TYPE {REPLICA_APPLIED} gauge\n{REPLICA_APPLIED} {}", f.applied_index.unwrap_or(0));
+    let _ = writeln!(out, "# TYPE {REPLICA_TERM} gauge\n{REPLICA_TERM} {}", f.term);
     let jobs = spoke.jobs.statuses();
     if !jobs.is_empty() {
         let _ = writeln!(out, "# TYPE {TRAIN_STEP} gauge\n# TYPE {TRAIN_LOSS} gauge\n# TYPE {TRAIN_TOKENS_PER_S} gauge\n# TYPE {TRAIN_RUNNING} gauge");

@@ -28,6 +28,8 @@ pub struct Spoke {
     pub jobs: crate::train::Jobs,
     pub ledger: Ledger,
     pub draining: AtomicBool,
+    /// The spoke's read-only replica of the cluster state (a Raft learner).
+    pub replica: Arc<nave_consensus::node::ConsensusNode>,
     heartbeat_every: Duration,
     rate: Mutex<RateWindow>,
 }
@@ -122,6 +124,9 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
     };
     let jobs = crate::train::Jobs::new(&id, &node_dir, spec.training_share);
     jobs.load_saved(&engines);
+    // One QUIC port: inference streams from hubs, and Raft replication to the replica.
+    let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE, tls::ALPN_RAFT])?;
+    let replica = nave_consensus::node::ConsensusNode::start_learner(&node_dir, nave_consensus::node::learner_id(&id), endpoint.clone(), &identity).await?;
     let spoke = Arc::new(Spoke {
         id: id.clone(),
         engines,
@@ -129,11 +134,11 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
         jobs,
         ledger,
         draining: AtomicBool::new(false),
+        replica,
         heartbeat_every,
         rate: Mutex::new(RateWindow { at: Instant::now(), tokens: 0, rate: 0.0 }),
     });
 
-    let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE])?;
     let http = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     let http_task = tokio::spawn(crate::http::serve(http, spoke.clone()));
     tracing::info!(spoke = %id, quic = %spec.quic, http = %spec.http, "spoke serving");
@@ -146,6 +151,7 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
                 let spoke = spoke.clone();
                 tokio::spawn(async move {
                     match incoming.await {
+                        Ok(conn) if tls::alpn(&conn).as_deref() == Some(tls::ALPN_RAFT) => spoke.replica.clone().serve_connection(conn).await,
                         Ok(conn) => serve_connection(conn, spoke).await,
                         Err(e) => tracing::debug!(error = %e, "handshake refused"),
                     }
@@ -163,6 +169,7 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
     while Instant::now() < deadline && spoke.engines.values().any(|e| { let s = e.stats(); s.running + s.waiting > 0 }) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    spoke.replica.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     http_task.abort();
