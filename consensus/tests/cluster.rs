@@ -1,6 +1,7 @@
 //! Three hubs' consensus nodes in one process, talking Raft over real QUIC with mutual
 //! TLS on loopback: election, forwarded writes, linearizable reads on followers, leader
-//! loss, loss of quorum, and restart from sled. Waits on Raft metrics, never on sleeps.
+//! loss, loss of quorum, restart from sled, snapshot install on a hub that fell behind and
+//! on a new learner. Waits on Raft metrics, never on sleeps.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +48,12 @@ async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap
             Err(e) => panic!("node starts: {e}"),
         }
     };
+    serve(&endpoint, &node);
+    Hub { node, endpoint }
+}
+
+/// Answers the node's Raft RPCs on its endpoint.
+fn serve(endpoint: &quinn::Endpoint, node: &Arc<ConsensusNode>) {
     let (ep, n) = (endpoint.clone(), node.clone());
     tokio::spawn(async move {
         while let Some(inc) = ep.accept().await {
@@ -58,7 +65,6 @@ async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap
             });
         }
     });
-    Hub { node, endpoint }
 }
 
 async fn stop(h: &Hub) {
@@ -154,6 +160,62 @@ async fn three_hubs_elect_replicate_fail_over_and_restart() {
     assert!(survivors[1].node.read(|a| a.state.keys.len()).await.is_err(), "nor serve reads");
     assert!(t.elapsed() < Duration::from_secs(15));
     stop(survivors[1]).await;
+}
+
+/// A hub that was down while the leader snapshotted and purged its log catches up by
+/// installing the snapshot; so does a learner (a spoke's replica) added afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_hub_and_a_new_learner_catch_up_from_a_snapshot() {
+    let (dir, ca, voters, mut hubs) = three_hubs().await;
+    let leader_id = leader_among(&hubs.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let lagging = hubs.iter().position(|h| h.node.id != leader_id).expect("a follower");
+    let lagging = hubs.remove(lagging);
+    let lagging_id = lagging.node.id;
+    stop(&lagging).await;
+    drop(lagging);
+
+    // Writes the stopped hub misses; then the leader snapshots and purges its log.
+    let leader = hubs.iter().find(|h| h.node.id == leader_id).expect("leader").node.clone();
+    for i in 0..40u8 {
+        leader.write(key(&format!("missed-{i}"), i)).await.expect("write");
+    }
+    leader.raft.trigger().snapshot().await.expect("snapshot");
+    let snap = leader.raft.wait(Some(Duration::from_secs(10))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= 40), "a snapshot").await.expect("snapshot built");
+    let upto = snap.snapshot.expect("snapshot").index;
+    leader.raft.trigger().purge_log(upto).await.expect("purge");
+    leader.raft.wait(Some(Duration::from_secs(10))).metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "the log purged").await.expect("purged");
+
+    // The stopped hub comes back: the entries it lacks are gone from the leader's log, so
+    // it gets the snapshot.
+    let back = start(dir.path(), &ca, lagging_id, &voters).await;
+    let installed = back.node.raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= upto), "snapshot installed").await;
+    assert!(installed.is_ok(), "the lagging hub installed the leader's snapshot");
+    assert_eq!(back.node.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())).await.expect("read"), true);
+
+    // A learner added now (a spoke's replica): it catches up the same way and never votes.
+    let name = "s-learner";
+    let identity = ca.ensure_node(&dir.path().join(name), name).expect("identity");
+    let endpoint = tls::endpoint(&identity, free_udp(), &[tls::ALPN_RAFT]).expect("endpoint");
+    let lid = nave_consensus::node::learner_id(name);
+    let learner = ConsensusNode::start_learner(&dir.path().join(name), lid, endpoint.clone(), &identity).await.expect("learner");
+    serve(&endpoint, &learner);
+    let want: BTreeMap<u64, openraft::BasicNode> = [(lid, node_addr(name, endpoint.local_addr().expect("addr")))].into();
+    leader.ensure_learners(&want).await.expect("learner added");
+    let last = leader.raft.metrics().borrow().last_log_index;
+    learner.raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.last_applied.map(|l| l.index) >= last, "the learner caught up").await.expect("caught up");
+    assert!(learner.state.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())), "the replica has every key");
+    let m = leader.raft.metrics().borrow().clone();
+    assert!(!m.membership_config.membership().voter_ids().any(|v| v == lid), "a learner never votes");
+    // Removed from the wanted set, it leaves the membership.
+    leader.ensure_learners(&BTreeMap::new()).await.expect("learner removed");
+    assert!(!leader.raft.metrics().borrow().membership_config.membership().nodes().any(|(id, _)| *id == lid));
+
+    let _ = tokio::time::timeout(Duration::from_secs(5), learner.shutdown()).await;
+    endpoint.close(0u32.into(), b"stop");
+    stop(&back).await;
+    for h in &hubs {
+        stop(h).await;
+    }
 }
 
 /// A leader whose followers are gone answers "no quorum" within the wait, for writes and
