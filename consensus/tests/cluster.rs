@@ -190,7 +190,7 @@ async fn a_lagging_hub_and_a_new_learner_catch_up_from_a_snapshot() {
     let back = start(dir.path(), &ca, lagging_id, &voters).await;
     let installed = back.node.raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= upto), "snapshot installed").await;
     assert!(installed.is_ok(), "the lagging hub installed the leader's snapshot");
-    assert_eq!(back.node.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())).await.expect("read"), true);
+    assert!(back.node.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())).await.expect("read"), "the lagging hub has every key");
 
     // A learner added now (a spoke's replica): it catches up the same way and never votes.
     let name = "s-learner";
