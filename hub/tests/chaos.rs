@@ -248,6 +248,12 @@ fn reader(s: &Shared, r: usize, seed: u64) {
     }
 }
 
+/// A chat completion for the tiny model with `key` on hub `url`.
+fn chat(http: &reqwest::blocking::Client, url: &str, key: &str, max_tokens: u32, stream: bool) -> reqwest::Result<reqwest::blocking::Response> {
+    let body = json!({"model": "tiny", "max_tokens": max_tokens, "stream": stream, "messages": [{"role": "user", "content": "the"}]});
+    http.post(format!("{url}/v1/chat/completions")).bearer_auth(key).json(&body).send()
+}
+
 /// Non-streamed prompts with a key without limits, on any live hub.
 fn prompter(s: &Shared, key: &str, seed: u64) {
     let mut rng = Rng::new(seed);
@@ -255,12 +261,7 @@ fn prompter(s: &Shared, key: &str, seed: u64) {
     while !s.stop.load(Ordering::Relaxed) {
         let hub = s.hubs.pick(&mut rng);
         let start = Instant::now();
-        let r = http
-            .post(format!("{}/v1/chat/completions", s.hubs.urls[hub]))
-            .bearer_auth(key)
-            .json(&json!({"model": "tiny", "max_tokens": 8, "seed": rng.next() % 1000, "messages": [{"role": "user", "content": "the"}]}))
-            .send();
-        let (ok, what) = match r {
+        let (ok, what) = match chat(&http, &s.hubs.urls[hub], key, 8, false) {
             Ok(resp) if resp.status() == 200 => (true, String::new()),
             Ok(resp) => (false, format!("{} {}", resp.status(), resp.text().unwrap_or_default())),
             Err(e) => (false, e.to_string()),
@@ -276,12 +277,7 @@ fn streamer(s: &Shared, key: &str, seed: u64) {
     while !s.stop.load(Ordering::Relaxed) {
         let hub = s.hubs.pick(&mut rng);
         let start = Instant::now();
-        let r = http
-            .post(format!("{}/v1/chat/completions", s.hubs.urls[hub]))
-            .bearer_auth(key)
-            .json(&json!({"model": "tiny", "max_tokens": 16, "stream": true, "messages": [{"role": "user", "content": "the"}]}))
-            .send();
-        let Ok(resp) = r else { continue };
+        let Ok(resp) = chat(&http, &s.hubs.urls[hub], key, 16, true) else { continue };
         if resp.status() != 200 {
             continue;
         }
@@ -341,12 +337,7 @@ fn budgets(s: &Shared, seed: u64) {
                     let until = Instant::now() + Duration::from_secs(15);
                     while Instant::now() < until {
                         let hub = s.hubs.pick(&mut rng);
-                        let r = http
-                            .post(format!("{}/v1/chat/completions", s.hubs.urls[hub]))
-                            .bearer_auth(secret)
-                            .json(&json!({"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "the"}]}))
-                            .send();
-                        match r {
+                        match chat(&http, &s.hubs.urls[hub], secret, 8, false) {
                             Ok(resp) if resp.status() == 200 => {
                                 let v: Value = resp.json().unwrap_or_default();
                                 served.fetch_add(v["usage"]["completion_tokens"].as_u64().unwrap_or(0), Ordering::Relaxed);
