@@ -71,6 +71,10 @@ run http://127.0.0.1:18081 64 "$N" "$DIR/c64.json"; report "64 clients, hub h2 (
 # Closed loop, 64 clients wait on each other (p50 = 64 / throughput): the same hub at a
 # fixed 2,000 requests/s (Poisson arrivals) shows its cost without that queue.
 run_rate http://127.0.0.1:18081 2000 "$N" "$DIR/r2000.json"; report "2,000 req/s open loop, hub h2" "$DIR/r2000.json"
+# The admin key skips admission and settlement: no Raft write, so this is the HTTP, QUIC
+# and load-generator path alone, a floor for what `nave bench` itself sustains.
+$NAVE bench --url http://127.0.0.1:18080 --key "$(cat "$DIR/data/admin.key")" --concurrency 64 --requests "$N" --max-tokens 1 --prompt-len 8 --json "$DIR/admin.json" >/dev/null
+report "64 clients, admin key (no Raft)" "$DIR/admin.json"
 bench_pids=()
 for i in 0 1 2; do run "http://127.0.0.1:1808$i" 34 "$N" "$DIR/c100-$i.json" & bench_pids+=($!); done
 wait "${bench_pids[@]}"
