@@ -33,6 +33,8 @@ pub enum RaftRpc {
     Write(Proposal),
     /// The leader's read index, for a linearizable read on a follower.
     ReadIndex,
+    /// Are you there? (A hub runs for leader only while it reaches a majority.)
+    Ping,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +51,7 @@ pub enum RaftReply {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Write(Result<CommandResult, Redirect>),
     ReadIndex(Result<u64, Redirect>),
+    Pong,
 }
 
 /// A node's address in the membership: `name@ip:port` (the name is what its certificate

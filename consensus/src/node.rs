@@ -103,6 +103,53 @@ fn proposal_id(node: NodeId) -> String {
     format!("{node}-{}-{}", now_ms(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A peer that answered a ping within this long counts as reachable.
+const REACHABLE_WITHIN: Duration = Duration::from_millis(400);
+
+/// Lets this hub run for leader only when it may win, as a pre-vote would (openraft 0.9
+/// has none): after it has heard from a leader (or a grace of twice the longest election
+/// timeout has passed: a new cluster), and only while it reaches a majority of the voters
+/// (pings every 100 ms). A hub cut off from its peers would otherwise run alone again and
+/// again, raising its term; back, it would unseat the leader with that term and, refused
+/// for its short log, carry openraft's "seen a greater log" delay (800 ms) into the next
+/// real election.
+async fn guard_elections(raft: Raft, net: Network, me: NodeId) {
+    let started = Instant::now();
+    let grace = Duration::from_millis(2 * raft_config().election_timeout_max);
+    let mut heard_leader = false;
+    let mut last_ok: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    let mut allowed = false;
+    loop {
+        let m = raft.metrics().borrow().clone();
+        if matches!(m.state, openraft::ServerState::Shutdown) {
+            return;
+        }
+        heard_leader |= m.current_leader.is_some();
+        let membership = m.membership_config.membership().clone();
+        let voters: Vec<(NodeId, BasicNode)> =
+            membership.voter_ids().filter(|v| *v != me).filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone()))).collect();
+        let pings = voters.iter().map(|(id, node)| {
+            let net = net.clone();
+            async move { (*id, matches!(net.call(*id, node, &RaftRpc::Ping, Duration::from_millis(300)).await, Ok(RaftReply::Pong))) }
+        });
+        let now = Instant::now();
+        for (id, ok) in futures::future::join_all(pings).await {
+            if ok {
+                last_ok.insert(id, now);
+            }
+        }
+        let reachable = 1 + voters.iter().filter(|(id, _)| last_ok.get(id).is_some_and(|t| t.elapsed() <= REACHABLE_WITHIN)).count();
+        let majority = reachable > (voters.len() + 1) / 2;
+        let allow = (heard_leader || started.elapsed() >= grace) && majority;
+        if allow != allowed {
+            raft.runtime_config().elect(allow);
+            allowed = allow;
+            tracing::debug!(reachable, voters = voters.len() + 1, allow, "elections");
+        }
+        tokio::time::sleep(Duration::from_millis(100).saturating_sub(now.elapsed())).await;
+    }
+}
+
 /// Takes proposals as they come and commits them in batches, at most
 /// [`BATCHES_IN_FLIGHT`] at a time: while those are in flight the next batch grows.
 async fn batch_proposals(node: std::sync::Weak<ConsensusNode>, mut waiting: tokio::sync::mpsc::UnboundedReceiver<Waiting>) {
@@ -159,18 +206,10 @@ impl ConsensusNode {
                 tracing::debug!(error = %e, "initialize");
             }
         }
-        // A hub that starts listens before it runs for leader: until it hears from one, or
-        // for one lease plus the longest election timeout. A restarted hub with a stale log
-        // would otherwise run at once, be refused, and carry openraft's "seen a greater
-        // log" delay (800 ms) into the next failover.
+        // A hub runs for leader only when it may win (see `guard_elections`).
         raft.runtime_config().elect(false);
-        {
-            let raft = raft.clone();
-            tokio::spawn(async move {
-                let grace = Duration::from_millis(2 * raft_config().election_timeout_max);
-                let _ = raft.wait(Some(grace)).metrics(|m| m.current_leader.is_some(), "a leader heard").await;
-                raft.runtime_config().elect(true);
-            });
+        if !learner {
+            tokio::spawn(guard_elections(raft.clone(), net.clone(), id));
         }
         let (batcher, waiting) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Self { id, raft, state, net, nodes: voters, batcher });
@@ -387,6 +426,7 @@ impl ConsensusNode {
                     RaftRpc::Snapshot(r) => RaftReply::Snapshot(node.raft.install_snapshot(r).await),
                     RaftRpc::Write(p) => RaftReply::Write(bounded(node.propose_local(p)).await),
                     RaftRpc::ReadIndex => RaftReply::ReadIndex(bounded(node.read_index_local()).await),
+                    RaftRpc::Ping => RaftReply::Pong,
                 };
                 if write_frame(&mut send, &reply).await.is_ok() {
                     let _ = send.finish();
