@@ -139,7 +139,7 @@ async fn guard_elections(raft: Raft, net: Network, me: NodeId) {
             }
         }
         let reachable = 1 + voters.iter().filter(|(id, _)| last_ok.get(id).is_some_and(|t| t.elapsed() <= REACHABLE_WITHIN)).count();
-        let majority = reachable > (voters.len() + 1) / 2;
+        let majority = 2 * reachable > voters.len() + 1;
         let allow = (heard_leader || started.elapsed() >= grace) && majority;
         if allow != allowed {
             raft.runtime_config().elect(allow);
