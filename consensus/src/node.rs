@@ -128,14 +128,20 @@ async fn guard_elections(raft: Raft, net: Network, me: NodeId) {
         let membership = m.membership_config.membership().clone();
         let voters: Vec<(NodeId, BasicNode)> =
             membership.voter_ids().filter(|v| *v != me).filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone()))).collect();
+        // Each ping bounded as a whole (a dial to a dead peer would take longer), and a
+        // peer counted from when its answer came.
         let pings = voters.iter().map(|(id, node)| {
             let net = net.clone();
-            async move { (*id, matches!(net.call(*id, node, &RaftRpc::Ping, Duration::from_millis(300)).await, Ok(RaftReply::Pong))) }
+            async move {
+                let ping = tokio::time::timeout(Duration::from_millis(300), net.call(*id, node, &RaftRpc::Ping, Duration::from_millis(300)));
+                let ok = matches!(ping.await, Ok(Ok(RaftReply::Pong)));
+                (*id, ok.then(Instant::now))
+            }
         });
         let now = Instant::now();
-        for (id, ok) in futures::future::join_all(pings).await {
-            if ok {
-                last_ok.insert(id, now);
+        for (id, answered) in futures::future::join_all(pings).await {
+            if let Some(at) = answered {
+                last_ok.insert(id, at);
             }
         }
         let reachable = 1 + voters.iter().filter(|(id, _)| last_ok.get(id).is_some_and(|t| t.elapsed() <= REACHABLE_WITHIN)).count();
