@@ -30,13 +30,9 @@ pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A finished span, ready to send.
 struct Finished {
-    trace_id: [u8; 16],
-    span_id: [u8; 8],
-    parent: Option<[u8; 8]>,
+    span: Open,
     name: &'static str,
-    start: u64,
     end: u64,
-    attributes: Vec<(String, String)>,
 }
 
 /// What the layer keeps on an open span.
@@ -129,15 +125,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for OtlpLayer {
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
         let Some(open) = span.extensions_mut().remove::<Open>() else { return };
-        let done = Finished {
-            trace_id: open.trace_id,
-            span_id: open.span_id,
-            parent: open.parent,
-            name: span.name(),
-            start: open.start,
-            end: now_ns(),
-            attributes: open.attributes,
-        };
+        let done = Finished { span: open, name: span.name(), end: now_ns() };
         if self.queue.try_send(done).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
@@ -198,14 +186,15 @@ fn encode(service: &str, node: &str, spans: &[Finished]) -> Value {
     let kv = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
     let spans: Vec<Value> = spans
         .iter()
-        .map(|s| {
+        .map(|f| {
+            let s = &f.span;
             let mut v = json!({
                 "traceId": hex::encode(s.trace_id),
                 "spanId": hex::encode(s.span_id),
-                "name": s.name,
+                "name": f.name,
                 "kind": 1,
                 "startTimeUnixNano": s.start.to_string(),
-                "endTimeUnixNano": s.end.to_string(),
+                "endTimeUnixNano": f.end.to_string(),
                 "attributes": s.attributes.iter().map(|(k, val)| kv(k, val)).collect::<Vec<_>>(),
             });
             if let Some(p) = s.parent {
@@ -254,7 +243,8 @@ mod tests {
         assert!(Target::parse("https://127.0.0.1:4318").is_none(), "TLS to the collector is not supported");
         assert_eq!(trace_id_of("abc"), trace_id_of("abc"));
         assert_ne!(trace_id_of("abc"), trace_id_of("abd"));
-        let spans = [Finished { trace_id: [1; 16], span_id: [2; 8], parent: Some([3; 8]), name: "request", start: 5, end: 9, attributes: vec![("request_id".into(), "r1".into())] }];
+        let open = Open { trace_id: [1; 16], span_id: [2; 8], parent: Some([3; 8]), start: 5, attributes: vec![("request_id".into(), "r1".into())] };
+        let spans = [Finished { span: open, name: "request", end: 9 }];
         let v = encode("nave", "h1", &spans);
         let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(s["traceId"], "01".repeat(16));

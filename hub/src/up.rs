@@ -61,9 +61,8 @@ fn check_ports(config: &ClusterConfig, here: &dyn Fn(&str) -> bool) -> anyhow::R
 }
 
 struct Node {
-    id: String,
     child: Child,
-    log: PathBuf,
+    /// How it was started (its id and log too).
     launch: Launch,
     started: Instant,
     /// When a node that exited is started again.
@@ -134,7 +133,7 @@ fn stop_all(nodes: &mut [Node]) {
             std::thread::sleep(Duration::from_millis(50));
         }
         if let Ok(None) = n.child.try_wait() {
-            eprintln!("{} did not stop in time: killing it", n.id);
+            eprintln!("{} did not stop in time: killing it", n.launch.id);
             let _ = n.child.kill();
             let _ = n.child.wait();
         }
@@ -186,9 +185,9 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     for (kind, id, threads) in plan {
         let dir = config.node_dir(&id);
         std::fs::create_dir_all(&dir)?;
-        let launch = Launch { exe: exe.clone(), kind, config: config_path.clone(), id: id.clone(), threads, log: dir.join("log") };
+        let launch = Launch { exe: exe.clone(), kind, config: config_path.clone(), id, threads, log: dir.join("log") };
         let child = launch.spawn()?;
-        nodes.push(Node { id, child, log: launch.log.clone(), launch, started: Instant::now(), restart_at: None, crashes: 0 });
+        nodes.push(Node { child, launch, started: Instant::now(), restart_at: None, crashes: 0 });
     }
 
     let local_hubs: Vec<_> = config.hubs.iter().filter(|h| here(&h.id)).collect();
@@ -236,10 +235,10 @@ fn supervise(n: &mut Node) {
             Ok(child) => {
                 n.child = child;
                 n.started = Instant::now();
-                eprintln!("{} restarted", n.id);
+                eprintln!("{} restarted", n.launch.id);
             }
             Err(e) => {
-                eprintln!("{} cannot be restarted: {e:#}", n.id);
+                eprintln!("{} cannot be restarted: {e:#}", n.launch.id);
                 n.restart_at = Some(Instant::now() + Duration::from_secs(30));
             }
         }
@@ -252,7 +251,7 @@ fn supervise(n: &mut Node) {
         let killed = status.signal().is_some();
         n.crashes = if !killed && n.started.elapsed() < Duration::from_secs(60) { n.crashes + 1 } else { 1 };
         let wait = Duration::from_secs(1 << (n.crashes - 1).min(5)).min(Duration::from_secs(30));
-        eprintln!("{} exited ({status}); restarting it in {wait:?}; last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 10));
+        eprintln!("{} exited ({status}); restarting it in {wait:?}; last lines of {}:\n{}", n.launch.id, n.launch.log.display(), tail(&n.launch.log, 10));
         n.restart_at = Some(Instant::now() + wait);
     }
 }
@@ -263,7 +262,7 @@ fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, node
     loop {
         for n in nodes.iter_mut() {
             if let Ok(Some(status)) = n.child.try_wait() {
-                bail!("{} exited during start ({status}); last lines of {}:\n{}", n.id, n.log.display(), tail(&n.log, 15));
+                bail!("{} exited during start ({status}); last lines of {}:\n{}", n.launch.id, n.launch.log.display(), tail(&n.launch.log, 15));
             }
         }
         let ready = hubs.iter().all(|h| client(&format!("http://{}/ready", h.http)));

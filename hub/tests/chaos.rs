@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{tiny_model, wait_until, Cluster, Layout};
+use common::{wait_until, Cluster};
 use serde_json::{json, Value};
 use todc_utils::linearizability::history::{Action, History};
 use todc_utils::linearizability::WGLChecker;
@@ -361,7 +361,7 @@ fn budgets(s: &Shared, seed: u64) {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Fault {
     KillLeader,
     KillFollower,
@@ -454,10 +454,8 @@ struct Report {
 }
 
 fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
     let extra = "request_timeout_ms = 30000\ncircuit_open_ms = 5000\n";
-    let c = Cluster::start(Layout { hubs: 3, spokes: 2, models: &[model.to_str().expect("utf-8")], extra });
+    let c = Cluster::start_tiny(3, 2, extra);
     let http = client();
     let key = http
         .post(format!("{}/admin/v1/keys", c.hubs[0]))

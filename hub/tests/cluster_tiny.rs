@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{tiny_model, Cluster, Layout};
+use common::Cluster;
 use serde_json::{json, Value};
 
 fn client() -> reqwest::blocking::Client {
@@ -14,10 +14,7 @@ fn client() -> reqwest::blocking::Client {
 
 #[test]
 fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let model = model.to_str().expect("utf-8 path");
-    let mut c = Cluster::start(Layout { hubs: 1, spokes: 2, models: &[model], extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n" });
+    let mut c = Cluster::start_tiny(1, 2, "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n");
     let hub = c.hubs[0].clone();
     let http = client();
     let chat = |body: Value| http.post(format!("{hub}/v1/chat/completions")).bearer_auth(&c.key).json(&body).send().expect("sent");
@@ -184,10 +181,7 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
 
 #[test]
 fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let model = model.to_str().expect("utf-8 path");
-    let mut c = Cluster::start(Layout { hubs: 3, spokes: 1, models: &[model], extra: "" });
+    let mut c = Cluster::start_tiny(3, 1, "");
     let http = client();
     let (h1, h2, h3) = (c.hubs[0].clone(), c.hubs[1].clone(), c.hubs[2].clone());
 
@@ -311,10 +305,7 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
 
 #[test]
 fn killing_the_leader_hub_loses_no_request_on_the_others() {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let model = model.to_str().expect("utf-8 path");
-    let c = Cluster::start(Layout { hubs: 3, spokes: 2, models: &[model], extra: "" });
+    let c = Cluster::start_tiny(3, 2, "");
     let http = client();
     let h1 = c.hubs[0].clone();
     let r = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "app", "rpm": 100000})).send().expect("sent");
@@ -373,10 +364,7 @@ fn killing_the_leader_hub_loses_no_request_on_the_others() {
 #[test]
 fn slow_clients_are_cut_off() {
     use std::io::{Read, Write};
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let model = model.to_str().expect("utf-8 path");
-    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model], extra: "header_timeout_ms = 1000\nbody_timeout_ms = 1000\n" });
+    let c = Cluster::start_tiny(1, 1, "header_timeout_ms = 1000\nbody_timeout_ms = 1000\n");
     let addr = c.hubs[0].trim_start_matches("http://").to_string();
     let connect = || {
         let s = std::net::TcpStream::connect(&addr).expect("connect");
@@ -429,10 +417,7 @@ fn slow_clients_are_cut_off() {
 #[test]
 fn a_stream_on_a_killed_spoke_ends_with_an_error_event() {
     use std::io::{BufRead, BufReader};
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let model = model.to_str().expect("utf-8 path");
-    let c = Cluster::start(Layout { hubs: 1, spokes: 2, models: &[model], extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n" });
+    let c = Cluster::start_tiny(1, 2, "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n");
     let hub = c.hubs[0].clone();
     let http = client();
     // Both spokes connected and active first (`nave up` waits for one).

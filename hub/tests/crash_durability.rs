@@ -9,14 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{tiny_model, wait_until, Cluster, Layout};
+use common::{wait_until, Cluster};
 use serde_json::{json, Value};
 
 #[test]
 fn acknowledged_writes_survive_killing_every_hub_twenty_times() {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let c = Cluster::start(Layout { hubs: 3, spokes: 1, models: &[model.to_str().expect("utf-8")], extra: "" });
+    let c = Cluster::start_tiny(3, 1, "");
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     let acked = Mutex::new(Vec::<String>::new());
     for round in 0..20 {

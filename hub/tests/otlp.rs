@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{tiny_model, wait_until, Cluster, Layout};
+use common::{wait_until, Cluster};
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -64,9 +64,7 @@ fn one_request_is_one_trace_across_hub_and_spoke() {
     // SAFETY: set before any thread of this test binary reads the environment (this
     // file has one test); the cluster's processes inherit it.
     unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &url) };
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model.to_str().expect("utf-8")], extra: "" });
+    let c = Cluster::start_tiny(1, 1, "");
     let http = reqwest::blocking::Client::new();
     let r = http
         .post(format!("{}/v1/chat/completions", c.hubs[0]))

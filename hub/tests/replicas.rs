@@ -6,14 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{tiny_model, wait_until, Cluster, Layout};
+use common::{wait_until, Cluster};
 use serde_json::{json, Value};
 
 #[test]
 fn spokes_hold_a_replica_of_the_state() {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let c = Cluster::start(Layout { hubs: 3, spokes: 2, models: &[model.to_str().expect("utf-8")], extra: "" });
+    let c = Cluster::start_tiny(3, 2, "");
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let r = http.post(format!("{}/admin/v1/keys", c.hubs[1])).bearer_auth(&c.key).json(&json!({"name": "replicated"})).send().expect("sent");
     assert_eq!(r.status(), 201);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{tiny_model, Cluster, Layout};
+use common::Cluster;
 use serde_json::{json, Value};
 
 const FACT: &str = "The moon of Zorbania is called Quexil.";
@@ -22,10 +22,7 @@ fn data() -> String {
 
 #[test]
 fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
-    let models = tempfile::tempdir().expect("dir");
-    let model = tiny_model(models.path());
-    let model = model.to_str().expect("utf-8 path");
-    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model], extra: "" });
+    let c = Cluster::start_tiny(1, 1, "");
     let hub = c.hubs[0].clone();
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
     let submit = |body: Value| http.post(format!("{hub}/admin/v1/train")).bearer_auth(&c.key).json(&body).send().expect("sent");

@@ -40,7 +40,17 @@ pub struct Layout<'a> {
 impl Cluster {
     /// Starts `nave up` on a generated config and waits until it says it is up.
     pub fn start(layout: Layout<'_>) -> Cluster {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), layout)
+    }
+
+    /// Every spoke serving the tiny model (`tiny`), written into the cluster's directory.
+    pub fn start_tiny(hubs: usize, spokes: usize, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        let model = tiny_model(dir.path());
+        Self::start_in(dir, Layout { hubs, spokes, models: &[model.to_str().expect("utf-8 path")], extra })
+    }
+
+    fn start_in(dir: tempfile::TempDir, layout: Layout<'_>) -> Cluster {
         let mut cfg = format!("[cluster]\ndata_dir = \"{}\"\n{}\n", dir.path().join("data").display(), layout.extra);
         let (mut hubs, mut hub_quic) = (Vec::new(), Vec::new());
         for i in 0..layout.hubs {
