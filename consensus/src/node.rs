@@ -7,7 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// tokio's clock, not std's: the same in production, and simulated time in the
+// deterministic simulation.
+use tokio::time::Instant;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -113,9 +117,8 @@ const REACHABLE_WITHIN: Duration = Duration::from_millis(400);
 /// again, raising its term; back, it would unseat the leader with that term and, refused
 /// for its short log, carry openraft's "seen a greater log" delay (800 ms) into the next
 /// real election.
-async fn guard_elections(raft: Raft, net: Network, me: NodeId) {
+async fn guard_elections(raft: Raft, net: Network, me: NodeId, grace: Duration) {
     let started = Instant::now();
-    let grace = Duration::from_millis(2 * raft_config().election_timeout_max);
     let mut heard_leader = false;
     let mut last_ok: BTreeMap<NodeId, Instant> = BTreeMap::new();
     let mut allowed = false;
@@ -199,9 +202,25 @@ impl ConsensusNode {
     async fn open(dir: &Path, id: NodeId, voters: Option<BTreeMap<NodeId, BasicNode>>, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let (log, sm) = crate::store::open(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
+        Self::start_with(id, voters, log, sm, endpoint, identity, raft_config()).await
+    }
+
+    /// Starts a node on the given stores and Raft config: a voter of `voters` (initializing
+    /// the cluster when its log is empty), or a learner with `None`. The deterministic
+    /// simulation uses it with memory stores and election timeouts drawn from its seed.
+    pub async fn start_with<LS: openraft::storage::RaftLogStorage<TypeConfig>>(
+        id: NodeId,
+        voters: Option<BTreeMap<NodeId, BasicNode>>,
+        log: LS,
+        sm: crate::store::StateMachineStore,
+        endpoint: quinn::Endpoint,
+        identity: &NodeIdentity,
+        config: Config,
+    ) -> Result<Arc<Self>> {
         let state = sm.handle.clone();
         let net = Network::new(endpoint, identity)?;
-        let config = Arc::new(raft_config().validate().map_err(|e| Error::Raft(e.to_string()))?);
+        let grace = Duration::from_millis(2 * config.election_timeout_max);
+        let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
         let raft = Raft::new(id, config, net.clone(), log, sm).await.map_err(|e| Error::Raft(e.to_string()))?;
         let learner = voters.is_none();
         let voters = voters.unwrap_or_default();
@@ -215,7 +234,7 @@ impl ConsensusNode {
         // A hub runs for leader only when it may win (see `guard_elections`).
         raft.runtime_config().elect(false);
         if !learner {
-            tokio::spawn(guard_elections(raft.clone(), net.clone(), id));
+            tokio::spawn(guard_elections(raft.clone(), net.clone(), id, grace));
         }
         let (batcher, waiting) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Self { id, raft, state, net, nodes: voters, batcher });

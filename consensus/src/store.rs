@@ -9,6 +9,10 @@
 //! many concurrent writers cheap on a disk where a synced write costs ~3 ms. The state
 //! machine is rebuilt at start from the snapshot, and openraft re-applies the committed
 //! log after it (the committed index is stored too).
+//!
+//! [`MemoryDisk`] stands in for the disk in the deterministic simulation
+//! (`consensus/tests/sim.rs`): the same state machine, a log in memory that outlives a
+//! crashed node.
 
 // openraft's storage traits return its `StorageError`, which is large; these helpers
 // return what the traits need.
@@ -17,7 +21,8 @@
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bincode::Options;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
@@ -229,22 +234,57 @@ impl StateHandle {
     }
 }
 
-/// The state machine: in memory, its latest snapshot in sled.
+/// Where the latest snapshot is kept: sled, or memory standing in for a disk (the
+/// deterministic simulation; it outlives the node like a disk would).
+#[derive(Clone)]
+enum SnapshotHome {
+    Sled { db: sled::Db, tree: sled::Tree },
+    Memory(MemoryDisk),
+}
+
+impl SnapshotHome {
+    fn load(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        match self {
+            Self::Sled { tree, .. } => match tree.get("snapshot").map_err(io_read)? {
+                Some(v) => dec(&v).map(Some),
+                None => Ok(None),
+            },
+            Self::Memory(disk) => Ok(disk.lock().snapshot.clone()),
+        }
+    }
+
+    async fn save(&self, snapshot: StoredSnapshot) -> Result<(), StorageError> {
+        match self {
+            Self::Sled { db, tree } => {
+                tree.insert("snapshot", enc(&snapshot)?).map_err(io_write)?;
+                db.flush_async().await.map(|_| ()).map_err(io_write)
+            }
+            Self::Memory(disk) => {
+                disk.lock().snapshot = Some(snapshot);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The state machine: in memory, its latest snapshot kept (in sled).
 pub struct StateMachineStore {
     pub handle: StateHandle,
-    tree: sled::Tree,
-    db: sled::Db,
+    home: SnapshotHome,
     snapshot_count: u64,
     applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl StateMachineStore {
-    /// Opens the state machine, rebuilt from the stored snapshot if there is one.
+    /// Opens the state machine on sled, rebuilt from the stored snapshot if there is one.
     pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
         let tree = db.open_tree("state_machine").map_err(io_read)?;
+        Self::rebuild(SnapshotHome::Sled { db: db.clone(), tree })
+    }
+
+    fn rebuild(home: SnapshotHome) -> Result<Self, StorageError> {
         let handle = StateHandle::default();
-        if let Some(v) = tree.get("snapshot").map_err(io_read)? {
-            let snap: StoredSnapshot = dec(&v)?;
+        if let Some(snap) = home.load()? {
             let body: SnapshotBody = dec(&snap.data)?;
             handle.write(|a| {
                 a.last_applied = body.last_applied;
@@ -253,19 +293,12 @@ impl StateMachineStore {
             });
         }
         let (applied_tx, _) = tokio::sync::watch::channel(0);
-        Ok(Self { handle, tree, db: db.clone(), snapshot_count: 0, applied_tx })
+        Ok(Self { handle, home, snapshot_count: 0, applied_tx })
     }
 
     /// A watch of the last applied log index (for caches and tests).
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied_tx.subscribe()
-    }
-
-    fn current(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        match self.tree.get("snapshot").map_err(io_read)? {
-            Some(v) => dec(&v).map(Some),
-            None => Ok(None),
-        }
     }
 }
 
@@ -279,9 +312,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             None => format!("--{}", self.snapshot_count),
         };
         let meta = SnapshotMeta { last_log_id: body.last_applied, last_membership: body.membership, snapshot_id: id };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        self.tree.insert("snapshot", enc(&stored)?).map_err(io_write)?;
-        self.db.flush_async().await.map_err(io_write)?;
+        self.home.save(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -319,13 +350,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Self {
-            handle: self.handle.clone(),
-            tree: self.tree.clone(),
-            db: self.db.clone(),
-            snapshot_count: self.snapshot_count,
-            applied_tx: self.applied_tx.clone(),
-        }
+        Self { handle: self.handle.clone(), home: self.home.clone(), snapshot_count: self.snapshot_count, applied_tx: self.applied_tx.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -340,15 +365,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             a.membership = meta.last_membership.clone();
             a.state = body.state;
         });
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.tree.insert("snapshot", enc(&stored)?).map_err(io_write)?;
-        self.db.flush_async().await.map_err(io_write)?;
+        self.home.save(StoredSnapshot { meta: meta.clone(), data }).await?;
         self.applied_tx.send_replace(meta.last_log_id.map_or(0, |l| l.index));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.current()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(self.home.load()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
 
@@ -356,6 +379,100 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 pub fn open(path: &std::path::Path) -> Result<(LogStore, StateMachineStore), StorageError> {
     let db = sled::open(path).map_err(io_read)?;
     Ok((LogStore::open(&db).map_err(io_read)?, StateMachineStore::open(&db)?))
+}
+
+/// Memory standing in for a node's disk, for the deterministic simulation: what the
+/// stores wrote is there again when the node restarts, and every write counts as flushed
+/// at once. Clones share it.
+#[derive(Clone, Default)]
+pub struct MemoryDisk(Arc<Mutex<MemoryData>>);
+
+#[derive(Default)]
+struct MemoryData {
+    log: BTreeMap<u64, Entry>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+impl MemoryDisk {
+    fn lock(&self) -> MutexGuard<'_, MemoryData> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The Raft log and vote in a [`MemoryDisk`].
+#[derive(Clone)]
+pub struct MemoryLogStore(MemoryDisk);
+
+impl RaftLogReader<TypeConfig> for MemoryLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(self.0.lock().log.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for MemoryLogStore {
+    type LogReader = MemoryLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let d = self.0.lock();
+        let last = d.log.last_key_value().map(|(_, e)| e.log_id).or(d.last_purged);
+        Ok(LogState { last_purged_log_id: d.last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.0.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.0.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.0.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.0.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.0.lock().log.extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.0.lock().log.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut d = self.0.lock();
+        d.last_purged = Some(log_id);
+        d.log = d.log.split_off(&(log_id.index + 1));
+        Ok(())
+    }
+}
+
+/// Opens both stores on `disk`: the state machine rebuilt from its snapshot, as after a
+/// restart.
+pub fn open_memory(disk: &MemoryDisk) -> Result<(MemoryLogStore, StateMachineStore), StorageError> {
+    Ok((MemoryLogStore(disk.clone()), StateMachineStore::rebuild(SnapshotHome::Memory(disk.clone()))?))
 }
 
 #[cfg(test)]
@@ -377,5 +494,19 @@ mod tests {
     #[test]
     fn openraft_storage_conformance_suite() -> Result<(), StorageError> {
         Suite::test_all(Builder)
+    }
+
+    struct MemoryBuilder;
+
+    impl StoreBuilder<TypeConfig, MemoryLogStore, StateMachineStore, ()> for MemoryBuilder {
+        async fn build(&self) -> Result<((), MemoryLogStore, StateMachineStore), StorageError> {
+            let (l, s) = open_memory(&MemoryDisk::default())?;
+            Ok(((), l, s))
+        }
+    }
+
+    #[test]
+    fn the_memory_store_passes_the_conformance_suite_too() -> Result<(), StorageError> {
+        Suite::test_all(MemoryBuilder)
     }
 }
