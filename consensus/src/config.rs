@@ -122,6 +122,10 @@ pub struct HubConfig {
     pub id: String,
     pub http: SocketAddr,
     pub quic: SocketAddr,
+    /// A hub added to a running cluster (`nave admin hub add`) rather than one of those
+    /// that founded it: it never initializes a cluster of its own, and waits to be added.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,8 +245,8 @@ impl ClusterConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.hubs.is_empty() {
-            return Err(invalid("hub", "[]", "at least one hub is needed"));
+        if self.hubs.iter().all(|h| h.join) {
+            return Err(invalid("hub", "[]", "at least one hub that founds the cluster (without `join = true`) is needed"));
         }
         let mut ids = std::collections::HashSet::new();
         let mut addrs = std::collections::HashSet::new();

@@ -37,6 +37,8 @@ pub enum RaftRpc {
     ReadIndex,
     /// Are you there? (A hub runs for leader only while it reaches a majority.)
     Ping,
+    /// A change of the voting hubs, forwarded to the leader.
+    Hubs(crate::node::HubChange),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +56,7 @@ pub enum RaftReply {
     Write(Result<CommandResult, Redirect>),
     ReadIndex(Result<u64, Redirect>),
     Pong,
+    Hubs(Result<(), Redirect>),
 }
 
 /// A node's address in the membership: `name@ip:port` (the name is what its certificate

@@ -25,16 +25,53 @@ use crate::store::{Applied, StateHandle};
 use crate::tls::NodeIdentity;
 use crate::typ::*;
 
-/// The Raft id of spoke `spoke` (a learner): stable across restarts and hubs, far above
-/// the hubs' 1, 2, 3...
-pub fn learner_id(spoke: &str) -> NodeId {
+fn fnv(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in spoke.bytes() {
+    for b in name.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    1_000_000 + h % 1_000_000_000_000
+    h
 }
+
+/// Raft ids from here up are spokes (learners); below, hubs (voters).
+pub const FIRST_SPOKE_ID: NodeId = 1_000_000;
+
+/// The Raft id of spoke `spoke` (a learner): stable across restarts and hubs, far above
+/// the hubs' ids.
+pub fn learner_id(spoke: &str) -> NodeId {
+    FIRST_SPOKE_ID + fnv(spoke) % 1_000_000_000_000
+}
+
+/// The Raft id of a hub added to a running cluster (`nave admin hub add`), from its name:
+/// the hub and whoever adds it agree without asking each other. The hubs that founded the
+/// cluster are 1, 2, 3... in config order.
+pub fn added_hub_id(hub: &str) -> NodeId {
+    1_000 + fnv(hub) % (FIRST_SPOKE_ID - 1_000)
+}
+
+/// How a node takes part in the cluster.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// One of the hubs that found the cluster together: the first start initializes it
+    /// with these voters.
+    Founder(BTreeMap<NodeId, BasicNode>),
+    /// A hub added to a running cluster: it waits for the leader to add it (as a learner,
+    /// then a voter) and never initializes a cluster of its own.
+    Added,
+    /// A spoke's read-only replica.
+    Learner,
+}
+
+/// A change of the hubs that vote, made by the leader.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum HubChange {
+    Add(NodeId, BasicNode),
+    Remove(NodeId),
+}
+
+/// How long the leader waits for an added hub to catch up before giving up on it.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// Heartbeats every 50 ms. A follower that stops hearing them runs for leader after
 /// openraft's leader lease (`election_timeout_max`, during which it also refuses to vote
@@ -189,28 +226,27 @@ async fn bounded<T>(f: impl std::future::Future<Output = std::result::Result<T, 
 impl ConsensusNode {
     /// Opens the node's storage under `dir`, starts Raft, and initializes the cluster with
     /// `voters` when this node has never been part of one.
-    pub async fn start(dir: &Path, id: NodeId, voters: BTreeMap<NodeId, BasicNode>, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
-        Self::open(dir, id, Some(voters), endpoint, identity).await
+    pub async fn start(dir: &Path, id: NodeId, role: Role, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+        Self::open(dir, id, role, endpoint, identity).await
     }
 
     /// Opens a learner's replica under `dir` (a spoke's): it never votes or initializes a
     /// cluster; a leader adds it ([`Self::ensure_learners`]) and replicates the state to it.
     pub async fn start_learner(dir: &Path, id: NodeId, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
-        Self::open(dir, id, None, endpoint, identity).await
+        Self::open(dir, id, Role::Learner, endpoint, identity).await
     }
 
-    async fn open(dir: &Path, id: NodeId, voters: Option<BTreeMap<NodeId, BasicNode>>, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+    async fn open(dir: &Path, id: NodeId, role: Role, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let (log, sm) = crate::store::open(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
-        Self::start_with(id, voters, log, sm, endpoint, identity, raft_config()).await
+        Self::start_with(id, role, log, sm, endpoint, identity, raft_config()).await
     }
 
-    /// Starts a node on the given stores and Raft config: a voter of `voters` (initializing
-    /// the cluster when its log is empty), or a learner with `None`. The deterministic
-    /// simulation uses it with memory stores and election timeouts drawn from its seed.
+    /// Starts a node on the given stores and Raft config. The deterministic simulation
+    /// uses it with memory stores and election timeouts drawn from its seed.
     pub async fn start_with<LS: openraft::storage::RaftLogStorage<TypeConfig>>(
         id: NodeId,
-        voters: Option<BTreeMap<NodeId, BasicNode>>,
+        role: Role,
         log: LS,
         sm: crate::store::StateMachineStore,
         endpoint: quinn::Endpoint,
@@ -222,9 +258,12 @@ impl ConsensusNode {
         let grace = Duration::from_millis(2 * config.election_timeout_max);
         let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
         let raft = Raft::new(id, config, net.clone(), log, sm).await.map_err(|e| Error::Raft(e.to_string()))?;
-        let learner = voters.is_none();
-        let voters = voters.unwrap_or_default();
-        if !learner && !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+        let learner = matches!(role, Role::Learner);
+        let voters = match role {
+            Role::Founder(v) => v,
+            Role::Added | Role::Learner => BTreeMap::new(),
+        };
+        if !voters.is_empty() && !raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             // Every hub of a new cluster does this with the same membership; openraft lets
             // the first election decide, and refuses it on a node that already has a log.
             if let Err(e) = raft.initialize(voters.clone()).await {
@@ -358,11 +397,99 @@ impl ConsensusNode {
             };
             self.raft.change_membership(change, true).await.map_err(|e| Error::Raft(e.to_string()))?;
         }
-        let gone: std::collections::BTreeSet<NodeId> = present.keys().filter(|id| !voters.contains(id) && !want.contains_key(id)).copied().collect();
+        // Hubs being added are learners for a moment too: only spokes' ids are ours here.
+        let gone: std::collections::BTreeSet<NodeId> =
+            present.keys().filter(|id| **id >= FIRST_SPOKE_ID && !voters.contains(id) && !want.contains_key(id)).copied().collect();
         if !gone.is_empty() {
             self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), true).await.map_err(|e| Error::Raft(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The voting hubs: Raft id, name and QUIC address, from the membership.
+    pub fn hubs(&self) -> Vec<(NodeId, String, String)> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        membership
+            .voter_ids()
+            .map(|id| {
+                let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+                let (name, quic) = addr.split_once('@').map(|(n, q)| (n.to_string(), q.to_string())).unwrap_or((id.to_string(), addr));
+                (id, name, quic)
+            })
+            .collect()
+    }
+
+    /// Adds a hub as a voter or removes one, from any hub (the leader makes the change).
+    /// An added hub first joins as a learner and becomes a voter once it has caught up,
+    /// so the cluster never waits on a voter that is still copying the log.
+    pub async fn change_hubs(&self, change: HubChange) -> Result<()> {
+        let deadline = Instant::now() + CATCH_UP_WAIT + QUORUM_WAIT;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            match self.change_hubs_local(change.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(Redirect::NotLeader(Some(leader))) if leader != self.id => {
+                    let Some(node) = self.member(leader) else { break };
+                    match self.net.call(leader, &node, &RaftRpc::Hubs(change.clone()), CATCH_UP_WAIT + FORWARD_TIMEOUT).await {
+                        Ok(RaftReply::Hubs(Ok(()))) => return Ok(()),
+                        Ok(RaftReply::Hubs(Err(Redirect::Failed(e)))) => return Err(Error::Raft(e)),
+                        Ok(other) => last = format!("{other:?}"),
+                        Err(e) => {
+                            last = e;
+                            self.wait_leader_change(leader, deadline).await;
+                        }
+                    }
+                }
+                Err(Redirect::Failed(e)) => return Err(Error::Raft(e)),
+                Err(Redirect::NotLeader(_)) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::NoQuorum(last))
+    }
+
+    /// A hub change on this node, if it leads.
+    async fn change_hubs_local(&self, change: HubChange) -> std::result::Result<(), Redirect> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(Redirect::NotLeader(m.current_leader));
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let failed = |e: String| Redirect::Failed(e);
+        match change {
+            HubChange::Add(id, node) => {
+                if id >= FIRST_SPOKE_ID {
+                    return Err(failed(format!("{id} is a spoke's id, not a hub's")));
+                }
+                if voters.contains(&id) {
+                    return match membership.get_node(&id) {
+                        Some(n) if *n == node => Ok(()),
+                        _ => Err(failed(format!("another hub already votes as Raft node {id}"))),
+                    };
+                }
+                let caught_up = tokio::time::timeout(CATCH_UP_WAIT, self.raft.add_learner(id, node.clone(), true)).await;
+                match caught_up {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(failed(e.to_string())),
+                    Err(_) => {
+                        let _ = self.raft.change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), true).await;
+                        return Err(failed(format!("the hub at {} did not catch up within {CATCH_UP_WAIT:?}: is it running (`nave hub` with `join = true`) and reachable?", node.addr)));
+                    }
+                }
+                self.raft.change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false).await.map(|_| ()).map_err(|e| failed(e.to_string()))
+            }
+            HubChange::Remove(id) => {
+                if !voters.contains(&id) {
+                    return Err(failed(format!("Raft node {id} is not a voting hub")));
+                }
+                if voters.len() == 1 {
+                    return Err(failed("the last hub cannot be removed".into()));
+                }
+                self.raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false).await.map(|_| ()).map_err(|e| failed(e.to_string()))
+            }
+        }
     }
 
     /// Waits until this node's Raft names a leader other than `old` (or the deadline).
@@ -452,6 +579,7 @@ impl ConsensusNode {
                     RaftRpc::Write(p) => RaftReply::Write(bounded(node.propose_local(p)).await),
                     RaftRpc::ReadIndex => RaftReply::ReadIndex(bounded(node.read_index_local()).await),
                     RaftRpc::Ping => RaftReply::Pong,
+                    RaftRpc::Hubs(change) => RaftReply::Hubs(node.change_hubs_local(change).await),
                 };
                 if write_frame(&mut send, &reply).await.is_ok() {
                     let _ = send.finish();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nave_consensus::network::node_addr;
-use nave_consensus::node::ConsensusNode;
+use nave_consensus::node::{added_hub_id, ConsensusNode, HubChange, Role};
 use nave_consensus::state::{Command, CommandResult, Limits};
 use nave_consensus::tls::{self, ClusterCa};
 
@@ -22,9 +22,12 @@ fn free_udp() -> std::net::SocketAddr {
 }
 
 async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap<u64, openraft::BasicNode>) -> Hub {
-    let name = format!("h{id}");
-    let identity = ca.ensure_node(&dir.join(&name), &name).expect("identity");
     let addr: std::net::SocketAddr = voters[&id].addr.split_once('@').map(|(_, a)| a.parse().expect("addr")).expect("addr");
+    start_as(dir, ca, &format!("h{id}"), id, addr, Role::Founder(voters.clone())).await
+}
+
+async fn start_as(dir: &std::path::Path, ca: &ClusterCa, name: &str, id: u64, addr: std::net::SocketAddr, role: Role) -> Hub {
+    let identity = ca.ensure_node(&dir.join(name), name).expect("identity");
     // A restarted node reuses its port; the stopped endpoint may hold it for a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let endpoint = loop {
@@ -39,7 +42,7 @@ async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap
     };
     // Likewise its sled files, until the stopped node's last handle is gone.
     let node = loop {
-        match ConsensusNode::start(&dir.join(&name), id, voters.clone(), endpoint.clone(), &identity).await {
+        match ConsensusNode::start(&dir.join(name), id, role.clone(), endpoint.clone(), &identity).await {
             Ok(n) => break n,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -160,6 +163,45 @@ async fn three_hubs_elect_replicate_fail_over_and_restart() {
     assert!(survivors[1].node.read(|a| a.state.keys.len()).await.is_err(), "nor serve reads");
     assert!(t.elapsed() < Duration::from_secs(15));
     stop(survivors[1]).await;
+}
+
+/// A fourth hub joins the running cluster (`nave admin hub add`): a learner until it has
+/// the state, then a voter. Removing a founding hub (the leader) leaves the cluster
+/// serving, and the new hub's vote counts: with one more founder stopped, the two hubs
+/// left still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_are_added_and_removed_while_the_cluster_serves() {
+    let (dir, ca, _voters, mut hubs) = three_hubs().await;
+    let leader = leader_among(&hubs.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    hubs[0].node.write(key("before", 1)).await.expect("write");
+
+    let (h4_id, h4_addr) = (added_hub_id("h4"), free_udp());
+    let h4 = start_as(dir.path(), &ca, "h4", h4_id, h4_addr, Role::Added).await;
+    assert!(h4.node.hubs().is_empty(), "an added hub founds nothing of its own: {:?}", h4.node.hubs());
+    // Through a follower: forwarded to the leader.
+    let follower = hubs.iter().find(|h| h.node.id != leader).expect("follower");
+    follower.node.change_hubs(HubChange::Add(h4_id, node_addr("h4", h4_addr))).await.expect("add h4");
+    let voters: Vec<u64> = follower.node.hubs().iter().map(|h| h.0).collect();
+    assert_eq!(voters, vec![1, 2, 3, h4_id]);
+    assert!(h4.node.read(|a| a.state.key_by_name("before").is_some()).await.expect("read on h4"), "the new hub has the state");
+    assert!(follower.node.change_hubs(HubChange::Add(h4_id, node_addr("h4", h4_addr))).await.is_ok(), "adding it again changes nothing");
+
+    follower.node.change_hubs(HubChange::Remove(leader)).await.expect("remove the leader");
+    let old = hubs.remove(hubs.iter().position(|h| h.node.id == leader).expect("leader"));
+    stop(&old).await;
+    h4.node.write(key("after-removal", 2)).await.expect("write after removing the leader");
+    let names: Vec<String> = h4.node.hubs().into_iter().map(|h| h.1).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"h4".to_string()) && !names.contains(&format!("h{leader}")), "{names:?}");
+
+    // Three voters: the new hub and one founder are a majority.
+    stop(&hubs[0]).await;
+    h4.node.write(key("two-of-three", 3)).await.expect("h4 votes");
+    assert!(hubs[1].node.read(|a| a.state.key_by_name("two-of-three").is_some()).await.expect("read"));
+    let refused = hubs[1].node.change_hubs(HubChange::Remove(leader)).await;
+    assert!(refused.is_err(), "a hub that no longer votes cannot be removed again: {refused:?}");
+    stop(&hubs[1]).await;
+    stop(&h4).await;
 }
 
 /// A hub that was down while the leader snapshotted and purged its log catches up by

@@ -7,6 +7,9 @@
 //! acknowledged write lost, the same state on every hub after healing, and every hub
 //! answering again once healed.
 //!
+//! A second test cuts the leader off for 8 s and checks that it neither acknowledges a
+//! write nor answers a read meanwhile.
+//!
 //! `SIM_SEEDS=N` runs seeds 1..=N (default 50), `SIM_SEED=S` only seed S (a failing
 //! run prints its seed), `SIM_SECONDS` the simulated seconds of load per seed (default 20).
 //! Simulated time runs much faster than real time: a seed takes about a second here.
@@ -21,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use nave_consensus::network::node_addr;
-use nave_consensus::node::{raft_config, ConsensusNode};
+use nave_consensus::node::{raft_config, ConsensusNode, Role};
 use nave_consensus::state::{Command, CommandResult};
 use nave_consensus::store::{open_memory, MemoryDisk};
 use nave_consensus::tls::{self, ClusterCa, NodeIdentity};
@@ -255,7 +258,7 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
     let mut config = raft_config();
     config.election_timeout_min = 200 + rng.below(200);
     config.election_timeout_max = config.election_timeout_min + 1;
-    let node = ConsensusNode::start_with(hub.id, Some(voters), log, sm, endpoint.clone(), &hub.identity, config).await?;
+    let node = ConsensusNode::start_with(hub.id, Role::Founder(voters), log, sm, endpoint.clone(), &hub.identity, config).await?;
 
     let serving = node.clone();
     tokio::spawn(async move {
@@ -319,9 +322,19 @@ struct Summary {
     faults: Vec<String>,
     acked_writes: usize,
     reads: usize,
+    /// Calls made on a cut-off leader while it was cut off (all refused).
+    refused_in_minority: usize,
 }
 
-fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity]) -> Result<Summary, String> {
+#[derive(Clone, Copy, PartialEq)]
+enum Schedule {
+    /// Faults drawn from the seed, one hub at a time.
+    Random,
+    /// The leader cut off from both others for 8 s, 3 s into the run.
+    IsolateLeader,
+}
+
+fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Schedule) -> Result<Summary, String> {
     let mut rng = Rng::new(seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -346,7 +359,21 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity]) -> Result<Su
     // Faults on one hub at a time (a minority), 1-3 s each with 0.5-2 s between.
     let mut log = Vec::new();
     step(&mut sim, Duration::from_secs(2))?;
-    while sim.elapsed() < load {
+    let mut minority = None;
+    if schedule == Schedule::IsolateLeader {
+        step(&mut sim, Duration::from_secs(3))?;
+        let leader = Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id).ok_or("no leader after 3 s")?;
+        let host = host_name(leader);
+        log.push(format!("{:>6.2} s  Isolate {host} (leader) for 8 s", sim.elapsed().as_secs_f64()));
+        names.iter().filter(|n| **n != host).for_each(|o| sim.partition(host.as_str(), o.as_str()));
+        let cut = shared.clock.load(Ordering::Relaxed);
+        step(&mut sim, Duration::from_secs(11))?;
+        let healed = shared.clock.load(Ordering::Relaxed);
+        names.iter().filter(|n| **n != host).for_each(|o| sim.repair(host.as_str(), o.as_str()));
+        minority = Some((leader, cut, healed));
+        step(&mut sim, load)?;
+    }
+    while schedule == Schedule::Random && sim.elapsed() < load {
         let fault = [Fault::Crash, Fault::Isolate, Fault::CutOutgoing, Fault::Loss][rng.below(4) as usize];
         let leader = Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id);
         let target = match leader {
@@ -393,7 +420,22 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity]) -> Result<Su
     let records = Shared::lock(&shared.records).clone();
     let finals = Shared::lock(&shared.finals).clone();
     check(&records, &finals).map_err(|e| format!("{e}\nfaults:\n{}", log.join("\n")))?;
+    // The cut-off leader (a minority of one) acknowledged no write and answered no read
+    // called after it was cut off, until it was healed.
+    let mut refused_in_minority = 0;
+    if let Some((hub, cut, healed)) = minority {
+        for r in records.iter().filter(|r| r.hub == hub && r.called > cut && r.answered < healed) {
+            match r.outcome {
+                Outcome::Unknown => refused_in_minority += 1,
+                _ => return Err(format!("the cut-off hub {hub} answered {r:?} while cut off")),
+            }
+        }
+        if refused_in_minority == 0 {
+            return Err(format!("no call on the cut-off hub {hub} was answered while it was cut off"));
+        }
+    }
     Ok(Summary {
+        refused_in_minority,
         faults: log,
         acked_writes: records.iter().filter(|r| matches!(r.outcome, Outcome::Acked(Op::Write(_)))).count(),
         reads: records.iter().filter(|r| matches!(r.outcome, Outcome::Acked(Op::Read(_)))).count(),
@@ -482,7 +524,7 @@ fn seeded_simulations_of_faults_lose_nothing_and_stay_linearizable() {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(&seed) = seeds.get(i) else { return };
                 let started = std::time::Instant::now();
-                let r = run_seed(seed, load, &identities);
+                let r = run_seed(seed, load, &identities, Schedule::Random);
                 Shared::lock(&results).push((seed, r, started.elapsed()));
             });
         }
@@ -508,4 +550,19 @@ fn seeded_simulations_of_faults_lose_nothing_and_stay_linearizable() {
     println!("{} seeds, {faults} faults, {writes} acknowledged writes, {reads} reads checked, failed seeds: {failed:?}", results.len());
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
     assert!(writes > 0 && reads > 0, "the load did nothing");
+}
+
+/// A leader cut off from the two other hubs (a minority of one) acknowledges no write and
+/// serves no read while cut off: its callers get errors within the 5 s quorum wait. The
+/// majority elects a leader and goes on; healed, the old leader catches up and serves
+/// linearizable reads again (the final check), and nothing acknowledged was lost.
+#[test]
+fn a_cut_off_leader_neither_writes_nor_serves_stale_reads() {
+    let identities = identities();
+    for seed in [101, 102, 103] {
+        match run_seed(seed, Duration::from_secs(16), &identities, Schedule::IsolateLeader) {
+            Ok(s) => println!("seed {seed}: {} acknowledged writes, {} reads; calls on the cut-off leader refused: {}", s.acked_writes, s.reads, s.refused_in_minority),
+            Err(e) => panic!("seed {seed} (replay: this test):\n{e}"),
+        }
+    }
 }

@@ -1,7 +1,8 @@
-//! The admin API: API keys (`/admin/v1/keys`), join tokens (`/admin/v1/tokens`) and
-//! spokes (drain, removal). Keys and tokens live in the replicated state, so every hub
-//! knows them at once; each is shown once, at creation, and the state holds only its
-//! SHA-256 digest.
+//! The admin API: API keys (`/admin/v1/keys`), join tokens (`/admin/v1/tokens`),
+//! spokes (drain, removal) and hubs (`/admin/v1/hubs`: add, remove). Keys and tokens live
+//! in the replicated state, so every hub knows them at once; each is shown once, at
+//! creation, and the state holds only its SHA-256 digest. The voting hubs are the Raft
+//! membership.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nave_consensus::node::HubChange;
 use nave_consensus::state::{Command, CommandResult, Limits};
 use serde::Deserialize;
 use serde_json::json;
@@ -173,5 +175,69 @@ pub async fn remove_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -
         Ok(CommandResult::NotFound(m)) => ApiError::new(StatusCode::NOT_FOUND, m).into_response(),
         Ok(other) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")).into_response(),
         Err(e) => no_quorum(e).into_response(),
+    }
+}
+
+/// `GET /admin/v1/hubs`: the voting hubs (from the Raft membership) and the leader.
+pub async fn list_hubs(State(hub): State<Arc<Hub>>) -> Response {
+    let leader = hub.consensus.figures().leader;
+    let hubs: Vec<_> = hub
+        .consensus
+        .hubs()
+        .into_iter()
+        .map(|(rid, name, quic)| json!({"id": name, "raft_id": rid, "quic": quic, "leader": Some(rid) == leader}))
+        .collect();
+    Json(json!({"hubs": hubs})).into_response()
+}
+
+#[derive(Deserialize)]
+struct NewHub {
+    id: String,
+    /// Its QUIC address; optional for a hub this hub's cluster.toml lists.
+    #[serde(default)]
+    quic: Option<std::net::SocketAddr>,
+}
+
+/// `POST /admin/v1/hubs` `{"id": "h4", "quic": "10.0.0.4:7001"}`: makes a running hub (one
+/// started with `join = true` in its cluster.toml) a voter. It joins as a learner first
+/// and votes once it has caught up; the answer comes then (or after 30 s, an error).
+pub async fn add_hub(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let req: NewHub = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return ApiError::bad_request(format!("invalid hub request: {e}")).into_response(),
+    };
+    let listed = hub.config.hubs.iter().find(|h| h.id == req.id);
+    let Some(quic) = req.quic.or(listed.map(|h| h.quic)) else {
+        return ApiError::bad_request(format!("hub {} is not in this hub's cluster.toml: give its \"quic\" address", req.id)).with_param("quic").into_response();
+    };
+    // A founding hub keeps its id (1, 2, 3...) when it comes back; an added one's comes
+    // from its name, as the hub itself computes it.
+    let rid = match listed {
+        Some(h) if !h.join => crate::raft_id(&hub.config, &h.id).unwrap_or_default(),
+        _ => nave_consensus::node::added_hub_id(&req.id),
+    };
+    let node = nave_consensus::network::node_addr(&req.id, quic);
+    match hub.consensus.change_hubs(HubChange::Add(rid, node)).await {
+        Ok(()) => (StatusCode::CREATED, Json(json!({"hub": req.id, "raft_id": rid, "quic": quic.to_string(), "voter": true}))).into_response(),
+        Err(e) => hub_change_error(e),
+    }
+}
+
+/// `DELETE /admin/v1/hubs/{id}`: the hub stops voting and receiving the log (stop its
+/// process afterwards). The last hub cannot be removed.
+pub async fn remove_hub(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
+    let Some((rid, _, _)) = hub.consensus.hubs().into_iter().find(|h| h.1 == id) else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no voting hub named {id:?}")).into_response();
+    };
+    match hub.consensus.change_hubs(HubChange::Remove(rid)).await {
+        Ok(()) => Json(json!({"hub": id, "removed": true})).into_response(),
+        Err(e) => hub_change_error(e),
+    }
+}
+
+fn hub_change_error(e: nave_consensus::Error) -> Response {
+    match e {
+        nave_consensus::Error::Raft(m) => ApiError::new(StatusCode::CONFLICT, m).into_response(),
+        other => no_quorum(other).into_response(),
     }
 }

@@ -49,7 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use nave_consensus::network::node_addr;
-use nave_consensus::node::ConsensusNode;
+use nave_consensus::node::{ConsensusNode, Role};
 use nave_consensus::state::{Command, CommandResult, Proposal, Refusal};
 
 use crate::error::ApiError;
@@ -287,28 +287,28 @@ async fn shape_errors(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Hub ids in config order are Raft node ids 1, 2, 3...
+/// The founding hubs, in config order, are Raft nodes 1, 2, 3...; a hub added later
+/// (`join = true`) has an id from its name.
 pub fn raft_id(config: &ClusterConfig, hub: &str) -> Option<u64> {
-    config.hubs.iter().position(|h| h.id == hub).map(|i| i as u64 + 1)
-}
-
-fn hub_name(config: &ClusterConfig, raft_id: u64) -> Option<String> {
-    config.hubs.get(raft_id.checked_sub(1)? as usize).map(|h| h.id.clone())
+    let h = config.hubs.iter().find(|h| h.id == hub)?;
+    if h.join {
+        return Some(nave_consensus::node::added_hub_id(hub));
+    }
+    config.hubs.iter().filter(|h| !h.join).position(|h| h.id == hub).map(|i| i as u64 + 1)
 }
 
 async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Value> {
     let f = hub.consensus.figures();
-    let leader = f.leader.and_then(|l| hub_name(&hub.config, l));
-    let hubs: Vec<_> = hub
-        .config
-        .hubs
+    let voting = hub.consensus.hubs();
+    let leader = f.leader.and_then(|l| voting.iter().find(|h| h.0 == l)).map(|h| h.1.clone());
+    let hubs: Vec<_> = voting
         .iter()
-        .map(|h| {
-            let rid = raft_id(&hub.config, &h.id).unwrap_or(0);
-            let role = if Some(&h.id) == leader.as_ref() { "leader" } else { "follower" };
-            let lag = f.lag.get(&rid).copied();
-            let mut v = serde_json::json!({"id": h.id, "http": h.http.to_string(), "quic": h.quic.to_string(), "role": role, "lag": lag});
-            if h.id == hub.id {
+        .map(|(rid, name, quic)| {
+            let role = if Some(name) == leader.as_ref() { "leader" } else { "follower" };
+            let http = hub.config.hubs.iter().find(|h| &h.id == name).map(|h| h.http.to_string());
+            let lag = f.lag.get(rid).copied();
+            let mut v = serde_json::json!({"id": name, "http": http, "quic": quic, "role": role, "lag": lag});
+            if *name == hub.id {
                 v["term"] = f.term.into();
                 v["applied_index"] = f.applied_index.into();
                 v["last_log_index"] = f.last_log_index.into();
@@ -362,6 +362,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
         .route("/admin/v1/spokes/{id}", axum::routing::delete(admin::remove_spoke))
         .route("/admin/v1/tokens", post(admin::create_token))
+        .route("/admin/v1/hubs", get(admin::list_hubs).post(admin::add_hub))
+        .route("/admin/v1/hubs/{id}", axum::routing::delete(admin::remove_hub))
         .route("/admin/v1/train", get(train::list).post(train::submit))
         .route("/admin/v1/train/{name}", axum::routing::delete(train::cancel))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth));
@@ -476,14 +478,13 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let identity = ca.ensure_hub(&dir, &id)?;
     let admin = ensure_admin_key(&config.cluster.data_dir)?;
     let endpoint = tls::hub_endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_JOIN])?;
-    let voters = config
-        .hubs
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (i as u64 + 1, node_addr(&h.id, h.quic)))
-        .collect();
+    let role = if spec.join {
+        Role::Added
+    } else {
+        Role::Founder(config.hubs.iter().filter(|h| !h.join).enumerate().map(|(i, h)| (i as u64 + 1, node_addr(&h.id, h.quic))).collect())
+    };
     let rid = raft_id(&config, &id).context("hub id not in config")?;
-    let consensus = ConsensusNode::start(&dir, rid, voters, endpoint.clone(), &identity).await?;
+    let consensus = ConsensusNode::start(&dir, rid, role, endpoint.clone(), &identity).await?;
     let spokes = SpokeSet::new(&config, &identity, endpoint.clone())?;
     spokes.spawn_watchers();
     let c = &config.cluster;

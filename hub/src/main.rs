@@ -358,7 +358,32 @@ enum SpokeCmd {
 }
 
 #[derive(Subcommand)]
+enum HubCmd {
+    /// Make a running hub (started with `join = true` in its cluster.toml) a voter; it
+    /// copies the state first, then votes.
+    Add {
+        id: String,
+        /// Its QUIC address (if the hub you talk to does not list it in its cluster.toml).
+        #[arg(long)]
+        quic: Option<String>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Stop a hub voting and receiving the state (then stop its process).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCmd {
+    /// The voting hubs: add, remove.
+    Hub {
+        #[command(subcommand)]
+        command: HubCmd,
+    },
     /// Join tokens for new spokes.
     Token {
         #[command(subcommand)]
@@ -493,6 +518,20 @@ fn main() -> anyhow::Result<()> {
             println!("  {}", v["join"].as_str().unwrap_or(""));
             println!("it is shown only now:");
             println!("{}", v["token"].as_str().unwrap_or(""));
+            Ok(())
+        }),
+        Cmd::Admin { command: AdminCmd::Hub { command: HubCmd::Add { id, quic, conn } } } => runtime()?.block_on(async {
+            let mut body = serde_json::json!({"id": id});
+            if let Some(q) = quic {
+                body["quic"] = q.into();
+            }
+            let v = admin_call(conn, reqwest::Method::POST, "/admin/v1/hubs", Some(body)).await?;
+            println!("{id} votes now (Raft node {}, QUIC {})", v["raft_id"], v["quic"].as_str().unwrap_or(""));
+            Ok(())
+        }),
+        Cmd::Admin { command: AdminCmd::Hub { command: HubCmd::Remove { id, conn } } } => runtime()?.block_on(async {
+            admin_call(conn, reqwest::Method::DELETE, &format!("/admin/v1/hubs/{id}"), None).await?;
+            println!("{id} no longer votes or receives the state: stop its process now");
             Ok(())
         }),
         Cmd::Admin { command: AdminCmd::Spoke { command: SpokeCmd::Remove { id, conn } } } => runtime()?.block_on(async {

@@ -192,12 +192,17 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
 
     let local_hubs: Vec<_> = config.hubs.iter().filter(|h| here(&h.id)).collect();
     let http = local_hubs.first().map_or(config.hubs[0].http, |h| h.http);
-    let ready = wait_ready(&local_hubs, &config.cluster.data_dir, &mut nodes);
+    // A hub with `join = true` is ready only once an admin has added it.
+    let founders: Vec<_> = local_hubs.iter().copied().filter(|h| !h.join).collect();
+    let ready = wait_ready(&founders, &config.cluster.data_dir, &mut nodes);
     if let Err(e) = ready {
         stop_all(&mut nodes);
         return Err(e);
     }
     let local = if only.is_some() { " here" } else { "" };
+    for h in local_hubs.iter().filter(|h| h.join) {
+        println!("  {} (join = true) waits to be added: nave admin hub add {} --key ...", h.id, h.id);
+    }
     println!("Nave is up: {} hubs, {} spokes{local}, serving {}", local_hubs.len(), nodes.len() - local_hubs.len(), config.served_models().join(", "));
     println!("  API:       http://{http}/v1  (any hub: {})", config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", "));
     println!("  admin key: {admin}  (also in {})", data.join("admin.key").display());
