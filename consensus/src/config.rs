@@ -260,6 +260,9 @@ impl ClusterConfig {
             if !valid {
                 return Err(invalid(format!("{kind}.id"), id, "use 1-63 letters, digits or '-' (it names the node's certificate)"));
             }
+            if id == crate::tls::HUB_NAME {
+                return Err(invalid(format!("{kind}.id"), id, "this name is reserved for the hubs' common certificate name"));
+            }
             if !ids.insert(id.clone()) {
                 return Err(invalid(format!("{kind}.id"), id, "node ids must be unique"));
             }

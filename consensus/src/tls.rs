@@ -355,6 +355,16 @@ pub fn has_certificate(conn: &quinn::Connection) -> bool {
         .is_some_and(|certs| !certs.is_empty())
 }
 
+/// Whether the peer of `conn` presented a hub's certificate (one that names
+/// [`HUB_NAME`]; spokes' certificates never do). Raft is for hubs only: a spoke's
+/// certificate must not let it vote, append entries, or feed another spoke's replica.
+pub fn peer_is_hub(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().and_then(|c| names(c).ok()))
+        .is_some_and(|names| names.iter().any(|n| n == HUB_NAME))
+}
+
 /// The negotiated ALPN protocol of `conn`.
 pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()

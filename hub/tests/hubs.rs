@@ -65,3 +65,36 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
     let r = http.post(format!("{}/admin/v1/keys", c.hubs[1])).bearer_auth(&c.key).json(&json!({"name": "after-h4"})).send().expect("sent");
     assert_eq!(r.status(), 201, "the cluster goes on without h4");
 }
+
+/// Raft is for hubs: a spoke's certificate (signed by the same CA) cannot open a Raft
+/// exchange with a hub or with another spoke's replica; a hub's can.
+#[test]
+fn only_hubs_speak_raft() {
+    use nave_consensus::frame::{read_frame, write_frame};
+    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
+    use nave_consensus::tls::{self, NodeIdentity};
+
+    let c = Cluster::start_tiny(1, 2, "");
+    let data = c.dir.path().join("data");
+    let config = nave_consensus::ClusterConfig::load(&c.config).expect("config");
+    let spoke_quic = |i: usize| config.spokes[i].quic.to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let ping = |who: &str, target: String, target_name: &str| -> bool {
+        let identity = NodeIdentity::load(&data.join(who), who).expect("identity");
+        let target_name = target_name.to_string();
+        runtime.block_on(async move {
+            let endpoint = tls::client_endpoint().expect("endpoint");
+            let exchange = async {
+                let conn = endpoint.connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, &target_name).ok()?.await.ok()?;
+                let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                write_frame(&mut send, &RaftRpc::Ping).await.ok()?;
+                send.finish().ok()?;
+                read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.ok()?
+            };
+            matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong)))
+        })
+    };
+    assert!(ping("h1", spoke_quic(1), "s2"), "a hub reaches a spoke's replica");
+    assert!(!ping("s1", c.hub_quic[0].clone(), "h1"), "a spoke's certificate opens no Raft exchange with a hub");
+    assert!(!ping("s1", spoke_quic(1), "s2"), "nor with another spoke's replica");
+}
