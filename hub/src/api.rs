@@ -261,7 +261,13 @@ fn finish(hub: &Hub, route: &'static str, id: &str, result: Result<(String, Resp
         }
         Err(e) => {
             hub.metrics.request(route, "other", e.status.as_u16());
-            tracing::info!(request_id = %id, status = e.status.as_u16(), error = %e.message, "request refused");
+            // A client's own mistake or its limit (4xx) is counted in the metrics and
+            // answered; logging each would flood the log of a busy hub. A 5xx is ours.
+            if e.status.is_server_error() {
+                tracing::warn!(request_id = %id, status = e.status.as_u16(), error = %e.message, "request failed");
+            } else {
+                tracing::debug!(request_id = %id, status = e.status.as_u16(), error = %e.message, "request refused");
+            }
             with_request_id(e.into_response(), id)
         }
     }

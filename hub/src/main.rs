@@ -426,6 +426,19 @@ fn init_logging(json: bool, node: &str) {
     tracing_subscriber::registry().with(filter).with(text).with(json).with(nave_hub::otlp::OtlpLayer::from_env(node)).init();
 }
 
+/// A spoke's engine threads (`threads` in its config or `--threads`), unless the
+/// environment already sets them (`nave up` does, for each spoke it starts). Called
+/// before any thread exists.
+fn engine_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                std::env::set_var(var, t.to_string());
+            }
+        }
+    }
+}
+
 /// The process's pid file in its node directory, removed when the node stops.
 struct PidFile(PathBuf);
 
@@ -487,11 +500,13 @@ fn main() -> anyhow::Result<()> {
             let joined_dir = nave_spoke::join::node_dir(&join.data_dir, &id);
             if join.join.is_some() || joined_dir.join("joined.json").exists() {
                 let spec = join.spec(&id)?;
+                engine_threads(spec.threads);
                 let _pid = PidFile::create(joined_dir)?;
                 let with = join.join.zip(join.token.clone());
                 return runtime()?.block_on(nave_spoke::join::run_joined(&join.data_dir, spec, with, shutdown_signal()));
             }
             let config = ClusterConfig::load(&config)?;
+            engine_threads(config.spoke(&id)?.threads);
             let _pid = PidFile::create(config.node_dir(&id))?;
             runtime()?.block_on(nave_spoke::run(config, id, shutdown_signal()))
         }
