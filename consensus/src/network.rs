@@ -55,7 +55,8 @@ pub enum RaftReply {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Write(Result<CommandResult, Redirect>),
     ReadIndex(Result<u64, Redirect>),
-    Pong,
+    /// This node's last log id (a hub runs for leader only if a majority's is no newer).
+    Pong(Option<LogId>),
     Hubs(Result<(), Redirect>),
 }
 

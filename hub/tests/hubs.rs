@@ -91,7 +91,7 @@ fn only_hubs_speak_raft() {
                 send.finish().ok()?;
                 read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.ok()?
             };
-            matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong)))
+            matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong(_))))
         })
     };
     assert!(ping("h1", spoke_quic(1), "s2"), "a hub reaches a spoke's replica");
