@@ -154,23 +154,50 @@ type LastLog = Arc<std::sync::Mutex<Option<LogId>>>;
 /// Each peer's last answer to the election guard's ping: when, and its last log id.
 type Answers = Arc<std::sync::Mutex<BTreeMap<NodeId, (Instant, Option<LogId>)>>>;
 
-/// Lets this hub run for leader only when it may win, as a pre-vote would (openraft 0.9
-/// has none): after it has heard from a leader (or a grace of twice the longest election
-/// timeout has passed: a new cluster), and only while a majority of the voters, itself
-/// included, answers its pings (every 50 ms) with a log no newer than its own, so would
-/// vote for it. A hub cut off from its peers would otherwise run alone again and again,
-/// raising its term; back, it would unseat the leader with that term and, refused for its
-/// short log, carry openraft's "seen a greater log" delay (800 ms) into the next real
-/// election. And when a leader dies, a follower that missed its last entry would run
-/// first (whichever timer fires first), be refused, and raise the term the up-to-date
-/// follower then has to outbid: 1.5-2.5 s instead of 0.8 (found in the simulation).
-async fn guard_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(raft: Raft, net: Network, me: NodeId, grace: Duration, log: LS, last_log: LastLog) {
+/// When a follower runs for leader: after `lease + timeout` without hearing a leader (a
+/// candidate: after `timeout`), `timeout` drawn from `[min, max)` ms for each attempt.
+#[derive(Debug, Clone, Copy)]
+struct ElectionTimes {
+    lease: Duration,
+    min: u64,
+    max: u64,
+}
+
+impl ElectionTimes {
+    fn from_config(c: &Config) -> Self {
+        Self { lease: Duration::from_millis(c.election_timeout_max), min: c.election_timeout_min, max: c.election_timeout_max }
+    }
+
+    fn draw(&self, rng: &mut u64) -> Duration {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        Duration::from_millis(self.min + *rng % (self.max - self.min).max(1))
+    }
+}
+
+/// Runs this hub's elections (openraft's own election timer stays off). A hub runs for
+/// leader only when it may win, as a pre-vote would (openraft 0.9 has none): after it has
+/// heard from a leader (or a grace of twice the longest election timeout has passed: a
+/// new cluster), and only while a majority of the voters, itself included, answers its
+/// pings (every 50 ms) with a log no newer than its own, so would vote for it; then
+/// after the same silence openraft would wait. Why not openraft's timer: a hub cut off
+/// from its peers would run alone again and again, raising its term, and back, unseat the
+/// leader with it; a follower that missed the leader's last entry would run first and be
+/// refused, raising the term the up-to-date one must then outbid; and a node refused once
+/// for its shorter log keeps openraft's "seen a greater log" flag until it next runs,
+/// adding twice the longest election timeout (800 ms) to that election, however much
+/// later (all three found in the simulation's logs: failovers of 1.5-2.5 s).
+async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(raft: Raft, net: Network, me: NodeId, times: ElectionTimes, log: LS, last_log: LastLog) {
     let started = Instant::now();
+    let grace = 2 * times.lease;
     let mut heard_leader = false;
     // Each peer's last answer: when, and its last log id. Pings run on their own, one at a
     // time per peer, so a dead peer's 300 ms timeout delays nobody else's answer.
     let answers: Answers = Arc::default();
     let mut pinging: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut rng = (now_ms() ^ me.rotate_left(32)) | 1;
+    let mut timeout = times.draw(&mut rng);
     let mut allowed = false;
     loop {
         let round = Instant::now();
@@ -209,15 +236,27 @@ async fn guard_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clo
         let majority = 2 * would_vote > voters.len() + 1;
         let allow = (heard_leader || started.elapsed() >= grace) && majority;
         if allow != allowed {
-            raft.runtime_config().elect(allow);
             allowed = allow;
             tracing::debug!(would_vote, voters = voters.len() + 1, allow, "elections");
+        }
+        let voter = membership.voter_ids().any(|v| v == me);
+        if allow && voter && !matches!(m.state, openraft::ServerState::Leader) {
+            // The last time this node heard a leader (or changed its vote).
+            let since = raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started);
+            let silence = if m.vote.committed { times.lease + timeout } else { timeout };
+            if since.elapsed() >= silence {
+                tracing::info!(term = m.current_term, silent_ms = since.elapsed().as_millis() as u64, "running for leader");
+                if raft.trigger().elect().await.is_err() {
+                    return;
+                }
+                timeout = times.draw(&mut rng);
+            }
         }
         tokio::time::sleep(GUARD_EVERY.saturating_sub(round.elapsed())).await;
     }
 }
 
-/// How often the election guard reads its own log and pings each voter.
+/// How often a hub reads its own log, pings each voter, and checks its election timer.
 const GUARD_EVERY: Duration = Duration::from_millis(50);
 
 /// Takes proposals as they come and commits them in batches, at most
@@ -279,7 +318,7 @@ impl ConsensusNode {
     ) -> Result<Arc<Self>> {
         let state = sm.handle.clone();
         let net = Network::new(endpoint, identity)?;
-        let grace = Duration::from_millis(2 * config.election_timeout_max);
+        let times = ElectionTimes::from_config(&config);
         let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
         let guard_log = log.clone();
         let raft = Raft::new(id, config, net.clone(), log, sm).await.map_err(|e| Error::Raft(e.to_string()))?;
@@ -295,11 +334,12 @@ impl ConsensusNode {
                 tracing::debug!(error = %e, "initialize");
             }
         }
-        // A hub runs for leader only when it may win (see `guard_elections`).
+        // openraft's election timer stays off: a hub runs for leader from `run_elections`,
+        // only when it may win.
         raft.runtime_config().elect(false);
         let last_log = LastLog::default();
         if !learner {
-            tokio::spawn(guard_elections(raft.clone(), net.clone(), id, grace, guard_log, last_log.clone()));
+            tokio::spawn(run_elections(raft.clone(), net.clone(), id, times, guard_log, last_log.clone()));
         }
         let (batcher, waiting) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Self { id, raft, state, net, nodes: voters, batcher, last_log });
