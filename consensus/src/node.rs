@@ -73,9 +73,10 @@ pub enum HubChange {
 /// How long the leader waits for an added hub to catch up before giving up on it.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
-/// Heartbeats every 50 ms. A follower that stops hearing them runs for leader after
-/// openraft's leader lease (`election_timeout_max`, during which it also refuses to vote
-/// for anyone else) plus a random 200-400 ms: 600-800 ms of silence, 12 or more missed
+/// Heartbeats every 50 ms. A follower that stops hearing them runs for leader (from
+/// `run_elections`, which keeps openraft's timing) after openraft's leader lease
+/// (`election_timeout_max`, during which it also refuses to vote for anyone else) plus a
+/// random 200-400 ms: 600-800 ms of silence, 12 or more missed
 /// heartbeats, so a loaded 2-core machine that delays a few does not flap, while a dead
 /// leader is replaced and the next write acknowledged within 1 s. (openraft's defaults,
 /// 150-300 ms, flap here; etcd's 1,000 ms with the lease on top would take 2-3 s.)
