@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod network;
 pub mod node;
+pub mod rng;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -66,7 +66,7 @@ pub fn node_addr(name: &str, quic: std::net::SocketAddr) -> BasicNode {
     BasicNode::new(format!("{name}@{quic}"))
 }
 
-fn parse_addr(node: &BasicNode) -> Option<(String, std::net::SocketAddr)> {
+pub(crate) fn parse_addr(node: &BasicNode) -> Option<(String, std::net::SocketAddr)> {
     let (name, addr) = node.addr.split_once('@')?;
     Some((name.to_string(), addr.parse().ok()?))
 }

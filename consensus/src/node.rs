@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::frame::{read_frame, write_frame};
-use crate::network::{Network, RaftReply, RaftRpc, Redirect, MAX_RAFT_FRAME};
+use crate::network::{parse_addr, Network, RaftReply, RaftRpc, Redirect, MAX_RAFT_FRAME};
+use crate::rng::XorShift;
 use crate::state::{Command, CommandResult, Proposal};
 use crate::store::{Applied, StateHandle};
 use crate::tls::NodeIdentity;
@@ -169,11 +170,8 @@ impl ElectionTimes {
         Self { lease: Duration::from_millis(c.election_timeout_max), min: c.election_timeout_min, max: c.election_timeout_max }
     }
 
-    fn draw(&self, rng: &mut u64) -> Duration {
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        Duration::from_millis(self.min + *rng % (self.max - self.min).max(1))
+    fn draw(&self, rng: &mut XorShift) -> Duration {
+        Duration::from_millis(self.min + rng.below(self.max - self.min))
     }
 }
 
@@ -197,7 +195,7 @@ async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone
     // time per peer, so a dead peer's 300 ms timeout delays nobody else's answer.
     let answers: Answers = Arc::default();
     let mut pinging: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    let mut rng = (now_ms() ^ me.rotate_left(32)) | 1;
+    let mut rng = XorShift::new(now_ms() ^ me.rotate_left(32));
     let mut timeout = times.draw(&mut rng);
     let mut allowed = false;
     loop {
@@ -479,10 +477,9 @@ impl ConsensusNode {
         let membership = m.membership();
         membership
             .voter_ids()
-            .map(|id| {
-                let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
-                let (name, quic) = addr.split_once('@').map(|(n, q)| (n.to_string(), q.to_string())).unwrap_or((id.to_string(), addr));
-                (id, name, quic)
+            .map(|id| match membership.get_node(&id).and_then(parse_addr) {
+                Some((name, quic)) => (id, name, quic.to_string()),
+                None => (id, id.to_string(), String::new()),
             })
             .collect()
     }

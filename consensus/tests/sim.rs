@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use nave_consensus::network::node_addr;
 use nave_consensus::node::{raft_config, ConsensusNode, Role};
+use nave_consensus::rng::XorShift;
 use nave_consensus::state::{Command, CommandResult};
 use nave_consensus::store::{open_memory, MemoryDisk};
 use nave_consensus::tls::{self, ClusterCa, NodeIdentity};
@@ -118,24 +119,7 @@ async fn sim_endpoint(identity: &NodeIdentity) -> std::io::Result<quinn::Endpoin
 }
 
 // ---------------------------------------------------------------------------------------
-// Seeded randomness and the recorded history
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+// The recorded history
 
 #[derive(Clone, Debug, PartialEq)]
 enum Op {
@@ -255,7 +239,7 @@ fn host_name(id: u64) -> String {
 
 async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
     let boot = hub.boots.fetch_add(1, Ordering::Relaxed);
-    let mut rng = Rng::new(hub.seed ^ (hub.id << 32) ^ (boot << 48));
+    let mut rng = XorShift::new(hub.seed ^ (hub.id << 32) ^ (boot << 48));
     let voters: BTreeMap<u64, openraft::BasicNode> =
         (1..=HUBS).map(|j| (j, node_addr(&format!("h{j}"), SocketAddr::new(turmoil::lookup(host_name(j)), PORT)))).collect();
     let endpoint = sim_endpoint(&hub.identity).await?;
@@ -280,10 +264,10 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
     });
     for c in 0..CLIENTS_PER_HUB {
         let (node, shared, hub) = (node.clone(), shared.clone(), hub.clone());
-        let mut rng = Rng::new(rng.next() ^ c as u64);
+        let mut rng = XorShift::new(rng.next_u64() ^ c as u64);
         tokio::spawn(async move {
             while shared.phase.load(Ordering::Relaxed) == 0 {
-                let key = rng.below(KEYS as u64) as usize;
+                let key = rng.index(KEYS);
                 if rng.below(2) == 0 {
                     let v = shared.values.fetch_add(1, Ordering::Relaxed) + 1;
                     let i = shared.call(hub.id, key, Op::Write(v));
@@ -345,7 +329,7 @@ enum Schedule {
 }
 
 fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Schedule) -> Result<Summary, String> {
-    let mut rng = Rng::new(seed);
+    let mut rng = XorShift::new(seed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(load + Duration::from_secs(120))
@@ -386,7 +370,7 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
         step(&mut sim, load)?;
     }
     while schedule == Schedule::Random && sim.elapsed() < load {
-        let fault = [Fault::Crash, Fault::Isolate, Fault::CutOutgoing, Fault::Loss][rng.below(4) as usize];
+        let fault = [Fault::Crash, Fault::Isolate, Fault::CutOutgoing, Fault::Loss][rng.index(4)];
         let leader = Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id);
         let target = match leader {
             Some(l) if rng.below(2) == 0 => l,

@@ -212,10 +212,7 @@ pub async fn add_hub(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     };
     // A founding hub keeps its id (1, 2, 3...) when it comes back; an added one's comes
     // from its name, as the hub itself computes it.
-    let rid = match listed {
-        Some(h) if !h.join => crate::raft_id(&hub.config, &h.id).unwrap_or_default(),
-        _ => nave_consensus::node::added_hub_id(&req.id),
-    };
+    let rid = crate::raft_id(&hub.config, &req.id).unwrap_or_else(|| nave_consensus::node::added_hub_id(&req.id));
     let node = nave_consensus::network::node_addr(&req.id, quic);
     match hub.consensus.change_hubs(HubChange::Add(rid, node)).await {
         Ok(()) => (StatusCode::CREATED, Json(json!({"hub": req.id, "raft_id": rid, "quic": quic.to_string(), "voter": true}))).into_response(),

@@ -26,28 +26,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Cluster};
+use nave_consensus::rng::XorShift;
 use serde_json::{json, Value};
 use todc_utils::linearizability::history::{Action, History};
 use todc_utils::linearizability::WGLChecker;
 use todc_utils::specifications::Specification;
 
-/// A seeded xorshift generator: the schedule and every client's choices replay from it.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum KeyState {
@@ -93,13 +77,13 @@ struct Hubs {
 }
 
 impl Hubs {
-    fn pick(&self, rng: &mut Rng) -> usize {
+    fn pick(&self, rng: &mut XorShift) -> usize {
         let up = self.up.lock().expect("lock").clone();
         let live: Vec<usize> = (0..up.len()).filter(|&i| up[i]).collect();
         if live.is_empty() {
-            rng.below(up.len())
+            rng.index(up.len())
         } else {
-            live[rng.below(live.len())]
+            live[rng.index(live.len())]
         }
     }
 
@@ -162,7 +146,7 @@ fn record(s: &Shared, key: &str, process: usize, action: Action<KeyOp>) {
 
 /// Retries an admin write on live hubs until a definite answer (one of `done`), for at
 /// most 30 s; `None` if it stayed unknown.
-fn definite(s: &Shared, rng: &mut Rng, http: &reqwest::blocking::Client, send: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::Result<reqwest::blocking::Response>, done: &[u16]) -> Option<u16> {
+fn definite(s: &Shared, rng: &mut XorShift, http: &reqwest::blocking::Client, send: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::Result<reqwest::blocking::Response>, done: &[u16]) -> Option<u16> {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         let hub = s.hubs.pick(rng);
@@ -178,7 +162,7 @@ fn definite(s: &Shared, rng: &mut Rng, http: &reqwest::blocking::Client, send: i
 
 /// Creates keys and revokes them, one at a time, recording each as a register write.
 fn writer(s: &Shared, w: usize, seed: u64) {
-    let (mut rng, http) = (Rng::new(seed), client());
+    let (mut rng, http) = (XorShift::new(seed), client());
     let mut i = 0;
     while !s.stop.load(Ordering::Relaxed) {
         let name = format!("chaos-{w}-{i}");
@@ -194,7 +178,7 @@ fn writer(s: &Shared, w: usize, seed: u64) {
         record(s, &name, 0, Action::Response(KeyOp::Create));
         s.acked.lock().expect("lock").insert(name.clone(), KeyState::Active);
         s.acked_writes.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(rng.below(200) as u64));
+        std::thread::sleep(Duration::from_millis(rng.below(200)));
         record(s, &name, 0, Action::Call(KeyOp::Revoke));
         let revoked = definite(s, &mut rng, &http, |h, hub| h.delete(format!("{hub}/admin/v1/keys/{name}")).bearer_auth(&s.admin).send(), &[200, 404]);
         match revoked {
@@ -210,21 +194,21 @@ fn writer(s: &Shared, w: usize, seed: u64) {
             }
             None => s.unknown.lock().expect("lock").push(name.clone()),
         }
-        std::thread::sleep(Duration::from_millis(rng.below(100) as u64));
+        std::thread::sleep(Duration::from_millis(rng.below(100)));
         s.in_play.lock().expect("lock").retain(|k| *k != name);
     }
 }
 
 /// Reads keys in play from any live hub, recording each read.
 fn reader(s: &Shared, r: usize, seed: u64) {
-    let (mut rng, http) = (Rng::new(seed), client());
+    let (mut rng, http) = (XorShift::new(seed), client());
     while !s.stop.load(Ordering::Relaxed) {
         let name = {
             let in_play = s.in_play.lock().expect("lock");
             if in_play.is_empty() {
                 None
             } else {
-                Some(in_play[rng.below(in_play.len())].clone())
+                Some(in_play[rng.index(in_play.len())].clone())
             }
         };
         let Some(name) = name else {
@@ -256,7 +240,7 @@ fn chat(http: &reqwest::blocking::Client, url: &str, key: &str, max_tokens: u32,
 
 /// Non-streamed prompts with a key without limits, on any live hub.
 fn prompter(s: &Shared, key: &str, seed: u64) {
-    let mut rng = Rng::new(seed);
+    let mut rng = XorShift::new(seed);
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(40)).build().expect("client");
     while !s.stop.load(Ordering::Relaxed) {
         let hub = s.hubs.pick(&mut rng);
@@ -272,7 +256,7 @@ fn prompter(s: &Shared, key: &str, seed: u64) {
 
 /// Streamed prompts: each stream must end with `[DONE]` (after tokens or an error event).
 fn streamer(s: &Shared, key: &str, seed: u64) {
-    let mut rng = Rng::new(seed);
+    let mut rng = XorShift::new(seed);
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
     while !s.stop.load(Ordering::Relaxed) {
         let hub = s.hubs.pick(&mut rng);
@@ -308,7 +292,7 @@ fn streamer(s: &Shared, key: &str, seed: u64) {
 /// Every 20 s, a key with a budget of 120 tokens spent by 4 clients on all hubs at once:
 /// the tokens they get never pass it.
 fn budgets(s: &Shared, seed: u64) {
-    let mut rng = Rng::new(seed);
+    let mut rng = XorShift::new(seed);
     let http = client();
     let mut n = 0;
     while !s.stop.load(Ordering::Relaxed) {
@@ -331,7 +315,7 @@ fn budgets(s: &Shared, seed: u64) {
         std::thread::scope(|scope| {
             for c in 0..4u64 {
                 let (secret, served) = (&secret, &served);
-                let mut rng = Rng::new(seed ^ (n * 7 + c));
+                let mut rng = XorShift::new(seed ^ (n * 7 + c));
                 scope.spawn(move || {
                     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(40)).build().expect("client");
                     let until = Instant::now() + Duration::from_secs(15);
@@ -506,7 +490,7 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
         scope.spawn(move || budgets(s, seed ^ 500));
 
         // The faults, one every `every` seconds from a seeded schedule.
-        let mut rng = Rng::new(seed);
+        let mut rng = XorShift::new(seed);
         let mut n = 0;
         while started.elapsed() + Duration::from_secs(every) < Duration::from_secs(seconds) {
             std::thread::sleep(Duration::from_secs(every));
@@ -516,13 +500,13 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
             } else {
                 &[Fault::KillLeader, Fault::KillFollower, Fault::StopHub, Fault::KillSpoke]
             };
-            let fault = kinds[rng.below(kinds.len())];
+            let fault = kinds[rng.index(kinds.len())];
             let at = started.elapsed().as_secs();
             let leader = leader(s, &http);
             match fault {
                 Fault::KillLeader | Fault::KillFollower => {
                     let Some(l) = leader else { continue };
-                    let hub = if matches!(fault, Fault::KillLeader) { l } else { (l + 1 + rng.below(2)) % 3 };
+                    let hub = if matches!(fault, Fault::KillLeader) { l } else { (l + 1 + rng.index(2)) % 3 };
                     let id = format!("h{}", hub + 1);
                     let Some(p) = pid(&c, &id) else { continue };
                     s.hubs.down(hub);
@@ -534,7 +518,7 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
                     wait_back(&c, s, hub, p, true);
                 }
                 Fault::StopHub => {
-                    let hub = rng.below(3);
+                    let hub = rng.index(3);
                     let id = format!("h{}", hub + 1);
                     let Some(p) = pid(&c, &id) else { continue };
                     s.hubs.down(hub);
@@ -545,7 +529,7 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
                     wait_back(&c, s, hub, p, false);
                 }
                 Fault::KillSpoke => {
-                    let id = format!("s{}", 1 + rng.below(2));
+                    let id = format!("s{}", 1 + rng.index(2));
                     let Some(p) = pid(&c, &id) else { continue };
                     signal(p, libc::SIGKILL);
                     report.faults.push((at, fault, id));
@@ -553,7 +537,7 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
                 Fault::PartitionLeader | Fault::PartitionHub => {
                     let hub = match (fault, leader) {
                         (Fault::PartitionLeader, Some(l)) => l,
-                        _ => rng.below(3),
+                        _ => rng.index(3),
                     };
                     let port = c.hub_quic[hub].rsplit(':').next().expect("port").to_string();
                     let p = pid(&c, &format!("h{}", hub + 1)).unwrap_or(0);
