@@ -125,6 +125,22 @@ pub struct ConsensusNode {
     nodes: BTreeMap<NodeId, BasicNode>,
     batcher: tokio::sync::mpsc::UnboundedSender<Waiting>,
     last_log: LastLog,
+    /// What this node led with when it started, if it did: see [`Restored`].
+    restored: Option<Restored>,
+}
+
+/// A node that was leader when it stopped is leader again as soon as it starts, in the
+/// same term, without an election (openraft restores it from its stored vote). It does
+/// not know yet how far its log was committed: the committed index it stored may be older
+/// than what it had acknowledged (it is not flushed by itself), so openraft's read index
+/// (its first entry of the term, or that committed index) can be too low and a read would
+/// miss acknowledged writes. Until it has applied the log it started with, it serves reads
+/// at the end of that log: every write it had acknowledged is in it, and as leader it
+/// commits all of it.
+#[derive(Clone, Copy)]
+struct Restored {
+    vote: Vote,
+    last_index: u64,
 }
 
 /// A proposal waiting to be committed, and where its result goes.
@@ -319,7 +335,14 @@ impl ConsensusNode {
         let net = Network::new(endpoint, identity)?;
         let times = ElectionTimes::from_config(&config);
         let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
-        let guard_log = log.clone();
+        let mut guard_log = log.clone();
+        let restored = match (guard_log.read_vote().await, guard_log.get_log_state().await) {
+            (Ok(Some(vote)), Ok(state)) if vote.is_committed() && vote.leader_id().voted_for() == Some(id) => {
+                state.last_log_id.map(|l| Restored { vote, last_index: l.index })
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(Error::Raft(format!("reading the log: {e}"))),
+            _ => None,
+        };
         let raft = Raft::new(id, config, net.clone(), log, sm).await.map_err(|e| Error::Raft(e.to_string()))?;
         let learner = matches!(role, Role::Learner);
         let voters = match role {
@@ -341,7 +364,7 @@ impl ConsensusNode {
             tokio::spawn(run_elections(raft.clone(), net.clone(), id, times, guard_log, last_log.clone()));
         }
         let (batcher, waiting) = tokio::sync::mpsc::unbounded_channel();
-        let node = Arc::new(Self { id, raft, state, net, nodes: voters, batcher, last_log });
+        let node = Arc::new(Self { id, raft, state, net, nodes: voters, batcher, last_log, restored });
         tokio::spawn(batch_proposals(Arc::downgrade(&node), waiting));
         Ok(node)
     }
@@ -578,7 +601,13 @@ impl ConsensusNode {
     /// The leader's read index, asked of this node.
     async fn read_index_local(&self) -> std::result::Result<u64, Redirect> {
         match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(log_id) => {
+                let index = log_id.map_or(0, |l| l.index);
+                // Still the leader it was when it started (the vote is the same): no lower
+                // than the log it started with.
+                let floor = self.restored.filter(|r| self.raft.metrics().borrow().vote == r.vote).map_or(0, |r| r.last_index);
+                Ok(index.max(floor))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(Redirect::NotLeader(f.leader_id)),
             Err(e) => Err(Redirect::Failed(e.to_string())),
         }

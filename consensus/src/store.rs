@@ -167,10 +167,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let keys: Vec<sled::IVec> = self.logs.range(log_id.index.to_be_bytes()..).keys().collect::<Result<_, _>>().map_err(io_read)?;
-        for k in keys {
-            self.logs.remove(k).map_err(io_write)?;
+        // One atomic batch: a crash in the middle must not leave a hole in the log.
+        let mut batch = sled::Batch::default();
+        for k in self.logs.range(log_id.index.to_be_bytes()..).keys() {
+            batch.remove(k.map_err(io_read)?);
         }
+        self.logs.apply_batch(batch).map_err(io_write)?;
         self.flush().await
     }
 
@@ -260,7 +262,9 @@ impl SnapshotHome {
                 db.flush_async().await.map(|_| ()).map_err(io_write)
             }
             Self::Memory(disk) => {
-                disk.lock().snapshot = Some(snapshot);
+                let mut d = disk.lock();
+                d.snapshot = Some(snapshot);
+                d.flush();
                 Ok(())
             }
         }
@@ -382,8 +386,10 @@ pub fn open(path: &std::path::Path) -> Result<(LogStore, StateMachineStore), Sto
 }
 
 /// Memory standing in for a node's disk, for the deterministic simulation: what the
-/// stores wrote is there again when the node restarts, and every write counts as flushed
-/// at once. Clones share it.
+/// stores wrote is there again when the node restarts. Like [`LogStore`] on sled, the log,
+/// the vote and the snapshot are durable when their call returns, while the committed
+/// log id is not flushed by itself: it becomes durable with the next log write, so a
+/// crash can bring back an older one. Clones share it.
 #[derive(Clone, Default)]
 pub struct MemoryDisk(Arc<Mutex<MemoryData>>);
 
@@ -391,7 +397,10 @@ pub struct MemoryDisk(Arc<Mutex<MemoryData>>);
 struct MemoryData {
     log: BTreeMap<u64, Entry>,
     vote: Option<Vote>,
+    /// The committed log id as a restart finds it, and the one saved since (lost in a
+    /// crash unless a log write made it durable).
     committed: Option<LogId>,
+    committed_unflushed: Option<Option<LogId>>,
     last_purged: Option<LogId>,
     snapshot: Option<StoredSnapshot>,
 }
@@ -399,6 +408,20 @@ struct MemoryData {
 impl MemoryDisk {
     fn lock(&self) -> MutexGuard<'_, MemoryData> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a crash does to the disk: writes never flushed are gone.
+    pub fn crash(&self) {
+        self.lock().committed_unflushed = None;
+    }
+}
+
+impl MemoryData {
+    /// A flush: everything saved so far is durable.
+    fn flush(&mut self) {
+        if let Some(c) = self.committed_unflushed.take() {
+            self.committed = c;
+        }
     }
 }
 
@@ -429,7 +452,9 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.0.lock().vote = Some(*vote);
+        let mut d = self.0.lock();
+        d.vote = Some(*vote);
+        d.flush();
         Ok(())
     }
 
@@ -438,12 +463,13 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.0.lock().committed = committed;
+        self.0.lock().committed_unflushed = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.0.lock().committed)
+        let d = self.0.lock();
+        Ok(d.committed_unflushed.unwrap_or(d.committed))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -451,13 +477,18 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.0.lock().log.extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        let mut d = self.0.lock();
+        d.log.extend(entries.into_iter().map(|e| (e.log_id.index, e)));
+        d.flush();
+        drop(d);
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.0.lock().log.split_off(&log_id.index);
+        let mut d = self.0.lock();
+        d.log.split_off(&log_id.index);
+        d.flush();
         Ok(())
     }
 
@@ -465,6 +496,7 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
         let mut d = self.0.lock();
         d.last_purged = Some(log_id);
         d.log = d.log.split_off(&(log_id.index + 1));
+        d.flush();
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! Deterministic simulation of three hubs with turmoil: the real consensus node (openraft,
 //! the QUIC network with mutual TLS, the batcher, the election guard) over turmoil's
 //! simulated UDP, with the store's memory disk, under a seeded schedule of faults: hub
-//! crashes and restarts, partitions of one hub (the leader or another), one-way cuts and
-//! packet loss. Clients on every hub write and read registers; every acknowledged write
+//! crashes and restarts, every hub crashed at once, partitions of one hub (the leader or
+//! another), one-way cuts and packet loss. A crash loses what the hub's disk had not
+//! flushed (its last committed log id, as on sled). Clients on every hub write and read registers; every acknowledged write
 //! and every read is recorded and checked: linearizable per key (todc-utils), no
 //! acknowledged write lost, the same state on every hub after healing, and every hub
 //! answering again once healed.
@@ -243,6 +244,8 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
     let voters: BTreeMap<u64, openraft::BasicNode> =
         (1..=HUBS).map(|j| (j, node_addr(&format!("h{j}"), SocketAddr::new(turmoil::lookup(host_name(j)), PORT)))).collect();
     let endpoint = sim_endpoint(&hub.identity).await?;
+    // A (re)boot after a crash: what was never flushed is gone.
+    hub.disk.crash();
     let (log, sm) = open_memory(&hub.disk).map_err(|e| e.to_string())?;
     // openraft draws election timeouts from an unseeded generator; each boot draws a
     // fixed one from the seed instead, so that a seed replays the same elections.
@@ -301,6 +304,8 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
 enum Fault {
     /// Crash the hub; restart it when the fault ends.
     Crash,
+    /// Crash every hub at once (a power cut); restart them all when the fault ends.
+    CrashAll,
     /// Cut the hub off from both others.
     Isolate,
     /// The hub hears the others but they do not hear it.
@@ -370,7 +375,7 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
         step(&mut sim, load)?;
     }
     while schedule == Schedule::Random && sim.elapsed() < load {
-        let fault = [Fault::Crash, Fault::Isolate, Fault::CutOutgoing, Fault::Loss][rng.index(4)];
+        let fault = [Fault::Crash, Fault::Isolate, Fault::CutOutgoing, Fault::Loss, Fault::CrashAll][rng.index(5)];
         let leader = Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id);
         let target = match leader {
             Some(l) if rng.below(2) == 0 => l,
@@ -378,8 +383,12 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
         };
         let host = host_name(target);
         let lasts = Duration::from_millis(1_000 + rng.below(2_000));
-        log.push(format!("{:>6.2} s  {fault:?} {host}{} for {:.1} s", sim.elapsed().as_secs_f64(), if Some(target) == leader { " (leader)" } else { "" }, lasts.as_secs_f64()));
-        if Some(target) == leader && !matches!(fault, Fault::Loss) {
+        let whom = match fault {
+            Fault::CrashAll => String::from("every hub"),
+            _ => format!("{host}{}", if Some(target) == leader { " (leader)" } else { "" }),
+        };
+        log.push(format!("{:>6.2} s  {fault:?} {whom} for {:.1} s", sim.elapsed().as_secs_f64(), lasts.as_secs_f64()));
+        if Some(target) == leader && !matches!(fault, Fault::Loss | Fault::CrashAll) {
             leader_faults.push((target, sim.elapsed(), log.last().cloned().unwrap_or_default()));
         }
         match fault {
@@ -390,6 +399,12 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
             Fault::Isolate => names.iter().filter(|n| **n != host).for_each(|o| sim.partition(host.as_str(), o.as_str())),
             Fault::CutOutgoing => names.iter().filter(|n| **n != host).for_each(|o| sim.partition_oneway(host.as_str(), o.as_str())),
             Fault::Loss => sim.set_fail_rate(0.1),
+            Fault::CrashAll => {
+                for id in 1..=HUBS {
+                    sim.crash(host_name(id).as_str());
+                    shared.crashed(id);
+                }
+            }
         }
         let until = sim.elapsed() + lasts;
         step(&mut sim, until)?;
@@ -397,6 +412,7 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
             Fault::Crash => sim.bounce(host.as_str()),
             Fault::Isolate | Fault::CutOutgoing => names.iter().filter(|n| **n != host).for_each(|o| sim.repair(host.as_str(), o.as_str())),
             Fault::Loss => sim.set_fail_rate(0.0),
+            Fault::CrashAll => names.iter().for_each(|n| sim.bounce(n.as_str())),
         }
         let until = sim.elapsed() + Duration::from_millis(500 + rng.below(1_500));
         step(&mut sim, until)?;
@@ -497,7 +513,8 @@ fn check(records: &[Record], finals: &BTreeMap<u64, Vec<(usize, u64)>>) -> Resul
             continue;
         }
         if !WGLChecker::<Register>::is_linearizable(History::from_actions(actions.clone())) {
-            return Err(format!("key {key}: not linearizable: {actions:?}"));
+            let tail = &actions[actions.len().saturating_sub(40)..];
+            return Err(format!("key {key}: not linearizable ({} calls and answers; the last 40, by call number): {tail:?}", actions.len()));
         }
     }
     Ok(())

@@ -58,5 +58,20 @@ fn acknowledged_writes_survive_killing_every_hub_twenty_times() {
     let present: std::collections::HashSet<&str> = v["keys"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_str())).collect();
     println!("{} writes acknowledged over 20 kills of every hub; lost: {}", acked.len(), lost.len());
+    if !lost.is_empty() {
+        // Tell a stale read from a lost write: ask every hub for each missing key.
+        for name in &lost {
+            for hub in &c.hubs {
+                let r = http.get(format!("{hub}/admin/v1/keys/{name}")).bearer_auth(&c.key).send().map(|r| r.status().as_u16());
+                println!("{name} on {hub}: {r:?}");
+            }
+        }
+        if let Ok(keep) = std::env::var("NAVE_KEEP_FAILED") {
+            let mut c = c;
+            c.stop();
+            let status = std::process::Command::new("cp").arg("-a").arg(c.data()).arg(&keep).status();
+            println!("cluster data kept in {keep}: {status:?}");
+        }
+    }
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
