@@ -54,7 +54,14 @@ fn acknowledged_writes_survive_killing_every_hub_twenty_times() {
     }
     let acked = acked.into_inner().expect("lock");
     assert!(acked.len() >= 100, "the load ran: {} writes acknowledged", acked.len());
-    let v: Value = http.get(format!("{}/admin/v1/keys", c.hubs[0])).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    // h1 may still be starting (only one hub was waited for after the last kill).
+    let v: Value = wait_until(Duration::from_secs(60), "h1 listing the keys", || {
+        match http.get(format!("{}/admin/v1/keys", c.hubs[0])).bearer_auth(&c.key).send() {
+            Ok(r) if r.status() == 200 => r.json::<Value>().map_err(|e| e.to_string()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
     let present: std::collections::HashSet<&str> = v["keys"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_str())).collect();
     println!("{} writes acknowledged over 20 kills of every hub; lost: {}", acked.len(), lost.len());
