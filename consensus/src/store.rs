@@ -8,7 +8,9 @@
 //! commit), then reports each; meanwhile Raft goes on replicating. That is what makes
 //! many concurrent writers cheap on a disk where a synced write costs ~3 ms. The state
 //! machine is rebuilt at start from the snapshot, and openraft re-applies the committed
-//! log after it (the committed index is stored too).
+//! log after it (the committed index is stored too, but not flushed by itself: it becomes
+//! durable with the next log flush, so a crash can bring back an older one; the node's
+//! reads allow for that, see `node::Restored`).
 //!
 //! [`MemoryDisk`] stands in for the disk in the deterministic simulation
 //! (`consensus/tests/sim.rs`): the same state machine, a log in memory that outlives a
