@@ -3,10 +3,10 @@
 //! simulated UDP, with the store's memory disk, under a seeded schedule of faults: hub
 //! crashes and restarts, every hub crashed at once, partitions of one hub (the leader or
 //! another), one-way cuts and packet loss. A crash loses what the hub's disk had not
-//! flushed (its last committed log id, as on sled). Clients on every hub write and read registers; every acknowledged write
-//! and every read is recorded and checked: linearizable per key (todc-utils), no
-//! acknowledged write lost, the same state on every hub after healing, and every hub
-//! answering again once healed.
+//! flushed (its last committed log id, as on sled). Clients on every hub write and read
+//! registers; every acknowledged write and every read is recorded and checked:
+//! linearizable per key (todc-utils), no acknowledged write lost, the same state on every
+//! hub after healing, and every hub answering again once healed.
 //!
 //! A second test cuts the leader off for 12 s and checks that it neither acknowledges a
 //! write nor answers a read meanwhile.
