@@ -652,8 +652,14 @@ impl ConsensusNode {
         Ok(self.state.read(f))
     }
 
-    /// Serves Raft RPCs from one peer connection until it closes.
+    /// Serves Raft RPCs from one peer connection until it closes. Raft is for hubs only:
+    /// a peer without a hub's certificate is refused (a spoke must not vote, append
+    /// entries, or feed another spoke's replica).
     pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
+        if !crate::tls::peer_is_hub(&conn) {
+            conn.close(3u32.into(), b"raft is for hubs: a hub's certificate is required");
+            return;
+        }
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let node = self.clone();
             tokio::spawn(async move {

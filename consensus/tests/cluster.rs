@@ -27,7 +27,7 @@ async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap
 }
 
 async fn start_as(dir: &std::path::Path, ca: &ClusterCa, name: &str, id: u64, addr: std::net::SocketAddr, role: Role) -> Hub {
-    let identity = ca.ensure_node(&dir.join(name), name).expect("identity");
+    let identity = ca.ensure_hub(&dir.join(name), name).expect("identity");
     // A restarted node reuses its port; the stopped endpoint may hold it for a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let endpoint = loop {

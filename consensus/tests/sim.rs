@@ -520,15 +520,11 @@ fn check(records: &[Record], finals: &BTreeMap<u64, Vec<(usize, u64)>>) -> Resul
     Ok(())
 }
 
+/// Hub certificates (Raft is served to hubs only), issued into a temporary directory.
 fn identities() -> Vec<NodeIdentity> {
     let ca = ClusterCa::generate("nave-sim", Duration::from_secs(86_400)).expect("CA");
-    (1..=HUBS)
-        .map(|id| {
-            let name = format!("h{id}");
-            let (cert, key) = ca.issue_with(&name, -3600, Duration::from_secs(86_400)).expect("certificate");
-            NodeIdentity::from_pem(&name, ca.cert_pem(), &cert, &key).expect("identity")
-        })
-        .collect()
+    let dir = tempfile::tempdir().expect("temp dir");
+    (1..=HUBS).map(|id| ca.ensure_hub(&dir.path().join(id.to_string()), &format!("h{id}")).expect("identity")).collect()
 }
 
 /// Log lines stamped with the simulated time and the host.

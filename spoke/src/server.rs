@@ -151,14 +151,9 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
                 let spoke = spoke.clone();
                 tokio::spawn(async move {
                     match incoming.await {
-                        // The replica takes the log from hubs only, never from another spoke.
-                        Ok(conn) if tls::alpn(&conn).as_deref() == Some(tls::ALPN_RAFT) => {
-                            if tls::peer_is_hub(&conn) {
-                                spoke.replica.clone().serve_connection(conn).await
-                            } else {
-                                conn.close(3u32.into(), b"raft is for hubs: a hub's certificate is required")
-                            }
-                        }
+                        // The replica takes the log from hubs only (serve_connection refuses
+                        // any other peer), never from another spoke.
+                        Ok(conn) if tls::alpn(&conn).as_deref() == Some(tls::ALPN_RAFT) => spoke.replica.clone().serve_connection(conn).await,
                         // Requests come from hubs only.
                         Ok(conn) if tls::peer_is_hub(&conn) => serve_connection(conn, spoke).await,
                         Ok(conn) => conn.close(3u32.into(), b"spokes serve hubs: a hub's certificate is required"),
