@@ -545,6 +545,11 @@ impl ConsensusNode {
         let membership = m.membership_config.membership().clone();
         let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
         let failed = |e: String| Redirect::Failed(e);
+        // Leadership can move while the change runs: then it is retried on the new leader.
+        let refused = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Redirect::NotLeader(f.leader_id),
+            e => Redirect::Failed(e.to_string()),
+        };
         match change {
             HubChange::Add(id, node) => {
                 if id >= FIRST_SPOKE_ID {
@@ -559,13 +564,13 @@ impl ConsensusNode {
                 let caught_up = tokio::time::timeout(CATCH_UP_WAIT, self.raft.add_learner(id, node.clone(), true)).await;
                 match caught_up {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(failed(e.to_string())),
+                    Ok(Err(e)) => return Err(refused(e)),
                     Err(_) => {
                         let _ = self.raft.change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), true).await;
                         return Err(failed(format!("the hub at {} did not catch up within {CATCH_UP_WAIT:?}: is it running (`nave hub` with `join = true`) and reachable?", node.addr)));
                     }
                 }
-                self.raft.change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false).await.map(|_| ()).map_err(|e| failed(e.to_string()))
+                self.raft.change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false).await.map(|_| ()).map_err(refused)
             }
             HubChange::Remove(id) => {
                 if !voters.contains(&id) {
@@ -574,7 +579,7 @@ impl ConsensusNode {
                 if voters.len() == 1 {
                     return Err(failed("the last hub cannot be removed".into()));
                 }
-                self.raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false).await.map(|_| ()).map_err(|e| failed(e.to_string()))
+                self.raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false).await.map(|_| ()).map_err(refused)
             }
         }
     }
