@@ -5,8 +5,10 @@
 #
 #   bench/hub_overhead.sh [REQUESTS]        # default 2000
 #
-# Prints end-to-end latency at 1 and 64 clients and at 2,000 requests/s on one hub, then
-# requests/s with 100 clients spread over the three hubs. Ports 18080-18082 (HTTP), 17001-17003 and 17101.
+# Prints, at 1 and 64 clients, end-to-end latency through a hub beside the same workload
+# sent to the spoke directly (`--compare spoke:s1`, alternating halves) and what the hub
+# adds; then latency at 2,000 requests/s on one hub, and requests/s with 100 clients
+# spread over the three hubs. Ports 18080-18082 (HTTP), 17001-17003 and 17101.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-2000}"
@@ -65,9 +67,21 @@ rps=sum(r['requests_per_s'] for r in rs)
 e=rs[0]['e2e']
 print(f'{sys.argv[1]:<34} {rps:>8.0f} req/s  success {100*ok/n:.1f}%  E2E p50 {e[\"p50_ms\"]:.2f} ms  p99 {e[\"p99_ms\"]:.2f} ms  max {e[\"max_ms\"]:.1f} ms')
 " "$@"; }
+# Through a hub and straight to the spoke, the same requests in alternating halves.
+added() {
+  $NAVE bench --url "$1" --compare spoke:s1 --config "$DIR/cluster.toml" --key "$KEY" --concurrency "$2" --requests "$3" --max-tokens 1 --prompt-len 8 --json "$4" >/dev/null
+  python3 -c "
+import json,sys
+hub,direct=json.load(open(sys.argv[2]))
+h,d=hub['e2e'],direct['e2e']
+print(f'{sys.argv[1]:<34} {hub[\"requests_per_s\"]:>8.0f} req/s  success {100*hub[\"success_rate\"]:.1f}%  E2E p50 {h[\"p50_ms\"]:.2f} ms  p99 {h[\"p99_ms\"]:.2f} ms')
+print(f'{\"  the spoke directly\":<34} {direct[\"requests_per_s\"]:>8.0f} req/s  success {100*direct[\"success_rate\"]:.1f}%  E2E p50 {d[\"p50_ms\"]:.2f} ms  p99 {d[\"p99_ms\"]:.2f} ms')
+print(f'{\"  added by the hubs\":<34} {\"\":>14}  {\"\":>13}  E2E p50 {h[\"p50_ms\"]-d[\"p50_ms\"]:.2f} ms  p99 {h[\"p99_ms\"]-d[\"p99_ms\"]:.2f} ms')
+" "$5" "$4"
+}
 run http://127.0.0.1:18080 1 200 "$DIR/warm.json"
-run http://127.0.0.1:18080 1 "$N" "$DIR/c1.json";   report "1 client, hub h1" "$DIR/c1.json"
-run http://127.0.0.1:18081 64 "$N" "$DIR/c64.json"; report "64 clients, hub h2 (a follower?)" "$DIR/c64.json"
+added http://127.0.0.1:18080 1 "$N" "$DIR/c1.json" "1 client, hub h1"
+added http://127.0.0.1:18081 64 "$N" "$DIR/c64.json" "64 clients, hub h2 (a follower?)"
 # Closed loop, 64 clients wait on each other (p50 = 64 / throughput): the same hub at a
 # fixed 2,000 requests/s (Poisson arrivals) shows its cost without that queue.
 run_rate http://127.0.0.1:18081 2000 "$N" "$DIR/r2000.json"; report "2,000 req/s open loop, hub h2" "$DIR/r2000.json"

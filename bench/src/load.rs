@@ -11,6 +11,10 @@
 //! inter-token latency and end-to-end latency go into hdrhistograms (microseconds), one
 //! per metric per run, merged; errors are counted by kind. `--compare URL2` runs the same
 //! workload against a second endpoint in alternating halves and prints the ratios.
+//!
+//! An endpoint is a URL, or `spoke:ID` for a spoke of the cluster called directly the
+//! way a hub calls it ([`crate::direct`]): `--url http://HUB --compare spoke:ID` measures
+//! what the hubs add.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,16 +39,46 @@ pub struct LoadArgs {
     pub seed: u64,
     pub prompts: Option<Vec<Value>>,
     pub timeout: Duration,
+    /// The cluster's config, for `spoke:ID` endpoints.
+    pub config: std::path::PathBuf,
 }
 
+/// One request's outcome and timings.
 #[derive(Debug, Default)]
-struct Sample {
-    ok: bool,
-    error: Option<String>,
-    ttft_us: Option<u64>,
-    itl_us: Vec<u64>,
-    e2e_us: u64,
-    tokens: u64,
+pub(crate) struct Sample {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub ttft_us: Option<u64>,
+    pub itl_us: Vec<u64>,
+    pub e2e_us: u64,
+    pub tokens: u64,
+}
+
+/// Where a run sends its requests.
+#[derive(Clone)]
+enum Target {
+    Http(reqwest::Client),
+    Spoke(crate::direct::Spoke),
+}
+
+impl Target {
+    async fn new(a: &LoadArgs) -> anyhow::Result<Self> {
+        if let Some(spoke) = a.url.strip_prefix("spoke:") {
+            return Ok(Target::Spoke(crate::direct::connect(&a.config, spoke).await?));
+        }
+        // Idle connections are dropped after 1 s: servers close theirs (llama.cpp after a
+        // few seconds), and a POST on a connection the server closed fails instead of
+        // retrying.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(1)).build()?;
+        Ok(Target::Http(client))
+    }
+
+    async fn one(&self, a: &LoadArgs, i: usize, start: Instant) -> Sample {
+        match self {
+            Target::Http(client) => one(client, a, i, start).await,
+            Target::Spoke(spoke) => crate::direct::one(spoke, &a.model, generate_request(a, i), start, a.timeout).await,
+        }
+    }
 }
 
 struct Hists {
@@ -116,6 +150,16 @@ fn body(a: &LoadArgs, i: usize) -> Value {
            "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true})
 }
 
+/// Request `i` of the workload as a hub hands it to a spoke: the same messages and
+/// sampling as [`body`].
+fn generate_request(a: &LoadArgs, i: usize) -> nave_inference::GenerateRequest {
+    let b = body(a, i);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let messages = b["messages"].as_array().map(|m| m.iter().map(|m| nave_inference::ChatMessage::new(text(&m["role"]), text(&m["content"]))).collect()).unwrap_or_default();
+    let params = nave_inference::SamplingParams { max_tokens: a.max_tokens, temperature: 0.7, seed: Some(a.seed + i as u64), ignore_eos: true, ..Default::default() };
+    nave_inference::GenerateRequest { request_id: format!("bench-{i}"), prompt: nave_inference::Prompt::Chat(messages), params }
+}
+
 async fn one(client: &reqwest::Client, a: &LoadArgs, i: usize, start: Instant) -> Sample {
     let mut s = Sample::default();
     let mut req = client.post(format!("{}/v1/chat/completions", a.url.trim_end_matches('/'))).json(&body(a, i)).timeout(a.timeout);
@@ -185,10 +229,8 @@ async fn one(client: &reqwest::Client, a: &LoadArgs, i: usize, start: Instant) -
 }
 
 /// Runs the workload against `a.url` (requests `offset..offset + count`).
-async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::ProgressBar) -> (Vec<Sample>, Duration) {
-    // Idle connections are dropped after 1 s: servers close theirs (llama.cpp after a few
-    // seconds), and a POST on a connection the server closed fails instead of retrying.
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(1)).build().unwrap_or_default();
+async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::ProgressBar) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    let client = Target::new(a).await?;
     let started = Instant::now();
     let mut samples = Vec::with_capacity(count);
     if let Some(rate) = a.rate {
@@ -206,7 +248,7 @@ async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::Pr
             let (client, a, bar) = (client.clone(), a.clone(), bar.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(when.into()).await;
-                let s = one(&client, &a, i, when).await;
+                let s = client.one(&a, i, when).await;
                 bar.inc(1);
                 s
             }));
@@ -229,7 +271,7 @@ async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::Pr
                     if i >= offset + count {
                         return mine;
                     }
-                    mine.push(one(&client, &a, i, Instant::now()).await);
+                    mine.push(client.one(&a, i, Instant::now()).await);
                     bar.inc(1);
                 }
             }));
@@ -240,7 +282,7 @@ async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::Pr
             }
         }
     }
-    (samples, started.elapsed())
+    Ok((samples, started.elapsed()))
 }
 
 fn report(a: &LoadArgs, samples: &[Sample], duration: Duration) -> Report {
@@ -294,14 +336,14 @@ fn bar(total: usize) -> indicatif::ProgressBar {
 }
 
 /// Runs the workload; with `compare`, also against that endpoint, alternating halves.
-pub async fn run(a: LoadArgs, compare: Option<String>) -> Vec<Report> {
+pub async fn run(a: LoadArgs, compare: Option<String>) -> anyhow::Result<Vec<Report>> {
     match compare {
         None => {
             let b = bar(a.requests);
             b.set_message(a.url.clone());
-            let (s, d) = run_part(&a, 0, a.requests, &b).await;
+            let (s, d) = run_part(&a, 0, a.requests, &b).await?;
             b.finish_and_clear();
-            vec![report(&a, &s, d)]
+            Ok(vec![report(&a, &s, d)])
         }
         Some(other) => {
             let bb = a.clone();
@@ -314,7 +356,7 @@ pub async fn run(a: LoadArgs, compare: Option<String>) -> Vec<Report> {
             for (round, offset, count) in [(0, 0, half), (1, half, a.requests - half)] {
                 for (args, samples, dur) in [(&a, &mut sa, &mut da), (&b_args, &mut sb, &mut db)] {
                     b.set_message(format!("{} (round {})", args.url, round + 1));
-                    let (s, d) = run_part(args, offset, count, &b).await;
+                    let (s, d) = run_part(args, offset, count, &b).await?;
                     samples.extend(s);
                     *dur += d;
                 }
@@ -322,7 +364,7 @@ pub async fn run(a: LoadArgs, compare: Option<String>) -> Vec<Report> {
             b.finish_and_clear();
             out.push(report(&a, &sa, da));
             out.push(report(&b_args, &sb, db));
-            out
+            Ok(out)
         }
     }
 }
@@ -360,6 +402,14 @@ pub fn print(reports: &[Report]) {
             a.ttft.p50_ms / b.ttft.p50_ms.max(1e-9),
             a.itl.p50_ms / b.itl.p50_ms.max(1e-9),
             a.e2e.p99_ms / b.e2e.p99_ms.max(1e-9)
+        );
+        println!(
+            "added by {} over {}: E2E p50 {:+.2} ms, p99 {:+.2} ms; TTFT p50 {:+.2} ms",
+            a.url,
+            b.url,
+            a.e2e.p50_ms - b.e2e.p50_ms,
+            a.e2e.p99_ms - b.e2e.p99_ms,
+            a.ttft.p50_ms - b.ttft.p50_ms
         );
     }
 }

@@ -85,6 +85,21 @@ impl ClusterCa {
         }
     }
 
+    /// Loads the CA from `dir` without ever creating one (for tools that act for an
+    /// existing cluster).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| tls(format!("no cluster CA in {}: {e}", dir.display())));
+        Ok(Self { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })
+    }
+
+    /// A hub identity named `name` that lives in memory only, valid for `validity`: for
+    /// a tool an admin runs beside the cluster (`nave bench --url spoke:ID`) to be
+    /// treated as a hub without leaving a key on disk.
+    pub fn transient_hub(&self, name: &str, validity: Duration) -> Result<NodeIdentity> {
+        let (cert, key) = self.issue(&[name, HUB_NAME], -60, validity)?;
+        NodeIdentity::from_pem(name, &self.cert_pem, &cert, &key)
+    }
+
     /// A fresh CA valid for `validity` (tests make short-lived or foreign CAs with it).
     pub fn generate(name: &str, validity: Duration) -> Result<Self> {
         let key = KeyPair::generate().map_err(tls)?;

@@ -97,7 +97,9 @@ enum ModelCmd {
 struct BenchArgs {
     #[command(subcommand)]
     command: Option<BenchCmd>,
-    /// The endpoint (its /v1/chat/completions is loaded).
+    /// The endpoint (its /v1/chat/completions is loaded), or `spoke:ID` (`spoke:ID@HOST:PORT`
+    /// for a joined spoke): that spoke called directly, as a hub calls it, with a hub
+    /// certificate from the cluster CA of --config.
     #[arg(long)]
     url: Option<String>,
     #[arg(long, default_value = "smollm2-135m")]
@@ -123,9 +125,13 @@ struct BenchArgs {
     /// Prompts from a JSON-lines file: {"prompt": "..."} or {"messages": [...]} per line.
     #[arg(long)]
     prompts: Option<PathBuf>,
-    /// A second endpoint run with the same workload, alternating halves.
+    /// A second endpoint run with the same workload, alternating halves (`spoke:ID` too:
+    /// `--url http://HUB --compare spoke:ID` shows what the hubs add).
     #[arg(long)]
     compare: Option<String>,
+    /// The cluster's config, for `spoke:` endpoints.
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
     #[arg(long)]
     json: Option<PathBuf>,
     /// Per-request timeout in seconds.
@@ -563,7 +569,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }),
-        Cmd::Bench(BenchArgs { command: None, url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, compare, json, timeout }) => {
+        Cmd::Bench(BenchArgs { command: None, url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, compare, config, json, timeout }) => {
             let url = url.context("give --url (or use `nave bench engine`)")?;
             let key = key.or_else(|| std::fs::read_to_string(".nave/admin.key").ok().map(|k| k.trim().to_string()));
             let prompts = match prompts {
@@ -581,8 +587,8 @@ fn main() -> anyhow::Result<()> {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 anyhow::bail!("--rate must be a positive number of requests per second");
             }
-            let args = nave_bench::load::LoadArgs { url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, timeout: Duration::from_secs(timeout) };
-            let reports = runtime()?.block_on(nave_bench::load::run(args, compare));
+            let args = nave_bench::load::LoadArgs { url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, timeout: Duration::from_secs(timeout), config };
+            let reports = runtime()?.block_on(nave_bench::load::run(args, compare))?;
             nave_bench::load::print(&reports);
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&reports)?)?;
