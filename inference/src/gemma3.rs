@@ -16,7 +16,8 @@ const LOCAL_ROPE_THETA: f32 = 10_000.0;
 /// One layer in this many attends globally; the others use the sliding window.
 const GLOBAL_EVERY: usize = 6;
 
-pub fn load(gguf: &mut GgufFile, vocab: usize, opts: LoadOptions) -> Result<Transformer> {
+/// The model's shape and numerics, from the file's metadata alone.
+pub fn config(gguf: &GgufFile, vocab: usize) -> Result<ModelConfig> {
     let hidden = gguf.u32("gemma3.embedding_length")? as usize;
     let heads = gguf.u32("gemma3.attention.head_count")? as usize;
     let kv_heads = gguf.opt_u32("gemma3.attention.head_count_kv").unwrap_or(heads as u32) as usize;
@@ -45,5 +46,10 @@ pub fn load(gguf: &mut GgufFile, vocab: usize, opts: LoadOptions) -> Result<Tran
         qk_norm: true,
         post_norms: true,
     };
+    Ok(config)
+}
+
+/// The weights, for a `config` read with [`config`].
+pub fn load(gguf: &mut GgufFile, config: ModelConfig, opts: LoadOptions) -> Result<Transformer> {
     Transformer::load(gguf, config, opts, LayerNames { has_qk_norm: true, has_post_norms: true })
 }

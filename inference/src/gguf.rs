@@ -55,6 +55,15 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// A tensor's dimensions, from the header (its data is not read).
+    pub fn tensor_dims(&self, name: &str) -> Result<Vec<usize>> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|info| info.shape.dims().to_vec())
+            .ok_or_else(|| Error::model(&self.path, format!("missing tensor {name}")))
+    }
+
     pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
         if !self.has_tensor(name) {
             return Err(Error::model(&self.path, format!("missing tensor {name}")));

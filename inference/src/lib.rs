@@ -55,27 +55,50 @@ pub struct LoadedModel {
     pub template: Option<template::ChatTemplate>,
 }
 
+/// What a model file says about itself, from its header alone (no weights read): its
+/// shape, its tokenizer and its chat template. Enough to check a fine-tuning job's data
+/// and size its memory before anything large is loaded.
+pub struct ModelInfo {
+    pub config: model::ModelConfig,
+    /// The feed-forward width (rows of the first layer's up projection).
+    pub ffn: usize,
+    pub tokenizer: tokenizer::TextTokenizer,
+    /// `None` for base models without a template (serve them for completions).
+    pub template: Option<template::ChatTemplate>,
+}
+
+impl ModelInfo {
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_gguf(&gguf::GgufFile::open(path.as_ref())?)
+    }
+
+    fn from_gguf(gguf: &gguf::GgufFile) -> Result<Self> {
+        let arch = gguf.string("general.architecture")?;
+        let tokenizer = tokenizer::TextTokenizer::from_gguf(gguf)?;
+        let vocab = tokenizer.vocab_size();
+        let config = match arch.as_str() {
+            "llama" => llama::config(gguf, vocab)?,
+            "gemma3" => gemma3::config(gguf, vocab)?,
+            other => return Err(Error::model(gguf.path(), format!("unsupported architecture {other:?} (supported: llama, gemma3)"))),
+        };
+        let ffn = *gguf.tensor_dims("blk.0.ffn_up.weight")?.first().ok_or_else(|| Error::model(gguf.path(), "blk.0.ffn_up.weight has no dimensions"))?;
+        let template = match gguf.opt_string("tokenizer.chat_template") {
+            Some(src) => Some(template::ChatTemplate::new(&src, tokenizer.bos_token().unwrap_or(""), tokenizer.eos_token().unwrap_or(""))?),
+            None => None,
+        };
+        Ok(Self { config, ffn, tokenizer, template })
+    }
+}
+
 impl LoadedModel {
     /// Loads a GGUF file of a supported architecture (`llama`, `gemma3`).
     pub fn load(name: impl Into<String>, path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
         let mut gguf = gguf::GgufFile::open(path.as_ref())?;
-        let arch = gguf.string("general.architecture")?;
-        let tokenizer = tokenizer::TextTokenizer::from_gguf(&gguf)?;
-        let vocab = tokenizer.vocab_size();
-        let transformer = match arch.as_str() {
-            "llama" => llama::load(&mut gguf, vocab, opts)?,
-            "gemma3" => gemma3::load(&mut gguf, vocab, opts)?,
-            other => {
-                return Err(Error::model(path.as_ref(), format!("unsupported architecture {other:?} (supported: llama, gemma3)")))
-            }
-        };
-        let template = match gguf.opt_string("tokenizer.chat_template") {
-            Some(src) => Some(template::ChatTemplate::new(
-                &src,
-                tokenizer.bos_token().unwrap_or(""),
-                tokenizer.eos_token().unwrap_or(""),
-            )?),
-            None => None,
+        let ModelInfo { config, tokenizer, template, .. } = ModelInfo::from_gguf(&gguf)?;
+        // `ModelInfo` accepts only the architectures below.
+        let transformer = match config.arch.as_str() {
+            "gemma3" => gemma3::load(&mut gguf, config, opts)?,
+            _ => llama::load(&mut gguf, config, opts)?,
         };
         Ok(Self { name: name.into(), transformer, tokenizer, template })
     }

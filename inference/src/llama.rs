@@ -5,7 +5,8 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Activation, LayerNames, LoadOptions, ModelConfig, RopeStyle, Transformer};
 
-pub fn load(gguf: &mut GgufFile, vocab: usize, opts: LoadOptions) -> Result<Transformer> {
+/// The model's shape and numerics, from the file's metadata alone.
+pub fn config(gguf: &GgufFile, vocab: usize) -> Result<ModelConfig> {
     let hidden = gguf.u32("llama.embedding_length")? as usize;
     let heads = gguf.u32("llama.attention.head_count")? as usize;
     let kv_heads = gguf.opt_u32("llama.attention.head_count_kv").unwrap_or(heads as u32) as usize;
@@ -34,5 +35,10 @@ pub fn load(gguf: &mut GgufFile, vocab: usize, opts: LoadOptions) -> Result<Tran
         qk_norm: false,
         post_norms: false,
     };
+    Ok(config)
+}
+
+/// The weights, for a `config` read with [`config`].
+pub fn load(gguf: &mut GgufFile, config: ModelConfig, opts: LoadOptions) -> Result<Transformer> {
     Transformer::load(gguf, config, opts, LayerNames { has_qk_norm: false, has_post_norms: false })
 }

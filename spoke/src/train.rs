@@ -137,16 +137,12 @@ impl Jobs {
                 return Err(format!("a job named {:?} is running", spec.name));
             }
         }
-        // The data, checked whole before anything starts.
-        let model = nave_inference::LoadedModel::load(spec.model.clone(), &path, nave_inference::LoadOptions { requantize: false }).map_err(|e| e.to_string())?;
-        let eot = model.tokenizer.end_of_turn().ok_or("the model has no end-of-turn token")?;
-        let examples = read_examples(&spec.data, &model.tokenizer, model.template.as_ref(), eot, spec.config.max_tokens).map_err(|e| e.to_string())?;
-        let ffn = nave_inference::gguf::GgufFile::open(&path)
-            .and_then(|mut g| g.tensor("blk.0.ffn_up.weight"))
-            .map(|t| t.shape().dims()[0])
-            .map_err(|e| e.to_string())?;
-        let config = model.transformer.config.clone();
-        drop(model);
+        // The data, checked whole before anything starts; only the model's header is
+        // read here (the weights are loaded once, by the trainer, inside the reservation).
+        let info = nave_inference::ModelInfo::read(&path).map_err(|e| e.to_string())?;
+        let eot = info.tokenizer.end_of_turn().ok_or("the model has no end-of-turn token")?;
+        let examples = read_examples(&spec.data, &info.tokenizer, info.template.as_ref(), eot, spec.config.max_tokens).map_err(|e| e.to_string())?;
+        let (config, ffn) = (info.config, info.ffn);
         let need = estimate_bytes(&config, ffn, &spec.config);
         let mut reservation = ledger.reserve(Partition::Training, need).map_err(|e| format!("the job does not fit: {e}"))?;
 
