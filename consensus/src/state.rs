@@ -185,6 +185,13 @@ pub struct ClusterState {
     pub keys: BTreeMap<String, ApiKey>,
     names: BTreeMap<String, String>,
     reservations: BTreeMap<String, Reservation>,
+    /// No outstanding reservation is older than this (a lower bound), so `expire` scans the
+    /// reservations only when one may be stale, not on every command. Each scan makes it
+    /// exact again. Derived, so not in snapshots: 0 after a restore makes the first
+    /// `expire` scan. It changes when the scan runs, never what it finds, so replicas that
+    /// disagree on it still agree on the state.
+    #[serde(skip)]
+    reservations_since_ms: u64,
     applied: BTreeMap<String, (u64, CommandResult)>,
     applied_order: VecDeque<String>,
     pub audit: VecDeque<AuditEntry>,
@@ -270,14 +277,17 @@ impl ClusterState {
             }
         }
         self.join_tokens.retain(|_, t| t.expires_ms > now && t.uses_left > 0);
-        let stale: Vec<String> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| now.saturating_sub(r.at_ms) > RESERVATION_MS)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in stale {
-            self.settle(&id, None, now);
+        if now.saturating_sub(self.reservations_since_ms) > RESERVATION_MS {
+            let stale: Vec<String> = self
+                .reservations
+                .iter()
+                .filter(|(_, r)| now.saturating_sub(r.at_ms) > RESERVATION_MS)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stale {
+                self.settle(&id, None, now);
+            }
+            self.reservations_since_ms = self.reservations.values().map(|r| r.at_ms).min().unwrap_or(u64::MAX);
         }
     }
 
@@ -408,6 +418,7 @@ impl ClusterState {
         k.total_requests += 1;
         let name = k.name.clone();
         self.reservations.insert(id.to_string(), Reservation { digest: digest.to_string(), tokens: max_tokens, minute, day, at_ms: now });
+        self.reservations_since_ms = self.reservations_since_ms.min(now);
         CommandResult::Admitted { key_name: name }
     }
 
@@ -549,6 +560,68 @@ mod tests {
         assert!(matches!(run(&mut s, "b", 2_000, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { .. }));
         run(&mut s, "tick", 1_000 + RESERVATION_MS + 1, Command::Audit { what: "tick".into() });
         assert_eq!(s.outstanding_reservations(), 0);
+    }
+
+    /// Expiry scans only when a reservation may be stale. It must expire exactly what a
+    /// scan on every command would, and so must a replica restored from a snapshot
+    /// (which does not carry the bound).
+    #[test]
+    fn reservations_expire_alike_on_a_restored_replica() {
+        struct Replicas {
+            a: ClusterState,
+            /// The reference: its bound is reset before every command, so it always scans.
+            always: ClusterState,
+            restored: Option<ClusterState>,
+        }
+        impl Replicas {
+            fn run(&mut self, id: &str, now: u64, command: Command) {
+                let ra = run(&mut self.a, id, now, command.clone());
+                self.always.reservations_since_ms = 0;
+                let mut all = vec![&mut self.always];
+                all.extend(self.restored.as_mut());
+                for other in all {
+                    assert_eq!(run(other, id, now, command.clone()), ra, "{id}");
+                    assert_eq!(other.outstanding_reservations(), self.a.outstanding_reservations(), "{id}");
+                    let (ka, ko) = (self.a.key_by_digest(&digest(1)).expect("key"), other.key_by_digest(&digest(1)).expect("key"));
+                    assert_eq!((ka.reserved, ka.day_used, ka.total_tokens), (ko.reserved, ko.day_used, ko.total_tokens), "{id}");
+                }
+            }
+        }
+        let a = with_key(Limits { daily_tokens: Some(1_000_000), ..Default::default() });
+        let mut r = Replicas { always: a.clone(), a, restored: None };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut now = 1_000;
+        let mut open: Vec<String> = Vec::new();
+        for step in 0..3_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly small steps, now and then one of half the reservation lifetime.
+            now += if x.is_multiple_of(97) { RESERVATION_MS / 2 + x % 1_000 } else { x % 5_000 };
+            if step == 1_000 {
+                let bytes = bincode::serialize(&r.a).expect("snapshot");
+                r.restored = Some(bincode::deserialize(&bytes).expect("restore"));
+            }
+            if x.is_multiple_of(3) && !open.is_empty() {
+                let admitted = open.swap_remove((x as usize / 3) % open.len());
+                r.run(&format!("s{step}"), now, Command::Settle { admitted, used_tokens: x % 4 });
+            } else {
+                open.push(format!("r{step}"));
+                r.run(&format!("r{step}"), now, Command::Admit { digest: digest(1), max_tokens: 1 + x % 8 });
+            }
+        }
+        let admitted = r.a.key_by_digest(&digest(1)).expect("key").total_requests as usize;
+        assert!(r.a.outstanding_reservations() < admitted / 4, "{} of {admitted} outstanding", r.a.outstanding_reservations());
+        // Every reservation settled, then a scan with none left; a new one still expires.
+        for (i, admitted) in open.drain(..).enumerate() {
+            r.run(&format!("end{i}"), now, Command::Settle { admitted, used_tokens: 0 });
+        }
+        now += RESERVATION_MS + 1;
+        r.run("empty-scan", now, Command::Audit { what: "tick".into() });
+        r.run("late", now, Command::Admit { digest: digest(1), max_tokens: 5 });
+        assert_eq!(r.a.outstanding_reservations(), 1);
+        r.run("expired", now + RESERVATION_MS + 1, Command::Audit { what: "tick".into() });
+        assert_eq!(r.a.outstanding_reservations(), 0);
     }
 
     fn spoke(id: &str) -> SpokeRecord {
