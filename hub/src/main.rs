@@ -1,6 +1,6 @@
 //! `nave`: one binary for every role. See `nave --help` and docs/operations.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,8 +24,10 @@ struct Cli {
 enum Cmd {
     /// Start every node of the config on this machine and serve until Ctrl-C.
     Up {
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        /// Default: ./cluster.toml, else the default cluster (written to
+        /// .nave/cluster.toml on first use, and read from there after).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Start only these nodes of the config (comma-separated ids); the others run on
         /// other machines or are started by hand.
         #[arg(long, value_delimiter = ',')]
@@ -129,9 +131,10 @@ struct BenchArgs {
     /// `--url http://HUB --compare spoke:ID` shows what the hubs add).
     #[arg(long)]
     compare: Option<String>,
-    /// The cluster's config, for `spoke:` endpoints.
-    #[arg(long, default_value = "cluster.toml")]
-    config: PathBuf,
+    /// The cluster's config, for `spoke:` endpoints (default: ./cluster.toml, else the one
+    /// `nave up` wrote into .nave/).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
     /// Per-request timeout in seconds.
@@ -496,7 +499,10 @@ fn main() -> anyhow::Result<()> {
     };
     init_logging(cli.log_json, &node);
     match cli.command {
-        Cmd::Up { config, only } => nave_hub::up::up(&config, only.as_deref()),
+        Cmd::Up { config, only } => {
+            let config = nave_hub::up::config_for_up(config.as_deref(), &std::env::current_dir()?)?;
+            nave_hub::up::up(&config, only.as_deref())
+        }
         Cmd::Hub { config, id } => {
             let config = ClusterConfig::load(&config)?;
             let _pid = PidFile::create(config.node_dir(&id))?;
@@ -587,7 +593,7 @@ fn main() -> anyhow::Result<()> {
             if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 anyhow::bail!("--rate must be a positive number of requests per second");
             }
-            let args = nave_bench::load::LoadArgs { url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, timeout: Duration::from_secs(timeout), config };
+            let args = nave_bench::load::LoadArgs { url, model, key, concurrency, rate, requests, prompt_len, max_tokens, seed, prompts, timeout: Duration::from_secs(timeout), config: config.or_else(|| nave_hub::up::find_config(Path::new("."))).unwrap_or_else(|| "cluster.toml".into()) };
             let reports = runtime()?.block_on(nave_bench::load::run(args, compare))?;
             nave_bench::load::print(&reports);
             if let Some(path) = json {

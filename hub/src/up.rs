@@ -140,6 +140,40 @@ fn stop_all(nodes: &mut [Node]) {
     }
 }
 
+/// The default cluster (`cluster.toml` at the top of the repository), built into `nave`.
+pub const DEFAULT_CLUSTER: &str = include_str!("../../cluster.toml");
+
+/// The config a command uses when none is given: `cluster.toml` in `dir`, else the one
+/// `nave up` wrote into the data directory, else `None`.
+pub fn find_config(dir: &Path) -> Option<PathBuf> {
+    [dir.join("cluster.toml"), data_dir(dir).join("cluster.toml")].into_iter().find(|p| p.exists())
+}
+
+/// `NAVE_DATA_DIR`, or the default cluster's `.nave`, under `dir` when relative.
+fn data_dir(dir: &Path) -> PathBuf {
+    dir.join(std::env::var_os("NAVE_DATA_DIR").map_or_else(|| PathBuf::from(".nave"), PathBuf::from))
+}
+
+/// The config `nave up` runs: the one given, else [`find_config`], else the built-in
+/// default cluster, written to `<data_dir>/cluster.toml` (the nodes it starts read that
+/// file, and it can be edited there).
+pub fn config_for_up(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = find_config(dir) {
+        return Ok(p);
+    }
+    let data = data_dir(dir);
+    let path = data.join("cluster.toml");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let tmp = data.join(format!(".cluster.toml.{}.tmp", nave_consensus::tls::unique_suffix()));
+    std::fs::write(&tmp, DEFAULT_CLUSTER).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("No cluster.toml in {}: starting the default cluster. Its config is now {}; edit it there, or give --config.", dir.display(), path.display());
+    Ok(path)
+}
+
 /// Runs `nave up` on `config_path`; returns when the cluster was stopped. `only` names
 /// the nodes to start (the others run elsewhere); `None` starts them all.
 pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
@@ -318,5 +352,29 @@ mod probe {
             let n = s.read(&mut buf).unwrap_or(0);
             buf[..n].starts_with(b"HTTP/1.1 200")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_without_a_config_writes_the_default_cluster_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(find_config(dir.path()), None);
+        let path = config_for_up(None, dir.path()).expect("default config");
+        assert_eq!(path, data_dir(dir.path()).join("cluster.toml"));
+        let config = ClusterConfig::load(&path).expect("the built-in default is a valid config");
+        assert_eq!((config.hubs.len(), config.spokes.len()), (3, 2));
+        // An edit there is kept, and other commands find it.
+        std::fs::write(&path, DEFAULT_CLUSTER.replace("name = \"local\"", "name = \"edited\"")).expect("edit");
+        assert_eq!(config_for_up(None, dir.path()).expect("again"), path);
+        assert!(std::fs::read_to_string(&path).expect("read").contains("name = \"edited\""));
+        assert_eq!(find_config(dir.path()), Some(path.clone()));
+        // A cluster.toml in the directory wins; a given path wins over everything.
+        std::fs::write(dir.path().join("cluster.toml"), DEFAULT_CLUSTER).expect("write");
+        assert_eq!(config_for_up(None, dir.path()).expect("local"), dir.path().join("cluster.toml"));
+        assert_eq!(config_for_up(Some(Path::new("x.toml")), dir.path()).expect("given"), PathBuf::from("x.toml"));
     }
 }
