@@ -229,10 +229,15 @@ impl ClusterConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::ConfigFile { path: path.display().to_string(), reason: e.to_string() })?;
-        let mut cfg = Self::parse(&text).map_err(|e| match e {
+        Self::from_text(&text).map_err(|e| match e {
             Error::ConfigFile { reason, .. } => Error::ConfigFile { path: path.display().to_string(), reason },
             other => other,
-        })?;
+        })
+    }
+
+    /// Like [`ClusterConfig::load`], from the config's text.
+    pub fn from_text(text: &str) -> Result<Self> {
+        let mut cfg = Self::parse(text)?;
         if let Some(dir) = std::env::var_os("NAVE_DATA_DIR") {
             cfg.cluster.data_dir = PathBuf::from(dir);
         }

@@ -146,12 +146,14 @@ pub const DEFAULT_CLUSTER: &str = include_str!("../../cluster.toml");
 /// The config a command uses when none is given: `cluster.toml` in `dir`, else the one
 /// `nave up` wrote into the data directory, else `None`.
 pub fn find_config(dir: &Path) -> Option<PathBuf> {
-    [dir.join("cluster.toml"), data_dir(dir).join("cluster.toml")].into_iter().find(|p| p.exists())
+    let written = default_data_dir(dir).ok().map(|d| d.join("cluster.toml"));
+    std::iter::once(dir.join("cluster.toml")).chain(written).find(|p| p.exists())
 }
 
-/// `NAVE_DATA_DIR`, or the default cluster's `.nave`, under `dir` when relative.
-fn data_dir(dir: &Path) -> PathBuf {
-    dir.join(std::env::var_os("NAVE_DATA_DIR").map_or_else(|| PathBuf::from(".nave"), PathBuf::from))
+/// The default cluster's data directory (`NAVE_DATA_DIR` applies), under `dir` when
+/// relative.
+fn default_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(dir.join(ClusterConfig::from_text(DEFAULT_CLUSTER)?.cluster.data_dir))
 }
 
 /// The config `nave up` runs: the one given, else [`find_config`], else the built-in
@@ -164,7 +166,7 @@ pub fn config_for_up(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf
     if let Some(p) = find_config(dir) {
         return Ok(p);
     }
-    let data = data_dir(dir);
+    let data = default_data_dir(dir)?;
     let path = data.join("cluster.toml");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let tmp = data.join(format!(".cluster.toml.{}.tmp", nave_consensus::tls::unique_suffix()));
@@ -364,7 +366,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(find_config(dir.path()), None);
         let path = config_for_up(None, dir.path()).expect("default config");
-        assert_eq!(path, data_dir(dir.path()).join("cluster.toml"));
+        assert_eq!(path, default_data_dir(dir.path()).expect("default data dir").join("cluster.toml"));
         let config = ClusterConfig::load(&path).expect("the built-in default is a valid config");
         assert_eq!((config.hubs.len(), config.spokes.len()), (3, 2));
         // An edit there is kept, and other commands find it.
