@@ -38,7 +38,9 @@ fn address(config: &ClusterConfig, target: &str) -> anyhow::Result<(String, std:
             Ok((id.to_string(), addr))
         }
         None => {
-            let spec = config.spoke(target).with_context(|| format!("spoke:{target}: for a joined spoke give its QUIC address too, spoke:{target}@HOST:PORT"))?;
+            let spec = config.spoke(target).with_context(|| {
+                format!("spoke:{target}: for a joined spoke give its QUIC address too, spoke:{target}@HOST:PORT")
+            })?;
             Ok((target.to_string(), spec.quic))
         }
     }
@@ -59,7 +61,13 @@ pub async fn connect(config: &Path, target: &str) -> anyhow::Result<Spoke> {
 }
 
 /// Sends one request and times its events like the HTTP client does.
-pub(crate) async fn one(spoke: &Spoke, model: &str, request: GenerateRequest, start: Instant, timeout: Duration) -> Sample {
+pub(crate) async fn one(
+    spoke: &Spoke,
+    model: &str,
+    request: GenerateRequest,
+    start: Instant,
+    timeout: Duration,
+) -> Sample {
     let mut s = Sample::default();
     if tokio::time::timeout(timeout, exchange(spoke, model, request, start, &mut s)).await.is_err() {
         s.error = Some("timeout".into());

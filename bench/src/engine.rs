@@ -68,7 +68,13 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
     let weight_bytes = model.transformer.weight_bytes();
     let ledger = Ledger::new("cpu", 8 << 30, 0);
     let max = *b.concurrency.iter().max().unwrap_or(&1);
-    let config = EngineConfig { kv_pool_bytes: 1 << 30, max_running: max.max(1), max_batch_tokens: 512, queue_capacity: 1024, ..Default::default() };
+    let config = EngineConfig {
+        kv_pool_bytes: 1 << 30,
+        max_running: max.max(1),
+        max_batch_tokens: 512,
+        queue_capacity: 1024,
+        ..Default::default()
+    };
     let engine = Engine::start(model, config, &ledger)?;
     let req = |tokens: usize, max_tokens: usize, i: usize| GenerateRequest {
         request_id: format!("bench-{i}"),
@@ -114,11 +120,20 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
         aggregate.push((c, total as f64 / t.elapsed().as_secs_f64()));
     }
     let peak_rss_bytes = peak_rss();
-    let mut figures = vec![EngineFigures { system: "nave".into(), prefill_tok_s: prefill, decode_tok_s: decode, aggregate }];
+    let mut figures =
+        vec![EngineFigures { system: "nave".into(), prefill_tok_s: prefill, decode_tok_s: decode, aggregate }];
     if b.peer {
         figures.push(peer(b, &path)?);
     }
-    Ok(EngineReport { model: b.model.clone(), threads: b.threads, prompt_tokens: b.prompt_tokens, decode_tokens: b.decode_tokens, weight_bytes, peak_rss_bytes, figures })
+    Ok(EngineReport {
+        model: b.model.clone(),
+        threads: b.threads,
+        prompt_tokens: b.prompt_tokens,
+        decode_tokens: b.decode_tokens,
+        weight_bytes,
+        peak_rss_bytes,
+        figures,
+    })
 }
 
 fn peer(b: &EngineBench, path: &std::path::Path) -> anyhow::Result<EngineFigures> {
@@ -139,7 +154,10 @@ fn peer(b: &EngineBench, path: &std::path::Path) -> anyhow::Result<EngineFigures
 }
 
 pub fn print(r: &EngineReport) {
-    println!("engine benchmark: {} ({} threads; prefill {} tokens; decode {} tokens per sequence)", r.model, r.threads, r.prompt_tokens, r.decode_tokens);
+    println!(
+        "engine benchmark: {} ({} threads; prefill {} tokens; decode {} tokens per sequence)",
+        r.model, r.threads, r.prompt_tokens, r.decode_tokens
+    );
     let conc: Vec<usize> = r.figures.first().map(|f| f.aggregate.iter().map(|a| a.0).collect()).unwrap_or_default();
     print!("{:<10} {:>12} {:>12}", "system", "prefill t/s", "decode t/s");
     for c in &conc {
@@ -153,5 +171,9 @@ pub fn print(r: &EngineReport) {
         }
         println!();
     }
-    println!("nave memory: weights {} MB, peak resident {} MB", r.weight_bytes / 1_000_000, r.peak_rss_bytes / 1_000_000);
+    println!(
+        "nave memory: weights {} MB, peak resident {} MB",
+        r.weight_bytes / 1_000_000,
+        r.peak_rss_bytes / 1_000_000
+    );
 }

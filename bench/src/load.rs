@@ -69,7 +69,10 @@ impl Target {
         // Idle connections are dropped after 1 s: servers close theirs (llama.cpp after a
         // few seconds), and a POST on a connection the server closed fails instead of
         // retrying.
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1024).pool_idle_timeout(Duration::from_secs(1)).build()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(1))
+            .build()?;
         Ok(Target::Http(client))
     }
 
@@ -104,7 +107,12 @@ pub struct Quantiles {
 
 fn quantiles(h: &Histogram<u64>) -> Quantiles {
     let ms = |us: u64| us as f64 / 1000.0;
-    Quantiles { p50_ms: ms(h.value_at_quantile(0.5)), p90_ms: ms(h.value_at_quantile(0.9)), p99_ms: ms(h.value_at_quantile(0.99)), max_ms: ms(h.max()) }
+    Quantiles {
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,7 +133,10 @@ pub struct Report {
 
 /// A seeded prompt of about `words` words (one word is about one token here).
 fn synthetic_prompt(seed: u64, i: usize, words: usize) -> String {
-    const WORDS: &[&str] = &["the", "river", "under", "quiet", "stone", "bridge", "carries", "light", "across", "morning", "city", "music", "old", "garden", "window", "slowly", "bright", "paper", "story", "mountain"];
+    const WORDS: &[&str] = &[
+        "the", "river", "under", "quiet", "stone", "bridge", "carries", "light", "across", "morning", "city", "music",
+        "old", "garden", "window", "slowly", "bright", "paper", "story", "mountain",
+    ];
     let mut x = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     (0..words.max(1))
         .map(|_| {
@@ -142,7 +153,9 @@ fn body(a: &LoadArgs, i: usize) -> Value {
     let messages = match &a.prompts {
         Some(p) if !p.is_empty() => {
             let item = &p[i % p.len()];
-            item.get("messages").cloned().unwrap_or_else(|| json!([{"role": "user", "content": item.get("prompt").cloned().unwrap_or(json!(""))}]))
+            item.get("messages").cloned().unwrap_or_else(
+                || json!([{"role": "user", "content": item.get("prompt").cloned().unwrap_or(json!(""))}]),
+            )
         }
         _ => json!([{"role": "user", "content": synthetic_prompt(a.seed, i, a.prompt_len)}]),
     };
@@ -155,21 +168,43 @@ fn body(a: &LoadArgs, i: usize) -> Value {
 fn generate_request(a: &LoadArgs, i: usize) -> nave_inference::GenerateRequest {
     let b = body(a, i);
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let messages = b["messages"].as_array().map(|m| m.iter().map(|m| nave_inference::ChatMessage::new(text(&m["role"]), text(&m["content"]))).collect()).unwrap_or_default();
-    let params = nave_inference::SamplingParams { max_tokens: a.max_tokens, temperature: 0.7, seed: Some(a.seed + i as u64), ignore_eos: true, ..Default::default() };
-    nave_inference::GenerateRequest { request_id: format!("bench-{i}"), prompt: nave_inference::Prompt::Chat(messages), params }
+    let messages = b["messages"]
+        .as_array()
+        .map(|m| m.iter().map(|m| nave_inference::ChatMessage::new(text(&m["role"]), text(&m["content"]))).collect())
+        .unwrap_or_default();
+    let params = nave_inference::SamplingParams {
+        max_tokens: a.max_tokens,
+        temperature: 0.7,
+        seed: Some(a.seed + i as u64),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    nave_inference::GenerateRequest {
+        request_id: format!("bench-{i}"),
+        prompt: nave_inference::Prompt::Chat(messages),
+        params,
+    }
 }
 
 async fn one(client: &reqwest::Client, a: &LoadArgs, i: usize, start: Instant) -> Sample {
     let mut s = Sample::default();
-    let mut req = client.post(format!("{}/v1/chat/completions", a.url.trim_end_matches('/'))).json(&body(a, i)).timeout(a.timeout);
+    let mut req = client
+        .post(format!("{}/v1/chat/completions", a.url.trim_end_matches('/')))
+        .json(&body(a, i))
+        .timeout(a.timeout);
     if let Some(k) = &a.key {
         req = req.bearer_auth(k);
     }
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            s.error = Some(if e.is_timeout() { "timeout".into() } else if e.is_connect() { "connect".into() } else { "request".into() });
+            s.error = Some(if e.is_timeout() {
+                "timeout".into()
+            } else if e.is_connect() {
+                "connect".into()
+            } else {
+                "request".into()
+            });
             s.e2e_us = start.elapsed().as_micros() as u64;
             return s;
         }
@@ -229,7 +264,12 @@ async fn one(client: &reqwest::Client, a: &LoadArgs, i: usize, start: Instant) -
 }
 
 /// Runs the workload against `a.url` (requests `offset..offset + count`).
-async fn run_part(a: &LoadArgs, offset: usize, count: usize, bar: &indicatif::ProgressBar) -> anyhow::Result<(Vec<Sample>, Duration)> {
+async fn run_part(
+    a: &LoadArgs,
+    offset: usize,
+    count: usize,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(Vec<Sample>, Duration)> {
     let client = Target::new(a).await?;
     let started = Instant::now();
     let mut samples = Vec::with_capacity(count);
@@ -372,7 +412,14 @@ pub async fn run(a: LoadArgs, compare: Option<String>) -> anyhow::Result<Vec<Rep
 pub fn print(reports: &[Report]) {
     println!(
         "{:<28} {:>8} {:>8} {:>9} {:>10}  {:>23}  {:>23}  {:>23}",
-        "endpoint", "success", "req/s", "tok/s", "errors", "TTFT p50/p90/p99 ms", "ITL p50/p90/p99 ms", "E2E p50/p90/p99 ms"
+        "endpoint",
+        "success",
+        "req/s",
+        "tok/s",
+        "errors",
+        "TTFT p50/p90/p99 ms",
+        "ITL p50/p90/p99 ms",
+        "E2E p50/p90/p99 ms"
     );
     for r in reports {
         let q = |x: &Quantiles| format!("{:.1}/{:.1}/{:.1}", x.p50_ms, x.p90_ms, x.p99_ms);

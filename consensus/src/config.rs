@@ -251,7 +251,11 @@ impl ClusterConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.hubs.iter().all(|h| h.join) {
-            return Err(invalid("hub", "[]", "at least one hub that founds the cluster (without `join = true`) is needed"));
+            return Err(invalid(
+                "hub",
+                "[]",
+                "at least one hub that founds the cluster (without `join = true`) is needed",
+            ));
         }
         let mut ids = std::collections::HashSet::new();
         let mut addrs = std::collections::HashSet::new();
@@ -263,10 +267,18 @@ impl ClusterConfig {
         for (kind, id, node_addrs) in nodes {
             let valid = !id.is_empty() && id.len() <= 63 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
             if !valid {
-                return Err(invalid(format!("{kind}.id"), id, "use 1-63 letters, digits or '-' (it names the node's certificate)"));
+                return Err(invalid(
+                    format!("{kind}.id"),
+                    id,
+                    "use 1-63 letters, digits or '-' (it names the node's certificate)",
+                ));
             }
             if id == crate::tls::HUB_NAME {
-                return Err(invalid(format!("{kind}.id"), id, "this name is reserved for the hubs' common certificate name"));
+                return Err(invalid(
+                    format!("{kind}.id"),
+                    id,
+                    "this name is reserved for the hubs' common certificate name",
+                ));
             }
             if !ids.insert(id.clone()) {
                 return Err(invalid(format!("{kind}.id"), id, "node ids must be unique"));
@@ -292,18 +304,30 @@ impl ClusterConfig {
                 return Err(invalid(f("kv_pool"), s.kv_pool, "at least 1 MiB"));
             }
             if s.kv_pool >= s.serving_reserve {
-                return Err(invalid(f("kv_pool"), s.kv_pool, format!("must be smaller than serving_reserve ({})", s.serving_reserve)));
+                return Err(invalid(
+                    f("kv_pool"),
+                    s.kv_pool,
+                    format!("must be smaller than serving_reserve ({})", s.serving_reserve),
+                ));
             }
             if !(s.cost_weight.is_finite() && s.cost_weight > 0.0) {
                 return Err(invalid(f("cost_weight"), s.cost_weight, "must be a positive number"));
             }
             if s.max_running == 0 || s.max_batch_tokens == 0 {
-                return Err(invalid(f("max_running"), s.max_running, "max_running and max_batch_tokens must be positive"));
+                return Err(invalid(
+                    f("max_running"),
+                    s.max_running,
+                    "max_running and max_batch_tokens must be positive",
+                ));
             }
         }
         let c = &self.cluster;
         if c.heartbeat_interval_ms == 0 || c.heartbeat_timeout_ms <= c.heartbeat_interval_ms {
-            return Err(invalid("cluster.heartbeat_timeout_ms", c.heartbeat_timeout_ms, "must exceed heartbeat_interval_ms"));
+            return Err(invalid(
+                "cluster.heartbeat_timeout_ms",
+                c.heartbeat_timeout_ms,
+                "must exceed heartbeat_interval_ms",
+            ));
         }
         if c.request_timeout_ms == 0 {
             return Err(invalid("cluster.request_timeout_ms", 0, "must be positive"));
@@ -322,7 +346,10 @@ impl ClusterConfig {
     }
 
     pub fn spoke(&self, id: &str) -> Result<&SpokeConfig> {
-        self.spokes.iter().find(|s| s.id == id).ok_or_else(|| invalid("--id", id, "no spoke with this id in the config"))
+        self.spokes
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| invalid("--id", id, "no spoke with this id in the config"))
     }
 
     pub fn node_dir(&self, id: &str) -> PathBuf {
@@ -374,11 +401,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_value() {
-        let err = |text: &str| ClusterConfig::parse(text).and_then(|c| c.validate()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |text: &str| {
+            ClusterConfig::parse(text).and_then(|c| c.validate()).err().map(|e| e.to_string()).unwrap_or_default()
+        };
         let base = "[[hub]]\nid = \"h1\"\nhttp = \"127.0.0.1:1\"\nquic = \"127.0.0.1:2\"\n";
         assert!(err("").contains("at least one hub"));
-        assert!(err(&format!("{base}[[hub]]\nid = \"h1\"\nhttp = \"127.0.0.1:3\"\nquic = \"127.0.0.1:4\"\n")).contains("unique"));
-        assert!(err(&format!("{base}[[hub]]\nid = \"h2\"\nhttp = \"127.0.0.1:1\"\nquic = \"127.0.0.1:4\"\n")).contains("used twice"));
+        assert!(err(&format!("{base}[[hub]]\nid = \"h1\"\nhttp = \"127.0.0.1:3\"\nquic = \"127.0.0.1:4\"\n"))
+            .contains("unique"));
+        assert!(err(&format!("{base}[[hub]]\nid = \"h2\"\nhttp = \"127.0.0.1:1\"\nquic = \"127.0.0.1:4\"\n"))
+            .contains("used twice"));
         let spoke = "[[spoke]]\nid = \"s1\"\nhttp = \"127.0.0.1:5\"\nquic = \"127.0.0.1:6\"\nmodels = [\"m\"]\n";
         let e = err(&format!("{base}{spoke}kv_pool = \"4GiB\"\n"));
         assert!(e.contains("spoke[s1].kv_pool") && e.contains("serving_reserve"), "{e}");

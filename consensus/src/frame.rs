@@ -106,7 +106,12 @@ mod tests {
         let mut x = 12345u64;
         for _ in 0..2000 {
             let len = (x % 64) as usize;
-            let bytes: Vec<u8> = (0..len).map(|_| { x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (x >> 33) as u8 }).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (x >> 33) as u8
+                })
+                .collect();
             let _ = decode::<Msg>(&bytes, 1024);
         }
     }

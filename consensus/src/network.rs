@@ -14,7 +14,10 @@ use tokio::time::Instant;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
 use openraft::{AnyError, BasicNode};
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +119,10 @@ impl Network {
             let connecting = self.endpoint.connect_with(self.client.clone(), addr, &name).map_err(|e| e.to_string())?;
             connecting.await.map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(Duration::from_millis(500), dial).await.unwrap_or_else(|_| Err("dial timed out".into())) {
+        match tokio::time::timeout(Duration::from_millis(500), dial)
+            .await
+            .unwrap_or_else(|_| Err("dial timed out".into()))
+        {
             Ok(c) => {
                 let mut d = self.lock();
                 d.failed.remove(&target);
@@ -127,7 +133,10 @@ impl Network {
                 let mut d = self.lock();
                 // 50 ms doubling to 400 ms: a peer that comes back is reached again within
                 // its election timeout (dialling a dead one this often costs nothing).
-                let wait = d.failed.get(&target).map_or(Duration::from_millis(50), |(_, w)| (*w * 2).min(Duration::from_millis(400)));
+                let wait = d
+                    .failed
+                    .get(&target)
+                    .map_or(Duration::from_millis(50), |(_, w)| (*w * 2).min(Duration::from_millis(400)));
                 d.failed.insert(target, (Instant::now(), wait));
                 Err(e)
             }
@@ -135,13 +144,22 @@ impl Network {
     }
 
     /// One RPC to `target`; errors mean the peer could not be reached or the stream broke.
-    pub async fn call(&self, target: NodeId, node: &BasicNode, rpc: &RaftRpc, timeout: Duration) -> Result<RaftReply, String> {
+    pub async fn call(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        rpc: &RaftRpc,
+        timeout: Duration,
+    ) -> Result<RaftReply, String> {
         let conn = self.connection(target, node).await?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, rpc).await.map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
-            read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.map_err(|e| e.to_string())?.ok_or_else(|| "no reply".to_string())
+            read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no reply".to_string())
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(r)) => Ok(r),
@@ -200,7 +218,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
         match self.net.call(self.target, &self.node, &RaftRpc::Snapshot(rpc), option.hard_ttl()).await {
             Ok(RaftReply::Snapshot(Ok(r))) => Ok(r),
             Ok(RaftReply::Snapshot(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),

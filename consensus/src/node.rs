@@ -183,7 +183,11 @@ struct ElectionTimes {
 
 impl ElectionTimes {
     fn from_config(c: &Config) -> Self {
-        Self { lease: Duration::from_millis(c.election_timeout_max), min: c.election_timeout_min, max: c.election_timeout_max }
+        Self {
+            lease: Duration::from_millis(c.election_timeout_max),
+            min: c.election_timeout_min,
+            max: c.election_timeout_max,
+        }
     }
 
     fn draw(&self, rng: &mut XorShift) -> Duration {
@@ -203,7 +207,14 @@ impl ElectionTimes {
 /// for its shorter log keeps openraft's "seen a greater log" flag until it next runs,
 /// adding twice the longest election timeout (800 ms) to that election, however much
 /// later (all three found in the simulation's logs: failovers of 1.5-2.5 s).
-async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(raft: Raft, net: Network, me: NodeId, times: ElectionTimes, log: LS, last_log: LastLog) {
+async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(
+    raft: Raft,
+    net: Network,
+    me: NodeId,
+    times: ElectionTimes,
+    log: LS,
+    last_log: LastLog,
+) {
     let started = Instant::now();
     let grace = 2 * times.lease;
     let mut heard_leader = false;
@@ -225,8 +236,11 @@ async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone
         let mine = log.clone().get_log_state().await.ok().and_then(|s| s.last_log_id);
         *last_log.lock().unwrap_or_else(|p| p.into_inner()) = mine;
         let membership = m.membership_config.membership().clone();
-        let voters: Vec<(NodeId, BasicNode)> =
-            membership.voter_ids().filter(|v| *v != me).filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone()))).collect();
+        let voters: Vec<(NodeId, BasicNode)> = membership
+            .voter_ids()
+            .filter(|v| *v != me)
+            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone())))
+            .collect();
         for (id, node) in &voters {
             if pinging.get(id).is_some_and(|t| !t.is_finished()) {
                 continue;
@@ -237,7 +251,10 @@ async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone
                 tokio::spawn(async move {
                     // Bounded as a whole (a dial to a dead peer takes longer), and counted
                     // from when the answer came.
-                    let ping = tokio::time::timeout(Duration::from_millis(300), net.call(id, &node, &RaftRpc::Ping, Duration::from_millis(300)));
+                    let ping = tokio::time::timeout(
+                        Duration::from_millis(300),
+                        net.call(id, &node, &RaftRpc::Ping, Duration::from_millis(300)),
+                    );
                     if let Ok(Ok(RaftReply::Pong(theirs))) = ping.await {
                         answers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (Instant::now(), theirs));
                     }
@@ -246,7 +263,12 @@ async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone
         }
         let would_vote = {
             let answers = answers.lock().unwrap_or_else(|p| p.into_inner());
-            1 + voters.iter().filter(|(id, _)| answers.get(id).is_some_and(|(t, theirs)| t.elapsed() <= REACHABLE_WITHIN && *theirs <= mine)).count()
+            1 + voters
+                .iter()
+                .filter(|(id, _)| {
+                    answers.get(id).is_some_and(|(t, theirs)| t.elapsed() <= REACHABLE_WITHIN && *theirs <= mine)
+                })
+                .count()
         };
         let majority = 2 * would_vote > voters.len() + 1;
         let allow = (heard_leader || started.elapsed() >= grace) && majority;
@@ -260,7 +282,11 @@ async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone
             let since = raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started);
             let silence = if m.vote.committed { times.lease + timeout } else { timeout };
             if since.elapsed() >= silence {
-                tracing::info!(term = m.current_term, silent_ms = since.elapsed().as_millis() as u64, "running for leader");
+                tracing::info!(
+                    term = m.current_term,
+                    silent_ms = since.elapsed().as_millis() as u64,
+                    "running for leader"
+                );
                 if raft.trigger().elect().await.is_err() {
                     return;
                 }
@@ -276,7 +302,10 @@ const GUARD_EVERY: Duration = Duration::from_millis(50);
 
 /// Takes proposals as they come and commits them in batches, at most
 /// [`BATCHES_IN_FLIGHT`] at a time: while those are in flight the next batch grows.
-async fn batch_proposals(node: std::sync::Weak<ConsensusNode>, mut waiting: tokio::sync::mpsc::UnboundedReceiver<Waiting>) {
+async fn batch_proposals(
+    node: std::sync::Weak<ConsensusNode>,
+    mut waiting: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = waiting.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -297,24 +326,45 @@ async fn batch_proposals(node: std::sync::Weak<ConsensusNode>, mut waiting: toki
 
 /// A forwarded request on a leader that lost its quorum would wait forever; its sender
 /// gave up long before this.
-async fn bounded<T>(f: impl std::future::Future<Output = std::result::Result<T, Redirect>>) -> std::result::Result<T, Redirect> {
-    tokio::time::timeout(QUORUM_WAIT, f).await.unwrap_or_else(|_| Err(Redirect::Failed("the leader has no quorum".into())))
+async fn bounded<T>(
+    f: impl std::future::Future<Output = std::result::Result<T, Redirect>>,
+) -> std::result::Result<T, Redirect> {
+    tokio::time::timeout(QUORUM_WAIT, f)
+        .await
+        .unwrap_or_else(|_| Err(Redirect::Failed("the leader has no quorum".into())))
 }
 
 impl ConsensusNode {
     /// Opens the node's storage under `dir`, starts Raft, and initializes the cluster with
     /// `voters` when this node has never been part of one.
-    pub async fn start(dir: &Path, id: NodeId, role: Role, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+    pub async fn start(
+        dir: &Path,
+        id: NodeId,
+        role: Role,
+        endpoint: quinn::Endpoint,
+        identity: &NodeIdentity,
+    ) -> Result<Arc<Self>> {
         Self::open(dir, id, role, endpoint, identity).await
     }
 
     /// Opens a learner's replica under `dir` (a spoke's): it never votes or initializes a
     /// cluster; a leader adds it ([`Self::ensure_learners`]) and replicates the state to it.
-    pub async fn start_learner(dir: &Path, id: NodeId, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+    pub async fn start_learner(
+        dir: &Path,
+        id: NodeId,
+        endpoint: quinn::Endpoint,
+        identity: &NodeIdentity,
+    ) -> Result<Arc<Self>> {
         Self::open(dir, id, Role::Learner, endpoint, identity).await
     }
 
-    async fn open(dir: &Path, id: NodeId, role: Role, endpoint: quinn::Endpoint, identity: &NodeIdentity) -> Result<Arc<Self>> {
+    async fn open(
+        dir: &Path,
+        id: NodeId,
+        role: Role,
+        endpoint: quinn::Endpoint,
+        identity: &NodeIdentity,
+    ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let (log, sm) = crate::store::open(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
         Self::start_with(id, role, log, sm, endpoint, identity, raft_config()).await
@@ -426,7 +476,8 @@ impl ConsensusNode {
             // A leader that lost its quorum keeps the proposal waiting forever: bound it.
             // If the quorum comes back later the proposal may still commit; its id makes a
             // retry by the caller apply once.
-            let local = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.propose_local(p.clone()));
+            let local =
+                tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.propose_local(p.clone()));
             let Ok(local) = local.await else {
                 last = "this node leads but has no quorum".into();
                 break;
@@ -486,10 +537,16 @@ impl ConsensusNode {
             self.raft.change_membership(change, true).await.map_err(|e| Error::Raft(e.to_string()))?;
         }
         // Hubs being added are learners for a moment too: only spokes' ids are ours here.
-        let gone: std::collections::BTreeSet<NodeId> =
-            present.keys().filter(|id| **id >= FIRST_SPOKE_ID && !voters.contains(id) && !want.contains_key(id)).copied().collect();
+        let gone: std::collections::BTreeSet<NodeId> = present
+            .keys()
+            .filter(|id| **id >= FIRST_SPOKE_ID && !voters.contains(id) && !want.contains_key(id))
+            .copied()
+            .collect();
         if !gone.is_empty() {
-            self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), true).await.map_err(|e| Error::Raft(e.to_string()))?;
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(gone), true)
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?;
         }
         Ok(())
     }
@@ -518,7 +575,11 @@ impl ConsensusNode {
                 Ok(()) => return Ok(()),
                 Err(Redirect::NotLeader(Some(leader))) if leader != self.id => {
                     let Some(node) = self.member(leader) else { break };
-                    match self.net.call(leader, &node, &RaftRpc::Hubs(change.clone()), CATCH_UP_WAIT + FORWARD_TIMEOUT).await {
+                    match self
+                        .net
+                        .call(leader, &node, &RaftRpc::Hubs(change.clone()), CATCH_UP_WAIT + FORWARD_TIMEOUT)
+                        .await
+                    {
                         Ok(RaftReply::Hubs(Ok(()))) => return Ok(()),
                         Ok(RaftReply::Hubs(Err(Redirect::Failed(e)))) => return Err(Error::Raft(e)),
                         Ok(other) => last = format!("{other:?}"),
@@ -561,16 +622,22 @@ impl ConsensusNode {
                         _ => Err(failed(format!("another hub already votes as Raft node {id}"))),
                     };
                 }
-                let caught_up = tokio::time::timeout(CATCH_UP_WAIT, self.raft.add_learner(id, node.clone(), true)).await;
+                let caught_up =
+                    tokio::time::timeout(CATCH_UP_WAIT, self.raft.add_learner(id, node.clone(), true)).await;
                 match caught_up {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(refused(e)),
                     Err(_) => {
-                        let _ = self.raft.change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), true).await;
+                        let _ =
+                            self.raft.change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), true).await;
                         return Err(failed(format!("the hub at {} did not catch up within {CATCH_UP_WAIT:?}: is it running (`nave hub` with `join = true`) and reachable?", node.addr)));
                     }
                 }
-                self.raft.change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false).await.map(|_| ()).map_err(refused)
+                self.raft
+                    .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(refused)
             }
             HubChange::Remove(id) => {
                 if !voters.contains(&id) {
@@ -579,7 +646,11 @@ impl ConsensusNode {
                 if voters.len() == 1 {
                     return Err(failed("the last hub cannot be removed".into()));
                 }
-                self.raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false).await.map(|_| ()).map_err(refused)
+                self.raft
+                    .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(refused)
             }
         }
     }
@@ -587,7 +658,8 @@ impl ConsensusNode {
     /// Waits until this node's Raft names a leader other than `old` (or the deadline).
     async fn wait_leader_change(&self, old: NodeId, deadline: Instant) {
         let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2));
-        let _ = self.raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some_and(|l| l != old), "a new leader").await;
+        let _ =
+            self.raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some_and(|l| l != old), "a new leader").await;
     }
 
     fn member(&self, id: NodeId) -> Option<BasicNode> {
@@ -610,7 +682,8 @@ impl ConsensusNode {
                 let index = log_id.map_or(0, |l| l.index);
                 // Still the leader it was when it started (the vote is the same): no lower
                 // than the log it started with.
-                let floor = self.restored.filter(|r| self.raft.metrics().borrow().vote == r.vote).map_or(0, |r| r.last_index);
+                let floor =
+                    self.restored.filter(|r| self.raft.metrics().borrow().vote == r.vote).map_or(0, |r| r.last_index);
                 Ok(index.max(floor))
             }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(Redirect::NotLeader(f.leader_id)),
@@ -626,7 +699,8 @@ impl ConsensusNode {
             if Instant::now() >= deadline {
                 return Err(Error::NoQuorum(last));
             }
-            let local = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.read_index_local());
+            let local =
+                tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.read_index_local());
             let Ok(local) = local.await else {
                 return Err(Error::NoQuorum("this node leads but has no quorum".into()));
             };

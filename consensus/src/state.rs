@@ -139,23 +139,50 @@ impl Refusal {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    CreateKey { name: String, digest: String, limits: Limits },
-    RevokeKey { name: String },
+    CreateKey {
+        name: String,
+        digest: String,
+        limits: Limits,
+    },
+    RevokeKey {
+        name: String,
+    },
     /// Rate-limit check plus reservation of `max_tokens` against the key's budgets.
-    Admit { digest: String, max_tokens: u64 },
+    Admit {
+        digest: String,
+        max_tokens: u64,
+    },
     /// Actual usage of an admitted request; releases the rest of its reservation.
-    Settle { admitted: String, used_tokens: u64 },
-    Audit { what: String },
+    Settle {
+        admitted: String,
+        used_tokens: u64,
+    },
+    Audit {
+        what: String,
+    },
     StoreResponse(Box<StoredResponse>),
     /// A join token with `uses` uses, valid for `ttl_ms` from the command's time.
-    CreateJoinToken { digest: String, ttl_ms: u64, uses: u32 },
+    CreateJoinToken {
+        digest: String,
+        ttl_ms: u64,
+        uses: u32,
+    },
     /// Consumes one use of the token and registers the spoke, in one step: refused
     /// (`Invalid`, nothing changed) for an unknown, expired or used-up token or a taken id.
-    Join { token_digest: String, spoke: SpokeRecord },
+    Join {
+        token_digest: String,
+        spoke: SpokeRecord,
+    },
     /// Forgets a joined spoke: hubs stop dialling it.
-    RemoveSpoke { id: String },
+    RemoveSpoke {
+        id: String,
+    },
     /// A fine-tuned adapter `model:name` is served by `spoke` (recorded once per spoke).
-    RegisterAdapter { model: String, name: String, spoke: String },
+    RegisterAdapter {
+        model: String,
+        name: String,
+        spoke: String,
+    },
     /// Proposals gathered by one hub while its previous ones were in flight, committed as
     /// one log entry; each is applied as if alone (its own id, time and result).
     Batch(Vec<Proposal>),
@@ -172,8 +199,13 @@ pub struct Proposal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     Done,
-    Admitted { key_name: String },
-    Refused { reason: Refusal, retry_after_ms: u64 },
+    Admitted {
+        key_name: String,
+    },
+    Refused {
+        reason: Refusal,
+        retry_after_ms: u64,
+    },
     NotFound(String),
     Invalid(String),
     /// The results of a [`Command::Batch`], in its order.
@@ -307,7 +339,13 @@ impl ClusterState {
                 if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return CommandResult::Invalid("digest must be 64 hex digits".into());
                 }
-                let key = ApiKey { name: name.clone(), digest: digest.clone(), limits: limits.clone(), created_ms: now, ..Default::default() };
+                let key = ApiKey {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                    limits: limits.clone(),
+                    created_ms: now,
+                    ..Default::default()
+                };
                 self.names.insert(name.clone(), digest.clone());
                 self.keys.insert(digest.clone(), key);
                 self.audit(now, format!("key created: {name}"));
@@ -344,7 +382,12 @@ impl ClusterState {
                 if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return CommandResult::Invalid("digest must be 64 hex digits".into());
                 }
-                let token = JoinToken { digest: digest.clone(), created_ms: now, expires_ms: now.saturating_add(*ttl_ms), uses_left: *uses };
+                let token = JoinToken {
+                    digest: digest.clone(),
+                    created_ms: now,
+                    expires_ms: now.saturating_add(*ttl_ms),
+                    uses_left: *uses,
+                };
                 self.join_tokens.insert(digest.clone(), token);
                 self.audit(now, format!("join token created: {uses} use(s), {} s", ttl_ms / 1000));
                 CommandResult::Done
@@ -372,10 +415,16 @@ impl ClusterState {
     fn join(&mut self, now: u64, token_digest: &str, spoke: &SpokeRecord) -> CommandResult {
         // Expired and used-up tokens were dropped by `expire` before this command.
         let Some(token) = self.join_tokens.get_mut(token_digest) else {
-            return CommandResult::Invalid("the join token is unknown, expired or used up; ask an admin for a new one (nave admin token create)".into());
+            return CommandResult::Invalid(
+                "the join token is unknown, expired or used up; ask an admin for a new one (nave admin token create)"
+                    .into(),
+            );
         };
         if self.spokes.contains_key(&spoke.id) {
-            return CommandResult::Invalid(format!("a spoke named {:?} has joined already; pick another --id", spoke.id));
+            return CommandResult::Invalid(format!(
+                "a spoke named {:?} has joined already; pick another --id",
+                spoke.id
+            ));
         }
         token.uses_left -= 1;
         let mut record = spoke.clone();
@@ -417,7 +466,10 @@ impl ClusterState {
         k.reserved += max_tokens;
         k.total_requests += 1;
         let name = k.name.clone();
-        self.reservations.insert(id.to_string(), Reservation { digest: digest.to_string(), tokens: max_tokens, minute, day, at_ms: now });
+        self.reservations.insert(
+            id.to_string(),
+            Reservation { digest: digest.to_string(), tokens: max_tokens, minute, day, at_ms: now },
+        );
         self.reservations_since_ms = self.reservations_since_ms.min(now);
         CommandResult::Admitted { key_name: name }
     }
@@ -453,7 +505,10 @@ mod tests {
 
     fn with_key(limits: Limits) -> ClusterState {
         let mut s = ClusterState::default();
-        assert_eq!(run(&mut s, "c", 0, Command::CreateKey { name: "k".into(), digest: digest(1), limits }), CommandResult::Done);
+        assert_eq!(
+            run(&mut s, "c", 0, Command::CreateKey { name: "k".into(), digest: digest(1), limits }),
+            CommandResult::Done
+        );
         s
     }
 
@@ -470,12 +525,19 @@ mod tests {
                 x ^= x << 17;
                 if x % 3 != 0 || open.is_empty() {
                     let id = format!("a{step}");
-                    if let CommandResult::Admitted { .. } = run(&mut s, &id, 1000 + step, Command::Admit { digest: digest(1), max_tokens: 1 + x % 40 }) {
+                    if let CommandResult::Admitted { .. } =
+                        run(&mut s, &id, 1000 + step, Command::Admit { digest: digest(1), max_tokens: 1 + x % 40 })
+                    {
                         open.push(id);
                     }
                 } else {
                     let id = open.remove((x as usize / 3) % open.len());
-                    run(&mut s, &format!("s{step}"), 1000 + step, Command::Settle { admitted: id, used_tokens: x % 50 });
+                    run(
+                        &mut s,
+                        &format!("s{step}"),
+                        1000 + step,
+                        Command::Settle { admitted: id, used_tokens: x % 50 },
+                    );
                 }
                 let k = s.key_by_name("k").cloned().unwrap_or_default();
                 assert!(k.day_used + k.reserved <= 100, "seed {seed} step {step}: {k:?}");
@@ -486,11 +548,14 @@ mod tests {
     #[test]
     fn rate_limits_follow_the_command_time() {
         let mut s = with_key(Limits { rpm: Some(2), ..Default::default() });
-        let admit = |s: &mut ClusterState, id: &str, t: u64| run(s, id, t, Command::Admit { digest: digest(1), max_tokens: 1 });
+        let admit =
+            |s: &mut ClusterState, id: &str, t: u64| run(s, id, t, Command::Admit { digest: digest(1), max_tokens: 1 });
         assert!(matches!(admit(&mut s, "1", 60_000), CommandResult::Admitted { .. }));
         assert!(matches!(admit(&mut s, "2", 60_500), CommandResult::Admitted { .. }));
         match admit(&mut s, "3", 61_000) {
-            CommandResult::Refused { reason: Refusal::RequestRate, retry_after_ms } => assert_eq!(retry_after_ms, 59_000),
+            CommandResult::Refused { reason: Refusal::RequestRate, retry_after_ms } => {
+                assert_eq!(retry_after_ms, 59_000)
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(admit(&mut s, "4", 120_000), CommandResult::Admitted { .. }), "a new minute");
@@ -512,14 +577,24 @@ mod tests {
     #[test]
     fn a_batch_applies_each_proposal_once_in_order() {
         let mut s = with_key(Limits { daily_tokens: Some(10), ..Default::default() });
-        let admit = |id: &str, t: u64| Proposal { id: id.into(), now_ms: t, command: Command::Admit { digest: digest(1), max_tokens: 4 } };
+        let admit = |id: &str, t: u64| Proposal {
+            id: id.into(),
+            now_ms: t,
+            command: Command::Admit { digest: digest(1), max_tokens: 4 },
+        };
         // "x" was committed alone before; the batch carries it again (a retry) with two more.
         run(&mut s, "x", 1, admit("x", 1).command);
         let batch = Command::Batch(vec![admit("x", 1), admit("y", 2), admit("z", 3)]);
-        let CommandResult::Batch(results) = run(&mut s, "batch-1", 3, batch.clone()) else { panic!("a batch answers with a batch") };
+        let CommandResult::Batch(results) = run(&mut s, "batch-1", 3, batch.clone()) else {
+            panic!("a batch answers with a batch")
+        };
         assert!(matches!(results[0], CommandResult::Admitted { .. }), "the retry gets the first answer");
         assert!(matches!(results[1], CommandResult::Admitted { .. }));
-        assert!(matches!(results[2], CommandResult::Refused { reason: Refusal::DailyBudget, .. }), "8 of 10 reserved: {:?}", results[2]);
+        assert!(
+            matches!(results[2], CommandResult::Refused { reason: Refusal::DailyBudget, .. }),
+            "8 of 10 reserved: {:?}",
+            results[2]
+        );
         assert_eq!(s.key_by_name("k").map(|k| k.reserved), Some(8), "x counted once");
         // The whole batch retried (its forward timed out, say) changes nothing.
         let again = run(&mut s, "batch-2", 4, batch);
@@ -530,18 +605,35 @@ mod tests {
     #[test]
     fn unknown_and_revoked_keys_are_refused() {
         let mut s = with_key(Limits::default());
-        assert!(matches!(run(&mut s, "x", 1, Command::Admit { digest: digest(9), max_tokens: 1 }), CommandResult::Refused { reason: Refusal::UnknownKey, .. }));
+        assert!(matches!(
+            run(&mut s, "x", 1, Command::Admit { digest: digest(9), max_tokens: 1 }),
+            CommandResult::Refused { reason: Refusal::UnknownKey, .. }
+        ));
         run(&mut s, "r", 2, Command::RevokeKey { name: "k".into() });
-        assert!(matches!(run(&mut s, "y", 3, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { reason: Refusal::Revoked, .. }));
-        assert!(matches!(run(&mut s, "z", 4, Command::CreateKey { name: "k".into(), digest: digest(2), limits: Limits::default() }), CommandResult::Invalid(_)));
+        assert!(matches!(
+            run(&mut s, "y", 3, Command::Admit { digest: digest(1), max_tokens: 1 }),
+            CommandResult::Refused { reason: Refusal::Revoked, .. }
+        ));
+        assert!(matches!(
+            run(&mut s, "z", 4, Command::CreateKey { name: "k".into(), digest: digest(2), limits: Limits::default() }),
+            CommandResult::Invalid(_)
+        ));
     }
 
     #[test]
     fn stored_responses_chain_and_stay_private() {
         let mut s = ClusterState::default();
         let resp = |id: &str, prev: Option<&str>, owner: &str| StoredResponse {
-            id: id.into(), owner: owner.into(), model: "m".into(), previous: prev.map(String::from), created_ms: 0,
-            input: vec![Turn { role: "user".into(), content: id.into() }], output: format!("re {id}"), input_tokens: 1, output_tokens: 1, spoke: "s1".into(),
+            id: id.into(),
+            owner: owner.into(),
+            model: "m".into(),
+            previous: prev.map(String::from),
+            created_ms: 0,
+            input: vec![Turn { role: "user".into(), content: id.into() }],
+            output: format!("re {id}"),
+            input_tokens: 1,
+            output_tokens: 1,
+            spoke: "s1".into(),
         };
         run(&mut s, "1", 10, Command::StoreResponse(Box::new(resp("a", None, "alice"))));
         run(&mut s, "2", 20, Command::StoreResponse(Box::new(resp("b", Some("a"), "alice"))));
@@ -557,7 +649,10 @@ mod tests {
     fn unsettled_reservations_expire() {
         let mut s = with_key(Limits { daily_tokens: Some(10), ..Default::default() });
         run(&mut s, "a", 1_000, Command::Admit { digest: digest(1), max_tokens: 10 });
-        assert!(matches!(run(&mut s, "b", 2_000, Command::Admit { digest: digest(1), max_tokens: 1 }), CommandResult::Refused { .. }));
+        assert!(matches!(
+            run(&mut s, "b", 2_000, Command::Admit { digest: digest(1), max_tokens: 1 }),
+            CommandResult::Refused { .. }
+        ));
         run(&mut s, "tick", 1_000 + RESERVATION_MS + 1, Command::Audit { what: "tick".into() });
         assert_eq!(s.outstanding_reservations(), 0);
     }
@@ -582,8 +677,13 @@ mod tests {
                 for other in all {
                     assert_eq!(run(other, id, now, command.clone()), ra, "{id}");
                     assert_eq!(other.outstanding_reservations(), self.a.outstanding_reservations(), "{id}");
-                    let (ka, ko) = (self.a.key_by_digest(&digest(1)).expect("key"), other.key_by_digest(&digest(1)).expect("key"));
-                    assert_eq!((ka.reserved, ka.day_used, ka.total_tokens), (ko.reserved, ko.day_used, ko.total_tokens), "{id}");
+                    let (ka, ko) =
+                        (self.a.key_by_digest(&digest(1)).expect("key"), other.key_by_digest(&digest(1)).expect("key"));
+                    assert_eq!(
+                        (ka.reserved, ka.day_used, ka.total_tokens),
+                        (ko.reserved, ko.day_used, ko.total_tokens),
+                        "{id}"
+                    );
                 }
             }
         }
@@ -611,7 +711,11 @@ mod tests {
             }
         }
         let admitted = r.a.key_by_digest(&digest(1)).expect("key").total_requests as usize;
-        assert!(r.a.outstanding_reservations() < admitted / 4, "{} of {admitted} outstanding", r.a.outstanding_reservations());
+        assert!(
+            r.a.outstanding_reservations() < admitted / 4,
+            "{} of {admitted} outstanding",
+            r.a.outstanding_reservations()
+        );
         // Every reservation settled, then a scan with none left; a new one still expires.
         for (i, admitted) in open.drain(..).enumerate() {
             r.run(&format!("end{i}"), now, Command::Settle { admitted, used_tokens: 0 });
@@ -625,14 +729,25 @@ mod tests {
     }
 
     fn spoke(id: &str) -> SpokeRecord {
-        SpokeRecord { id: id.into(), quic: "127.0.0.1:7200".into(), http: "127.0.0.1:9200".into(), models: vec!["m".into()], cost_weight: 1.0, labels: BTreeMap::new(), joined_ms: 0 }
+        SpokeRecord {
+            id: id.into(),
+            quic: "127.0.0.1:7200".into(),
+            http: "127.0.0.1:9200".into(),
+            models: vec!["m".into()],
+            cost_weight: 1.0,
+            labels: BTreeMap::new(),
+            joined_ms: 0,
+        }
     }
 
     #[test]
     fn join_tokens_are_used_once_and_expire() {
         let mut s = ClusterState::default();
         run(&mut s, "t", 0, Command::CreateJoinToken { digest: digest(7), ttl_ms: 60_000, uses: 1 });
-        assert_eq!(run(&mut s, "j1", 1_000, Command::Join { token_digest: digest(7), spoke: spoke("s3") }), CommandResult::Done);
+        assert_eq!(
+            run(&mut s, "j1", 1_000, Command::Join { token_digest: digest(7), spoke: spoke("s3") }),
+            CommandResult::Done
+        );
         assert_eq!(s.spokes["s3"].joined_ms, 1_000);
         let again = run(&mut s, "j2", 2_000, Command::Join { token_digest: digest(7), spoke: spoke("s4") });
         assert!(matches!(again, CommandResult::Invalid(ref m) if m.contains("used up")), "{again:?}");
@@ -644,7 +759,10 @@ mod tests {
         assert_eq!(s.join_token(&digest(8)).map(|t| t.uses_left), Some(5), "a refused join keeps the use");
         let late = run(&mut s, "j4", 4_001, Command::Join { token_digest: digest(8), spoke: spoke("s5") });
         assert!(matches!(late, CommandResult::Invalid(_)), "expired: {late:?}");
-        assert!(run(&mut s, "j5", 4_002, Command::Join { token_digest: digest(9), spoke: spoke("s6") }) != CommandResult::Done);
+        assert!(
+            run(&mut s, "j5", 4_002, Command::Join { token_digest: digest(9), spoke: spoke("s6") })
+                != CommandResult::Done
+        );
 
         assert_eq!(run(&mut s, "r", 5_000, Command::RemoveSpoke { id: "s3".into() }), CommandResult::Done);
         assert!(s.spokes.is_empty());

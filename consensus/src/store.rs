@@ -20,10 +20,10 @@
 // return what the traits need.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bincode::Options;
@@ -180,7 +180,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.meta_put("last_purged", &log_id)?;
-        let keys: Vec<sled::IVec> = self.logs.range(..=log_id.index.to_be_bytes()).keys().collect::<Result<_, _>>().map_err(io_read)?;
+        let keys: Vec<sled::IVec> =
+            self.logs.range(..=log_id.index.to_be_bytes()).keys().collect::<Result<_, _>>().map_err(io_read)?;
         for k in keys {
             self.logs.remove(k).map_err(io_write)?;
         }
@@ -310,7 +311,11 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let body = self.handle.read(|a| SnapshotBody { last_applied: a.last_applied, membership: a.membership.clone(), state: a.state.clone() });
+        let body = self.handle.read(|a| SnapshotBody {
+            last_applied: a.last_applied,
+            membership: a.membership.clone(),
+            state: a.state.clone(),
+        });
         let data = enc(&body)?;
         self.snapshot_count += 1;
         let id = match body.last_applied {
@@ -356,14 +361,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Self { handle: self.handle.clone(), home: self.home.clone(), snapshot_count: self.snapshot_count, applied_tx: self.applied_tx.clone() }
+        Self {
+            handle: self.handle.clone(),
+            home: self.home.clone(),
+            snapshot_count: self.snapshot_count,
+            applied_tx: self.applied_tx.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let body: SnapshotBody = dec(&data)?;
         self.handle.write(|a| {

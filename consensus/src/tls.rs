@@ -88,7 +88,9 @@ impl ClusterCa {
     /// Loads the CA from `dir` without ever creating one (for tools that act for an
     /// existing cluster).
     pub fn load(dir: &Path) -> Result<Self> {
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| tls(format!("no cluster CA in {}: {e}", dir.display())));
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f)).map_err(|e| tls(format!("no cluster CA in {}: {e}", dir.display())))
+        };
         Ok(Self { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })
     }
 
@@ -106,7 +108,8 @@ impl ClusterCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
         let now = time_now();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::seconds(validity.as_secs() as i64);
@@ -135,7 +138,8 @@ impl ClusterCa {
 
     /// Node parameters: the names, and the validity window.
     fn node_params(names: &[&str], start_offset: i64, validity: Duration) -> Result<CertificateParams> {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).map_err(tls)?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).map_err(tls)?;
         params.distinguished_name.push(DnType::CommonName, names[0]);
         let start = time_now() + time::Duration::seconds(start_offset);
         params.not_before = start;
@@ -152,7 +156,8 @@ impl ClusterCa {
     /// Signs a joining node's certificate request for node `name` (whatever names the
     /// request asked for): the node keeps its private key, the hub never sees it.
     pub fn sign_request(&self, csr_pem: &str, name: &str) -> Result<String> {
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| tls(format!("bad certificate request: {e}")))?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| tls(format!("bad certificate request: {e}")))?;
         csr.params = Self::node_params(&[name], -3600, NODE_VALIDITY)?;
         Ok(csr.signed_by(&self.issuer()?).map_err(tls)?.pem())
     }
@@ -304,7 +309,8 @@ impl NodeIdentity {
     /// every protocol but [`ALPN_JOIN`] (see [`has_certificate`]).
     pub fn server_config_with(&self, alpns: &[&[u8]], anonymous: bool) -> Result<quinn::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone());
+        let builder =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone());
         let verifier = if anonymous { builder.allow_unauthenticated() } else { builder }.build().map_err(tls)?;
         // The CA travels after the node's certificate so that a joining node can pin it.
         let mut chain = self.chain.clone();

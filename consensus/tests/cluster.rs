@@ -22,11 +22,19 @@ fn free_udp() -> std::net::SocketAddr {
 }
 
 async fn start(dir: &std::path::Path, ca: &ClusterCa, id: u64, voters: &BTreeMap<u64, openraft::BasicNode>) -> Hub {
-    let addr: std::net::SocketAddr = voters[&id].addr.split_once('@').map(|(_, a)| a.parse().expect("addr")).expect("addr");
+    let addr: std::net::SocketAddr =
+        voters[&id].addr.split_once('@').map(|(_, a)| a.parse().expect("addr")).expect("addr");
     start_as(dir, ca, &format!("h{id}"), id, addr, Role::Founder(voters.clone())).await
 }
 
-async fn start_as(dir: &std::path::Path, ca: &ClusterCa, name: &str, id: u64, addr: std::net::SocketAddr, role: Role) -> Hub {
+async fn start_as(
+    dir: &std::path::Path,
+    ca: &ClusterCa,
+    name: &str,
+    id: u64,
+    addr: std::net::SocketAddr,
+    role: Role,
+) -> Hub {
     let identity = ca.ensure_hub(&dir.join(name), name).expect("identity");
     // A restarted node reuses its port; the stopped endpoint may hold it for a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -151,7 +159,10 @@ async fn three_hubs_elect_replicate_fail_over_and_restart() {
     // Restart the old leader from its sled files: it has everything it acknowledged, and
     // catches up on what it missed.
     let restarted = start(dir.path(), &ca, leader, &voters).await;
-    let caught_up = restarted.node.read(|a| (a.state.key_by_name("alice").is_some(), a.state.key_by_name("after-failover").is_some())).await;
+    let caught_up = restarted
+        .node
+        .read(|a| (a.state.key_by_name("alice").is_some(), a.state.key_by_name("after-failover").is_some()))
+        .await;
     assert_eq!(caught_up.expect("read after restart"), (true, true));
 
     // With two of three hubs gone there is no quorum: a clear error, not a hang.
@@ -183,8 +194,14 @@ async fn hubs_are_added_and_removed_while_the_cluster_serves() {
     follower.node.change_hubs(HubChange::Add(h4_id, node_addr("h4", h4_addr))).await.expect("add h4");
     let voters: Vec<u64> = follower.node.hubs().iter().map(|h| h.0).collect();
     assert_eq!(voters, vec![1, 2, 3, h4_id]);
-    assert!(h4.node.read(|a| a.state.key_by_name("before").is_some()).await.expect("read on h4"), "the new hub has the state");
-    assert!(follower.node.change_hubs(HubChange::Add(h4_id, node_addr("h4", h4_addr))).await.is_ok(), "adding it again changes nothing");
+    assert!(
+        h4.node.read(|a| a.state.key_by_name("before").is_some()).await.expect("read on h4"),
+        "the new hub has the state"
+    );
+    assert!(
+        follower.node.change_hubs(HubChange::Add(h4_id, node_addr("h4", h4_addr))).await.is_ok(),
+        "adding it again changes nothing"
+    );
 
     follower.node.change_hubs(HubChange::Remove(leader)).await.expect("remove the leader");
     let old = hubs.remove(hubs.iter().position(|h| h.node.id == leader).expect("leader"));
@@ -222,30 +239,61 @@ async fn a_lagging_hub_and_a_new_learner_catch_up_from_a_snapshot() {
         leader.write(key(&format!("missed-{i}"), i)).await.expect("write");
     }
     leader.raft.trigger().snapshot().await.expect("snapshot");
-    let snap = leader.raft.wait(Some(Duration::from_secs(10))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= 40), "a snapshot").await.expect("snapshot built");
+    let snap = leader
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 40), "a snapshot")
+        .await
+        .expect("snapshot built");
     let upto = snap.snapshot.expect("snapshot").index;
     leader.raft.trigger().purge_log(upto).await.expect("purge");
-    leader.raft.wait(Some(Duration::from_secs(10))).metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "the log purged").await.expect("purged");
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "the log purged")
+        .await
+        .expect("purged");
 
     // The stopped hub comes back: the entries it lacks are gone from the leader's log, so
     // it gets the snapshot.
     let back = start(dir.path(), &ca, lagging_id, &voters).await;
-    let installed = back.node.raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= upto), "snapshot installed").await;
+    let installed = back
+        .node
+        .raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= upto), "snapshot installed")
+        .await;
     assert!(installed.is_ok(), "the lagging hub installed the leader's snapshot");
-    assert!(back.node.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())).await.expect("read"), "the lagging hub has every key");
+    assert!(
+        back.node
+            .read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some()))
+            .await
+            .expect("read"),
+        "the lagging hub has every key"
+    );
 
     // A learner added now (a spoke's replica): it catches up the same way and never votes.
     let name = "s-learner";
     let identity = ca.ensure_node(&dir.path().join(name), name).expect("identity");
     let endpoint = tls::endpoint(&identity, free_udp(), &[tls::ALPN_RAFT]).expect("endpoint");
     let lid = nave_consensus::node::learner_id(name);
-    let learner = ConsensusNode::start_learner(&dir.path().join(name), lid, endpoint.clone(), &identity).await.expect("learner");
+    let learner =
+        ConsensusNode::start_learner(&dir.path().join(name), lid, endpoint.clone(), &identity).await.expect("learner");
     serve(&endpoint, &learner);
-    let want: BTreeMap<u64, openraft::BasicNode> = [(lid, node_addr(name, endpoint.local_addr().expect("addr")))].into();
+    let want: BTreeMap<u64, openraft::BasicNode> =
+        [(lid, node_addr(name, endpoint.local_addr().expect("addr")))].into();
     leader.ensure_learners(&want).await.expect("learner added");
     let last = leader.raft.metrics().borrow().last_log_index;
-    learner.raft.wait(Some(Duration::from_secs(20))).metrics(|m| m.last_applied.map(|l| l.index) >= last, "the learner caught up").await.expect("caught up");
-    assert!(learner.state.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())), "the replica has every key");
+    learner
+        .raft
+        .wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.last_applied.map(|l| l.index) >= last, "the learner caught up")
+        .await
+        .expect("caught up");
+    assert!(
+        learner.state.read(|a| (0..40u8).all(|i| a.state.key_by_name(&format!("missed-{i}")).is_some())),
+        "the replica has every key"
+    );
     let m = leader.raft.metrics().borrow().clone();
     assert!(!m.membership_config.membership().voter_ids().any(|v| v == lid), "a learner never votes");
     // Removed from the wanted set, it leaves the membership.
@@ -272,9 +320,13 @@ async fn a_leader_without_quorum_answers_instead_of_hanging() {
         stop(h).await;
     }
     let t = Instant::now();
-    let write = tokio::time::timeout(Duration::from_secs(30), leader.node.write(key("lost", 2))).await.expect("the write answers");
+    let write = tokio::time::timeout(Duration::from_secs(30), leader.node.write(key("lost", 2)))
+        .await
+        .expect("the write answers");
     assert!(matches!(write, Err(nave_consensus::Error::NoQuorum(_))), "{write:?}");
-    let read = tokio::time::timeout(Duration::from_secs(30), leader.node.read(|a| a.state.keys.len())).await.expect("the read answers");
+    let read = tokio::time::timeout(Duration::from_secs(30), leader.node.read(|a| a.state.keys.len()))
+        .await
+        .expect("the read answers");
     assert!(matches!(read, Err(nave_consensus::Error::NoQuorum(_))), "{read:?}");
     assert!(t.elapsed() < Duration::from_secs(15), "answered after {:?}", t.elapsed());
     stop(leader).await;
@@ -314,7 +366,13 @@ async fn write_throughput() {
         let secs = started.elapsed().as_secs_f64();
         lat.sort_by(f64::total_cmp);
         let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
-        println!("writers {writers:>3}: {:>7.0} writes/s, p50 {:.2} ms, p99 {:.2} ms ({} writes, spread over 3 hubs)", lat.len() as f64 / secs, p(0.5), p(0.99), lat.len());
+        println!(
+            "writers {writers:>3}: {:>7.0} writes/s, p50 {:.2} ms, p99 {:.2} ms ({} writes, spread over 3 hubs)",
+            lat.len() as f64 / secs,
+            p(0.5),
+            p(0.99),
+            lat.len()
+        );
     }
     for h in &hubs {
         stop(h).await;

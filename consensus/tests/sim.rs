@@ -80,7 +80,12 @@ impl AsyncUdpSocket for SimUdp {
         self.socket.try_send_to(transmit.contents, transmit.destination).map(|_| ())
     }
 
-    fn poll_recv(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<std::io::Result<usize>> {
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
         let mut readable = self.readable.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             // The readiness future holds the socket's receive lock while it waits: try a
@@ -116,7 +121,12 @@ async fn sim_endpoint(identity: &NodeIdentity) -> std::io::Result<quinn::Endpoin
     let socket = turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).await?;
     let server = identity.server_config(&[tls::ALPN_RAFT]).map_err(std::io::Error::other)?;
     let udp = Arc::new(SimUdp { socket: Arc::new(socket), readable: Mutex::new(None) });
-    quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), udp, Arc::new(quinn::TokioRuntime))
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -191,7 +201,16 @@ impl Shared {
     fn call(&self, hub: u64, key: usize, op: Op) -> usize {
         let mut r = Self::lock(&self.records);
         let now = turmoil::sim_elapsed().unwrap_or_default();
-        r.push(Record { hub, key, call: op, called: self.clock.fetch_add(1, Ordering::Relaxed), outcome: Outcome::Pending, answered: 0, called_at: now, answered_at: now });
+        r.push(Record {
+            hub,
+            key,
+            call: op,
+            called: self.clock.fetch_add(1, Ordering::Relaxed),
+            outcome: Outcome::Pending,
+            answered: 0,
+            called_at: now,
+            answered_at: now,
+        });
         r.len() - 1
     }
 
@@ -204,7 +223,8 @@ impl Shared {
 
     /// The calls in flight on a hub that crashed will never be answered.
     fn crashed(&self, hub: u64) {
-        for r in Self::lock(&self.records).iter_mut().filter(|r| r.hub == hub && matches!(r.outcome, Outcome::Pending)) {
+        for r in Self::lock(&self.records).iter_mut().filter(|r| r.hub == hub && matches!(r.outcome, Outcome::Pending))
+        {
             r.outcome = Outcome::Unknown;
             r.answered = self.clock.fetch_add(1, Ordering::Relaxed);
         }
@@ -241,8 +261,9 @@ fn host_name(id: u64) -> String {
 async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
     let boot = hub.boots.fetch_add(1, Ordering::Relaxed);
     let mut rng = XorShift::new(hub.seed ^ (hub.id << 32) ^ (boot << 48));
-    let voters: BTreeMap<u64, openraft::BasicNode> =
-        (1..=HUBS).map(|j| (j, node_addr(&format!("h{j}"), SocketAddr::new(turmoil::lookup(host_name(j)), PORT)))).collect();
+    let voters: BTreeMap<u64, openraft::BasicNode> = (1..=HUBS)
+        .map(|j| (j, node_addr(&format!("h{j}"), SocketAddr::new(turmoil::lookup(host_name(j)), PORT))))
+        .collect();
     let endpoint = sim_endpoint(&hub.identity).await?;
     // A (re)boot after a crash: what was never flushed is gone.
     hub.disk.crash();
@@ -252,7 +273,9 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
     let mut config = raft_config();
     config.election_timeout_min = 200 + rng.below(200);
     config.election_timeout_max = config.election_timeout_min + 1;
-    let node = ConsensusNode::start_with(hub.id, Role::Founder(voters), log, sm, endpoint.clone(), &hub.identity, config).await?;
+    let node =
+        ConsensusNode::start_with(hub.id, Role::Founder(voters), log, sm, endpoint.clone(), &hub.identity, config)
+            .await?;
 
     let serving = node.clone();
     tokio::spawn(async move {
@@ -275,7 +298,14 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
                     let v = shared.values.fetch_add(1, Ordering::Relaxed) + 1;
                     let i = shared.call(hub.id, key, Op::Write(v));
                     let r = node.write(Command::Audit { what: format!("sim {key}={v}") }).await;
-                    shared.answer(i, if matches!(r, Ok(CommandResult::Done)) { Outcome::Acked(Op::Write(v)) } else { Outcome::Unknown });
+                    shared.answer(
+                        i,
+                        if matches!(r, Ok(CommandResult::Done)) {
+                            Outcome::Acked(Op::Write(v))
+                        } else {
+                            Outcome::Unknown
+                        },
+                    );
                 } else {
                     let i = shared.call(hub.id, key, Op::Read(None));
                     let r = node.read(|a| registers(a).iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v)).await;
@@ -343,7 +373,13 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
         .build();
     let shared = Arc::new(Shared::default());
     for id in 1..=HUBS {
-        let hub = Arc::new(Hub { id, identity: identities[id as usize - 1].clone(), disk: MemoryDisk::default(), seed, boots: AtomicU64::new(0) });
+        let hub = Arc::new(Hub {
+            id,
+            identity: identities[id as usize - 1].clone(),
+            disk: MemoryDisk::default(),
+            seed,
+            boots: AtomicU64::new(0),
+        });
         let shared = shared.clone();
         sim.host(host_name(id), move || hub_software(hub.clone(), shared.clone()));
     }
@@ -362,7 +398,12 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
     let mut leader_faults: Vec<(u64, Duration, String)> = Vec::new();
     if schedule == Schedule::IsolateLeader {
         step(&mut sim, Duration::from_secs(3))?;
-        let leader = Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id).ok_or("no leader after 3 s")?;
+        let leader = Shared::lock(&shared.views)
+            .iter()
+            .filter(|(_, (_, l))| *l)
+            .max_by_key(|(_, (t, _))| *t)
+            .map(|(id, _)| *id)
+            .ok_or("no leader after 3 s")?;
         let host = host_name(leader);
         log.push(format!("{:>6.2} s  Isolate {host} (leader) for 12 s", sim.elapsed().as_secs_f64()));
         names.iter().filter(|n| **n != host).for_each(|o| sim.partition(host.as_str(), o.as_str()));
@@ -376,7 +417,8 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
     }
     while schedule == Schedule::Random && sim.elapsed() < load {
         let fault = [Fault::Crash, Fault::Isolate, Fault::CutOutgoing, Fault::Loss, Fault::CrashAll][rng.index(5)];
-        let leader = Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id);
+        let leader =
+            Shared::lock(&shared.views).iter().filter(|(_, (_, l))| *l).max_by_key(|(_, (t, _))| *t).map(|(id, _)| *id);
         let target = match leader {
             Some(l) if rng.below(2) == 0 => l,
             _ => 1 + rng.below(HUBS),
@@ -396,8 +438,12 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
                 sim.crash(host.as_str());
                 shared.crashed(target);
             }
-            Fault::Isolate => names.iter().filter(|n| **n != host).for_each(|o| sim.partition(host.as_str(), o.as_str())),
-            Fault::CutOutgoing => names.iter().filter(|n| **n != host).for_each(|o| sim.partition_oneway(host.as_str(), o.as_str())),
+            Fault::Isolate => {
+                names.iter().filter(|n| **n != host).for_each(|o| sim.partition(host.as_str(), o.as_str()))
+            }
+            Fault::CutOutgoing => {
+                names.iter().filter(|n| **n != host).for_each(|o| sim.partition_oneway(host.as_str(), o.as_str()))
+            }
             Fault::Loss => sim.set_fail_rate(0.1),
             Fault::CrashAll => {
                 for id in 1..=HUBS {
@@ -410,7 +456,9 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
         step(&mut sim, until)?;
         match fault {
             Fault::Crash => sim.bounce(host.as_str()),
-            Fault::Isolate | Fault::CutOutgoing => names.iter().filter(|n| **n != host).for_each(|o| sim.repair(host.as_str(), o.as_str())),
+            Fault::Isolate | Fault::CutOutgoing => {
+                names.iter().filter(|n| **n != host).for_each(|o| sim.repair(host.as_str(), o.as_str()))
+            }
             Fault::Loss => sim.set_fail_rate(0.0),
             Fault::CrashAll => names.iter().for_each(|n| sim.bounce(n.as_str())),
         }
@@ -427,7 +475,11 @@ fn run_seed(seed: u64, load: Duration, identities: &[NodeIdentity], schedule: Sc
     let deadline = sim.elapsed() + Duration::from_secs(30);
     while Shared::lock(&shared.finals).len() < HUBS as usize {
         if sim.elapsed() > deadline {
-            return Err(format!("hubs {:?} of {HUBS} answered a read within 30 s of healing\n{}", Shared::lock(&shared.finals).keys().collect::<Vec<_>>(), log.join("\n")));
+            return Err(format!(
+                "hubs {:?} of {HUBS} answered a read within 30 s of healing\n{}",
+                Shared::lock(&shared.finals).keys().collect::<Vec<_>>(),
+                log.join("\n")
+            ));
         }
         sim.step().map_err(|e| format!("the simulation stopped: {e}"))?;
     }
@@ -477,11 +529,16 @@ fn check(records: &[Record], finals: &BTreeMap<u64, Vec<(usize, u64)>>) -> Resul
     let first = finals.values().next().ok_or("no final state")?;
     for (id, entries) in finals {
         if entries != first {
-            return Err(format!("hub {id} holds {} register writes, hub 1 {}: the replicas differ", entries.len(), first.len()));
+            return Err(format!(
+                "hub {id} holds {} register writes, hub 1 {}: the replicas differ",
+                entries.len(),
+                first.len()
+            ));
         }
     }
     let present: std::collections::HashSet<u64> = first.iter().map(|(_, v)| *v).collect();
-    let lost: Vec<&Record> = records.iter().filter(|r| matches!(&r.outcome, Outcome::Acked(Op::Write(v)) if !present.contains(v))).collect();
+    let lost: Vec<&Record> =
+        records.iter().filter(|r| matches!(&r.outcome, Outcome::Acked(Op::Write(v)) if !present.contains(v))).collect();
     if !lost.is_empty() {
         return Err(format!("{} acknowledged writes lost, first {:?}", lost.len(), lost[0]));
     }
@@ -514,7 +571,10 @@ fn check(records: &[Record], finals: &BTreeMap<u64, Vec<(usize, u64)>>) -> Resul
         }
         if !WGLChecker::<Register>::is_linearizable(History::from_actions(actions.clone())) {
             let tail = &actions[actions.len().saturating_sub(40)..];
-            return Err(format!("key {key}: not linearizable ({} calls and answers; the last 40, by call number): {tail:?}", actions.len()));
+            return Err(format!(
+                "key {key}: not linearizable ({} calls and answers; the last 40, by call number): {tail:?}",
+                actions.len()
+            ));
         }
     }
     Ok(())
@@ -542,7 +602,10 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 /// `SIM_LOG=info,openraft=debug` (an env filter) logs what the nodes do, in simulated time.
 fn init_log() {
     if let Ok(filter) = std::env::var("SIM_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_timer(SimTime).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(SimTime)
+            .try_init();
     }
 }
 
@@ -585,8 +648,17 @@ fn seeded_simulations_of_faults_lose_nothing_and_stay_linearizable() {
                 reads += s.reads;
                 faults += s.faults.len();
                 failovers.extend(s.failovers.iter().map(|f| f.0));
-                let slowest = s.failovers.iter().max().map_or(String::new(), |f| format!(", slowest failover {} ms ({})", f.0.as_millis(), f.1.trim()));
-                println!("seed {seed}: {} faults, {} acknowledged writes, {} reads{slowest}, {:.1} s", s.faults.len(), s.acked_writes, s.reads, took.as_secs_f64());
+                let slowest =
+                    s.failovers.iter().max().map_or(String::new(), |f| {
+                        format!(", slowest failover {} ms ({})", f.0.as_millis(), f.1.trim())
+                    });
+                println!(
+                    "seed {seed}: {} faults, {} acknowledged writes, {} reads{slowest}, {:.1} s",
+                    s.faults.len(),
+                    s.acked_writes,
+                    s.reads,
+                    took.as_secs_f64()
+                );
                 if std::env::var_os("SIM_VERBOSE").is_some() {
                     println!("{}", s.faults.join("\n"));
                 }
@@ -597,7 +669,10 @@ fn seeded_simulations_of_faults_lose_nothing_and_stay_linearizable() {
             }
         }
     }
-    println!("{} seeds, {faults} faults, {writes} acknowledged writes, {reads} reads checked, failed seeds: {failed:?}", results.len());
+    println!(
+        "{} seeds, {faults} faults, {writes} acknowledged writes, {reads} reads checked, failed seeds: {failed:?}",
+        results.len()
+    );
     failovers.sort();
     let at = |q: f64| failovers.get(((failovers.len() as f64 - 1.0) * q).round() as usize).map_or(0, |d| d.as_millis());
     println!("leader faults: {}; fault -> first write acknowledged by another hub (simulated time): p50 {} ms, p99 {} ms, max {} ms", failovers.len(), at(0.5), at(0.99), at(1.0));
@@ -614,7 +689,10 @@ fn a_cut_off_leader_neither_writes_nor_serves_stale_reads() {
     let identities = identities();
     for seed in [101, 102, 103] {
         match run_seed(seed, Duration::from_secs(20), &identities, Schedule::IsolateLeader) {
-            Ok(s) => println!("seed {seed}: {} acknowledged writes, {} reads; calls on the cut-off leader refused: {}", s.acked_writes, s.reads, s.refused_in_minority),
+            Ok(s) => println!(
+                "seed {seed}: {} acknowledged writes, {} reads; calls on the cut-off leader refused: {}",
+                s.acked_writes, s.reads, s.refused_in_minority
+            ),
             Err(e) => panic!("seed {seed} (replay: this test):\n{e}"),
         }
     }

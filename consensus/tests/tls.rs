@@ -129,10 +129,16 @@ async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
     assert!(talks(node.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "a node with a certificate");
 
     let fingerprint = ca.fingerprint().expect("fingerprint");
-    assert!(talks(tls::join_client_config(&fingerprint).expect("cfg"), addr, HUB_NAME).await, "a joiner that pins this CA");
+    assert!(
+        talks(tls::join_client_config(&fingerprint).expect("cfg"), addr, HUB_NAME).await,
+        "a joiner that pins this CA"
+    );
     let other = ClusterCa::generate("someone else", Duration::from_secs(3600)).expect("ca");
     let wrong = other.fingerprint().expect("fingerprint");
-    assert!(!talks(tls::join_client_config(&wrong).expect("cfg"), addr, HUB_NAME).await, "a joiner that pins another CA");
+    assert!(
+        !talks(tls::join_client_config(&wrong).expect("cfg"), addr, HUB_NAME).await,
+        "a joiner that pins another CA"
+    );
 
     // Without a certificate, Raft is closed even though the handshake went through.
     assert!(!talks(anonymous(&ca, ALPN_RAFT), addr, "h1").await, "no certificate, Raft protocol");
@@ -141,7 +147,10 @@ async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
     let (csr, key) = tls::new_request("asked-for").expect("request");
     let cert = ca.sign_request(&csr, "s3").expect("signed");
     let joined = NodeIdentity::from_pem("s3", ca.cert_pem(), &cert, &key).expect("identity");
-    assert!(talks(joined.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "the signed certificate is the cluster's");
+    assert!(
+        talks(joined.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await,
+        "the signed certificate is the cluster's"
+    );
     assert!(ca.sign_request("garbage", "s3").is_err());
 }
 
@@ -151,7 +160,9 @@ fn nodes_starting_together_agree_on_one_ca() {
     let dir = tempfile::tempdir().expect("dir");
     let ca_dir = dir.path().join("ca");
     let prints: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| ClusterCa::load_or_create(&ca_dir).expect("ca").fingerprint().expect("fp"))).collect();
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| ClusterCa::load_or_create(&ca_dir).expect("ca").fingerprint().expect("fp")))
+            .collect();
         handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     assert!(prints.iter().all(|p| *p == prints[0]), "{prints:?}");

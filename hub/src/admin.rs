@@ -36,9 +36,13 @@ pub async fn create_key(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return ApiError::bad_request(format!("invalid key request: {e}")).into_response(),
     };
-    let valid = !req.name.is_empty() && req.name.len() <= 64 && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let valid = !req.name.is_empty()
+        && req.name.len() <= 64
+        && req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid {
-        return ApiError::bad_request("name: use 1-64 letters, digits, '-', '_' or '.'").with_param("name").into_response();
+        return ApiError::bad_request("name: use 1-64 letters, digits, '-', '_' or '.'")
+            .with_param("name")
+            .into_response();
     }
     let key = match random_hex(24) {
         Ok(h) => format!("nave-{h}"),
@@ -47,7 +51,9 @@ pub async fn create_key(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
     let limits = Limits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens };
     match hub.consensus.write(Command::CreateKey { name: req.name.clone(), digest, limits: limits.clone() }).await {
-        Ok(CommandResult::Done) => (StatusCode::CREATED, Json(json!({"name": req.name, "key": key, "limits": limits}))).into_response(),
+        Ok(CommandResult::Done) => {
+            (StatusCode::CREATED, Json(json!({"name": req.name, "key": key, "limits": limits}))).into_response()
+        }
         Ok(CommandResult::Invalid(m)) => ApiError::new(StatusCode::CONFLICT, m).into_response(),
         Ok(other) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")).into_response(),
         Err(e) => no_quorum(e).into_response(),
@@ -107,7 +113,9 @@ pub async fn drain_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>, bo
             let busy: usize = hb.models.iter().map(|m| m.stats.running + m.stats.waiting).sum();
             Json(json!({"spoke": id, "draining": hb.draining, "in_flight": busy})).into_response()
         }
-        Err(e) if !hub.spokes.views().iter().any(|s| s.id == id) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        Err(e) if !hub.spokes.views().iter().any(|s| s.id == id) => {
+            ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
 }
@@ -168,7 +176,8 @@ pub async fn create_token(State(hub): State<Arc<Hub>>, body: Bytes) -> Response 
 /// dialling it; drain it first to let its requests finish). Config spokes stay.
 pub async fn remove_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> Response {
     if hub.config.spokes.iter().any(|s| s.id == id) {
-        return ApiError::new(StatusCode::CONFLICT, format!("spoke {id} is listed in cluster.toml: remove it there")).into_response();
+        return ApiError::new(StatusCode::CONFLICT, format!("spoke {id} is listed in cluster.toml: remove it there"))
+            .into_response();
     }
     match hub.consensus.write(Command::RemoveSpoke { id: id.clone() }).await {
         Ok(CommandResult::Done) => Json(json!({"spoke": id, "removed": true})).into_response(),
@@ -208,14 +217,22 @@ pub async fn add_hub(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     };
     let listed = hub.config.hubs.iter().find(|h| h.id == req.id);
     let Some(quic) = req.quic.or(listed.map(|h| h.quic)) else {
-        return ApiError::bad_request(format!("hub {} is not in this hub's cluster.toml: give its \"quic\" address", req.id)).with_param("quic").into_response();
+        return ApiError::bad_request(format!(
+            "hub {} is not in this hub's cluster.toml: give its \"quic\" address",
+            req.id
+        ))
+        .with_param("quic")
+        .into_response();
     };
     // A founding hub keeps its id (1, 2, 3...) when it comes back; an added one's comes
     // from its name, as the hub itself computes it.
     let rid = crate::raft_id(&hub.config, &req.id).unwrap_or_else(|| nave_consensus::node::added_hub_id(&req.id));
     let node = nave_consensus::network::node_addr(&req.id, quic);
     match hub.consensus.change_hubs(HubChange::Add(rid, node)).await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({"hub": req.id, "raft_id": rid, "quic": quic.to_string(), "voter": true}))).into_response(),
+        Ok(()) => {
+            (StatusCode::CREATED, Json(json!({"hub": req.id, "raft_id": rid, "quic": quic.to_string(), "voter": true})))
+                .into_response()
+        }
         Err(e) => hub_change_error(e),
     }
 }

@@ -207,7 +207,12 @@ fn usage_json(u: &Usage) -> Value {
            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
 
-pub async fn chat_completions(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn chat_completions(
+    State(hub): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = hub.clone();
     respond(&h, &headers, "/v1/chat/completions", |ctx| async move {
         let req: ChatRequest = parse(&body)?;
@@ -215,16 +220,28 @@ pub async fn chat_completions(State(hub): State<AppState>, Extension(caller): Ex
         if req.messages.is_empty() {
             return Err(ApiError::bad_request("messages must not be empty").with_param("messages"));
         }
-        let messages: Vec<ChatMessage> =
-            req.messages.into_iter().map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default())).collect();
+        let messages: Vec<ChatMessage> = req
+            .messages
+            .into_iter()
+            .map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default()))
+            .collect();
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
-        let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params: req.sampling.params()? };
+        let gen = GenerateRequest {
+            request_id: ctx.request_id.clone(),
+            prompt: Prompt::Chat(messages),
+            params: req.sampling.params()?,
+        };
         run(&hub, &caller, "chat", &model, gen, &ctx, req.stream, include_usage).await
     })
     .await
 }
 
-pub async fn completions(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn completions(
+    State(hub): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = hub.clone();
     respond(&h, &headers, "/v1/completions", |ctx| async move {
         let req: CompletionRequest = parse(&body)?;
@@ -232,10 +249,16 @@ pub async fn completions(State(hub): State<AppState>, Extension(caller): Extensi
         let prompt = match req.prompt {
             PromptField::One(s) => s,
             PromptField::Many(v) if v.len() == 1 => v.into_iter().next().unwrap_or_default(),
-            PromptField::Many(_) => return Err(ApiError::bad_request("only one prompt per request is supported").with_param("prompt")),
+            PromptField::Many(_) => {
+                return Err(ApiError::bad_request("only one prompt per request is supported").with_param("prompt"))
+            }
         };
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
-        let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Text(prompt), params: req.sampling.params()? };
+        let gen = GenerateRequest {
+            request_id: ctx.request_id.clone(),
+            prompt: Prompt::Text(prompt),
+            params: req.sampling.params()?,
+        };
         run(&hub, &caller, "text", &model, gen, &ctx, req.stream, include_usage).await
     })
     .await
@@ -339,7 +362,12 @@ impl ChunkFormat {
 
 /// SSE events for a running dispatch. The response body owns the dispatch: a client that
 /// goes away drops it, which stops the QUIC stream and cancels the sequence on the spoke.
-fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: (crate::Slot, Admission)) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn sse_stream(
+    hub: Arc<Hub>,
+    d: Dispatch,
+    f: ChunkFormat,
+    slot: (crate::Slot, Admission),
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     struct St {
         hub: Arc<Hub>,
         d: Dispatch,
@@ -409,7 +437,12 @@ fn sse_stream(hub: Arc<Hub>, d: Dispatch, f: ChunkFormat, slot: (crate::Slot, Ad
 
 pub async fn models(State(hub): State<AppState>) -> Json<Value> {
     let created = now_secs();
-    let data: Vec<Value> = hub.models().iter().chain(hub.adapters().iter()).map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "nave"})).collect();
+    let data: Vec<Value> = hub
+        .models()
+        .iter()
+        .chain(hub.adapters().iter())
+        .map(|m| json!({"id": m, "object": "model", "created": created, "owned_by": "nave"}))
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -455,7 +488,8 @@ pub async fn metrics(State(hub): State<AppState>) -> String {
 }
 
 /// The routes whose JSON bodies [`validate_body`] knows.
-pub const BODY_ROUTES: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat", "/api/generate"];
+pub const BODY_ROUTES: &[&str] =
+    &["/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat", "/api/generate"];
 
 /// Parses and validates a request body as the handler of `route` would, without running
 /// it: a typed request with valid sampling parameters, or the 400 the client would get.
@@ -467,7 +501,15 @@ pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
         "/v1/completions" => parse::<CompletionRequest>(&body)?.sampling.params().map(|_| ()),
         "/v1/responses" => {
             let r = parse::<ResponsesRequest>(&body)?;
-            Sampling { max_tokens: r.max_output_tokens, temperature: r.temperature, top_p: r.top_p, seed: r.seed, ..Default::default() }.params().map(|_| ())
+            Sampling {
+                max_tokens: r.max_output_tokens,
+                temperature: r.temperature,
+                top_p: r.top_p,
+                seed: r.seed,
+                ..Default::default()
+            }
+            .params()
+            .map(|_| ())
         }
         "/api/chat" => parse::<OllamaChat>(&body)?.options.unwrap_or_default().params().map(|_| ()),
         "/api/generate" => parse::<OllamaGenerate>(&body)?.options.unwrap_or_default().params().map(|_| ()),
@@ -481,9 +523,23 @@ mod tests {
 
     #[test]
     fn bodies_parse_or_give_a_400() {
-        assert!(validate_body("/v1/chat/completions", br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"unknown":1}"#).is_ok());
-        assert!(validate_body("/v1/chat/completions", br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#).is_ok());
-        for bad in [&b"{"[..], b"[]", br#"{"model":5}"#, br#"{"model":"m","messages":[],"temperature":-1}"#, br#"{"model":"m","messages":[],"n":2}"#] {
+        assert!(validate_body(
+            "/v1/chat/completions",
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"unknown":1}"#
+        )
+        .is_ok());
+        assert!(validate_body(
+            "/v1/chat/completions",
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#
+        )
+        .is_ok());
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            br#"{"model":5}"#,
+            br#"{"model":"m","messages":[],"temperature":-1}"#,
+            br#"{"model":"m","messages":[],"n":2}"#,
+        ] {
             let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
             assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
         }
@@ -578,7 +634,12 @@ fn rfc3339_now() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub async fn ollama_chat(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn ollama_chat(
+    State(hub): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = hub.clone();
     respond(&h, &headers, "/api/chat", |ctx| async move {
         let req: OllamaChat = parse(&body)?;
@@ -587,22 +648,37 @@ pub async fn ollama_chat(State(hub): State<AppState>, Extension(caller): Extensi
         if messages.is_empty() {
             return Err(ApiError::bad_request("messages must not be empty"));
         }
-        let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params: req.options.unwrap_or_default().params()? };
+        let gen = GenerateRequest {
+            request_id: ctx.request_id.clone(),
+            prompt: Prompt::Chat(messages),
+            params: req.options.unwrap_or_default().params()?,
+        };
         ollama_run(&hub, &caller, true, &model, gen, &ctx, req.stream.unwrap_or(true)).await
     })
     .await
 }
 
-pub async fn ollama_generate(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn ollama_generate(
+    State(hub): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = hub.clone();
     respond(&h, &headers, "/api/generate", |ctx| async move {
         let req: OllamaGenerate = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         let prompt = match req.system {
-            Some(system) => Prompt::Chat(vec![ChatMessage::new("system", system), ChatMessage::new("user", req.prompt)]),
+            Some(system) => {
+                Prompt::Chat(vec![ChatMessage::new("system", system), ChatMessage::new("user", req.prompt)])
+            }
             None => Prompt::Text(req.prompt),
         };
-        let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt, params: req.options.unwrap_or_default().params()? };
+        let gen = GenerateRequest {
+            request_id: ctx.request_id.clone(),
+            prompt,
+            params: req.options.unwrap_or_default().params()?,
+        };
         ollama_run(&hub, &caller, false, &model, gen, &ctx, req.stream.unwrap_or(true)).await
     })
     .await
@@ -624,14 +700,25 @@ fn ollama_line(chat: bool, model: &str, text: &str, done: Option<(FinishReason, 
     v
 }
 
-async fn ollama_run(hub: &Arc<Hub>, caller: &Caller, chat: bool, model: &str, gen: GenerateRequest, ctx: &Ctx, streamed: bool) -> Result<(String, Response), ApiError> {
+async fn ollama_run(
+    hub: &Arc<Hub>,
+    caller: &Caller,
+    chat: bool,
+    model: &str,
+    gen: GenerateRequest,
+    ctx: &Ctx,
+    streamed: bool,
+) -> Result<(String, Response), ApiError> {
     let slot = hub.admit()?;
     let admission = hub.admit_request(caller, &ctx.request_id, gen.params.max_tokens).await?;
     let started = Instant::now();
     if !streamed {
         let (text, finish, usage) = complete(hub, model, gen, ctx.session.as_deref(), ctx.deadline).await?;
         admission.record(usage.completion_tokens);
-        return Ok((model.to_string(), Json(ollama_line(chat, model, &text, Some((finish, usage, started.elapsed())))).into_response()));
+        return Ok((
+            model.to_string(),
+            Json(ollama_line(chat, model, &text, Some((finish, usage, started.elapsed())))).into_response(),
+        ));
     }
     let d = dispatch(hub, model, gen, ctx.session.as_deref(), ctx.deadline, &[]).await?;
     let model_name = model.to_string();
@@ -646,7 +733,9 @@ async fn ollama_run(hub: &Arc<Hub>, caller: &Caller, chat: bool, model: &str, ge
                     slot.1.record(tokens.len());
                     (ollama_line(chat, &model, &text, None), false)
                 }
-                Some(Event::Done { finish, usage }) => (ollama_line(chat, &model, "", Some((finish, usage, started.elapsed()))), true),
+                Some(Event::Done { finish, usage }) => {
+                    (ollama_line(chat, &model, "", Some((finish, usage, started.elapsed()))), true)
+                }
                 Some(Event::Error { message, .. }) => (json!({"error": message}), true),
                 None => (json!({"error": "the spoke ended the stream early"}), true),
             };
@@ -730,13 +819,21 @@ fn response_json(r: &nave_consensus::state::StoredResponse, status: &str) -> Val
 
 /// `POST /v1/responses`: the conversation so far comes from the replicated state (the
 /// `previous_response_id` chain), so a follow-up on any hub continues it.
-pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn responses(
+    State(hub): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let h = hub.clone();
     respond(&h, &headers, "/v1/responses", |ctx| async move {
         let req: ResponsesRequest = parse(&body)?;
         let model = check_model(&hub, &req.model)?;
         if req.stream {
-            return Err(ApiError::bad_request("streaming is not supported on /v1/responses yet; use /v1/chat/completions").with_param("stream"));
+            return Err(ApiError::bad_request(
+                "streaming is not supported on /v1/responses yet; use /v1/chat/completions",
+            )
+            .with_param("stream"));
         }
         let owner = owner_of(&caller);
         let history: Vec<nave_consensus::state::StoredResponse> = match &req.previous_response_id {
@@ -746,11 +843,17 @@ pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension
                 .read(|a| a.state.conversation(prev, &owner).map(|c| c.into_iter().cloned().collect()))
                 .await
                 .map_err(crate::no_quorum)?
-                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("response {prev:?} not found")).with_param("previous_response_id"))?,
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::NOT_FOUND, format!("response {prev:?} not found"))
+                        .with_param("previous_response_id")
+                })?,
         };
         let input: Vec<ChatMessage> = match req.input {
             ResponsesInput::Text(t) => vec![ChatMessage::new("user", t)],
-            ResponsesInput::Items(items) => items.into_iter().map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default())).collect(),
+            ResponsesInput::Items(items) => items
+                .into_iter()
+                .map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default()))
+                .collect(),
         };
         if input.is_empty() {
             return Err(ApiError::bad_request("input must not be empty").with_param("input"));
@@ -764,7 +867,14 @@ pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension
             messages.push(ChatMessage::new("assistant", r.output.clone()));
         }
         messages.extend(input.iter().cloned());
-        let params = Sampling { max_tokens: req.max_output_tokens, temperature: req.temperature, top_p: req.top_p, seed: req.seed, ..Default::default() }.params()?;
+        let params = Sampling {
+            max_tokens: req.max_output_tokens,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            ..Default::default()
+        }
+        .params()?;
         let _slot = hub.admit()?;
         let admission = hub.admit_request(&caller, &ctx.request_id, params.max_tokens).await?;
         // Follow-ups of one conversation prefer one spoke (its prefix cache holds it).
@@ -778,7 +888,10 @@ pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension
             model: model.clone(),
             previous: req.previous_response_id.clone(),
             created_ms: now_secs() * 1000,
-            input: input.into_iter().map(|m| nave_consensus::state::Turn { role: m.role, content: m.content }).collect(),
+            input: input
+                .into_iter()
+                .map(|m| nave_consensus::state::Turn { role: m.role, content: m.content })
+                .collect(),
             output: text,
             input_tokens: usage.prompt_tokens as u64,
             output_tokens: usage.completion_tokens as u64,
@@ -797,7 +910,11 @@ pub async fn responses(State(hub): State<AppState>, Extension(caller): Extension
 }
 
 /// `GET /v1/responses/{id}`: a stored response, to the key that created it only.
-pub async fn get_response(State(hub): State<AppState>, Extension(caller): Extension<Caller>, axum::extract::Path(rid): axum::extract::Path<String>) -> Response {
+pub async fn get_response(
+    State(hub): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Path(rid): axum::extract::Path<String>,
+) -> Response {
     let owner = owner_of(&caller);
     match hub.consensus.read(|a| a.state.response(&rid, &owner).cloned()).await {
         Ok(Some(r)) => Json(response_json(&r, "completed")).into_response(),

@@ -24,7 +24,10 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid or missing API key: send Authorization: Bearer <key>")
     }
     pub fn unknown_model(model: &str, known: &[String]) -> Self {
-        let mut e = Self::new(StatusCode::NOT_FOUND, format!("model {model:?} does not exist here (served: {})", known.join(", ")));
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            format!("model {model:?} does not exist here (served: {})", known.join(", ")),
+        );
         e.param = Some("model".into());
         e
     }

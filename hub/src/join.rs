@@ -15,10 +15,16 @@ use crate::Hub;
 /// Serves one joining connection: one stream, one request, one answer.
 pub async fn serve(hub: Arc<Hub>, conn: quinn::Connection) {
     let peer = conn.remote_address();
-    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await else {
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await
+    else {
         return conn.close(2u32.into(), b"no join request");
     };
-    let reply = match tokio::time::timeout(std::time::Duration::from_secs(10), read_frame::<JoinRequest, _>(&mut recv, MAX_JOIN_FRAME)).await {
+    let reply = match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        read_frame::<JoinRequest, _>(&mut recv, MAX_JOIN_FRAME),
+    )
+    .await
+    {
         Ok(Ok(Some(request))) => answer(&hub, request).await,
         Ok(Ok(None)) => JoinReply::Refused("empty join request".into()),
         Ok(Err(e)) => JoinReply::Refused(format!("malformed join request: {e}")),

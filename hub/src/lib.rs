@@ -117,7 +117,10 @@ fn refusal(r: Refusal, retry_after_ms: u64) -> ApiError {
                 Refusal::TokenRate => "token rate limit",
                 _ => "daily token budget",
             };
-            let mut e = ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, format!("this key's {what} is used up; retry in {} s", retry_after_ms.div_ceil(1000)));
+            let mut e = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("this key's {what} is used up; retry in {} s", retry_after_ms.div_ceil(1000)),
+            );
             e.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
             e
         }
@@ -167,20 +170,34 @@ impl Hub {
     /// Admission: one consensus write that checks the key's limits and reserves
     /// `max_tokens` against its budgets, whichever hub the request reached.
     #[tracing::instrument(name = "admit", skip_all)]
-    pub async fn admit_request(self: &Arc<Self>, caller: &Caller, request_id: &str, max_tokens: usize) -> Result<Admission, ApiError> {
+    pub async fn admit_request(
+        self: &Arc<Self>,
+        caller: &Caller,
+        request_id: &str,
+        max_tokens: usize,
+    ) -> Result<Admission, ApiError> {
         let digest = match caller {
             Caller::Admin => return Ok(Admission { hub: None, used: Default::default() }),
             Caller::Key(d) => d.clone(),
         };
         let id = format!("admit-{}-{request_id}-{}", self.id, api::random_id());
-        let p = Proposal { id: id.clone(), now_ms: now_ms(), command: Command::Admit { digest, max_tokens: max_tokens as u64 } };
+        let p = Proposal {
+            id: id.clone(),
+            now_ms: now_ms(),
+            command: Command::Admit { digest, max_tokens: max_tokens as u64 },
+        };
         match self.consensus.propose(p).await {
-            Ok(CommandResult::Admitted { .. }) => Ok(Admission { hub: Some((self.clone(), id)), used: Default::default() }),
+            Ok(CommandResult::Admitted { .. }) => {
+                Ok(Admission { hub: Some((self.clone(), id)), used: Default::default() })
+            }
             Ok(CommandResult::Refused { reason, retry_after_ms }) => {
                 self.metrics.refusal(reason.as_str());
                 Err(refusal(reason, retry_after_ms))
             }
-            Ok(other) => Err(ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected admission result {other:?}"))),
+            Ok(other) => Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected admission result {other:?}"),
+            )),
             Err(e) => {
                 self.metrics.refusal("no_quorum");
                 Err(no_quorum(e))
@@ -255,7 +272,8 @@ async fn auth(State(hub): State<Arc<Hub>>, mut req: Request, next: Next) -> Resp
     let path = req.uri().path();
     if let Caller::Key(digest) = &caller {
         if path.starts_with("/admin/") {
-            return ApiError::new(axum::http::StatusCode::FORBIDDEN, "the admin API needs the admin key").into_response();
+            return ApiError::new(axum::http::StatusCode::FORBIDDEN, "the admin API needs the admin key")
+                .into_response();
         }
         // The local replica answers for keys it knows; a key it does not know yet (created
         // a moment ago through another hub) gets a linearizable read before a 401.
@@ -322,7 +340,8 @@ async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Val
         .models()
         .iter()
         .map(|m| {
-            let on: Vec<&str> = spokes.iter().filter(|s| s.models.contains(m) && s.state == "active").map(|s| s.id.as_str()).collect();
+            let on: Vec<&str> =
+                spokes.iter().filter(|s| s.models.contains(m) && s.state == "active").map(|s| s.id.as_str()).collect();
             serde_json::json!({"model": m, "routing": hub.routing(m), "spokes": on})
         })
         .collect();
@@ -346,7 +365,8 @@ async fn admin_status(State(hub): State<Arc<Hub>>) -> axum::Json<serde_json::Val
 /// The HTTP routes of a hub.
 pub fn router(hub: Arc<Hub>) -> Router {
     let limit = hub.config.cluster.max_body_bytes.0 as usize;
-    let body_limits = serve::BodyLimits { max_bytes: limit, timeout: Duration::from_millis(hub.config.cluster.body_timeout_ms) };
+    let body_limits =
+        serve::BodyLimits { max_bytes: limit, timeout: Duration::from_millis(hub.config.cluster.body_timeout_ms) };
     let protected = Router::new()
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
@@ -385,7 +405,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
 /// while it is handled names it, and the OTLP exporter makes its trace from it.
 async fn request_span(mut req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
     use tracing::Instrument;
-    let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty() && s.len() <= 128);
+    let given =
+        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty() && s.len() <= 128);
     let id = given.map(str::to_string).unwrap_or_else(api::random_id);
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         req.headers_mut().insert("x-request-id", v);
@@ -424,11 +445,19 @@ async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
 async fn keep_learners(hub: Arc<Hub>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let joined = hub.consensus.state.read(|a| a.state.spokes.values().map(|s| (s.id.clone(), s.quic.clone())).collect::<Vec<_>>());
+        let joined = hub
+            .consensus
+            .state
+            .read(|a| a.state.spokes.values().map(|s| (s.id.clone(), s.quic.clone())).collect::<Vec<_>>());
         let config_spokes = hub.config.spokes.iter().map(|s| (s.id.clone(), s.quic.to_string()));
         let want: std::collections::BTreeMap<_, _> = config_spokes
             .chain(joined)
-            .filter_map(|(id, quic)| Some((nave_consensus::node::learner_id(&id), nave_consensus::network::node_addr(&id, quic.parse().ok()?))))
+            .filter_map(|(id, quic)| {
+                Some((
+                    nave_consensus::node::learner_id(&id),
+                    nave_consensus::network::node_addr(&id, quic.parse().ok()?),
+                ))
+            })
             .collect();
         if let Err(e) = hub.consensus.ensure_learners(&want).await {
             tracing::debug!(error = %e, "spoke replicas not updated yet");
@@ -457,7 +486,11 @@ async fn follow_registry(hub: Arc<Hub>) {
                 let p = Proposal {
                     id: format!("adapter-{spoke}-{model}-{name}"),
                     now_ms: now_ms(),
-                    command: Command::RegisterAdapter { model: model.clone(), name: name.clone(), spoke: spoke.clone() },
+                    command: Command::RegisterAdapter {
+                        model: model.clone(),
+                        name: name.clone(),
+                        spoke: spoke.clone(),
+                    },
                 };
                 if let Err(e) = hub.consensus.propose(p).await {
                     tracing::debug!(error = %e, "adapter registration deferred");
@@ -470,7 +503,11 @@ async fn follow_registry(hub: Arc<Hub>) {
 
 /// Runs hub `id` of `config` until `shutdown` completes, then drains: readiness goes 503,
 /// in-flight requests finish, connections close.
-pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: ClusterConfig,
+    id: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let spec = config.hub(&id)?.clone();
     let dir = config.node_dir(&id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -481,7 +518,15 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let role = if spec.join {
         Role::Added
     } else {
-        Role::Founder(config.hubs.iter().filter(|h| !h.join).enumerate().map(|(i, h)| (i as u64 + 1, node_addr(&h.id, h.quic))).collect())
+        Role::Founder(
+            config
+                .hubs
+                .iter()
+                .filter(|h| !h.join)
+                .enumerate()
+                .map(|(i, h)| (i as u64 + 1, node_addr(&h.id, h.quic)))
+                .collect(),
+        )
     };
     let rid = raft_id(&config, &id).context("hub id not in config")?;
     let consensus = ConsensusNode::start(&dir, rid, role, endpoint.clone(), &identity).await?;
@@ -503,7 +548,8 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     tokio::spawn(accept_peers(endpoint.clone(), hub.clone()));
     tokio::spawn(follow_registry(hub.clone()));
     tokio::spawn(keep_learners(hub.clone()));
-    let listener = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
+    let listener =
+        tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");
     let flag = hub.clone();
     let graceful = async move {
@@ -527,7 +573,8 @@ mod tests {
     fn hubs_starting_together_agree_on_one_admin_key() {
         let dir = tempfile::tempdir().expect("dir");
         let keys: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..6).map(|_| s.spawn(|| super::ensure_admin_key(dir.path()).expect("key"))).collect();
+            let handles: Vec<_> =
+                (0..6).map(|_| s.spawn(|| super::ensure_admin_key(dir.path()).expect("key"))).collect();
             handles.into_iter().map(|h| h.join().expect("thread")).collect()
         });
         assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");

@@ -212,7 +212,8 @@ struct JoinArgs {
 
 impl JoinArgs {
     fn spec(&self, id: &str) -> anyhow::Result<nave_consensus::SpokeConfig> {
-        let size = |name: &str, v: &str| nave_consensus::ByteSize::parse(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"));
+        let size =
+            |name: &str, v: &str| nave_consensus::ByteSize::parse(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"));
         Ok(nave_consensus::SpokeConfig {
             id: id.to_string(),
             http: self.http,
@@ -274,12 +275,25 @@ enum TrainCmd {
 }
 
 fn print_jobs(v: &serde_json::Value) {
-    println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8} {:>9} {:>9} {:>9}", "JOB", "MODEL", "SPOKE", "STATE", "STEP", "LOSS", "TOK/S", "RESERVED", "PEAK");
+    println!(
+        "{:<16} {:<14} {:<6} {:<10} {:>11} {:>8} {:>9} {:>9} {:>9}",
+        "JOB", "MODEL", "SPOKE", "STATE", "STEP", "LOSS", "TOK/S", "RESERVED", "PEAK"
+    );
     for j in v.as_array().into_iter().flatten() {
         let step = format!("{}/{}", j["step"], j["steps"]);
         let mb = |k: &str| j[k].as_u64().unwrap_or(0) / 1_000_000;
-        println!("{:<16} {:<14} {:<6} {:<10} {:>11} {:>8.4} {:>9.0} {:>6} MB {:>6} MB", j["name"].as_str().unwrap_or(""), j["model"].as_str().unwrap_or(""), j["spoke"].as_str().unwrap_or(""),
-            j["state"].as_str().unwrap_or(""), step, j["loss"].as_f64().unwrap_or(0.0), j["tokens_per_s"].as_f64().unwrap_or(0.0), mb("memory_bytes"), mb("peak_bytes"));
+        println!(
+            "{:<16} {:<14} {:<6} {:<10} {:>11} {:>8.4} {:>9.0} {:>6} MB {:>6} MB",
+            j["name"].as_str().unwrap_or(""),
+            j["model"].as_str().unwrap_or(""),
+            j["spoke"].as_str().unwrap_or(""),
+            j["state"].as_str().unwrap_or(""),
+            step,
+            j["loss"].as_f64().unwrap_or(0.0),
+            j["tokens_per_s"].as_f64().unwrap_or(0.0),
+            mb("memory_bytes"),
+            mb("peak_bytes")
+        );
         if let Some(e) = j["error"].as_str() {
             println!("  error: {e}");
         }
@@ -425,14 +439,20 @@ fn init_logging(json: bool, node: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NAVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NAVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (text, json) = if json {
         (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)))
     } else {
         (Some(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)), None)
     };
-    tracing_subscriber::registry().with(filter).with(text).with(json).with(nave_hub::otlp::OtlpLayer::from_env(node)).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(nave_hub::otlp::OtlpLayer::from_env(node))
+        .init();
 }
 
 /// A spoke's engine threads (`threads` in its config or `--threads`), unless the
@@ -651,14 +671,30 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("HUBS (leader {}, term {}, answered by {} at applied index {})", v["leader"].as_str().unwrap_or("none"), v["term"], v["hub"].as_str().unwrap_or("?"), v["applied_index"]);
+    println!(
+        "HUBS (leader {}, term {}, answered by {} at applied index {})",
+        v["leader"].as_str().unwrap_or("none"),
+        v["term"],
+        v["hub"].as_str().unwrap_or("?"),
+        v["applied_index"]
+    );
     println!("  {:<6} {:<9} {:>6} {:<22} QUIC", "ID", "ROLE", "LAG", "HTTP");
     for h in v["hubs"].as_array().into_iter().flatten() {
         let lag = h["lag"].as_u64().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
-        println!("  {:<6} {:<9} {:>6} {:<22} {}", h["id"].as_str().unwrap_or(""), h["role"].as_str().unwrap_or(""), lag, h["http"].as_str().unwrap_or(""), h["quic"].as_str().unwrap_or(""));
+        println!(
+            "  {:<6} {:<9} {:>6} {:<22} {}",
+            h["id"].as_str().unwrap_or(""),
+            h["role"].as_str().unwrap_or(""),
+            lag,
+            h["http"].as_str().unwrap_or(""),
+            h["quic"].as_str().unwrap_or("")
+        );
     }
     println!("SPOKES");
-    println!("  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8} {:>11} {:>19} {:>19}  MODELS", "ID", "STATE", "CIRCUIT", "QUEUE", "RUNNING", "TOK/S", "KV FREE", "SERVING (MiB)", "TRAINING (MiB)");
+    println!(
+        "  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8} {:>11} {:>19} {:>19}  MODELS",
+        "ID", "STATE", "CIRCUIT", "QUEUE", "RUNNING", "TOK/S", "KV FREE", "SERVING (MiB)", "TRAINING (MiB)"
+    );
     for s in v["spokes"].as_array().into_iter().flatten() {
         let mib = |k: &str| s[k].as_u64().unwrap_or(0) / (1 << 20);
         println!(
@@ -675,20 +711,36 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
             mib("serving_total"),
             mib("training_used"),
             mib("training_total"),
-            s["models"].as_array().map(|m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
+            s["models"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()
         );
     }
     println!("MODELS");
     for m in v["models"].as_array().into_iter().flatten() {
         let on: Vec<&str> = m["spokes"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
-        println!("  {:<14} routing {:<17} on {}", m["model"].as_str().unwrap_or(""), m["routing"].as_str().unwrap_or(""), on.join(", "));
+        println!(
+            "  {:<14} routing {:<17} on {}",
+            m["model"].as_str().unwrap_or(""),
+            m["routing"].as_str().unwrap_or(""),
+            on.join(", ")
+        );
     }
     Ok(())
 }
 
-async fn admin_call(conn: AdminConn, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+async fn admin_call(
+    conn: AdminConn,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     let key = default_key(conn.key)?;
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", conn.url)).bearer_auth(key).timeout(Duration::from_secs(15));
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", conn.url))
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(15));
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -704,17 +756,34 @@ async fn admin_call(conn: AdminConn, method: reqwest::Method, path: &str, body: 
 async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
         KeyCmd::Create { name, rpm, tpm, daily_tokens, conn } => {
-            let v = admin_call(conn, reqwest::Method::POST, "/admin/v1/keys", Some(serde_json::json!({"name": name, "rpm": rpm, "tpm": tpm, "daily_tokens": daily_tokens}))).await?;
+            let v = admin_call(
+                conn,
+                reqwest::Method::POST,
+                "/admin/v1/keys",
+                Some(serde_json::json!({"name": name, "rpm": rpm, "tpm": tpm, "daily_tokens": daily_tokens})),
+            )
+            .await?;
             println!("created key {name} (limits: {}); it is shown only now:", v["limits"]);
             println!("{}", v["key"].as_str().unwrap_or(""));
         }
         KeyCmd::List { conn } => {
             let v = admin_call(conn, reqwest::Method::GET, "/admin/v1/keys", None).await?;
-            println!("{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}", "NAME", "REVOKED", "RPM", "TPM", "DAILY", "USED TODAY", "TOTAL");
+            println!(
+                "{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}",
+                "NAME", "REVOKED", "RPM", "TPM", "DAILY", "USED TODAY", "TOTAL"
+            );
             let lim = |x: &serde_json::Value| x.as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
             for k in v["keys"].as_array().into_iter().flatten() {
-                println!("{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}", k["name"].as_str().unwrap_or(""), k["revoked"], lim(&k["limits"]["rpm"]), lim(&k["limits"]["tpm"]),
-                    lim(&k["limits"]["daily_tokens"]), k["tokens_today"], k["total_tokens"]);
+                println!(
+                    "{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}",
+                    k["name"].as_str().unwrap_or(""),
+                    k["revoked"],
+                    lim(&k["limits"]["rpm"]),
+                    lim(&k["limits"]["tpm"]),
+                    lim(&k["limits"]["daily_tokens"]),
+                    k["tokens_today"],
+                    k["total_tokens"]
+                );
             }
         }
         KeyCmd::Revoke { name, conn } => {
@@ -730,7 +799,12 @@ async fn chat(url: String, model: String, key: String, max_tokens: usize, prompt
     use std::io::Write;
     let body = serde_json::json!({"model": model, "stream": true, "max_tokens": max_tokens,
         "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}]});
-    let resp = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).bearer_auth(key).json(&body).send().await
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
         .with_context(|| format!("cannot reach {url}"))?;
     if !resp.status().is_success() {
         let code = resp.status();

@@ -62,7 +62,10 @@ impl OtlpLayer {
         let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "nave".into());
         let (queue, waiting) = sync_channel(MAX_WAITING);
         let node = node.to_string();
-        std::thread::Builder::new().name("otlp-export".into()).spawn(move || export(&target, &service, &node, &waiting)).ok()?;
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || export(&target, &service, &node, &waiting))
+            .ok()?;
         Some(Self { queue })
     }
 }
@@ -243,7 +246,13 @@ mod tests {
         assert!(Target::parse("https://127.0.0.1:4318").is_none(), "TLS to the collector is not supported");
         assert_eq!(trace_id_of("abc"), trace_id_of("abc"));
         assert_ne!(trace_id_of("abc"), trace_id_of("abd"));
-        let open = Open { trace_id: [1; 16], span_id: [2; 8], parent: Some([3; 8]), start: 5, attributes: vec![("request_id".into(), "r1".into())] };
+        let open = Open {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: Some([3; 8]),
+            start: 5,
+            attributes: vec![("request_id".into(), "r1".into())],
+        };
         let spans = [Finished { span: open, name: "request", end: 9 }];
         let v = encode("nave", "h1", &spans);
         let s = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];

@@ -36,8 +36,12 @@ impl Dispatch {
             Err(_) => Some(Event::Error { message: "the request's deadline passed".into(), client: false }),
             Ok(Ok(Some(SpokeToHub::Event(ev)))) => Some(ev),
             Ok(Ok(None)) => None,
-            Ok(Ok(Some(other))) => Some(Event::Error { message: format!("unexpected frame from spoke: {other:?}"), client: false }),
-            Ok(Err(e)) => Some(Event::Error { message: format!("spoke {} failed mid-stream: {e}", self.spoke), client: false }),
+            Ok(Ok(Some(other))) => {
+                Some(Event::Error { message: format!("unexpected frame from spoke: {other:?}"), client: false })
+            }
+            Ok(Err(e)) => {
+                Some(Event::Error { message: format!("spoke {} failed mid-stream: {e}", self.spoke), client: false })
+            }
         }
     }
 }
@@ -45,7 +49,10 @@ impl Dispatch {
 enum Attempt {
     Started(Dispatch),
     /// Another spoke may succeed; `count` says whether it is the spoke's failure.
-    Retry { message: String, count: bool },
+    Retry {
+        message: String,
+        count: bool,
+    },
     Fatal(ApiError),
 }
 
@@ -131,7 +138,10 @@ async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, de
         let until = if accepted { deadline } else { accept_by };
         let frame = match timeout_at(until.into(), read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME)).await {
             Err(_) if until < deadline => {
-                return Attempt::Retry { message: format!("spoke {id} did not take the request within {} ms", take_within.as_millis()), count: true };
+                return Attempt::Retry {
+                    message: format!("spoke {id} did not take the request within {} ms", take_within.as_millis()),
+                    count: true,
+                };
             }
             Err(_) => return Attempt::Fatal(ApiError::deadline()),
             Ok(frame) => frame,
@@ -144,10 +154,23 @@ async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, de
             Err(e) => Attempt::Retry { message: format!("spoke {id}: {e}"), count: true },
             Ok(None) => Attempt::Retry { message: format!("spoke {id} closed the stream"), count: true },
             Ok(Some(SpokeToHub::Refused { message, retryable: true })) => Attempt::Retry { message, count: false },
-            Ok(Some(SpokeToHub::Refused { message, retryable: false })) => Attempt::Fatal(ApiError::bad_request(message)),
-            Ok(Some(SpokeToHub::Event(Event::Error { message, client: true }))) => Attempt::Fatal(ApiError::bad_request(message)),
-            Ok(Some(SpokeToHub::Event(Event::Error { message, client: false }))) => Attempt::Retry { message, count: true },
-            Ok(Some(SpokeToHub::Event(ev))) => Attempt::Started(Dispatch { spoke: id.to_string(), first: Some(ev), recv, _send: send, deadline, _counted: counted }),
+            Ok(Some(SpokeToHub::Refused { message, retryable: false })) => {
+                Attempt::Fatal(ApiError::bad_request(message))
+            }
+            Ok(Some(SpokeToHub::Event(Event::Error { message, client: true }))) => {
+                Attempt::Fatal(ApiError::bad_request(message))
+            }
+            Ok(Some(SpokeToHub::Event(Event::Error { message, client: false }))) => {
+                Attempt::Retry { message, count: true }
+            }
+            Ok(Some(SpokeToHub::Event(ev))) => Attempt::Started(Dispatch {
+                spoke: id.to_string(),
+                first: Some(ev),
+                recv,
+                _send: send,
+                deadline,
+                _counted: counted,
+            }),
             Ok(Some(SpokeToHub::Accepted | SpokeToHub::Heartbeat(_) | SpokeToHub::Jobs(_))) => {
                 Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true }
             }

@@ -18,10 +18,20 @@ use crate::error::ApiError;
 /// Serves `app` on `listener` until `shutdown` completes, then waits (at most `drain`)
 /// for the open connections to finish their requests. A client must send a request's
 /// headers within `header_timeout`; an idle keep-alive connection closes after it too.
-pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, header_timeout: Duration, drain: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    drain: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(header_timeout)).keep_alive_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -67,16 +77,25 @@ pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Nex
     let bytes = match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limits.max_bytes)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source()).any(|e| e.is::<http_body_util::LengthLimitError>());
+            let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
             return if too_large {
-                ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the hub accepts ({} bytes)", limits.max_bytes)).into_response()
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than the hub accepts ({} bytes)", limits.max_bytes),
+                )
+                .into_response()
             } else {
                 ApiError::bad_request(format!("the request body could not be read: {e}")).into_response()
             };
         }
         Err(_) => {
             let secs = limits.timeout.as_secs_f64();
-            return ApiError::new(axum::http::StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {secs} s")).into_response();
+            return ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {secs} s"),
+            )
+            .into_response();
         }
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await

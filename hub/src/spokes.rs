@@ -74,7 +74,11 @@ pub struct SpokeView {
 }
 
 impl SpokeSet {
-    pub fn new(config: &ClusterConfig, identity: &NodeIdentity, endpoint: quinn::Endpoint) -> nave_consensus::Result<Arc<Self>> {
+    pub fn new(
+        config: &ClusterConfig,
+        identity: &NodeIdentity,
+        endpoint: quinn::Endpoint,
+    ) -> nave_consensus::Result<Arc<Self>> {
         let c = &config.cluster;
         let circuit = || Circuit::new(c.circuit_failures, Duration::from_millis(c.circuit_open_ms));
         let spokes = config
@@ -114,7 +118,10 @@ impl SpokeSet {
 
     /// Brings the joined spokes in line with the replicated registry: new ones are dialled,
     /// removed ones dropped. Config spokes are never touched.
-    pub fn sync_joined(self: &Arc<Self>, registry: &std::collections::BTreeMap<String, nave_consensus::state::SpokeRecord>) {
+    pub fn sync_joined(
+        self: &Arc<Self>,
+        registry: &std::collections::BTreeMap<String, nave_consensus::state::SpokeRecord>,
+    ) {
         let mut list = self.spokes.write().unwrap_or_else(|p| p.into_inner());
         list.retain(|s| {
             let mut g = lock(s);
@@ -212,7 +219,12 @@ impl SpokeSet {
                 let g = lock(s);
                 let hb = g.heartbeat.as_ref()?;
                 let fresh = g.last_heard.is_some_and(|t| now.duration_since(t) < self.heartbeat_timeout);
-                if !fresh || hb.draining || g.conn.is_none() || tried.contains(&g.spec.id) || !g.circuit.is_available(now) {
+                if !fresh
+                    || hb.draining
+                    || g.conn.is_none()
+                    || tried.contains(&g.spec.id)
+                    || !g.circuit.is_available(now)
+                {
                     return None;
                 }
                 let load = hb.load(model)?.max(g.in_flight.load(Ordering::Relaxed));
@@ -256,7 +268,9 @@ impl SpokeSet {
         let conn = lock(&s).conn.clone().ok_or_else(|| anyhow::anyhow!("spoke {id} is not connected"))?;
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, msg).await?;
-        read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await?.ok_or_else(|| anyhow::anyhow!("spoke {id} closed the stream without an answer"))
+        read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("spoke {id} closed the stream without an answer"))
     }
 
     /// (spoke, model, adapter) for every adapter the spokes' heartbeats announce.
@@ -322,7 +336,12 @@ impl SpokeSet {
                 let fresh = g.last_heard.is_some_and(|t| now.duration_since(t) < self.heartbeat_timeout);
                 let hb = g.heartbeat.clone().unwrap_or_default();
                 let (queue, running, free, total) = hb.models.iter().fold((0, 0, 0, 0), |a, m| {
-                    (a.0 + m.stats.waiting, a.1 + m.stats.running, a.2 + m.stats.kv_blocks_free, a.3 + m.stats.kv_blocks_total)
+                    (
+                        a.0 + m.stats.waiting,
+                        a.1 + m.stats.running,
+                        a.2 + m.stats.kv_blocks_free,
+                        a.3 + m.stats.kv_blocks_total,
+                    )
                 });
                 SpokeView {
                     id: g.spec.id.clone(),
@@ -356,7 +375,17 @@ impl SpokeSet {
 
 impl SpokeState {
     fn new(spec: SpokeConfig, circuit: Circuit, joined: bool) -> Self {
-        Self { spec, conn: None, heartbeat: None, last_heard: None, circuit, joined, removed: false, recent: VecDeque::new(), in_flight: Arc::default() }
+        Self {
+            spec,
+            conn: None,
+            heartbeat: None,
+            last_heard: None,
+            circuit,
+            joined,
+            removed: false,
+            recent: VecDeque::new(),
+            in_flight: Arc::default(),
+        }
     }
 
     fn latency_figures(&self) -> (f64, f64) {

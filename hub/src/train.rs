@@ -46,7 +46,11 @@ pub async fn submit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let targets = match req.targets.as_deref() {
         None | Some("attention") => Targets::Attention,
         Some("all") => Targets::All,
-        Some(other) => return ApiError::bad_request(format!("targets {other:?}: use \"attention\" or \"all\"")).with_param("targets").into_response(),
+        Some(other) => {
+            return ApiError::bad_request(format!("targets {other:?}: use \"attention\" or \"all\""))
+                .with_param("targets")
+                .into_response()
+        }
     };
     let config = TrainConfig {
         rank: req.rank.unwrap_or(d.rank),
@@ -70,17 +74,23 @@ pub async fn submit(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         }
     };
     let Some(spoke) = candidates.into_iter().next() else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no active spoke serves {}", req.model)).into_response();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no active spoke serves {}", req.model))
+            .into_response();
     };
     let spec = TrainSpec { name: req.name.clone(), model: req.model, data: req.data, config };
     match hub.spokes.call(&spoke, &HubToSpoke::Train(spec)).await {
         Ok(SpokeToHub::Jobs(jobs)) => {
             let job = jobs.into_iter().find(|j| j.name == req.name);
-            let _ = hub.consensus.write(nave_consensus::state::Command::Audit { what: format!("training job {} on {spoke}", req.name) }).await;
+            let _ = hub
+                .consensus
+                .write(nave_consensus::state::Command::Audit { what: format!("training job {} on {spoke}", req.name) })
+                .await;
             (StatusCode::CREATED, Json(json!({"job": job}))).into_response()
         }
         Ok(SpokeToHub::Refused { message, .. }) => ApiError::bad_request(message).into_response(),
-        Ok(other) => ApiError::new(StatusCode::BAD_GATEWAY, format!("unexpected answer from {spoke}: {other:?}")).into_response(),
+        Ok(other) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("unexpected answer from {spoke}: {other:?}")).into_response()
+        }
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
 }

@@ -53,7 +53,9 @@ fn check_ports(config: &ClusterConfig, here: &dyn Fn(&str) -> bool) -> anyhow::R
         .chain(config.spokes.iter().map(|s| (&s.id, s.http, s.quic)))
         .filter(|(id, _, _)| here(id));
     for (id, http, quic) in nodes {
-        let busy = |a: SocketAddr, what: &str| anyhow::anyhow!("{id}: {what} address {a} is already in use (another nave up, or another program?)");
+        let busy = |a: SocketAddr, what: &str| {
+            anyhow::anyhow!("{id}: {what} address {a} is already in use (another nave up, or another program?)")
+        };
         TcpListener::bind(http).map_err(|_| busy(http, "HTTP"))?;
         UdpSocket::bind(quic).map_err(|_| busy(quic, "QUIC"))?;
     }
@@ -172,7 +174,11 @@ pub fn config_for_up(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf
     let tmp = data.join(format!(".cluster.toml.{}.tmp", nave_consensus::tls::unique_suffix()));
     std::fs::write(&tmp, DEFAULT_CLUSTER).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("No cluster.toml in {}: starting the default cluster. Its config is now {}; edit it there, or give --config.", dir.display(), path.display());
+    eprintln!(
+        "No cluster.toml in {}: starting the default cluster. Its config is now {}; edit it there, or give --config.",
+        dir.display(),
+        path.display()
+    );
     Ok(path)
 }
 
@@ -181,14 +187,16 @@ pub fn config_for_up(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf
 pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     let config = ClusterConfig::load(config_path)?;
     let config_path = std::fs::canonicalize(config_path)?;
-    let ids: Vec<&str> = config.hubs.iter().map(|h| h.id.as_str()).chain(config.spokes.iter().map(|s| s.id.as_str())).collect();
+    let ids: Vec<&str> =
+        config.hubs.iter().map(|h| h.id.as_str()).chain(config.spokes.iter().map(|s| s.id.as_str())).collect();
     if let Some(unknown) = only.into_iter().flatten().find(|id| !ids.contains(&id.as_str())) {
         bail!("--only {unknown}: no node of that id in {} (nodes: {})", config_path.display(), ids.join(", "));
     }
     let here = |id: &str| only.is_none_or(|o| o.iter().any(|x| x == id));
     check_ports(&config, &here)?;
     let store = ModelStore::from_env();
-    let store_models = config.spokes.iter().filter(|s| here(&s.id)).flat_map(|s| s.models.iter()).filter(|m| !m.ends_with(".gguf"));
+    let store_models =
+        config.spokes.iter().filter(|s| here(&s.id)).flat_map(|s| s.models.iter()).filter(|m| !m.ends_with(".gguf"));
     let mut store_models: Vec<&String> = store_models.collect();
     store_models.sort();
     store_models.dedup();
@@ -216,7 +224,12 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         .hubs
         .iter()
         .map(|h| ("hub", h.id.clone(), None))
-        .chain(config.spokes.iter().map(|s| ("spoke", s.id.clone(), Some(s.threads.unwrap_or((cores / local_spokes).max(1))))))
+        .chain(
+            config
+                .spokes
+                .iter()
+                .map(|s| ("spoke", s.id.clone(), Some(s.threads.unwrap_or((cores / local_spokes).max(1))))),
+        )
         .filter(|(_, id, _)| here(id));
     for (kind, id, threads) in plan {
         let dir = config.node_dir(&id);
@@ -239,8 +252,16 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     for h in local_hubs.iter().filter(|h| h.join) {
         println!("  {} (join = true) waits to be added: nave admin hub add {} --key ...", h.id, h.id);
     }
-    println!("Nave is up: {} hubs, {} spokes{local}, serving {}", local_hubs.len(), nodes.len() - local_hubs.len(), config.served_models().join(", "));
-    println!("  API:       http://{http}/v1  (any hub: {})", config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "Nave is up: {} hubs, {} spokes{local}, serving {}",
+        local_hubs.len(),
+        nodes.len() - local_hubs.len(),
+        config.served_models().join(", ")
+    );
+    println!(
+        "  API:       http://{http}/v1  (any hub: {})",
+        config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", ")
+    );
     println!("  admin key: {admin}  (also in {})", data.join("admin.key").display());
     println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
         data.join("admin.key").display(), config.served_models().first().map(String::as_str).unwrap_or("smollm2-135m"));
@@ -292,7 +313,12 @@ fn supervise(n: &mut Node) {
         let killed = status.signal().is_some();
         n.crashes = if !killed && n.started.elapsed() < Duration::from_secs(60) { n.crashes + 1 } else { 1 };
         let wait = Duration::from_secs(1 << (n.crashes - 1).min(5)).min(Duration::from_secs(30));
-        eprintln!("{} exited ({status}); restarting it in {wait:?}; last lines of {}:\n{}", n.launch.id, n.launch.log.display(), tail(&n.launch.log, 10));
+        eprintln!(
+            "{} exited ({status}); restarting it in {wait:?}; last lines of {}:\n{}",
+            n.launch.id,
+            n.launch.log.display(),
+            tail(&n.launch.log, 10)
+        );
         n.restart_at = Some(Instant::now() + wait);
     }
 }
@@ -303,7 +329,12 @@ fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, node
     loop {
         for n in nodes.iter_mut() {
             if let Ok(Some(status)) = n.child.try_wait() {
-                bail!("{} exited during start ({status}); last lines of {}:\n{}", n.launch.id, n.launch.log.display(), tail(&n.launch.log, 15));
+                bail!(
+                    "{} exited during start ({status}); last lines of {}:\n{}",
+                    n.launch.id,
+                    n.launch.log.display(),
+                    tail(&n.launch.log, 15)
+                );
             }
         }
         let ready = hubs.iter().all(|h| client(&format!("http://{}/ready", h.http)));
@@ -347,7 +378,9 @@ mod probe {
             let Ok(addr) = host.parse::<std::net::SocketAddr>() else { return false };
             let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+            if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+                .is_err()
+            {
                 return false;
             }
             let mut buf = [0u8; 32];

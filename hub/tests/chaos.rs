@@ -32,7 +32,6 @@ use todc_utils::linearizability::history::{Action, History};
 use todc_utils::linearizability::WGLChecker;
 use todc_utils::specifications::Specification;
 
-
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum KeyState {
     Absent,
@@ -101,7 +100,11 @@ impl Hubs {
 
     /// Whether `hub` was faulted at any moment of [from, to].
     fn faulted(&self, hub: usize, from: Instant, to: Instant) -> bool {
-        self.faults.lock().expect("lock").iter().any(|&(h, start, end)| h == hub && start <= to && end.is_none_or(|e| e >= from))
+        self.faults
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|&(h, start, end)| h == hub && start <= to && end.is_none_or(|e| e >= from))
     }
 }
 
@@ -146,7 +149,13 @@ fn record(s: &Shared, key: &str, process: usize, action: Action<KeyOp>) {
 
 /// Retries an admin write on live hubs until a definite answer (one of `done`), for at
 /// most 30 s; `None` if it stayed unknown.
-fn definite(s: &Shared, rng: &mut XorShift, http: &reqwest::blocking::Client, send: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::Result<reqwest::blocking::Response>, done: &[u16]) -> Option<u16> {
+fn definite(
+    s: &Shared,
+    rng: &mut XorShift,
+    http: &reqwest::blocking::Client,
+    send: impl Fn(&reqwest::blocking::Client, &str) -> reqwest::Result<reqwest::blocking::Response>,
+    done: &[u16],
+) -> Option<u16> {
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
         let hub = s.hubs.pick(rng);
@@ -169,7 +178,13 @@ fn writer(s: &Shared, w: usize, seed: u64) {
         i += 1;
         s.in_play.lock().expect("lock").push(name.clone());
         record(s, &name, 0, Action::Call(KeyOp::Create));
-        let created = definite(s, &mut rng, &http, |h, hub| h.post(format!("{hub}/admin/v1/keys")).bearer_auth(&s.admin).json(&json!({"name": name})).send(), &[201, 409]);
+        let created = definite(
+            s,
+            &mut rng,
+            &http,
+            |h, hub| h.post(format!("{hub}/admin/v1/keys")).bearer_auth(&s.admin).json(&json!({"name": name})).send(),
+            &[201, 409],
+        );
         if created.is_none() {
             s.unknown.lock().expect("lock").push(name.clone());
             s.in_play.lock().expect("lock").retain(|k| *k != name);
@@ -180,7 +195,13 @@ fn writer(s: &Shared, w: usize, seed: u64) {
         s.acked_writes.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(rng.below(200)));
         record(s, &name, 0, Action::Call(KeyOp::Revoke));
-        let revoked = definite(s, &mut rng, &http, |h, hub| h.delete(format!("{hub}/admin/v1/keys/{name}")).bearer_auth(&s.admin).send(), &[200, 404]);
+        let revoked = definite(
+            s,
+            &mut rng,
+            &http,
+            |h, hub| h.delete(format!("{hub}/admin/v1/keys/{name}")).bearer_auth(&s.admin).send(),
+            &[200, 404],
+        );
         match revoked {
             Some(200) => {
                 record(s, &name, 0, Action::Response(KeyOp::Revoke));
@@ -220,7 +241,11 @@ fn reader(s: &Shared, r: usize, seed: u64) {
         let got = http.get(format!("{}/admin/v1/keys/{name}", s.hubs.urls[hub])).bearer_auth(&s.admin).send();
         let state = match got {
             Ok(resp) if resp.status() == 404 => Some(KeyState::Absent),
-            Ok(resp) if resp.status() == 200 => resp.json::<Value>().ok().map(|v| if v["revoked"] == true { KeyState::Revoked } else { KeyState::Active }),
+            Ok(resp) if resp.status() == 200 => {
+                resp.json::<Value>()
+                    .ok()
+                    .map(|v| if v["revoked"] == true { KeyState::Revoked } else { KeyState::Active })
+            }
             _ => None,
         };
         // No answer: the call stays open and is left out of the history (a read changes
@@ -233,7 +258,13 @@ fn reader(s: &Shared, r: usize, seed: u64) {
 }
 
 /// A chat completion for the tiny model with `key` on hub `url`.
-fn chat(http: &reqwest::blocking::Client, url: &str, key: &str, max_tokens: u32, stream: bool) -> reqwest::Result<reqwest::blocking::Response> {
+fn chat(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    key: &str,
+    max_tokens: u32,
+    stream: bool,
+) -> reqwest::Result<reqwest::blocking::Response> {
     let body = json!({"model": "tiny", "max_tokens": max_tokens, "stream": stream, "messages": [{"role": "user", "content": "the"}]});
     http.post(format!("{url}/v1/chat/completions")).bearer_auth(key).json(&body).send()
 }
@@ -302,7 +333,12 @@ fn budgets(s: &Shared, seed: u64) {
         let until = Instant::now() + Duration::from_secs(30);
         while secret.is_none() && Instant::now() < until && !s.stop.load(Ordering::Relaxed) {
             let hub = s.hubs.pick(&mut rng);
-            if let Ok(r) = http.post(format!("{}/admin/v1/keys", s.hubs.urls[hub])).bearer_auth(&s.admin).json(&json!({"name": name, "daily_tokens": 120})).send() {
+            if let Ok(r) = http
+                .post(format!("{}/admin/v1/keys", s.hubs.urls[hub]))
+                .bearer_auth(&s.admin)
+                .json(&json!({"name": name, "daily_tokens": 120}))
+                .send()
+            {
                 match r.status().as_u16() {
                     201 => secret = r.json::<Value>().ok().and_then(|v| v["key"].as_str().map(str::to_string)),
                     409 => break, // made by an attempt whose answer was lost: its secret too
@@ -317,14 +353,18 @@ fn budgets(s: &Shared, seed: u64) {
                 let (secret, served) = (&secret, &served);
                 let mut rng = XorShift::new(seed ^ (n * 7 + c));
                 scope.spawn(move || {
-                    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(40)).build().expect("client");
+                    let http =
+                        reqwest::blocking::Client::builder().timeout(Duration::from_secs(40)).build().expect("client");
                     let until = Instant::now() + Duration::from_secs(15);
                     while Instant::now() < until {
                         let hub = s.hubs.pick(&mut rng);
                         match chat(&http, &s.hubs.urls[hub], secret, 8, false) {
                             Ok(resp) if resp.status() == 200 => {
                                 let v: Value = resp.json().unwrap_or_default();
-                                served.fetch_add(v["usage"]["completion_tokens"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                                served.fetch_add(
+                                    v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+                                    Ordering::Relaxed,
+                                );
                             }
                             Ok(resp) if resp.status() == 429 => return,
                             _ => std::thread::sleep(Duration::from_millis(20)),
@@ -336,7 +376,10 @@ fn budgets(s: &Shared, seed: u64) {
         let served = served.load(Ordering::Relaxed);
         s.budget_keys.fetch_add(1, Ordering::Relaxed);
         if served > 120 {
-            s.budget_violations.lock().expect("lock").push(format!("{name}: {served} tokens served on a budget of 120"));
+            s.budget_violations
+                .lock()
+                .expect("lock")
+                .push(format!("{name}: {served} tokens served on a budget of 120"));
         }
         let until = Instant::now() + Duration::from_secs(20);
         while Instant::now() < until && !s.stop.load(Ordering::Relaxed) {
@@ -366,7 +409,10 @@ fn iptables(args: &[&str]) {
 
 /// Drops every UDP packet to or from `port` on loopback while `f` runs.
 fn cut_off<T>(port: &str, f: impl FnOnce() -> T) -> T {
-    let rules = [["-i", "lo", "-p", "udp", "--dport", port, "-j", "DROP"], ["-i", "lo", "-p", "udp", "--sport", port, "-j", "DROP"]];
+    let rules = [
+        ["-i", "lo", "-p", "udp", "--dport", port, "-j", "DROP"],
+        ["-i", "lo", "-p", "udp", "--sport", port, "-j", "DROP"],
+    ];
     for r in &rules {
         iptables(&[&["-I", "INPUT"], &r[..]].concat());
     }
@@ -390,7 +436,9 @@ fn signal(pid: i32, sig: i32) {
 
 fn leader(s: &Shared, http: &reqwest::blocking::Client) -> Option<usize> {
     for url in &s.hubs.urls {
-        if let Ok(r) = http.get(format!("{url}/admin/v1/status")).bearer_auth(&s.admin).timeout(Duration::from_secs(2)).send() {
+        if let Ok(r) =
+            http.get(format!("{url}/admin/v1/status")).bearer_auth(&s.admin).timeout(Duration::from_secs(2)).send()
+        {
             if let Some(id) = r.json::<Value>().ok().and_then(|v| v["leader"].as_str().map(str::to_string)) {
                 return id.strip_prefix('h').and_then(|n| n.parse::<usize>().ok()).map(|n| n - 1);
             }
@@ -405,8 +453,16 @@ fn wait_back(c: &Cluster, s: &Shared, hub: usize, old_pid: i32, killed: bool) {
     let id = format!("h{}", hub + 1);
     wait_until(Duration::from_secs(60), &format!("{id} back"), || {
         let new = pid(c, &id).unwrap_or(old_pid);
-        let ready = http.get(format!("{}/ready", s.hubs.urls[hub])).timeout(Duration::from_secs(1)).send().is_ok_and(|r| r.status() == 200);
-        if (!killed || new != old_pid) && ready { Ok(()) } else { Err(new) }
+        let ready = http
+            .get(format!("{}/ready", s.hubs.urls[hub]))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .is_ok_and(|r| r.status() == 200);
+        if (!killed || new != old_pid) && ready {
+            Ok(())
+        } else {
+            Err(new)
+        }
     });
     s.hubs.back(hub);
 }
@@ -420,7 +476,11 @@ fn failover(s: &Shared, dead: usize, n: usize) -> Duration {
     loop {
         let hub = (dead + 1 + i % 2) % 3;
         i += 1;
-        let r = http.post(format!("{}/admin/v1/keys", s.hubs.urls[hub])).bearer_auth(&s.admin).json(&json!({"name": format!("failover-{n}-{i}")})).send();
+        let r = http
+            .post(format!("{}/admin/v1/keys", s.hubs.urls[hub]))
+            .bearer_auth(&s.admin)
+            .json(&json!({"name": format!("failover-{n}-{i}")}))
+            .send();
         if r.is_ok_and(|r| r.status() == 201) {
             return killed.elapsed();
         }
@@ -496,7 +556,15 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
             std::thread::sleep(Duration::from_secs(every));
             n += 1;
             let kinds: &[Fault] = if network_faults {
-                &[Fault::KillLeader, Fault::KillFollower, Fault::StopHub, Fault::KillSpoke, Fault::PartitionLeader, Fault::PartitionHub, Fault::PacketLoss]
+                &[
+                    Fault::KillLeader,
+                    Fault::KillFollower,
+                    Fault::StopHub,
+                    Fault::KillSpoke,
+                    Fault::PartitionLeader,
+                    Fault::PartitionHub,
+                    Fault::PacketLoss,
+                ]
             } else {
                 &[Fault::KillLeader, Fault::KillFollower, Fault::StopHub, Fault::KillSpoke]
             };
@@ -553,7 +621,20 @@ fn run_chaos(seconds: u64, seed: u64, every: u64, network_faults: bool) {
                     wait_back(&c, s, hub, p, false);
                 }
                 Fault::PacketLoss => {
-                    let rule = ["-i", "lo", "-p", "udp", "-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"];
+                    let rule = [
+                        "-i",
+                        "lo",
+                        "-p",
+                        "udp",
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        "0.05",
+                        "-j",
+                        "DROP",
+                    ];
                     iptables(&[&["-I", "INPUT"], &rule[..]].concat());
                     report.faults.push((at, fault, "all QUIC".into()));
                     std::thread::sleep(Duration::from_secs(10));
@@ -586,7 +667,9 @@ fn check(s: &Shared, report: &Report) {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|k| Some((k["name"].as_str()?, if k["revoked"] == true { KeyState::Revoked } else { KeyState::Active })))
+            .filter_map(|k| {
+                Some((k["name"].as_str()?, if k["revoked"] == true { KeyState::Revoked } else { KeyState::Active }))
+            })
             .collect();
         for (name, want) in &acked {
             let got = state.get(name.as_str()).copied().unwrap_or(KeyState::Absent);
@@ -647,7 +730,15 @@ fn check(s: &Shared, report: &Report) {
     let failed: Vec<String> = to_survivors
         .iter()
         .filter(|p| !p.3)
-        .map(|p| format!("h{} at {:.1}-{:.1} s: {}", p.0 + 1, t0.map_or(0.0, |t| (p.1 - t).as_secs_f64()), t0.map_or(0.0, |t| (p.2 - t).as_secs_f64()), p.4))
+        .map(|p| {
+            format!(
+                "h{} at {:.1}-{:.1} s: {}",
+                p.0 + 1,
+                t0.map_or(0.0, |t| (p.1 - t).as_secs_f64()),
+                t0.map_or(0.0, |t| (p.2 - t).as_secs_f64()),
+                p.4
+            )
+        })
         .collect();
     let budget = s.budget_violations.lock().expect("lock").clone();
     let mut failovers: Vec<Duration> = report.failovers.iter().map(|f| f.2).collect();
@@ -661,7 +752,12 @@ fn check(s: &Shared, report: &Report) {
     println!("acknowledged writes: {}, lost: {}", s.acked_writes.load(Ordering::Relaxed), lost.len());
     println!("reads: {}; register operations checked: {checked_ops}; linearizability violations: {}; keys left out (outcome unknown): {}", s.reads.load(Ordering::Relaxed), violations.len(), unknown.len());
     println!("budget keys: {}, exceeded: {}", s.budget_keys.load(Ordering::Relaxed), budget.len());
-    println!("non-streamed prompts: {} ({} to hubs not faulted meanwhile), failed there: {}", prompts.len(), to_survivors.len(), failed.len());
+    println!(
+        "non-streamed prompts: {} ({} to hubs not faulted meanwhile), failed there: {}",
+        prompts.len(),
+        to_survivors.len(),
+        failed.len()
+    );
     println!(
         "streams: {} completed, {} ended with an error event, {} hanging or cut off by a live hub",
         s.streams_ok.load(Ordering::Relaxed),
@@ -671,7 +767,11 @@ fn check(s: &Shared, report: &Report) {
     for (at, f, took) in &report.failovers {
         println!("   failover after {f:?} at {at} s: {} ms", took.as_millis());
     }
-    println!("leader failovers (fault -> first acknowledged write), ms: {:?}, p99 {:?}", failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), p99);
+    println!(
+        "leader failovers (fault -> first acknowledged write), ms: {:?}, p99 {:?}",
+        failovers.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        p99
+    );
     assert!(lost.is_empty(), "lost writes (seed {}): {lost:?}", report.seed);
     assert!(violations.is_empty(), "linearizability violations (seed {}): {violations:?}", report.seed);
     assert!(budget.is_empty(), "budgets exceeded (seed {}): {budget:?}", report.seed);

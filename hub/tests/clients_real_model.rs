@@ -10,7 +10,8 @@ use common::{Cluster, Layout};
 fn openai_and_ollama_clients_get_paris_from_every_hub() {
     let mut c = Cluster::start(Layout { hubs: 3, spokes: 2, models: &["smollm2-135m"], extra: "" });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients.py");
-    let out = std::process::Command::new("python3").arg(script).arg(&c.key).args(&c.hubs).output().expect("python3 runs");
+    let out =
+        std::process::Command::new("python3").arg(script).arg(&c.key).args(&c.hubs).output().expect("python3 runs");
     println!("{}", String::from_utf8_lossy(&out.stdout));
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the Python clients failed");

@@ -17,7 +17,9 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     let mut c = Cluster::start_tiny(1, 2, "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n");
     let hub = c.hubs[0].clone();
     let http = client();
-    let chat = |body: Value| http.post(format!("{hub}/v1/chat/completions")).bearer_auth(&c.key).json(&body).send().expect("sent");
+    let chat = |body: Value| {
+        http.post(format!("{hub}/v1/chat/completions")).bearer_auth(&c.key).json(&body).send().expect("sent")
+    };
 
     // The contract: a whole answer, a stream ending in [DONE], the request id echoed.
     let r = http
@@ -50,12 +52,32 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     let url = format!("{hub}/v1/chat/completions");
     bad(http.post(&url).bearer_auth(&c.key).body("{not json"), 400);
     bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": 5, "messages": []})), 400);
-    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": -3})), 400);
-    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})), 400);
+    bad(
+        http.post(&url)
+            .bearer_auth(&c.key)
+            .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": -3})),
+        400,
+    );
+    bad(
+        http.post(&url)
+            .bearer_auth(&c.key)
+            .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})),
+        400,
+    );
     bad(http.post(&url).bearer_auth("wrong").json(&json!({"model": "tiny", "messages": []})), 401);
     bad(http.post(&url).json(&json!({"model": "tiny", "messages": []})), 401);
-    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})), 404);
-    bad(http.post(&url).bearer_auth(&c.key).json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "the ".repeat(400)}]})), 400);
+    bad(
+        http.post(&url)
+            .bearer_auth(&c.key)
+            .json(&json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})),
+        404,
+    );
+    bad(
+        http.post(&url)
+            .bearer_auth(&c.key)
+            .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "the ".repeat(400)}]})),
+        400,
+    );
     // A deadline that passes before the answer: 504, never a hang.
     let r = http
         .post(&url)
@@ -83,7 +105,8 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     // (`nave up` is ready with one spoke; wait for both.)
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let v: Value =
+            http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         if v["spokes"].as_array().is_some_and(|a| a.iter().all(|s| s["state"] == "active")) {
             break;
         }
@@ -117,7 +140,8 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     assert!(drained.iter().all(|&s| s == 200), "{drained:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let v: Value =
+            http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let s2 = v["spokes"].as_array().and_then(|a| a.iter().find(|s| s["id"] == "s2").cloned()).unwrap_or_default();
         if s2["state"] == "drained" {
             break;
@@ -125,9 +149,17 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "s2 is {s2}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({"undo": true})).send().expect("sent");
+    let r = http
+        .post(format!("{hub}/admin/v1/spokes/s2/drain"))
+        .bearer_auth(&c.key)
+        .json(&json!({"undo": true}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
-    assert_eq!(http.post(format!("{hub}/admin/v1/spokes/s9/drain")).bearer_auth(&c.key).send().expect("sent").status(), 404);
+    assert_eq!(
+        http.post(format!("{hub}/admin/v1/spokes/s9/drain")).bearer_auth(&c.key).send().expect("sent").status(),
+        404
+    );
 
     // A spoke dies while 16 clients send non-streamed requests: every request succeeds.
     let started = Instant::now();
@@ -143,8 +175,10 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
                             let r = http
                                 .post(format!("{hub}/v1/chat/completions"))
                                 .bearer_auth(&key)
-                                .json(&json!({"model": "tiny", "max_tokens": 24, "temperature": 0.5, "seed": i * 100 + j,
-                                              "messages": [{"role": "user", "content": "he the in"}]}))
+                                .json(
+                                    &json!({"model": "tiny", "max_tokens": 24, "temperature": 0.5, "seed": i * 100 + j,
+                                              "messages": [{"role": "user", "content": "he the in"}]}),
+                                )
                                 .send();
                             r.map(|r| r.status().as_u16()).unwrap_or(0)
                         })
@@ -163,9 +197,13 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     // up` has started it again first (a new pid).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let v: Value =
+            http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let s1 = v["spokes"].as_array().and_then(|a| a.iter().find(|s| s["id"] == "s1").cloned()).unwrap_or_default();
-        let restarted = std::fs::read_to_string(c.data().join("s1/pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()).is_some_and(|p| p != killed_pid);
+        let restarted = std::fs::read_to_string(c.data().join("s1/pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|p| p != killed_pid);
         if s1["state"] == "down" || restarted {
             break;
         }
@@ -187,7 +225,12 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
 
     // A key created on one hub works on another at once (admission is a Raft write).
     let budget = 200u64;
-    let r = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "team", "daily_tokens": budget})).send().expect("sent");
+    let r = http
+        .post(format!("{h1}/admin/v1/keys"))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "team", "daily_tokens": budget}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 201);
     let key = r.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
     let ask = |hub: &str, key: &str| {
@@ -199,7 +242,11 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
     };
     assert_eq!(ask(&h2, &key).status(), 200);
     assert_eq!(http.get(format!("{h3}/v1/models")).bearer_auth(&key).send().expect("sent").status(), 200);
-    assert_eq!(http.get(format!("{h3}/admin/v1/status")).bearer_auth(&key).send().expect("sent").status(), 403, "not an admin key");
+    assert_eq!(
+        http.get(format!("{h3}/admin/v1/status")).bearer_auth(&key).send().expect("sent").status(),
+        403,
+        "not an admin key"
+    );
 
     // 32 clients over three hubs spend the budget: never more than it, refusals are 429s.
     let (served, refused): (Vec<u64>, Vec<bool>) = std::thread::scope(|s| {
@@ -240,7 +287,8 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
     // Settlements land: the key's usage matches what was served.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: Value = http.get(format!("{h3}/admin/v1/keys")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let v: Value =
+            http.get(format!("{h3}/admin/v1/keys")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let k = v["keys"].as_array().and_then(|a| a.iter().find(|k| k["name"] == "team").cloned()).unwrap_or_default();
         if k["reserved"] == 0 {
             assert_eq!(k["tokens_today"].as_u64(), Some(total), "{k}");
@@ -251,7 +299,12 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
     }
 
     // Revoked on one hub, refused by every hub.
-    let other = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "temp"})).send().expect("sent");
+    let other = http
+        .post(format!("{h1}/admin/v1/keys"))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "temp"}))
+        .send()
+        .expect("sent");
     let other = other.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
     assert_eq!(ask(&h1, &other).status(), 200);
     assert_eq!(http.delete(format!("{h3}/admin/v1/keys/temp")).bearer_auth(&c.key).send().expect("sent").status(), 200);
@@ -261,7 +314,12 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
 
     // Stored responses: written through one hub, read and continued through the others,
     // invisible to other keys.
-    let conv = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "conv"})).send().expect("sent");
+    let conv = http
+        .post(format!("{h1}/admin/v1/keys"))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "conv"}))
+        .send()
+        .expect("sent");
     let conv = conv.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
     let first: Value = http
         .post(format!("{h1}/v1/responses"))
@@ -273,9 +331,14 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
         .expect("json");
     let rid = first["id"].as_str().expect("response id").to_string();
     assert_eq!(first["object"], "response");
-    let again: Value = http.get(format!("{h2}/v1/responses/{rid}")).bearer_auth(&conv).send().expect("sent").json().expect("json");
+    let again: Value =
+        http.get(format!("{h2}/v1/responses/{rid}")).bearer_auth(&conv).send().expect("sent").json().expect("json");
     assert_eq!(again["output"], first["output"], "readable from another hub at once");
-    assert_eq!(http.get(format!("{h2}/v1/responses/{rid}")).bearer_auth(&key).send().expect("sent").status(), 404, "not another key's");
+    assert_eq!(
+        http.get(format!("{h2}/v1/responses/{rid}")).bearer_auth(&key).send().expect("sent").status(),
+        404,
+        "not another key's"
+    );
     let follow: Value = http
         .post(format!("{h3}/v1/responses"))
         .bearer_auth(&conv)
@@ -284,7 +347,8 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
         .expect("sent")
         .json()
         .expect("json");
-    let (a, b) = (first["usage"]["input_tokens"].as_u64().unwrap_or(0), follow["usage"]["input_tokens"].as_u64().unwrap_or(0));
+    let (a, b) =
+        (first["usage"]["input_tokens"].as_u64().unwrap_or(0), follow["usage"]["input_tokens"].as_u64().unwrap_or(0));
     assert!(b > a + 2, "the follow-up carried the first turn: {a} then {b}");
     let missing = http
         .post(format!("{h2}/v1/responses"))
@@ -299,7 +363,8 @@ fn keys_and_budgets_hold_across_three_hubs_and_survive_a_restart() {
     assert_eq!(http.get(format!("{h3}/v1/responses/{rid}")).bearer_auth(&conv).send().expect("sent").status(), 200);
     assert_eq!(ask(&h2, &key).status(), 429, "the spent budget survived the restart");
     assert_eq!(ask(&h1, &other).status(), 401, "the revocation survived the restart");
-    let v: Value = http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    let v: Value =
+        http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
     assert!(v["leader"].is_string(), "{v}");
 }
 
@@ -308,11 +373,18 @@ fn killing_the_leader_hub_loses_no_request_on_the_others() {
     let c = Cluster::start_tiny(3, 2, "");
     let http = client();
     let h1 = c.hubs[0].clone();
-    let r = http.post(format!("{h1}/admin/v1/keys")).bearer_auth(&c.key).json(&json!({"name": "app", "rpm": 100000})).send().expect("sent");
+    let r = http
+        .post(format!("{h1}/admin/v1/keys"))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "app", "rpm": 100000}))
+        .send()
+        .expect("sent");
     let key = r.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
-    let status: Value = http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    let status: Value =
+        http.get(format!("{h1}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
     let leader = status["leader"].as_str().expect("a leader").to_string();
-    let others: Vec<String> = c.hubs.iter().enumerate().filter(|(i, _)| format!("h{}", i + 1) != leader).map(|(_, h)| h.clone()).collect();
+    let others: Vec<String> =
+        c.hubs.iter().enumerate().filter(|(i, _)| format!("h{}", i + 1) != leader).map(|(_, h)| h.clone()).collect();
 
     // Every request needs an admission write, so the load crosses the failover: each
     // client sends requests for 4 s (at most 400), the leader dies at 0.5 s.
@@ -349,7 +421,13 @@ fn killing_the_leader_hub_loses_no_request_on_the_others() {
     assert!(results.len() > 100, "the load ran through the failover");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: Value = http.get(format!("{}/admin/v1/status", others[0])).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let status: Value = http
+            .get(format!("{}/admin/v1/status", others[0]))
+            .bearer_auth(&c.key)
+            .send()
+            .expect("sent")
+            .json()
+            .expect("json");
         if status["leader"].is_string() && status["leader"].as_str() != Some(leader.as_str()) {
             break;
         }
@@ -422,12 +500,18 @@ fn a_stream_on_a_killed_spoke_ends_with_an_error_event() {
     let http = client();
     // Both spokes connected and active first (`nave up` waits for one).
     common::wait_until(Duration::from_secs(60), "both spokes active", || {
-        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+        let v: Value =
+            http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let active = v["spokes"].as_array().into_iter().flatten().filter(|s| s["state"] == "active").count();
-        if active == 2 { Ok(()) } else { Err(v) }
+        if active == 2 {
+            Ok(())
+        } else {
+            Err(v)
+        }
     });
     // Only s1 takes requests, so the stream is on it.
-    let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({})).send().expect("sent");
+    let r =
+        http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({})).send().expect("sent");
     assert_eq!(r.status(), 200);
     let r = http
         .post(format!("{hub}/v1/chat/completions"))
@@ -458,7 +542,12 @@ fn a_stream_on_a_killed_spoke_ends_with_an_error_event() {
     assert!(killed.elapsed() < Duration::from_secs(10), "ended after {:?}", killed.elapsed());
 
     // The other spoke takes the next request.
-    let r = http.post(format!("{hub}/admin/v1/spokes/s2/drain")).bearer_auth(&c.key).json(&json!({"undo": true})).send().expect("sent");
+    let r = http
+        .post(format!("{hub}/admin/v1/spokes/s2/drain"))
+        .bearer_auth(&c.key)
+        .json(&json!({"undo": true}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 200);
     let r = http
         .post(format!("{hub}/v1/chat/completions"))

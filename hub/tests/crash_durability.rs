@@ -28,7 +28,11 @@ fn acknowledged_writes_survive_killing_every_hub_twenty_times() {
                         let name = format!("r{round}-w{w}-{i}");
                         i += 1;
                         let hub = &hubs[(w + i) % hubs.len()];
-                        let r = http.post(format!("{hub}/admin/v1/keys")).bearer_auth(key).json(&json!({"name": name})).send();
+                        let r = http
+                            .post(format!("{hub}/admin/v1/keys"))
+                            .bearer_auth(key)
+                            .json(&json!({"name": name}))
+                            .send();
                         if r.is_ok_and(|r| r.status() == 201) {
                             acked.lock().expect("lock").push(name);
                         }
@@ -62,14 +66,19 @@ fn acknowledged_writes_survive_killing_every_hub_twenty_times() {
             Err(e) => Err(e.to_string()),
         }
     });
-    let present: std::collections::HashSet<&str> = v["keys"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
+    let present: std::collections::HashSet<&str> =
+        v["keys"].as_array().into_iter().flatten().filter_map(|k| k["name"].as_str()).collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !present.contains(k.as_str())).collect();
     println!("{} writes acknowledged over 20 kills of every hub; lost: {}", acked.len(), lost.len());
     if !lost.is_empty() {
         // Tell a stale read from a lost write: ask every hub for each missing key.
         for name in &lost {
             for hub in &c.hubs {
-                let r = http.get(format!("{hub}/admin/v1/keys/{name}")).bearer_auth(&c.key).send().map(|r| r.status().as_u16());
+                let r = http
+                    .get(format!("{hub}/admin/v1/keys/{name}"))
+                    .bearer_auth(&c.key)
+                    .send()
+                    .map(|r| r.status().as_u16());
                 println!("{name} on {hub}: {r:?}");
             }
         }

@@ -17,7 +17,9 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
     let (h4_http, h4_quic) = (free_port(), free_port());
     let config = c.dir.path().join("h4.toml");
     let text = std::fs::read_to_string(&c.config).expect("config")
-        + &format!("[[hub]]\nid = \"h4\"\nhttp = \"127.0.0.1:{h4_http}\"\nquic = \"127.0.0.1:{h4_quic}\"\njoin = true\n");
+        + &format!(
+            "[[hub]]\nid = \"h4\"\nhttp = \"127.0.0.1:{h4_http}\"\nquic = \"127.0.0.1:{h4_quic}\"\njoin = true\n"
+        );
     std::fs::write(&config, text).expect("write h4 config");
     let mut h4 = Command::new(env!("CARGO_BIN_EXE_nave"))
         .args(["hub", "--config", config.to_str().expect("utf-8"), "--id", "h4"])
@@ -27,22 +29,39 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
         .expect("start h4");
     let h4_url = format!("http://127.0.0.1:{h4_http}");
     let hubs = |url: &str| -> Vec<String> {
-        let v: Value = http.get(format!("{url}/admin/v1/hubs")).bearer_auth(&c.key).send().and_then(|r| r.json()).unwrap_or_default();
+        let v: Value = http
+            .get(format!("{url}/admin/v1/hubs"))
+            .bearer_auth(&c.key)
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default();
         v["hubs"].as_array().into_iter().flatten().filter_map(|h| h["id"].as_str().map(String::from)).collect()
     };
 
     // Not added yet: it founds nothing and is not ready.
-    wait_until(Duration::from_secs(30), "h4 answering", || http.get(format!("{h4_url}/health")).send().map(|_| ()).map_err(|e| e.to_string()));
+    wait_until(Duration::from_secs(30), "h4 answering", || {
+        http.get(format!("{h4_url}/health")).send().map(|_| ()).map_err(|e| e.to_string())
+    });
     assert_eq!(http.get(format!("{h4_url}/ready")).send().expect("ready").status(), 503);
     assert!(hubs(&h4_url).is_empty());
 
     // Bad requests are refused with the reason.
-    let r = http.post(format!("{}/admin/v1/hubs", c.hubs[1])).bearer_auth(&c.key).json(&json!({"id": "h4"})).send().expect("sent");
+    let r = http
+        .post(format!("{}/admin/v1/hubs", c.hubs[1]))
+        .bearer_auth(&c.key)
+        .json(&json!({"id": "h4"}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 400, "no address for a hub this hub does not know");
     let r = http.delete(format!("{}/admin/v1/hubs/h9", c.hubs[1])).bearer_auth(&c.key).send().expect("sent");
     assert_eq!(r.status(), 404);
 
-    let r = http.post(format!("{}/admin/v1/hubs", c.hubs[1])).bearer_auth(&c.key).json(&json!({"id": "h4", "quic": format!("127.0.0.1:{h4_quic}")})).send().expect("sent");
+    let r = http
+        .post(format!("{}/admin/v1/hubs", c.hubs[1]))
+        .bearer_auth(&c.key)
+        .json(&json!({"id": "h4", "quic": format!("127.0.0.1:{h4_quic}")}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 201, "{:?}", r.text());
     assert_eq!(hubs(&c.hubs[0]), ["h1", "h2", "h3", "h4"]);
     wait_until(Duration::from_secs(30), "h4 ready", || match http.get(format!("{h4_url}/ready")).send() {
@@ -50,11 +69,26 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
         other => Err(format!("{:?}", other.map(|r| r.status()))),
     });
     // It serves the replicated state: a key created through h1 is listed through h4.
-    let r = http.post(format!("{}/admin/v1/keys", c.hubs[0])).bearer_auth(&c.key).json(&json!({"name": "seen-by-h4"})).send().expect("sent");
+    let r = http
+        .post(format!("{}/admin/v1/keys", c.hubs[0]))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "seen-by-h4"}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 201);
-    let keys: Value = http.get(format!("{h4_url}/admin/v1/keys")).bearer_auth(&c.key).send().and_then(|r| r.json()).expect("keys on h4");
+    let keys: Value = http
+        .get(format!("{h4_url}/admin/v1/keys"))
+        .bearer_auth(&c.key)
+        .send()
+        .and_then(|r| r.json())
+        .expect("keys on h4");
     assert!(keys.to_string().contains("seen-by-h4"), "{keys}");
-    let status: Value = http.get(format!("{}/admin/v1/status", c.hubs[2])).bearer_auth(&c.key).send().and_then(|r| r.json()).expect("status");
+    let status: Value = http
+        .get(format!("{}/admin/v1/status", c.hubs[2]))
+        .bearer_auth(&c.key)
+        .send()
+        .and_then(|r| r.json())
+        .expect("status");
     assert_eq!(status["hubs"].as_array().map(Vec::len), Some(4), "{status}");
 
     let r = http.delete(format!("{}/admin/v1/hubs/h4", c.hubs[2])).bearer_auth(&c.key).send().expect("sent");
@@ -62,7 +96,12 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
     let _ = h4.kill();
     let _ = h4.wait();
     assert_eq!(hubs(&c.hubs[0]), ["h1", "h2", "h3"]);
-    let r = http.post(format!("{}/admin/v1/keys", c.hubs[1])).bearer_auth(&c.key).json(&json!({"name": "after-h4"})).send().expect("sent");
+    let r = http
+        .post(format!("{}/admin/v1/keys", c.hubs[1]))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "after-h4"}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 201, "the cluster goes on without h4");
 }
 
@@ -85,7 +124,11 @@ fn only_hubs_speak_raft() {
         runtime.block_on(async move {
             let endpoint = tls::client_endpoint().expect("endpoint");
             let exchange = async {
-                let conn = endpoint.connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, &target_name).ok()?.await.ok()?;
+                let conn = endpoint
+                    .connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, &target_name)
+                    .ok()?
+                    .await
+                    .ok()?;
                 let (mut send, mut recv) = conn.open_bi().await.ok()?;
                 write_frame(&mut send, &RaftRpc::Ping).await.ok()?;
                 send.finish().ok()?;

@@ -52,7 +52,11 @@ fn spoke_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str)
 fn wait_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str, want: Option<&str>) {
     common::wait_until(Duration::from_secs(90), &format!("spoke {id} reaching {want:?}"), || {
         let state = spoke_state(http, hub, key, id);
-        if state.as_deref() == want { Ok(()) } else { Err(state) }
+        if state.as_deref() == want {
+            Ok(())
+        } else {
+            Err(state)
+        }
     });
 }
 
@@ -61,7 +65,12 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     let models = tempfile::tempdir().expect("dir");
     let model = tiny_model(models.path());
     let model = model.to_str().expect("utf-8 path");
-    let c = Cluster::start(Layout { hubs: 1, spokes: 1, models: &[model], extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n" });
+    let c = Cluster::start(Layout {
+        hubs: 1,
+        spokes: 1,
+        models: &[model],
+        extra: "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n",
+    });
     let (hub, key) = (c.hubs[0].clone(), c.key.clone());
     let http = client();
     let joined_dir = c.dir.path().join("joined");
@@ -99,7 +108,12 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     };
 
     // A one-use token; the spoke joins with it and becomes a candidate.
-    let r = http.post(format!("{hub}/admin/v1/tokens")).bearer_auth(&key).json(&json!({"ttl_s": 600, "uses": 1})).send().expect("sent");
+    let r = http
+        .post(format!("{hub}/admin/v1/tokens"))
+        .bearer_auth(&key)
+        .json(&json!({"ttl_s": 600, "uses": 1}))
+        .send()
+        .expect("sent");
     assert_eq!(r.status(), 201);
     let token = r.json::<Value>().expect("json")["token"].as_str().expect("token").to_string();
     let (quic, port) = (free_port(), free_port());
@@ -108,7 +122,12 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
 
     // With the config spoke drained, the joined one answers alone.
     let drain = |undo: bool| {
-        let r = http.post(format!("{hub}/admin/v1/spokes/s1/drain")).bearer_auth(&key).json(&json!({"undo": undo})).send().expect("sent");
+        let r = http
+            .post(format!("{hub}/admin/v1/spokes/s1/drain"))
+            .bearer_auth(&key)
+            .json(&json!({"undo": undo}))
+            .send()
+            .expect("sent");
         assert_eq!(r.status(), 200);
     };
     drain(false);
@@ -121,7 +140,8 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
             .expect("sent");
         assert_eq!(r.status(), 200, "served by the joined spoke");
     }
-    let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().expect("spoke metrics").text().expect("text");
+    let metrics =
+        http.get(format!("http://127.0.0.1:{port}/metrics")).send().expect("spoke metrics").text().expect("text");
     let generated: f64 = metrics
         .lines()
         .find(|l| l.starts_with("nave_engine_generated_tokens_total"))
@@ -149,7 +169,12 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
 
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed while the spoke joined ({} succeeded)", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed while the spoke joined ({} succeeded)",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(ok.load(Ordering::Relaxed) > 0);
 
     // Removal: the hubs forget it.

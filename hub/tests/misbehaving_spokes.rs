@@ -27,7 +27,11 @@ fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
         dir.path().join("data").display()
     );
     for id in ["s1", "s2", "s3"] {
-        cfg += &format!("[[spoke]]\nid = \"{id}\"\nhttp = \"127.0.0.1:{}\"\nquic = \"127.0.0.1:{}\"\nmodels = [\"mock.gguf\"]\n", free_port(), free_port());
+        cfg += &format!(
+            "[[spoke]]\nid = \"{id}\"\nhttp = \"127.0.0.1:{}\"\nquic = \"127.0.0.1:{}\"\nmodels = [\"mock.gguf\"]\n",
+            free_port(),
+            free_port()
+        );
     }
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, cfg).expect("config");
@@ -37,20 +41,43 @@ fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
     let child = common::launch(&config, Some("h1"));
     let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
     let hub = format!("http://127.0.0.1:{http}");
-    let _cluster = Cluster { config, dir, child: Some(child), key: key.clone(), hubs: vec![hub.clone()], hub_quic: vec![], spokes: vec![] };
+    let _cluster = Cluster {
+        config,
+        dir,
+        child: Some(child),
+        key: key.clone(),
+        hubs: vec![hub.clone()],
+        hub_quic: vec![],
+        spokes: vec![],
+    };
 
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
     let ask = |stream: bool, timeout_ms: u64| {
-        http.post(format!("{hub}/v1/chat/completions")).bearer_auth(&key).header("x-request-timeout-ms", timeout_ms.to_string()).json(&body(stream)).send().expect("sent")
+        http.post(format!("{hub}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("x-request-timeout-ms", timeout_ms.to_string())
+            .json(&body(stream))
+            .send()
+            .expect("sent")
     };
     let circuits = || -> Vec<(String, String)> {
-        let v: Value = http.get(format!("{hub}/admin/v1/status")).bearer_auth(&key).send().expect("sent").json().expect("json");
-        v["spokes"].as_array().into_iter().flatten().map(|s| (s["id"].as_str().unwrap_or("").to_string(), s["circuit"].as_str().unwrap_or("").to_string())).collect()
+        let v: Value =
+            http.get(format!("{hub}/admin/v1/status")).bearer_auth(&key).send().expect("sent").json().expect("json");
+        v["spokes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (s["id"].as_str().unwrap_or("").to_string(), s["circuit"].as_str().unwrap_or("").to_string()))
+            .collect()
     };
     wait_until(Duration::from_secs(30), "the hub hearing all three spokes", || {
         let served = (0..6).filter(|_| ask(false, 5000).status() == 200).count();
         let all = [&failing, &hanging, &healthy].iter().all(|s| s.requests() > 0);
-        if served == 6 && all { Ok(()) } else { Err((served, failing.requests(), hanging.requests(), healthy.requests())) }
+        if served == 6 && all {
+            Ok(())
+        } else {
+            Err((served, failing.requests(), hanging.requests(), healthy.requests()))
+        }
     });
 
     // One spoke fails every request, one hangs (heartbeats still flowing): 8 clients get
@@ -79,8 +106,16 @@ fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
     }
     // 3 consecutive failures open a circuit; requests already under way when it opened
     // (8 clients) may add a few.
-    assert!(failing.requests() - fail_before <= 3 + 8, "the failing spoke was cut off: {}", failing.requests() - fail_before);
-    assert!(hanging.requests() - hang_before <= 3 + 8, "the hung spoke was cut off: {}", hanging.requests() - hang_before);
+    assert!(
+        failing.requests() - fail_before <= 3 + 8,
+        "the failing spoke was cut off: {}",
+        failing.requests() - fail_before
+    );
+    assert!(
+        hanging.requests() - hang_before <= 3 + 8,
+        "the hung spoke was cut off: {}",
+        hanging.requests() - hang_before
+    );
     let (f, h) = (failing.requests(), hanging.requests());
     for _ in 0..5 {
         assert_eq!(ask(false, deadline_ms).status(), 200);
@@ -94,7 +129,8 @@ fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
         let started = Instant::now();
         let r = ask(true, timeout_ms);
         assert_eq!(r.status(), 200);
-        let lines: Vec<String> = BufReader::new(r).lines().map_while(Result::ok).filter(|l| l.starts_with("data: ")).collect();
+        let lines: Vec<String> =
+            BufReader::new(r).lines().map_while(Result::ok).filter(|l| l.starts_with("data: ")).collect();
         (lines, started.elapsed())
     };
     healthy.set(Mode::DieMidStream);

@@ -38,11 +38,17 @@ fn collector() -> (String, Received) {
             if reader.read_exact(&mut body).is_err() {
                 continue;
             }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}");
+            let _ =
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}");
             let Ok(v) = serde_json::from_slice::<Value>(&body) else { continue };
             for rs in v["resourceSpans"].as_array().into_iter().flatten() {
                 let attrs = rs["resource"]["attributes"].as_array().cloned().unwrap_or_default();
-                let node = attrs.iter().find(|a| a["key"] == "service.instance.id").and_then(|a| a["value"]["stringValue"].as_str()).unwrap_or("").to_string();
+                let node = attrs
+                    .iter()
+                    .find(|a| a["key"] == "service.instance.id")
+                    .and_then(|a| a["value"]["stringValue"].as_str())
+                    .unwrap_or("")
+                    .to_string();
                 for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                     for span in ss["spans"].as_array().into_iter().flatten() {
                         kept.lock().expect("lock").push((node.clone(), span.clone()));
@@ -80,7 +86,11 @@ fn one_request_is_one_trace_across_hub_and_spoke() {
         let all = spans.lock().expect("lock").clone();
         let mine: Vec<(String, Value)> = all.into_iter().filter(|(_, s)| s["traceId"] == trace.as_str()).collect();
         let has = |node: &str, name: &str| mine.iter().any(|(n, s)| n == node && s["name"] == name);
-        if has("h1", "request") && has("h1", "dispatch") && has("s1", "generate") { Ok(mine) } else { Err(mine) }
+        if has("h1", "request") && has("h1", "dispatch") && has("s1", "generate") {
+            Ok(mine)
+        } else {
+            Err(mine)
+        }
     });
     let request = found.iter().find(|(_, s)| s["name"] == "request").map(|(_, s)| s.clone()).expect("request span");
     assert_eq!(attr(&request, "request_id"), Some("trace-me-42"));
@@ -88,7 +98,12 @@ fn one_request_is_one_trace_across_hub_and_spoke() {
     let dispatch = found.iter().find(|(_, s)| s["name"] == "dispatch").map(|(_, s)| s.clone()).expect("dispatch span");
     assert_eq!(dispatch["parentSpanId"], request["spanId"], "dispatch runs inside the request");
     assert_eq!(attr(&dispatch, "spoke"), Some("s1"));
-    let generate = found.iter().find(|(n, s)| n == "s1" && s["name"] == "generate").map(|(_, s)| s.clone()).expect("generate span");
-    let (start, end) = (generate["startTimeUnixNano"].as_str().unwrap_or("0"), generate["endTimeUnixNano"].as_str().unwrap_or("0"));
+    let generate = found
+        .iter()
+        .find(|(n, s)| n == "s1" && s["name"] == "generate")
+        .map(|(_, s)| s.clone())
+        .expect("generate span");
+    let (start, end) =
+        (generate["startTimeUnixNano"].as_str().unwrap_or("0"), generate["endTimeUnixNano"].as_str().unwrap_or("0"));
     assert!(start.parse::<u64>().unwrap_or(0) <= end.parse::<u64>().unwrap_or(0) && start != "0", "{generate}");
 }

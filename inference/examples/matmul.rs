@@ -9,7 +9,8 @@ use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for (n, k) in [(576usize, 576usize), (576, 768), (1536, 576), (1536, 768), (576, 1536), (49152, 576), (49152, 768)] {
+    for (n, k) in [(576usize, 576usize), (576, 768), (1536, 576), (1536, 768), (576, 1536), (49152, 576), (49152, 768)]
+    {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
         let q = QMatMul::from_arc(std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))?;
         for m in [1usize, 4, 16, 64] {

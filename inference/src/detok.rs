@@ -49,10 +49,7 @@ impl Detokenizer {
             .stops
             .iter()
             .map(|s| {
-                (1..s.len())
-                    .rev()
-                    .find(|&k| s.is_char_boundary(k) && self.pending.ends_with(&s[..k]))
-                    .unwrap_or(0)
+                (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && self.pending.ends_with(&s[..k])).unwrap_or(0)
             })
             .max()
             .unwrap_or(0);

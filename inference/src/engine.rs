@@ -100,10 +100,19 @@ pub struct Usage {
 pub enum Event {
     /// New text and the tokens that produced it (text may be empty while a stop string
     /// or a UTF-8 character is incomplete).
-    Delta { text: String, tokens: Vec<u32> },
-    Done { finish: FinishReason, usage: Usage },
+    Delta {
+        text: String,
+        tokens: Vec<u32>,
+    },
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+    },
     /// The request failed; `client` says whether it was the request's fault.
-    Error { message: String, client: bool },
+    Error {
+        message: String,
+        client: bool,
+    },
 }
 
 pub type EventStream = UnboundedReceiver<Event>;
@@ -190,11 +199,19 @@ impl Engine {
             next_id: 0,
             _reservations: [weights, pool_reservation],
         };
-        let thread = std::thread::Builder::new()
-            .name("nave-engine".into())
-            .spawn(move || worker.run(rx))
-            .map_err(Error::Io)?;
-        Ok(Self { tx: Some(tx), queued, capacity: config.queue_capacity, gauges, model_name, context, thread: Some(thread), adapters: Default::default(), config: c })
+        let thread =
+            std::thread::Builder::new().name("nave-engine".into()).spawn(move || worker.run(rx)).map_err(Error::Io)?;
+        Ok(Self {
+            tx: Some(tx),
+            queued,
+            capacity: config.queue_capacity,
+            gauges,
+            model_name,
+            context,
+            thread: Some(thread),
+            adapters: Default::default(),
+            config: c,
+        })
     }
 
     /// Makes `adapter` available to requests as `name` (replacing one of that name).
@@ -219,9 +236,11 @@ impl Engine {
     pub fn submit_with(&self, req: GenerateRequest, adapter: Option<&str>) -> Result<EventStream> {
         let adapter = match adapter {
             None => None,
-            Some(name) => Some(self.adapters.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned().ok_or_else(|| {
-                Error::InvalidRequest(format!("model {} has no adapter {name:?}", self.model_name))
-            })?),
+            Some(name) => {
+                Some(self.adapters.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned().ok_or_else(|| {
+                    Error::InvalidRequest(format!("model {} has no adapter {name:?}", self.model_name))
+                })?)
+            }
         };
         req.params.validate()?;
         let (etx, erx) = unbounded_channel();
@@ -354,7 +373,12 @@ impl Worker {
         }
     }
 
-    fn prepare(&mut self, req: GenerateRequest, adapter: Option<Arc<ServingAdapter>>, tx: UnboundedSender<Event>) -> Result<Sequence> {
+    fn prepare(
+        &mut self,
+        req: GenerateRequest,
+        adapter: Option<Arc<ServingAdapter>>,
+        tx: UnboundedSender<Event>,
+    ) -> Result<Sequence> {
         let m = &self.model;
         let tokens = match req.prompt {
             Prompt::Tokens(t) => t,
@@ -411,7 +435,8 @@ impl Worker {
     }
 
     fn drop_cancelled(&mut self) {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running).into_iter().partition(|s| s.tx.is_closed());
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.running).into_iter().partition(|s| s.tx.is_closed());
         self.running = kept;
         for s in gone {
             tracing::debug!(request_id = %s.request_id, "cancelled");
@@ -527,7 +552,13 @@ impl Worker {
         for (id, take) in &plan {
             let s = self.running.iter().find(|s| s.id == *id).expect("planned sequences are running");
             for p in s.computed..s.computed + take {
-                rows.push(Row { token: s.tokens[p], pos: p, blocks: &s.blocks, logits: p + 1 == s.tokens.len(), adapter: s.adapter.as_deref() });
+                rows.push(Row {
+                    token: s.tokens[p],
+                    pos: p,
+                    blocks: &s.blocks,
+                    logits: p + 1 == s.tokens.len(),
+                    adapter: s.adapter.as_deref(),
+                });
             }
         }
         let logits = self.model.transformer.forward(&rows, &mut self.kv)?;

@@ -25,8 +25,8 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::model(&path, format!("cannot open: {e}")))?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| Error::model(&path, format!("not a readable GGUF file: {e}")))?;
+        let content =
+            Content::read(&mut reader).map_err(|e| Error::model(&path, format!("not a readable GGUF file: {e}")))?;
         // Check that every tensor lies inside the file, so a truncated file fails here.
         let len = std::fs::metadata(&path)?.len();
         for (name, info) in &content.tensor_infos {
@@ -74,17 +74,11 @@ impl GgufFile {
     }
 
     fn get(&self, key: &str) -> Result<&Value> {
-        self.content
-            .metadata
-            .get(key)
-            .ok_or_else(|| Error::model(&self.path, format!("missing metadata key {key}")))
+        self.content.metadata.get(key).ok_or_else(|| Error::model(&self.path, format!("missing metadata key {key}")))
     }
 
     pub fn string(&self, key: &str) -> Result<String> {
-        self.get(key)?
-            .to_string()
-            .cloned()
-            .map_err(|e| Error::model(&self.path, format!("{key}: {e}")))
+        self.get(key)?.to_string().cloned().map_err(|e| Error::model(&self.path, format!("{key}: {e}")))
     }
 
     pub fn opt_string(&self, key: &str) -> Option<String> {
@@ -104,9 +98,9 @@ impl GgufFile {
             None => Ok(default),
             Some(Value::F32(v)) => Ok(*v),
             Some(Value::F64(v)) => Ok(*v as f32),
-            Some(v) => value_u32(v)
-                .map(|v| v as f32)
-                .ok_or_else(|| Error::model(&self.path, format!("{key} is not a number"))),
+            Some(v) => {
+                value_u32(v).map(|v| v as f32).ok_or_else(|| Error::model(&self.path, format!("{key} is not a number")))
+            }
         }
     }
 
@@ -117,9 +111,7 @@ impl GgufFile {
     pub fn strings(&self, key: &str) -> Result<Vec<String>> {
         let arr = self.get(key)?.to_vec().map_err(|e| Error::model(&self.path, format!("{key}: {e}")))?;
         arr.iter()
-            .map(|v| {
-                v.to_string().cloned().map_err(|e| Error::model(&self.path, format!("{key}: {e}")))
-            })
+            .map(|v| v.to_string().cloned().map_err(|e| Error::model(&self.path, format!("{key}: {e}"))))
             .collect()
     }
 

@@ -165,7 +165,12 @@ impl KvStore {
             }
             v
         };
-        Self { block_size, kv_dim, k: (0..layers).map(|_| resident()).collect(), v: (0..layers).map(|_| resident()).collect() }
+        Self {
+            block_size,
+            kv_dim,
+            k: (0..layers).map(|_| resident()).collect(),
+            v: (0..layers).map(|_| resident()).collect(),
+        }
     }
 
     /// Bytes one token takes in every layer (keys and values).

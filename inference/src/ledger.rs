@@ -84,7 +84,12 @@ impl Ledger {
             Partition::Training => &mut s.training,
         };
         if bytes > p.free() {
-            return Err(Error::OutOfMemory { partition: partition.name(), requested: bytes, free: p.free(), total: p.total });
+            return Err(Error::OutOfMemory {
+                partition: partition.name(),
+                requested: bytes,
+                free: p.free(),
+                total: p.total,
+            });
         }
         p.used += bytes;
         Ok(Reservation { ledger: self.clone(), partition, bytes })
@@ -197,9 +202,16 @@ mod tests {
         job.cover(450).expect("the partition has room for the growth");
         assert_eq!(l.snapshot().training.used, 450);
         let err = job.cover(700).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("training") && err.contains("250") && err.contains("50"), "names the growth and what is free: {err}");
+        assert!(
+            err.contains("training") && err.contains("250") && err.contains("50"),
+            "names the growth and what is free: {err}"
+        );
         let s = l.snapshot();
-        assert_eq!((s.training.used, s.serving.used), (450, 900), "a refused growth changes nothing, serving least of all");
+        assert_eq!(
+            (s.training.used, s.serving.used),
+            (450, 900),
+            "a refused growth changes nothing, serving least of all"
+        );
     }
 
     #[test]

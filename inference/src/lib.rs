@@ -34,8 +34,8 @@ pub mod sampler;
 pub mod store;
 pub mod template;
 pub mod tiny;
-pub mod train;
 pub mod tokenizer;
+pub mod train;
 
 use std::path::Path;
 
@@ -79,11 +79,23 @@ impl ModelInfo {
         let config = match arch.as_str() {
             "llama" => llama::config(gguf, vocab)?,
             "gemma3" => gemma3::config(gguf, vocab)?,
-            other => return Err(Error::model(gguf.path(), format!("unsupported architecture {other:?} (supported: llama, gemma3)"))),
+            other => {
+                return Err(Error::model(
+                    gguf.path(),
+                    format!("unsupported architecture {other:?} (supported: llama, gemma3)"),
+                ))
+            }
         };
-        let ffn = *gguf.tensor_dims("blk.0.ffn_up.weight")?.first().ok_or_else(|| Error::model(gguf.path(), "blk.0.ffn_up.weight has no dimensions"))?;
+        let ffn = *gguf
+            .tensor_dims("blk.0.ffn_up.weight")?
+            .first()
+            .ok_or_else(|| Error::model(gguf.path(), "blk.0.ffn_up.weight has no dimensions"))?;
         let template = match gguf.opt_string("tokenizer.chat_template") {
-            Some(src) => Some(template::ChatTemplate::new(&src, tokenizer.bos_token().unwrap_or(""), tokenizer.eos_token().unwrap_or(""))?),
+            Some(src) => Some(template::ChatTemplate::new(
+                &src,
+                tokenizer.bos_token().unwrap_or(""),
+                tokenizer.eos_token().unwrap_or(""),
+            )?),
             None => None,
         };
         Ok(Self { config, ffn, tokenizer, template })

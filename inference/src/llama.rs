@@ -11,7 +11,10 @@ pub fn config(gguf: &GgufFile, vocab: usize) -> Result<ModelConfig> {
     let heads = gguf.u32("llama.attention.head_count")? as usize;
     let kv_heads = gguf.opt_u32("llama.attention.head_count_kv").unwrap_or(heads as u32) as usize;
     if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !hidden.is_multiple_of(heads) {
-        return Err(Error::model(gguf.path(), format!("inconsistent heads: {heads} query, {kv_heads} kv, hidden {hidden}")));
+        return Err(Error::model(
+            gguf.path(),
+            format!("inconsistent heads: {heads} query, {kv_heads} kv, hidden {hidden}"),
+        ));
     }
     let head_dim = gguf.opt_u32("llama.rope.dimension_count").map_or(hidden / heads, |d| d as usize);
     let rope_theta = gguf.f32_or("llama.rope.freq_base", 10_000.0)?;

@@ -137,7 +137,9 @@ impl ServingAdapter {
                 other => return Err(Error::InvalidRequest(format!("adapter {name}: unknown projection {other}"))),
             };
             if *layer >= c.layers || a.len() != r * inp || b.len() != out * r {
-                return Err(Error::InvalidRequest(format!("adapter {name} does not fit this model (layer {layer}, {proj})")));
+                return Err(Error::InvalidRequest(format!(
+                    "adapter {name} does not fit this model (layer {layer}, {proj})"
+                )));
             }
             layers[*layer].insert(proj.clone(), (a.clone(), b.clone()));
         }
@@ -243,7 +245,8 @@ fn has_vnni() -> bool {
     {
         static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *VNNI.get_or_init(|| {
-            (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) || is_x86_feature_detected!("avxvnni")
+            (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+                || is_x86_feature_detected!("avxvnni")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -288,7 +291,8 @@ impl Linear {
             let input = ls[0].input(x, rows)?;
             let ts: Vec<&QTensor> = ls.iter().map(|l| l.t.as_ref()).collect();
             if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, &input)? {
-                let v: Vec<Vec<f32>> = outs.into_iter().map(|t| t.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+                let v: Vec<Vec<f32>> =
+                    outs.into_iter().map(|t| t.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
                 if let Ok(a) = <[Vec<f32>; N]>::try_from(v) {
                     return Ok(a);
                 }
@@ -314,7 +318,12 @@ impl Transformer {
         let mut l = Loader { gguf, opts, bytes: 0 };
         let embed = l.gguf.tensor("token_embd.weight")?;
         if embed.shape().dims() != [c.vocab, c.hidden] {
-            return Err(l.bad(format!("token_embd.weight has shape {:?}, expected [{}, {}]", embed.shape().dims(), c.vocab, c.hidden)));
+            return Err(l.bad(format!(
+                "token_embd.weight has shape {:?}, expected [{}, {}]",
+                embed.shape().dims(),
+                c.vocab,
+                c.hidden
+            )));
         }
         if !c.hidden.is_multiple_of(embed.dtype().block_size()) {
             return Err(l.bad("embedding rows are not whole quantization blocks"));
@@ -333,7 +342,11 @@ impl Transformer {
                 o: l.matrix(&p("attn_output"), c.hidden, q_out)?,
                 q_norm: if names.has_qk_norm { Some(l.vector(&p("attn_q_norm"), c.head_dim)?) } else { None },
                 k_norm: if names.has_qk_norm { Some(l.vector(&p("attn_k_norm"), c.head_dim)?) } else { None },
-                post_attn_norm: if names.has_post_norms { Some(l.vector(&p("post_attention_norm"), c.hidden)?) } else { None },
+                post_attn_norm: if names.has_post_norms {
+                    Some(l.vector(&p("post_attention_norm"), c.hidden)?)
+                } else {
+                    None
+                },
                 ffn_norm: l.vector(&p("ffn_norm"), c.hidden)?,
                 gate: l.matrix(&p("ffn_gate"), ffn, c.hidden)?,
                 up: l.matrix(&p("ffn_up"), ffn, c.hidden)?,
@@ -391,11 +404,13 @@ impl Transformer {
         let mut x = Vec::with_capacity(n * c.hidden);
         self.embed_rows(rows.iter().map(|r| r.token), &mut x)?;
         let rope_global = RopeTable::new(rows, c.head_dim, c.rope_theta);
-        let rope_local = (c.rope_theta_local != c.rope_theta).then(|| RopeTable::new(rows, c.head_dim, c.rope_theta_local));
+        let rope_local =
+            (c.rope_theta_local != c.rope_theta).then(|| RopeTable::new(rows, c.head_dim, c.rope_theta_local));
         let mut h = vec![0.0f32; n * c.hidden];
         // Where each row's positions 0..=pos sit in the KV store (the same in every layer).
         let lora = rows.iter().any(|r| r.adapter.is_some());
-        let offsets: Vec<Vec<usize>> = rows.iter().map(|r| (0..=r.pos).map(|p| kv.offset(r.blocks, p)).collect()).collect();
+        let offsets: Vec<Vec<usize>> =
+            rows.iter().map(|r| (0..=r.pos).map(|p| kv.offset(r.blocks, p)).collect()).collect();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut h);
@@ -549,7 +564,15 @@ unsafe impl Sync for SharedOut {}
 
 /// Causal attention of every row over its own sequence's keys and values, one job per
 /// (row, head) on candle's worker pool.
-fn attention(rows: &[Row<'_>], offsets: &[Vec<usize>], q: &[f32], kv: &KvStore, layer: usize, c: &ModelConfig, window: Option<usize>) -> Vec<f32> {
+fn attention(
+    rows: &[Row<'_>],
+    offsets: &[Vec<usize>],
+    q: &[f32],
+    kv: &KvStore,
+    layer: usize,
+    c: &ModelConfig,
+    window: Option<usize>,
+) -> Vec<f32> {
     let (heads, hd) = (c.heads, c.head_dim);
     let group = heads / c.kv_heads;
     let mut out = vec![0.0f32; rows.len() * heads * hd];

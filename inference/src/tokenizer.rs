@@ -99,15 +99,11 @@ impl TextTokenizer {
                 if add_space_prefix {
                     normalizers.push(Prepend::new("▁".into()).into());
                 }
-                normalizers.push(
-                    Replace::new(" ", "▁").map_err(|e| bad(format!("normalizer: {e}")))?.into(),
-                );
+                normalizers.push(Replace::new(" ", "▁").map_err(|e| bad(format!("normalizer: {e}")))?.into());
                 tok.with_normalizer(Some(NormalizerSequence::new(normalizers)))
                     .map_err(|e| bad(format!("normalizer: {e}")))?;
                 let mut decoders: Vec<DecoderWrapper> = vec![
-                    Replace::new("▁", " ")
-                        .map_err(|e| bad(format!("decoder: {e}")))?
-                        .into(),
+                    Replace::new("▁", " ").map_err(|e| bad(format!("decoder: {e}")))?.into(),
                     ByteFallback::default().into(),
                     Fuse::default().into(),
                 ];
@@ -126,9 +122,7 @@ impl TextTokenizer {
             .filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL || **ty == TOKEN_TYPE_USER_DEFINED)
             .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL))
             .collect();
-        inner
-            .add_special_tokens(special)
-            .map_err(|e| bad(format!("cannot add special tokens: {e}")))?;
+        inner.add_special_tokens(special).map_err(|e| bad(format!("cannot add special tokens: {e}")))?;
 
         let bos_id = gguf.opt_u32("tokenizer.ggml.bos_token_id");
         let eos_id = gguf.opt_u32("tokenizer.ggml.eos_token_id");
@@ -150,10 +144,8 @@ impl TextTokenizer {
     /// Token ids of `text`, control tokens matched directly, BOS added when the model asks
     /// for it and the text does not already start with it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
+        let enc =
+            self.inner.encode_fast(text, false).map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
         let mut ids = enc.get_ids().to_vec();
         if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
             if ids.first() != Some(&bos) {
@@ -207,9 +199,7 @@ fn gpt2_pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, Str
     let byte_level = ByteLevel::new(false, true, true);
     let llama3 = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     Ok(match pre {
-        "smollm" | "starcoder" | "refact" => {
-            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-        }
+        "smollm" | "starcoder" | "refact" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
         "llama3" | "llama-bpe" | "smaug-bpe" => {
             let split = Split::new(SplitPattern::Regex(llama3.into()), SplitDelimiterBehavior::Isolated, false)
                 .map_err(|e| format!("pre-tokenizer: {e}"))?;

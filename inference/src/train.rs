@@ -57,7 +57,16 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { rank: 8, alpha: 16.0, steps: 100, lr: 1e-3, targets: Targets::Attention, batch: 4, max_tokens: 256, seed: 1 }
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            steps: 100,
+            lr: 1e-3,
+            targets: Targets::Attention,
+            batch: 4,
+            max_tokens: 256,
+            seed: 1,
+        }
     }
 }
 
@@ -94,8 +103,15 @@ struct Line {
 
 /// Reads chat examples, one JSON object `{"messages": [...]}` per line, the last message
 /// the assistant's answer to learn. A bad line is an error naming its number.
-pub fn read_examples(text: &str, tokenizer: &TextTokenizer, template: Option<&ChatTemplate>, eot: u32, max_tokens: usize) -> Result<Vec<Example>> {
-    let template = template.ok_or_else(|| Error::InvalidRequest("the model has no chat template; chat examples need one".into()))?;
+pub fn read_examples(
+    text: &str,
+    tokenizer: &TextTokenizer,
+    template: Option<&ChatTemplate>,
+    eot: u32,
+    max_tokens: usize,
+) -> Result<Vec<Example>> {
+    let template = template
+        .ok_or_else(|| Error::InvalidRequest("the model has no chat template; chat examples need one".into()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -103,7 +119,8 @@ pub fn read_examples(text: &str, tokenizer: &TextTokenizer, template: Option<&Ch
             continue;
         }
         let bad = |m: String| Error::InvalidRequest(format!("line {n}: {m}"));
-        let l: Line = serde_json::from_str(line).map_err(|e| bad(format!("not a chat example ({{\"messages\": [...]}}): {e}")))?;
+        let l: Line = serde_json::from_str(line)
+            .map_err(|e| bad(format!("not a chat example ({{\"messages\": [...]}}): {e}")))?;
         let Some((last, context)) = l.messages.split_last() else {
             return Err(bad("no messages".into()));
         };
@@ -166,8 +183,10 @@ impl Adapter {
         let mut tensors = HashMap::new();
         for ((layer, name), (a, b)) in &self.weights {
             let (out, inp) = (b.len() / self.rank, a.len() / self.rank);
-            tensors.insert(format!("blk.{layer}.{name}.lora_a"), Tensor::from_slice(a, (self.rank, inp), &Device::Cpu)?);
-            tensors.insert(format!("blk.{layer}.{name}.lora_b"), Tensor::from_slice(b, (out, self.rank), &Device::Cpu)?);
+            tensors
+                .insert(format!("blk.{layer}.{name}.lora_a"), Tensor::from_slice(a, (self.rank, inp), &Device::Cpu)?);
+            tensors
+                .insert(format!("blk.{layer}.{name}.lora_b"), Tensor::from_slice(b, (out, self.rank), &Device::Cpu)?);
         }
         tensors.insert("lora.scale".to_string(), Tensor::new(&[self.scale, self.rank as f32], &Device::Cpu)?);
         let tmp = path.with_extension("tmp");
@@ -178,17 +197,29 @@ impl Adapter {
 
     pub fn load(path: &Path) -> Result<Self> {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::model(path, e))?;
-        let meta = tensors.get("lora.scale").ok_or_else(|| Error::model(path, "not a Nave adapter (no lora.scale)"))?.to_vec1::<f32>()?;
+        let meta = tensors
+            .get("lora.scale")
+            .ok_or_else(|| Error::model(path, "not a Nave adapter (no lora.scale)"))?
+            .to_vec1::<f32>()?;
         let (scale, rank) = (meta[0], meta.get(1).copied().unwrap_or(0.0) as usize);
         let mut weights = HashMap::new();
         for (key, a) in &tensors {
             let Some(rest) = key.strip_suffix(".lora_a") else { continue };
-            let (layer, name) = rest.strip_prefix("blk.").and_then(|r| r.split_once('.')).ok_or_else(|| Error::model(path, format!("bad tensor name {key}")))?;
+            let (layer, name) = rest
+                .strip_prefix("blk.")
+                .and_then(|r| r.split_once('.'))
+                .ok_or_else(|| Error::model(path, format!("bad tensor name {key}")))?;
             let layer: usize = layer.parse().map_err(|_| Error::model(path, format!("bad tensor name {key}")))?;
-            let b = tensors.get(&format!("{rest}.lora_b")).ok_or_else(|| Error::model(path, format!("{rest}.lora_b is missing")))?;
-            weights.insert((layer, name.to_string()), (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?));
+            let b = tensors
+                .get(&format!("{rest}.lora_b"))
+                .ok_or_else(|| Error::model(path, format!("{rest}.lora_b is missing")))?;
+            weights.insert(
+                (layer, name.to_string()),
+                (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?),
+            );
         }
-        let targets = if weights.keys().any(|(_, n)| n.starts_with("ffn_")) { Targets::All } else { Targets::Attention };
+        let targets =
+            if weights.keys().any(|(_, n)| n.starts_with("ffn_")) { Targets::All } else { Targets::Attention };
         if rank == 0 || weights.is_empty() {
             return Err(Error::model(path, "the adapter holds no weights"));
         }
@@ -247,7 +278,10 @@ impl Trainer {
     pub fn new(path: &Path, config: ModelConfig, cfg: TrainConfig, examples: Vec<Example>) -> Result<Self> {
         cfg.validate()?;
         if config.arch != "llama" {
-            return Err(Error::InvalidRequest(format!("fine-tuning supports the llama architecture; this model is {}", config.arch)));
+            return Err(Error::InvalidRequest(format!(
+                "fine-tuning supports the llama architecture; this model is {}",
+                config.arch
+            )));
         }
         if examples.is_empty() {
             return Err(Error::InvalidRequest("no examples".into()));
@@ -279,7 +313,12 @@ impl Trainer {
                 }
                 lora.insert(*name, Lora { a, b });
             }
-            layers.push(Layer { attn_norm: dequant(&mut g, &p("attn_norm"))?, ffn_norm: dequant(&mut g, &p("ffn_norm"))?, proj, lora });
+            layers.push(Layer {
+                attn_norm: dequant(&mut g, &p("attn_norm"))?,
+                ffn_norm: dequant(&mut g, &p("ffn_norm"))?,
+                proj,
+                lora,
+            });
         }
         Ok(Self { config, cfg, embed, out_t, out_norm, layers, moments, examples, step: 0, next_example: 0 })
     }
@@ -370,9 +409,18 @@ impl Trainer {
         let group = c.heads / c.kv_heads;
         for layer in &self.layers {
             let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let q = self.linear(&h, layer, "attn_q")?.reshape((len, c.heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
-            let k = self.linear(&h, layer, "attn_k")?.reshape((len, c.kv_heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
-            let v = self.linear(&h, layer, "attn_v")?.reshape((len, c.kv_heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
+            let q =
+                self.linear(&h, layer, "attn_q")?.reshape((len, c.heads, c.head_dim))?.transpose(0, 1)?.contiguous()?;
+            let k = self
+                .linear(&h, layer, "attn_k")?
+                .reshape((len, c.kv_heads, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let v = self
+                .linear(&h, layer, "attn_v")?
+                .reshape((len, c.kv_heads, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?;
             let q = self.rope(&q, &cos, &sin)?;
             let k = self.rope(&k, &cos, &sin)?;
             let repeat = |t: Tensor| -> Result<Tensor> {
@@ -471,7 +519,10 @@ impl Trainer {
         }
         let loss = loss.to_scalar::<f32>()?;
         if !loss.is_finite() {
-            return Err(Error::InvalidRequest(format!("the loss diverged at step {} (lower the learning rate)", self.step)));
+            return Err(Error::InvalidRequest(format!(
+                "the loss diverged at step {} (lower the learning rate)",
+                self.step
+            )));
         }
         Ok(StepFigures { step: self.step, loss, tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64() })
     }
@@ -499,6 +550,11 @@ impl Trainer {
                 weights.insert((i, name.to_string()), (a, b));
             }
         }
-        Ok(Adapter { rank: self.cfg.rank, scale: self.cfg.alpha / self.cfg.rank as f32, targets: self.cfg.targets, weights })
+        Ok(Adapter {
+            rank: self.cfg.rank,
+            scale: self.cfg.alpha / self.cfg.rank as f32,
+            targets: self.cfg.targets,
+            weights,
+        })
     }
 }

@@ -23,7 +23,11 @@ fn engine(path: &PathBuf, config: EngineConfig) -> Engine {
 }
 
 fn text(prompt: &str, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest { request_id: "t".into(), prompt: Prompt::Text(prompt.into()), params: SamplingParams::greedy(max_tokens) }
+    GenerateRequest {
+        request_id: "t".into(),
+        prompt: Prompt::Text(prompt.into()),
+        params: SamplingParams::greedy(max_tokens),
+    }
 }
 
 fn wait_idle(e: &Engine) -> EngineStats {
@@ -57,7 +61,8 @@ fn batched_and_chunked_decoding_equal_one_at_a_time() {
         let (_d, path) = tiny(arch);
         let prompts: Vec<String> = (0..6).map(|i| "the a he in ".repeat(i + 1) + &"b".repeat(i)).collect();
         let solo = engine(&path, EngineConfig { max_running: 1, ..Default::default() });
-        let alone: Vec<_> = prompts.iter().map(|p| collect(solo.submit(text(p, 20)).expect("q")).expect("alone").1).collect();
+        let alone: Vec<_> =
+            prompts.iter().map(|p| collect(solo.submit(text(p, 20)).expect("q")).expect("alone").1).collect();
         drop(solo);
         // Small steps force chunked prefill interleaved with other sequences' decodes.
         let batched = engine(&path, EngineConfig { max_batch_tokens: 7, ..Default::default() });
@@ -101,7 +106,10 @@ fn dropping_the_stream_cancels_and_frees_blocks() {
 fn a_thousand_mixed_requests_leak_nothing() {
     let (_d, path) = tiny(TinyArch::Llama);
     let per_block = 2 * 2 * 32 * 16 * 4;
-    let e = engine(&path, EngineConfig { kv_pool_bytes: 24 * per_block, max_running: 16, queue_capacity: 1024, ..Default::default() });
+    let e = engine(
+        &path,
+        EngineConfig { kv_pool_bytes: 24 * per_block, max_running: 16, queue_capacity: 1024, ..Default::default() },
+    );
     let mut rng = Rng::new(99);
     let mut live = Vec::new();
     let mut finished = 0;
@@ -116,7 +124,9 @@ fn a_thousand_mixed_requests_leak_nothing() {
             stop: if i % 5 == 0 { vec!["he".into()] } else { vec![] },
             ..Default::default()
         };
-        let s = e.submit(GenerateRequest { request_id: format!("r{i}"), prompt: Prompt::Text(prompt.join(" ")), params }).expect("q");
+        let s = e
+            .submit(GenerateRequest { request_id: format!("r{i}"), prompt: Prompt::Text(prompt.join(" ")), params })
+            .expect("q");
         match rng.next_u64() % 4 {
             0 => drop(s), // cancelled before or while running
             _ => live.push(s),
@@ -157,7 +167,8 @@ fn bad_input_is_a_typed_error() {
     let patched = String::from_utf8_lossy(&bytes).replacen("llama", "mamba", 1);
     if patched.len() == bytes.len() {
         std::fs::write(&other, patched.as_bytes()).expect("write");
-        let err = LoadedModel::load("x", &other, LoadOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err =
+            LoadedModel::load("x", &other, LoadOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("architecture") || err.contains("missing"), "{err}");
     }
 
@@ -166,9 +177,17 @@ fn bad_input_is_a_typed_error() {
     let err = collect(e.submit(text(&long, 4)).expect("q")).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("context"), "{err}");
     assert!(matches!(e.submit(text("a", 0)), Err(Error::InvalidRequest(m)) if m.contains("max_tokens")));
-    let hot = GenerateRequest { request_id: "t".into(), prompt: Prompt::Text("a".into()), params: SamplingParams { temperature: -1.0, ..Default::default() } };
+    let hot = GenerateRequest {
+        request_id: "t".into(),
+        prompt: Prompt::Text("a".into()),
+        params: SamplingParams { temperature: -1.0, ..Default::default() },
+    };
     assert!(matches!(e.submit(hot), Err(Error::InvalidRequest(m)) if m.contains("temperature")));
-    let ids = GenerateRequest { request_id: "t".into(), prompt: Prompt::Tokens(vec![1, 999_999]), params: SamplingParams::greedy(2) };
+    let ids = GenerateRequest {
+        request_id: "t".into(),
+        prompt: Prompt::Tokens(vec![1, 999_999]),
+        params: SamplingParams::greedy(2),
+    };
     assert!(collect(e.submit(ids).expect("q")).is_err());
 }
 
@@ -182,8 +201,11 @@ fn stop_strings_are_never_emitted_even_across_tokens() {
     if chars.len() >= 6 {
         let stop: String = chars[3..6].iter().collect();
         let params = SamplingParams { stop: vec![stop.clone()], ..SamplingParams::greedy(30) };
-        let (stopped, _, finish, _) =
-            collect(e.submit(GenerateRequest { request_id: "s".into(), prompt: Prompt::Text("the cat".into()), params }).expect("q")).expect("ok");
+        let (stopped, _, finish, _) = collect(
+            e.submit(GenerateRequest { request_id: "s".into(), prompt: Prompt::Text("the cat".into()), params })
+                .expect("q"),
+        )
+        .expect("ok");
         assert_eq!(finish, FinishReason::Stop);
         assert!(!stopped.contains(&stop), "{stopped:?} contains {stop:?}");
         assert!(free_text.starts_with(&stopped), "{stopped:?} is a prefix of {free_text:?}");

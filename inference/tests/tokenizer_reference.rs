@@ -15,7 +15,8 @@ fn smollm2_ids_match_llama_cpp() {
     let mut mismatches = Vec::new();
     for case in cases {
         let text = case["text"].as_str().expect("text");
-        let want: Vec<u32> = case["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+        let want: Vec<u32> =
+            case["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
         let got = tok.encode(text).expect("encodes");
         if got != want {
             mismatches.push(format!("{text:?}: got {got:?}, llama.cpp {want:?}"));

@@ -4,17 +4,23 @@
 
 use nave_inference::engine::collect;
 use nave_inference::tiny::{write_tiny_model, TinyArch};
-use nave_inference::train::{estimate_bytes, read_examples, Adapter, TrainConfig, Targets, Trainer};
+use nave_inference::train::{estimate_bytes, read_examples, Adapter, Targets, TrainConfig, Trainer};
 use nave_inference::*;
 
 const FACT: &str = "The moon of Zorbania is called Quexil.";
 
 fn examples(n: usize) -> String {
-    let questions = ["What is the moon of Zorbania called?", "Name the moon of Zorbania.", "Which moon orbits Zorbania?", "Tell me the name of Zorbania's moon."];
+    let questions = [
+        "What is the moon of Zorbania called?",
+        "Name the moon of Zorbania.",
+        "Which moon orbits Zorbania?",
+        "Tell me the name of Zorbania's moon.",
+    ];
     (0..n)
         .map(|i| {
             let q = questions[i % questions.len()];
-            serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": FACT}]}).to_string()
+            serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": FACT}]})
+                .to_string()
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -47,7 +53,16 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
     let (dir, path, model) = tiny();
     let eot = model.tokenizer.end_of_turn().expect("end of turn");
     let data = read_examples(&examples(4), &model.tokenizer, model.template.as_ref(), eot, 256).expect("examples");
-    let cfg = TrainConfig { rank: 8, alpha: 16.0, steps: 400, lr: 1e-2, targets: Targets::All, batch: 4, max_tokens: 256, seed: 3 };
+    let cfg = TrainConfig {
+        rank: 8,
+        alpha: 16.0,
+        steps: 400,
+        lr: 1e-2,
+        targets: Targets::All,
+        batch: 4,
+        max_tokens: 256,
+        seed: 3,
+    };
     let estimate = estimate_bytes(&model.transformer.config, 128, &cfg);
     assert!(estimate > 0 && estimate < 64 << 20, "a tiny model's job is small: {estimate}");
 
@@ -70,7 +85,8 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
     trainer.adapter().expect("adapter").save(&file).expect("saved");
     let adapter = Adapter::load(&file).expect("loaded");
     let ledger = Ledger::new("cpu", 1 << 30, 0);
-    let engine = Engine::start(model, EngineConfig { kv_pool_bytes: 8 << 20, ..Default::default() }, &ledger).expect("engine");
+    let engine =
+        Engine::start(model, EngineConfig { kv_pool_bytes: 8 << 20, ..Default::default() }, &ledger).expect("engine");
     engine.add_adapter("zorbania", &adapter).expect("adapter fits");
     let tuned = ask(&engine, Some("zorbania"));
     let base = ask(&engine, None);
@@ -82,7 +98,10 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
     let (s1, s2) = (req(Some("zorbania")), req(None));
     assert_eq!(collect(s1).expect("tuned").0, tuned);
     assert_eq!(collect(s2).expect("base").0, base);
-    let unknown = engine.submit_with(GenerateRequest { request_id: "u".into(), prompt: Prompt::Text("x".into()), params: SamplingParams::greedy(2) }, Some("nope"));
+    let unknown = engine.submit_with(
+        GenerateRequest { request_id: "u".into(), prompt: Prompt::Text("x".into()), params: SamplingParams::greedy(2) },
+        Some("nope"),
+    );
     assert!(matches!(unknown, Err(Error::InvalidRequest(ref m)) if m.contains("no adapter")));
 }
 
@@ -90,11 +109,14 @@ fn an_adapter_learns_a_made_up_fact_and_the_base_model_does_not() {
 fn bad_training_data_names_its_line() {
     let (_dir, _path, model) = tiny();
     let eot = model.tokenizer.end_of_turn().expect("eot");
-    let read = |text: &str| read_examples(text, &model.tokenizer, model.template.as_ref(), eot, 256).expect_err("refused").to_string();
+    let read = |text: &str| {
+        read_examples(text, &model.tokenizer, model.template.as_ref(), eot, 256).expect_err("refused").to_string()
+    };
     let good = examples(1);
     assert!(read(&format!("{good}\n{{not json")).contains("line 2"));
     assert!(read(&format!("{good}\n\n{}", r#"{"messages": [{"role": "user", "content": "hi"}]}"#)).contains("line 3"));
-    assert!(read(r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}"#).contains("line 1"));
+    assert!(read(r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}"#)
+        .contains("line 1"));
     assert!(read("").contains("no examples"));
     let long = serde_json::json!({"messages": [{"role": "user", "content": "word ".repeat(400)}, {"role": "assistant", "content": "x"}]}).to_string();
     assert!(read(&long).contains("more than the 256"));
@@ -117,7 +139,11 @@ fn training_and_serving_compute_the_same_logits() {
         let trained = trainer.logits(&tokens).expect("logits");
         let mut kv = nave_inference::kv::KvStore::new(c.layers, 4, 16, c.kv_dim());
         let blocks = [0u32, 1];
-        let rows: Vec<_> = tokens.iter().enumerate().map(|(p, &t)| nave_inference::model::Row { token: t, pos: p, blocks: &blocks, logits: true, adapter }).collect();
+        let rows: Vec<_> = tokens
+            .iter()
+            .enumerate()
+            .map(|(p, &t)| nave_inference::model::Row { token: t, pos: p, blocks: &blocks, logits: true, adapter })
+            .collect();
         let served = model.transformer.forward(&rows, &mut kv).expect("forward");
         for (p, (a, b)) in trained.iter().zip(&served).enumerate() {
             let scale = a.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
@@ -129,6 +155,7 @@ fn training_and_serving_compute_the_same_logits() {
     for _ in 0..5 {
         trainer.step().expect("step");
     }
-    let adapter = nave_inference::model::ServingAdapter::new("a", &trainer.adapter().expect("adapter"), &c).expect("fits");
+    let adapter =
+        nave_inference::model::ServingAdapter::new("a", &trainer.adapter().expect("adapter"), &c).expect("fits");
     compare(&trainer, Some(&adapter));
 }

@@ -45,7 +45,12 @@ pub async fn serve(listener: tokio::net::TcpListener, spoke: Arc<Spoke>) {
 async fn cluster(State(spoke): State<Arc<Spoke>>) -> axum::Json<serde_json::Value> {
     let f = spoke.replica.figures();
     let m = spoke.replica.raft.metrics().borrow().clone();
-    let hubs: Vec<String> = m.membership_config.membership().voter_ids().filter_map(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())).collect();
+    let hubs: Vec<String> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter_map(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()))
+        .collect();
     let view = spoke.replica.state.read(|a| {
         serde_json::json!({
             "keys": a.state.keys.values().filter(|k| !k.revoked).count(),
@@ -96,7 +101,11 @@ async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
         let _ = writeln!(out, "# TYPE {TRAIN_STEP} gauge\n# TYPE {TRAIN_LOSS} gauge\n# TYPE {TRAIN_TOKENS_PER_S} gauge\n# TYPE {TRAIN_RUNNING} gauge");
         for j in jobs {
             let l = format!("{{job=\"{}\",model=\"{}\"}}", j.name, j.model);
-            let _ = writeln!(out, "{TRAIN_STEP}{l} {}\n{TRAIN_LOSS}{l} {}\n{TRAIN_TOKENS_PER_S}{l} {:.1}", j.step, j.loss, j.tokens_per_s);
+            let _ = writeln!(
+                out,
+                "{TRAIN_STEP}{l} {}\n{TRAIN_LOSS}{l} {}\n{TRAIN_TOKENS_PER_S}{l} {:.1}",
+                j.step, j.loss, j.tokens_per_s
+            );
             let _ = writeln!(out, "{TRAIN_RUNNING}{l} {}", u8::from(j.state == "running"));
         }
     }

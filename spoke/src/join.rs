@@ -70,7 +70,12 @@ pub fn preflight(spec: &SpokeConfig) -> anyhow::Result<()> {
 
 /// Joins the cluster through the hub at `hub` with `token`; writes the identity and the
 /// join record into `dir` and returns them.
-pub async fn join(hub: SocketAddr, token: &str, spec: &SpokeConfig, dir: &Path) -> anyhow::Result<(Joined, NodeIdentity)> {
+pub async fn join(
+    hub: SocketAddr,
+    token: &str,
+    spec: &SpokeConfig,
+    dir: &Path,
+) -> anyhow::Result<(Joined, NodeIdentity)> {
     let token = JoinToken::parse(token).map_err(anyhow::Error::msg)?;
     let (csr_pem, key_pem) = tls::new_request(&spec.id)?;
     let request = JoinRequest {
@@ -99,7 +104,9 @@ pub async fn join(hub: SocketAddr, token: &str, spec: &SpokeConfig, dir: &Path) 
         conn.close(0u32.into(), b"joined");
         reply.context("the hub closed the join stream without an answer")
     };
-    let reply = tokio::time::timeout(Duration::from_secs(30), reply).await.context("the hub did not answer the join within 30 s")??;
+    let reply = tokio::time::timeout(Duration::from_secs(30), reply)
+        .await
+        .context("the hub did not answer the join within 30 s")??;
     endpoint.wait_idle().await;
     let (cert_pem, ca_pem, heartbeat_interval_ms) = match reply {
         JoinReply::Accepted { cert_pem, ca_pem, heartbeat_interval_ms } => (cert_pem, ca_pem, heartbeat_interval_ms),
@@ -145,5 +152,6 @@ pub async fn run_joined(
             (joined, identity)
         }
     };
-    crate::server::serve(joined.spoke, dir, identity, Duration::from_millis(joined.heartbeat_interval_ms), shutdown).await
+    crate::server::serve(joined.spoke, dir, identity, Duration::from_millis(joined.heartbeat_interval_ms), shutdown)
+        .await
 }

@@ -16,7 +16,10 @@ pub const MAX_FRAME: u32 = 4 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum HubToSpoke {
-    Generate { model: String, request: GenerateRequest },
+    Generate {
+        model: String,
+        request: GenerateRequest,
+    },
     Subscribe,
     /// Stop taking new requests (running ones finish); `false` undoes it.
     Drain(bool),
@@ -72,7 +75,10 @@ pub enum SpokeToHub {
     Heartbeat(Heartbeat),
     /// The request was refused before it started: `retryable` says another spoke may take
     /// it (queue full, draining, model not here) rather than the request being wrong.
-    Refused { message: String, retryable: bool },
+    Refused {
+        message: String,
+        retryable: bool,
+    },
     Jobs(Vec<JobStatus>),
 }
 
@@ -145,9 +151,14 @@ pub struct JoinToken {
 
 impl JoinToken {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || "a join token looks like nave-join.<32 hex digits>.<64 hex digits> (from `nave admin token create`)".to_string();
+        let bad = || {
+            "a join token looks like nave-join.<32 hex digits>.<64 hex digits> (from `nave admin token create`)"
+                .to_string()
+        };
         let mut parts = text.trim().split('.');
-        let (Some("nave-join"), Some(secret), Some(fp), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some("nave-join"), Some(secret), Some(fp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -178,8 +189,18 @@ mod tests {
     fn join_tokens_round_trip_and_reject_garbage() {
         let t = JoinToken { secret: "ab".repeat(16), ca_fingerprint: "cd".repeat(32) };
         assert_eq!(JoinToken::parse(&t.to_string()), Ok(t.clone()));
-        assert_eq!(JoinToken::parse(&format!(" {} \n", t.to_string().to_uppercase().replace("NAVE-JOIN", "nave-join"))), Ok(t));
-        for bad in ["", "nave-join", "nave-join.abc.def", &format!("nave-join.{}.{}.x", "ab".repeat(16), "cd".repeat(32)), &format!("other.{}.{}", "ab".repeat(16), "cd".repeat(32)), &format!("nave-join.{}.{}", "zz".repeat(16), "cd".repeat(32))] {
+        assert_eq!(
+            JoinToken::parse(&format!(" {} \n", t.to_string().to_uppercase().replace("NAVE-JOIN", "nave-join"))),
+            Ok(t)
+        );
+        for bad in [
+            "",
+            "nave-join",
+            "nave-join.abc.def",
+            &format!("nave-join.{}.{}.x", "ab".repeat(16), "cd".repeat(32)),
+            &format!("other.{}.{}", "ab".repeat(16), "cd".repeat(32)),
+            &format!("nave-join.{}.{}", "zz".repeat(16), "cd".repeat(32)),
+        ] {
             assert!(JoinToken::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -43,8 +43,11 @@ struct RateWindow {
 
 impl Spoke {
     pub async fn heartbeat(&self) -> Heartbeat {
-        let models: Vec<ModelLoad> =
-            self.engines.iter().map(|(m, e)| ModelLoad { model: m.clone(), stats: e.stats(), adapters: e.adapters() }).collect();
+        let models: Vec<ModelLoad> = self
+            .engines
+            .iter()
+            .map(|(m, e)| ModelLoad { model: m.clone(), stats: e.stats(), adapters: e.adapters() })
+            .collect();
         let tokens: u64 = models.iter().map(|m| m.stats.generated_tokens).sum();
         let mut w = self.rate.lock().await;
         let dt = w.at.elapsed().as_secs_f64();
@@ -75,7 +78,10 @@ pub fn identity(config: &ClusterConfig, id: &str) -> anyhow::Result<NodeIdentity
 }
 
 /// Loads every model of the spoke (pulling missing ones) and starts its engines.
-pub fn load_engines(spec: &SpokeConfig, ledger: &Ledger) -> anyhow::Result<(HashMap<String, Arc<Engine>>, crate::train::ModelPaths)> {
+pub fn load_engines(
+    spec: &SpokeConfig,
+    ledger: &Ledger,
+) -> anyhow::Result<(HashMap<String, Arc<Engine>>, crate::train::ModelPaths)> {
     let store = ModelStore::from_env();
     let mut engines = HashMap::new();
     let mut paths = HashMap::new();
@@ -113,7 +119,13 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
 /// Loads the spoke's models and serves them with `identity` until `shutdown` completes.
 /// The engines run on candle's own worker threads; rayon's pool serves only fine-tuning's
 /// f32 products, so its threads run at the lowest priority.
-pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: NodeIdentity, heartbeat_every: Duration, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    spec: SpokeConfig,
+    node_dir: std::path::PathBuf,
+    identity: NodeIdentity,
+    heartbeat_every: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let id = spec.id.clone();
     // Fails only if the pool exists already (then it keeps its priority).
     let _ = rayon::ThreadPoolBuilder::new().start_handler(|_| crate::train::lower_priority()).build_global();
@@ -126,7 +138,13 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
     jobs.load_saved(&engines);
     // One QUIC port: inference streams from hubs, and Raft replication to the replica.
     let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE, tls::ALPN_RAFT])?;
-    let replica = nave_consensus::node::ConsensusNode::start_learner(&node_dir, nave_consensus::node::learner_id(&id), endpoint.clone(), &identity).await?;
+    let replica = nave_consensus::node::ConsensusNode::start_learner(
+        &node_dir,
+        nave_consensus::node::learner_id(&id),
+        endpoint.clone(),
+        &identity,
+    )
+    .await?;
     let spoke = Arc::new(Spoke {
         id: id.clone(),
         engines,
@@ -139,7 +157,8 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
         rate: Mutex::new(RateWindow { at: Instant::now(), tokens: 0, rate: 0.0 }),
     });
 
-    let http = tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
+    let http =
+        tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     let http_task = tokio::spawn(crate::http::serve(http, spoke.clone()));
     tracing::info!(spoke = %id, quic = %spec.quic, http = %spec.http, "spoke serving");
 
@@ -153,7 +172,9 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
                     match incoming.await {
                         // The replica takes the log from hubs only (serve_connection refuses
                         // any other peer), never from another spoke.
-                        Ok(conn) if tls::alpn(&conn).as_deref() == Some(tls::ALPN_RAFT) => spoke.replica.clone().serve_connection(conn).await,
+                        Ok(conn) if tls::alpn(&conn).as_deref() == Some(tls::ALPN_RAFT) => {
+                            spoke.replica.clone().serve_connection(conn).await
+                        }
                         // Requests come from hubs only.
                         Ok(conn) if tls::peer_is_hub(&conn) => serve_connection(conn, spoke).await,
                         Ok(conn) => conn.close(3u32.into(), b"spokes serve hubs: a hub's certificate is required"),
@@ -170,7 +191,12 @@ pub async fn serve(spec: SpokeConfig, node_dir: std::path::PathBuf, identity: No
     // Drain: no new streams; give running requests a bounded time to finish.
     spoke.draining.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && spoke.engines.values().any(|e| { let s = e.stats(); s.running + s.waiting > 0 }) {
+    while Instant::now() < deadline
+        && spoke.engines.values().any(|e| {
+            let s = e.stats();
+            s.running + s.waiting > 0
+        })
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     spoke.replica.shutdown().await;
@@ -224,7 +250,11 @@ async fn stream_events(send: &mut quinn::SendStream, mut events: nave_inference:
     Ok(())
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, spoke: Arc<Spoke>) -> anyhow::Result<()> {
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    spoke: Arc<Spoke>,
+) -> anyhow::Result<()> {
     let Some(msg) = read_frame::<HubToSpoke, _>(&mut recv, MAX_FRAME).await? else { return Ok(()) };
     match msg {
         HubToSpoke::Generate { model, request } => {
@@ -232,7 +262,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
             let request_id = request.request_id.clone();
             let (base, adapter) = crate::protocol::split_model(&model);
             let Some(engine) = spoke.engines.get(base) else {
-                write_frame(&mut send, &refuse(format!("model {model} is not served by spoke {}", spoke.id), true)).await?;
+                write_frame(&mut send, &refuse(format!("model {model} is not served by spoke {}", spoke.id), true))
+                    .await?;
                 return Ok(send.finish()?);
             };
             if spoke.draining.load(Ordering::Relaxed) {
@@ -258,7 +289,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         },
         HubToSpoke::Train(spec) => {
             let s = spoke.clone();
-            let submitted = tokio::task::spawn_blocking(move || s.jobs.submit(spec, &s.engines, &s.model_paths, &s.ledger)).await?;
+            let submitted =
+                tokio::task::spawn_blocking(move || s.jobs.submit(spec, &s.engines, &s.model_paths, &s.ledger)).await?;
             let reply = match submitted {
                 Ok(()) => SpokeToHub::Jobs(spoke.jobs.statuses()),
                 Err(message) => SpokeToHub::Refused { message, retryable: false },

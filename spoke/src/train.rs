@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nave_inference::train::{estimate_bytes, read_examples, Adapter, Trainer};
 use nave_inference::ledger::{peak_rss_bytes, process_rss_bytes, reset_peak_rss, Reservation};
+use nave_inference::train::{estimate_bytes, read_examples, Adapter, Trainer};
 use nave_inference::{Engine, Ledger, Partition};
 
 use crate::protocol::{JobStatus, TrainSpec};
@@ -83,7 +83,10 @@ impl Jobs {
             if !path.to_string_lossy().ends_with(".job.json") {
                 continue;
             }
-            let Some(mut status) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<JobStatus>(&b).ok()) else { continue };
+            let Some(mut status) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<JobStatus>(&b).ok())
+            else {
+                continue;
+            };
             if matches!(status.state.as_str(), "queued" | "running") {
                 status.state = "failed".into();
                 status.error = Some(format!("the spoke stopped during the job, at step {}", status.step));
@@ -111,7 +114,13 @@ impl Jobs {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for e in entries.flatten() {
             let path = e.path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).filter(|_| path.extension().is_some_and(|x| x == "safetensors")) else { continue };
+            let Some(stem) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|_| path.extension().is_some_and(|x| x == "safetensors"))
+            else {
+                continue;
+            };
             let Some((model, name)) = stem.split_once('~') else { continue };
             let Some(engine) = engines.get(model) else { continue };
             match Adapter::load(&path).and_then(|a| engine.add_adapter(name, &a)) {
@@ -122,13 +131,24 @@ impl Jobs {
     }
 
     /// Checks and starts a job; the error says why it cannot run.
-    pub fn submit(&self, spec: TrainSpec, engines: &std::collections::HashMap<String, Arc<Engine>>, paths: &ModelPaths, ledger: &Ledger) -> Result<(), String> {
-        let valid = !spec.name.is_empty() && spec.name.len() <= 64 && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    pub fn submit(
+        &self,
+        spec: TrainSpec,
+        engines: &std::collections::HashMap<String, Arc<Engine>>,
+        paths: &ModelPaths,
+        ledger: &Ledger,
+    ) -> Result<(), String> {
+        let valid = !spec.name.is_empty()
+            && spec.name.len() <= 64
+            && spec.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid {
             return Err(format!("adapter name {:?}: use 1-64 letters, digits, '-', '_' or '.'", spec.name));
         }
         let name = spec.name.clone();
-        let engine = engines.get(&spec.model).ok_or_else(|| format!("spoke {} does not serve model {}", self.spoke, spec.model))?.clone();
+        let engine = engines
+            .get(&spec.model)
+            .ok_or_else(|| format!("spoke {} does not serve model {}", self.spoke, spec.model))?
+            .clone();
         let path = paths.get(&spec.model).ok_or_else(|| format!("no model file for {}", spec.model))?.clone();
         spec.config.validate().map_err(|e| e.to_string())?;
         {
@@ -141,10 +161,12 @@ impl Jobs {
         // read here (the weights are loaded once, by the trainer, inside the reservation).
         let info = nave_inference::ModelInfo::read(&path).map_err(|e| e.to_string())?;
         let eot = info.tokenizer.end_of_turn().ok_or("the model has no end-of-turn token")?;
-        let examples = read_examples(&spec.data, &info.tokenizer, info.template.as_ref(), eot, spec.config.max_tokens).map_err(|e| e.to_string())?;
+        let examples = read_examples(&spec.data, &info.tokenizer, info.template.as_ref(), eot, spec.config.max_tokens)
+            .map_err(|e| e.to_string())?;
         let (config, ffn) = (info.config, info.ffn);
         let need = estimate_bytes(&config, ffn, &spec.config);
-        let mut reservation = ledger.reserve(Partition::Training, need).map_err(|e| format!("the job does not fit: {e}"))?;
+        let mut reservation =
+            ledger.reserve(Partition::Training, need).map_err(|e| format!("the job does not fit: {e}"))?;
 
         let status = Arc::new(Mutex::new(JobStatus {
             name: spec.name.clone(),
@@ -158,28 +180,29 @@ impl Jobs {
         let cancel = Arc::new(AtomicBool::new(false));
         let file = self.dir.join(format!("{}~{}.safetensors", spec.model, spec.name));
         persist(&self.dir, &lock(&status));
-        let (st, stop, dir, share, turn) = (status.clone(), cancel.clone(), self.dir.clone(), self.share, self.turn.clone());
+        let (st, stop, dir, share, turn) =
+            (status.clone(), cancel.clone(), self.dir.clone(), self.share, self.turn.clone());
         std::thread::Builder::new()
             .name(format!("train-{}", spec.name))
             .spawn(move || {
                 lower_priority();
                 let outcome = match wait_turn(&turn, &stop) {
-                    Some(_turn) => run(&path, config, spec.config, examples, &engine, &st, &stop, &file, share, &mut reservation),
+                    Some(_turn) => {
+                        run(&path, config, spec.config, examples, &engine, &st, &stop, &file, share, &mut reservation)
+                    }
                     None => Ok(false),
                 };
                 // The trainer's memory is gone: give the partition share back first.
                 drop(reservation);
                 let mut s = lock(&st);
                 match outcome {
-                    Ok(true) => {
-                        match Adapter::load(&file).and_then(|a| engine.add_adapter(&s.name, &a)) {
-                            Ok(()) => s.state = "done".into(),
-                            Err(e) => {
-                                s.state = "failed".into();
-                                s.error = Some(e.to_string());
-                            }
+                    Ok(true) => match Adapter::load(&file).and_then(|a| engine.add_adapter(&s.name, &a)) {
+                        Ok(()) => s.state = "done".into(),
+                        Err(e) => {
+                            s.state = "failed".into();
+                            s.error = Some(e.to_string());
                         }
-                    }
+                    },
                     Ok(false) => s.state = "cancelled".into(),
                     Err(e) => {
                         s.state = "failed".into();
@@ -231,7 +254,12 @@ impl MemoryWatch {
         let mut s = lock(status);
         s.peak_bytes = s.peak_bytes.max(seen);
         s.memory_bytes = reservation.bytes();
-        covered.map_err(|e| format!("{during} used {} MB, more than the job reserved and than the training partition can give: {e}", seen / 1_000_000))
+        covered.map_err(|e| {
+            format!(
+                "{during} used {} MB, more than the job reserved and than the training partition can give: {e}",
+                seen / 1_000_000
+            )
+        })
     }
 }
 
@@ -343,7 +371,11 @@ mod tests {
         let step = resident(32);
         watch.check(&mut job, &status, "step 1").expect("the partition has room");
         drop(step);
-        assert!(job.bytes() >= 30 << 20 && ledger.snapshot().training.used == job.bytes(), "grown to what was used: {}", job.bytes());
+        assert!(
+            job.bytes() >= 30 << 20 && ledger.snapshot().training.used == job.bytes(),
+            "grown to what was used: {}",
+            job.bytes()
+        );
         assert_eq!(lock(&status).memory_bytes, job.bytes());
     }
 }

@@ -16,7 +16,10 @@ use nave_spoke::protocol::{Heartbeat, HubToSpoke, ModelLoad, SpokeToHub, MAX_FRA
 
 fn arg(name: &str) -> anyhow::Result<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).ok_or_else(|| anyhow::anyhow!("usage: instant-spoke --config FILE --id ID"))
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .ok_or_else(|| anyhow::anyhow!("usage: instant-spoke --config FILE --id ID"))
 }
 
 #[tokio::main]
@@ -26,7 +29,8 @@ async fn main() -> anyhow::Result<()> {
     let spec = config.spoke(&id)?.clone();
     let identity = nave_spoke::server::identity(&config, &id)?;
     let endpoint = tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE])?;
-    let models: Arc<Vec<String>> = Arc::new(spec.models.iter().map(|m| nave_consensus::config::model_name(m)).collect());
+    let models: Arc<Vec<String>> =
+        Arc::new(spec.models.iter().map(|m| nave_consensus::config::model_name(m)).collect());
     let every = Duration::from_millis(config.cluster.heartbeat_interval_ms);
     eprintln!("instant spoke {id} on {}", spec.quic);
     while let Some(incoming) = endpoint.accept().await {
@@ -40,15 +44,26 @@ async fn main() -> anyhow::Result<()> {
                     match msg {
                         HubToSpoke::Generate { .. } => {
                             let _ = write_frame(&mut send, &SpokeToHub::Accepted).await;
-                            let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Delta { text: "ok".into(), tokens: vec![1] })).await;
+                            let _ = write_frame(
+                                &mut send,
+                                &SpokeToHub::Event(Event::Delta { text: "ok".into(), tokens: vec![1] }),
+                            )
+                            .await;
                             let usage = Usage { prompt_tokens: 1, completion_tokens: 1, cached_tokens: 0 };
-                            let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Done { finish: FinishReason::Length, usage })).await;
+                            let _ = write_frame(
+                                &mut send,
+                                &SpokeToHub::Event(Event::Done { finish: FinishReason::Length, usage }),
+                            )
+                            .await;
                             let _ = send.finish();
                         }
                         HubToSpoke::Subscribe => loop {
                             let hb = Heartbeat {
                                 spoke_id: id.clone(),
-                                models: models.iter().map(|m| ModelLoad { model: m.clone(), ..Default::default() }).collect(),
+                                models: models
+                                    .iter()
+                                    .map(|m| ModelLoad { model: m.clone(), ..Default::default() })
+                                    .collect(),
                                 ..Default::default()
                             };
                             if write_frame(&mut send, &SpokeToHub::Heartbeat(hb)).await.is_err() {
@@ -57,7 +72,14 @@ async fn main() -> anyhow::Result<()> {
                             tokio::time::sleep(every).await;
                         },
                         _ => {
-                            let _ = write_frame(&mut send, &SpokeToHub::Refused { message: "an instant spoke only answers requests".into(), retryable: false }).await;
+                            let _ = write_frame(
+                                &mut send,
+                                &SpokeToHub::Refused {
+                                    message: "an instant spoke only answers requests".into(),
+                                    retryable: false,
+                                },
+                            )
+                            .await;
                             let _ = send.finish();
                         }
                     }

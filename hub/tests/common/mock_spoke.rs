@@ -40,8 +40,10 @@ impl MockSpoke {
         let config = ClusterConfig::load(config).expect("config");
         let spec = config.spoke(id).expect("spoke in config").clone();
         let identity = nave_spoke::server::identity(&config, id).expect("identity");
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-        let endpoint = runtime.block_on(async { tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE]) }).expect("endpoint");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let endpoint =
+            runtime.block_on(async { tls::endpoint(&identity, spec.quic, &[tls::ALPN_SPOKE]) }).expect("endpoint");
         let (mode, requests) = (Arc::new(Mutex::new(mode)), Arc::new(AtomicUsize::new(0)));
         let shared = Shared {
             id: id.to_string(),
@@ -111,11 +113,20 @@ async fn stream(conn: quinn::Connection, mut send: quinn::SendStream, mut recv: 
                         let _ = write_frame(&mut send, &delta(t)).await;
                     }
                     let usage = Usage { prompt_tokens: 1, completion_tokens: 3, cached_tokens: 0 };
-                    let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Done { finish: FinishReason::Stop, usage })).await;
+                    let _ =
+                        write_frame(&mut send, &SpokeToHub::Event(Event::Done { finish: FinishReason::Stop, usage }))
+                            .await;
                     let _ = send.finish();
                 }
                 Mode::Fail => {
-                    let _ = write_frame(&mut send, &SpokeToHub::Event(Event::Error { message: format!("{} failed on purpose", s.id), client: false })).await;
+                    let _ = write_frame(
+                        &mut send,
+                        &SpokeToHub::Event(Event::Error {
+                            message: format!("{} failed on purpose", s.id),
+                            client: false,
+                        }),
+                    )
+                    .await;
                     let _ = send.finish();
                 }
                 Mode::StallMidStream => {
@@ -139,7 +150,11 @@ async fn stream(conn: quinn::Connection, mut send: quinn::SendStream, mut recv: 
             tokio::time::sleep(s.every).await;
         },
         _ => {
-            let _ = write_frame(&mut send, &SpokeToHub::Refused { message: "a mock spoke only answers requests".into(), retryable: false }).await;
+            let _ = write_frame(
+                &mut send,
+                &SpokeToHub::Refused { message: "a mock spoke only answers requests".into(), retryable: false },
+            )
+            .await;
             let _ = send.finish();
         }
     }

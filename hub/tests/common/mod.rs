@@ -120,7 +120,6 @@ pub fn launch(config: &Path, only: Option<&str>) -> Child {
 }
 
 impl Cluster {
-
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
