@@ -73,6 +73,36 @@ impl GgufFile {
             .map_err(|e| Error::model(&self.path, format!("tensor {name}: {e}")))
     }
 
+    /// A 2-D weight tensor's bytes exactly as stored, for the engine's kernels.
+    pub fn matrix(&mut self, name: &str) -> Result<crate::kernels::QMatrix> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::model(&self.path, format!("missing tensor {name}")))?;
+        let ty = crate::kernels::WeightType::from_ggml(info.ggml_dtype).ok_or_else(|| {
+            Error::model(
+                &self.path,
+                format!("tensor {name} has type {:?}, which Nave cannot multiply", info.ggml_dtype),
+            )
+        })?;
+        let (rows, cols) = match info.shape.dims() {
+            [rows, cols] => (*rows, *cols),
+            [cols] => (1, *cols),
+            d => return Err(Error::model(&self.path, format!("tensor {name} has shape {d:?}, expected a matrix"))),
+        };
+        if !cols.is_multiple_of(ty.block_values()) {
+            return Err(Error::model(&self.path, format!("tensor {name}: rows of {cols} are not whole blocks")));
+        }
+        let len = rows * ty.row_bytes(cols);
+        let at = self.content.tensor_data_offset + info.offset;
+        let mut data = vec![0u8; len];
+        self.reader.seek(SeekFrom::Start(at))?;
+        self.reader.read_exact(&mut data).map_err(|e| Error::model(&self.path, format!("tensor {name}: {e}")))?;
+        crate::kernels::QMatrix::new(ty, rows, cols, data).map_err(|e| Error::model(&self.path, format!("{name}: {e}")))
+    }
+
     fn get(&self, key: &str) -> Result<&Value> {
         self.content.metadata.get(key).ok_or_else(|| Error::model(&self.path, format!("missing metadata key {key}")))
     }

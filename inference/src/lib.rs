@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod gemma3;
 pub mod gguf;
+pub mod kernels;
 pub mod kv;
 pub mod ledger;
 pub mod llama;

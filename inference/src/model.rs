@@ -6,17 +6,16 @@
 //! from; attention reads each sequence's keys and values from the block-addressed
 //! [`KvStore`]. Logits are computed only for the rows that sample.
 //!
-//! The weight products go through candle's quantized matmul; norms, rotary embeddings and
-//! attention are plain loops over `f32` slices run on candle's CPU worker pool (one pool
-//! for everything, so the engine never has two pools fighting over two cores).
+//! The weight products go through the engine's own kernels ([`crate::kernels`]), on the
+//! weights exactly as the file stores them, split across the model's worker pool;
+//! attention runs on the same pool, one job per (row, KV head). Norms and rotary
+//! embeddings are plain loops over `f32` rows (microseconds per step).
 
-use std::borrow::Cow;
-
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::{self, Activations, Isa, Pool, QMatrix};
 use crate::kv::{BlockId, KvStore};
 
 /// The nonlinearity of the feed-forward gate.
@@ -89,12 +88,13 @@ struct Layer {
 /// A loaded model: its weights and config. Shared read-only by the engine thread.
 pub struct Transformer {
     pub config: ModelConfig,
-    embed: QTensor,
-    embed_row_bytes: usize,
+    embed: QMatrix,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: Linear,
     weight_bytes: u64,
+    pool: Pool,
+    isa: Isa,
 }
 
 /// One row of a batch: a token of a sequence at a position, and where to find the
@@ -166,23 +166,30 @@ fn add_lora(rows: &[Row<'_>], li: usize, proj: &str, x: &[f32], inp: usize, y: &
     }
 }
 
-/// Options that change how weights are held in memory.
-#[derive(Debug, Clone, Copy)]
+/// Options of a loaded model's engine.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
-    /// Re-quantize weight types that have only scalar kernels in candle (Q4_1, Q5_0, Q5_1)
-    /// to Q8_0, which has SIMD kernels: about 1.6 times the memory, several times faster.
-    pub requantize: bool,
+    /// Kernel threads (default: `NAVE_THREADS`, else `CANDLE_NUM_THREADS`, else every core).
+    pub threads: Option<usize>,
+    /// The kernels' instruction-set path (default: [`Isa::active`]).
+    pub isa: Option<Isa>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self { requantize: true }
+impl LoadOptions {
+    fn threads(&self) -> usize {
+        self.threads
+            .or_else(|| {
+                ["NAVE_THREADS", "CANDLE_NUM_THREADS"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().and_then(|t| t.trim().parse().ok()))
+            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
     }
 }
 
 pub(crate) struct Loader<'a> {
     pub gguf: &'a mut GgufFile,
-    pub opts: LoadOptions,
     pub bytes: u64,
 }
 
@@ -201,109 +208,20 @@ impl Loader<'_> {
         Ok(v)
     }
 
-    /// A weight matrix of shape (out, in).
+    /// A weight matrix of shape (out, in), in the file's own type.
     pub fn matrix(&mut self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        let t = self.gguf.tensor(name)?;
-        let dims = t.shape().dims().to_vec();
-        if dims != [out, inp] {
-            return Err(self.bad(format!("tensor {name} has shape {dims:?}, expected [{out}, {inp}]")));
+        let m = self.gguf.matrix(name)?;
+        if (m.rows, m.cols) != (out, inp) {
+            return Err(self.bad(format!("tensor {name} has shape [{}, {}], expected [{out}, {inp}]", m.rows, m.cols)));
         }
-        self.linear(t)
-    }
-
-    /// Holds `t` (out, in) the way the CPU multiplies it fastest: candle's repacked
-    /// AVX-512/AVX VNNI kernels take Q8_0 (and Q4_K) only with `in` a multiple of 256,
-    /// and are about ten times faster than its generic dot products here (SmolLM2's
-    /// hidden size, 576, misses them). So other types are re-quantized to Q8_0 and the
-    /// columns padded with zeros to the next multiple of 256; inputs are padded alike.
-    pub fn linear(&mut self, t: QTensor) -> Result<Linear> {
-        let (out, inp) = t.shape().dims2()?;
-        let fast = matches!(t.dtype(), GgmlDType::Q8_0 | GgmlDType::Q4K) && inp % QK_K == 0;
-        let convertible = inp % GgmlDType::Q8_0.block_size() == 0 && out % 16 == 0;
-        let slow_scalar = matches!(t.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
-        let t = if self.opts.requantize && !fast && convertible && (has_vnni() || slow_scalar) {
-            let padded = if has_vnni() { inp.next_multiple_of(QK_K) } else { inp };
-            let f = t.dequantize(&Device::Cpu)?;
-            let f = if padded > inp { f.pad_with_zeros(1, 0, padded - inp)? } else { f };
-            QTensor::quantize(&f, GgmlDType::Q8_0)?
-        } else {
-            t
-        };
-        self.bytes += t.storage_size_in_bytes() as u64;
-        let padded = t.shape().dims2()?.1;
-        let t = std::sync::Arc::new(t);
-        Ok(Linear { w: QMatMul::from_arc(t.clone())?, t, inp, padded })
+        self.bytes += m.bytes() as u64;
+        Ok(Linear { w: m })
     }
 }
 
-/// Super-block size of the k-quants: candle's fast CPU kernels need whole ones per row.
-const QK_K: usize = 256;
-
-/// Whether this CPU has the int8 dot-product instructions candle's repacked kernels use.
-fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *VNNI.get_or_init(|| {
-            (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-                || is_x86_feature_detected!("avxvnni")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// A weight matrix (out, in) whose columns may be zero-padded to `padded`.
+/// A weight matrix (out, in).
 pub(crate) struct Linear {
-    w: QMatMul,
-    t: std::sync::Arc<QTensor>,
-    inp: usize,
-    padded: usize,
-}
-
-impl Linear {
-    /// `x` (rows, in) as a tensor with the padded width.
-    fn input(&self, x: &[f32], rows: usize) -> Result<Tensor> {
-        debug_assert_eq!(x.len(), rows * self.inp);
-        Ok(if self.padded == self.inp {
-            Tensor::from_slice(x, (rows, self.inp), &Device::Cpu)?
-        } else {
-            let mut p = vec![0.0f32; rows * self.padded];
-            for (dst, src) in p.chunks_exact_mut(self.padded).zip(x.chunks_exact(self.inp)) {
-                dst[..self.inp].copy_from_slice(src);
-            }
-            Tensor::from_vec(p, (rows, self.padded), &Device::Cpu)?
-        })
-    }
-
-    /// `x` (rows, in) times the transposed weights: (rows, out).
-    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        Ok(self.w.forward(&self.input(x, rows)?)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-
-    /// Several matrices applied to the same `x` (q, k, v; gate, up): one quantization of
-    /// `x` and one parallel region when candle's fused kernel takes them, else one by one.
-    fn forward_shared<const N: usize>(ls: [&Linear; N], x: &[f32], rows: usize) -> Result<[Vec<f32>; N]> {
-        let same = ls.iter().all(|l| l.padded == ls[0].padded && l.t.dtype() == ls[0].t.dtype());
-        if same {
-            let input = ls[0].input(x, rows)?;
-            let ts: Vec<&QTensor> = ls.iter().map(|l| l.t.as_ref()).collect();
-            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&ts, &input)? {
-                let v: Vec<Vec<f32>> =
-                    outs.into_iter().map(|t| t.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
-                if let Ok(a) = <[Vec<f32>; N]>::try_from(v) {
-                    return Ok(a);
-                }
-            }
-        }
-        let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-        for (o, l) in out.iter_mut().zip(ls) {
-            *o = l.forward(x, rows)?;
-        }
-        Ok(out)
-    }
+    w: QMatrix,
 }
 
 pub(crate) struct LayerNames {
@@ -315,25 +233,19 @@ impl Transformer {
     /// Builds the model from a GGUF whose config was already read.
     pub(crate) fn load(gguf: &mut GgufFile, config: ModelConfig, opts: LoadOptions, names: LayerNames) -> Result<Self> {
         let c = config.clone();
-        let mut l = Loader { gguf, opts, bytes: 0 };
-        let embed = l.gguf.tensor("token_embd.weight")?;
-        if embed.shape().dims() != [c.vocab, c.hidden] {
+        let mut l = Loader { gguf, bytes: 0 };
+        let embed = l.gguf.matrix("token_embd.weight")?;
+        if (embed.rows, embed.cols) != (c.vocab, c.hidden) {
             return Err(l.bad(format!(
-                "token_embd.weight has shape {:?}, expected [{}, {}]",
-                embed.shape().dims(),
-                c.vocab,
-                c.hidden
+                "token_embd.weight has shape [{}, {}], expected [{}, {}]",
+                embed.rows, embed.cols, c.vocab, c.hidden
             )));
         }
-        if !c.hidden.is_multiple_of(embed.dtype().block_size()) {
-            return Err(l.bad("embedding rows are not whole quantization blocks"));
-        }
-        let embed_row_bytes = c.hidden / embed.dtype().block_size() * embed.dtype().type_size();
         let mut layers = Vec::with_capacity(c.layers);
         let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_dim());
         for i in 0..c.layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
-            let ffn = l.gguf.tensor(&p("ffn_up"))?.shape().dims()[0];
+            let ffn = *l.gguf.tensor_dims(&p("ffn_up"))?.first().ok_or_else(|| l.bad("ffn_up has no dimensions"))?;
             layers.push(Layer {
                 attn_norm: l.vector(&p("attn_norm"), c.hidden)?,
                 q: l.matrix(&p("attn_q"), q_out, c.hidden)?,
@@ -358,12 +270,13 @@ impl Transformer {
         let output = if l.gguf.has_tensor("output.weight") {
             l.matrix("output.weight", c.vocab, c.hidden)?
         } else {
-            // Tied embeddings: the output layer is (a copy of) the embedding table.
-            let t = l.gguf.tensor("token_embd.weight")?;
-            l.linear(t)?
+            // Tied embeddings: the output layer is the embedding table itself (shared bytes).
+            Linear { w: embed.clone() }
         };
-        let weight_bytes = l.bytes + embed.storage_size_in_bytes() as u64;
-        Ok(Self { config, embed, embed_row_bytes, layers, out_norm, output, weight_bytes })
+        let weight_bytes = l.bytes + embed.bytes() as u64;
+        let isa = opts.isa.unwrap_or_else(Isa::active);
+        let pool = Pool::new(opts.threads());
+        Ok(Self { config, embed, layers, out_norm, output, weight_bytes, pool, isa })
     }
 
     /// Bytes the weights take in memory.
@@ -371,21 +284,34 @@ impl Transformer {
         self.weight_bytes
     }
 
+    /// The kernels' path and thread count.
+    pub fn kernels(&self) -> (Isa, usize) {
+        (self.isa, self.pool.threads())
+    }
+
     fn embed_rows(&self, tokens: impl Iterator<Item = u32>, out: &mut Vec<f32>) -> Result<()> {
-        let data = self.embed.data()?;
-        let dtype = self.embed.dtype();
+        let h = self.config.hidden;
         for t in tokens {
             let t = t as usize;
             if t >= self.config.vocab {
                 return Err(Error::InvalidRequest(format!("token id {t} is outside the vocabulary")));
             }
-            let bytes = &data[t * self.embed_row_bytes..(t + 1) * self.embed_row_bytes];
-            let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dtype)?;
-            let row = QTensor::new(storage, (self.config.hidden,))?.dequantize(&Device::Cpu)?;
-            let row = row.to_vec1::<f32>()?;
-            out.extend(row.iter().map(|x| x * self.config.embed_scale));
+            let at = out.len();
+            out.resize(at + h, 0.0);
+            self.embed.dequantize_row(t, &mut out[at..]);
+            if self.config.embed_scale != 1.0 {
+                out[at..].iter_mut().for_each(|x| *x *= self.config.embed_scale);
+            }
         }
         Ok(())
+    }
+
+    /// Applies `ls` to the same input `x` (`rows` rows): one fused product.
+    fn linear<const N: usize>(&self, ls: [&Linear; N], x: &[f32], rows: usize, act: &mut Activations) -> [Vec<f32>; N] {
+        let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        let ws: [&QMatrix; N] = std::array::from_fn(|i| &ls[i].w);
+        kernels::matmul(&self.pool, self.isa, &ws, x, rows, act, &mut outs);
+        outs
     }
 
     /// Runs `rows` through the model, writing their keys and values into `kv`, and returns
@@ -409,12 +335,13 @@ impl Transformer {
         let mut h = vec![0.0f32; n * c.hidden];
         // Where each row's positions 0..=pos sit in the KV store (the same in every layer).
         let lora = rows.iter().any(|r| r.adapter.is_some());
+        let mut act = Activations::default();
         let offsets: Vec<Vec<usize>> =
             rows.iter().map(|r| (0..=r.pos).map(|p| kv.offset(r.blocks, p)).collect()).collect();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut h);
-            let [mut q, mut k, mut v] = Linear::forward_shared([&layer.q, &layer.k, &layer.v], &h, n)?;
+            let [mut q, mut k, mut v] = self.linear([&layer.q, &layer.k, &layer.v], &h, n, &mut act);
             if lora {
                 add_lora(rows, li, "attn_q", &h, c.hidden, &mut q);
                 add_lora(rows, li, "attn_k", &h, c.hidden, &mut k);
@@ -438,8 +365,8 @@ impl Transformer {
                 kv.v[li][off..off + d].copy_from_slice(&v[i * d..(i + 1) * d]);
             }
             let window = if local { c.sliding_window.map(|(w, _)| w) } else { None };
-            let attn = attention(rows, &offsets, &q, kv, li, c, window);
-            let mut o = layer.o.forward(&attn, n)?;
+            let attn = attention(&self.pool, rows, &offsets, &q, kv, (li, c, window));
+            let [mut o] = self.linear([&layer.o], &attn, n, &mut act);
             if lora {
                 add_lora(rows, li, "attn_output", &attn, c.heads * c.head_dim, &mut o);
             }
@@ -449,7 +376,7 @@ impl Transformer {
             add_in_place(&mut x, &o);
 
             rms_norm_rows(&x, &layer.ffn_norm, c.eps, &mut h);
-            let [mut g, mut u] = Linear::forward_shared([&layer.gate, &layer.up], &h, n)?;
+            let [mut g, mut u] = self.linear([&layer.gate, &layer.up], &h, n, &mut act);
             if lora {
                 add_lora(rows, li, "ffn_gate", &h, c.hidden, &mut g);
                 add_lora(rows, li, "ffn_up", &h, c.hidden, &mut u);
@@ -458,7 +385,7 @@ impl Transformer {
                 Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::GeluTanh => g.iter_mut().zip(&u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
-            let mut d = layer.down.forward(&g, n)?;
+            let [mut d] = self.linear([&layer.down], &g, n, &mut act);
             if lora {
                 add_lora(rows, li, "ffn_down", &g, g.len() / n, &mut d);
             }
@@ -477,7 +404,7 @@ impl Transformer {
             last.extend_from_slice(&x[i * c.hidden..(i + 1) * c.hidden]);
         }
         rms_norm_in_place(&mut last, &self.out_norm, c.eps);
-        let logits = self.output.forward(&last, picked.len())?;
+        let [logits] = self.linear([&self.output], &last, picked.len(), &mut act);
         Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
     }
 }
@@ -563,16 +490,16 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 /// Causal attention of every row over its own sequence's keys and values, one job per
-/// (row, head) on candle's worker pool.
+/// (row, KV head) on the model's worker pool.
 fn attention(
+    pool: &Pool,
     rows: &[Row<'_>],
     offsets: &[Vec<usize>],
     q: &[f32],
     kv: &KvStore,
-    layer: usize,
-    c: &ModelConfig,
-    window: Option<usize>,
+    at: (usize, &ModelConfig, Option<usize>),
 ) -> Vec<f32> {
+    let (layer, c, window) = at;
     let (heads, hd) = (c.heads, c.head_dim);
     let group = heads / c.kv_heads;
     let mut out = vec![0.0f32; rows.len() * heads * hd];
@@ -583,11 +510,14 @@ fn attention(
     let jobs = rows.len() * c.kv_heads;
     // Rebinding makes the closure capture the Send + Sync wrapper rather than its raw
     // pointer field (edition 2021 captures disjoint fields).
+    let threads = pool.threads();
+    // Jobs are dealt round-robin: later rows of a prefill chunk attend over more
+    // positions, so contiguous shares would leave the last thread the most work.
     #[allow(clippy::redundant_locals)]
-    let run = |range: std::ops::Range<usize>| {
+    let run = |first: usize, step: usize| {
         let out_ptr = out_ptr;
         let mut scores: Vec<f32> = Vec::new();
-        for job in range {
+        for job in (first..jobs).step_by(step) {
             let (ri, g) = (job / c.kv_heads, job % c.kv_heads);
             let r = &rows[ri];
             let first = window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
@@ -628,10 +558,10 @@ fn attention(
             }
         }
     };
-    if jobs >= 4 {
-        candle_core::utils::barrier_pool().execute_chunked(jobs, run);
+    if jobs >= 2 && threads > 1 {
+        pool.run(&|t| run(t, threads));
     } else {
-        run(0..jobs);
+        run(0, 1);
     }
     out
 }

@@ -129,7 +129,7 @@ fn training_and_serving_compute_the_same_logits() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("tiny.gguf");
     write_tiny_model(&path, TinyArch::Llama, 5).expect("tiny model");
-    let model = LoadedModel::load("tiny", &path, LoadOptions { requantize: false }).expect("loads");
+    let model = LoadedModel::load("tiny", &path, LoadOptions::default()).expect("loads");
     let c = model.transformer.config.clone();
     let tokens: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % c.vocab as u32).collect();
     let ex = vec![nave_inference::train::Example { prompt: tokens[..2].to_vec(), answer: tokens[2..].to_vec() }];

@@ -1,0 +1,74 @@
+//! Times the kernels on the shapes of SmolLM2-135M (Q4_1 layers, the Q8_0 output layer)
+//! and Gemma 3 270M's K-quants, for every path this CPU runs:
+//! `cargo run --release -p nave-inference --example kernels [threads]`.
+//! Prints GB/s of weights streamed and GMAC/s per shape and batch size.
+
+use std::time::Instant;
+
+use nave_inference::kernels::{matmul, Activations, Isa, Pool, QMatrix, WeightType};
+
+fn matrix(t: WeightType, rows: usize, cols: usize) -> QMatrix {
+    let mut data = vec![0u8; rows * t.row_bytes(cols)];
+    let mut x = 0x2545F4914F6CDD1Du64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    // Finite f16 scales: make every f16 field a small number (0x2000-ish).
+    let fields: &[usize] = match t {
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 => &[0],
+        WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q4_K | WeightType::Q5_K => &[0, 2],
+        WeightType::Q6_K => &[208],
+        _ => &[],
+    };
+    for block in data.chunks_exact_mut(t.block_bytes()) {
+        for &f in fields {
+            block[f + 1] = 0x20;
+        }
+    }
+    QMatrix::new(t, rows, cols, data).expect("sizes")
+}
+
+fn main() {
+    let threads: usize = std::env::args().nth(1).and_then(|t| t.parse().ok()).unwrap_or(2);
+    let pool = Pool::new(threads);
+    let shapes = [
+        ("q4_1 576x576", WeightType::Q4_1, 576, 576),
+        ("q4_1 1536x576", WeightType::Q4_1, 1536, 576),
+        ("q4_1 576x1536", WeightType::Q4_1, 576, 1536),
+        ("q8_0 49152x576", WeightType::Q8_0, 49152, 576),
+        ("q4_k 2048x1024", WeightType::Q4_K, 2048, 1024),
+        ("q6_k 2048x1024", WeightType::Q6_K, 2048, 1024),
+        ("q5_0 2048x640", WeightType::Q5_0, 2048, 640),
+        ("q8_0 2048x640", WeightType::Q8_0, 2048, 640),
+    ];
+    for isa in Isa::available() {
+        println!("path {} ({threads} threads)", isa.name());
+        for (name, t, rows, cols) in shapes {
+            let w = matrix(t, rows, cols);
+            let mut act = Activations::default();
+            for n in [1usize, 4, 16, 64, 256] {
+                if isa == Isa::Scalar && n > 4 {
+                    continue;
+                }
+                let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+                let mut out = [Vec::new()];
+                let reps = ((2e8 / (rows * cols * n) as f64) as usize).clamp(1, 2000);
+                matmul(&pool, isa, &[&w], &x, n, &mut act, &mut out);
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    matmul(&pool, isa, &[&w], &x, n, &mut act, &mut out);
+                }
+                let s = t0.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "  {name:<16} n={n:<4} {:>9.1} us  {:>6.1} GB/s  {:>6.1} GMAC/s",
+                    s * 1e6,
+                    w.bytes() as f64 / s / 1e9,
+                    (rows * cols * n) as f64 / s / 1e9
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! AVX2 + FMA (+ F16C) micro-kernels: a tile of `R` weight rows times `C` activation rows.
+//!
+//! Each weight block is loaded and unpacked to bytes once per tile and multiplied with all
+//! `C` activation rows (the batched path reuses every loaded weight byte `C` times); the
+//! decode path (`C = 1`) takes `R = 4` rows at a time so four independent chains hide the
+//! latency of the integer dot products. Integer work is exact; only the float accumulation
+//! order differs from the scalar reference.
+//!
+//! The integer dot of 32 unsigned weight values with 32 signed activations is
+//! `maddubs` (u8 x i8 pairs into i16, no overflow: 31 * 127 * 2 < 2^15) then `madd` with
+//! ones (i16 pairs into i32). Q8_0 weights are signed: `maddubs(|w|, sign(y, w))`.
+//! The offsets of the unsigned formats (Q4_1's min, Q4_0's -8) are one more product per
+//! block, `m_w * s_y` with `s_y = d_y * sum(y)`, summed after the loop.
+
+// Every function here is called only after `is_x86_feature_detected!` confirmed AVX2, FMA
+// and F16C (see `Isa::detect`); their bodies are intrinsics and raw loads within the row
+// slices the callers checked, so per-operation `unsafe` blocks would add only noise.
+#![allow(unsafe_op_in_unsafe_fn, clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use super::formats::{scale_min_k4, ActKind, Activations, WeightType, QK, QK_K};
+use super::QMatrix;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+unsafe fn f16(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32)))
+}
+
+/// 32 nibbles of 16 bytes: low nibbles first (values 0..16), then high (16..32).
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let x = _mm_loadu_si128(p as *const __m128i);
+    let m = _mm_set1_epi8(0x0F);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m))
+}
+
+/// The 32 bits at `p` as bytes, 0x10 where the bit is set (the fifth bit of Q5 values).
+#[inline(always)]
+unsafe fn high_bits(p: *const u8) -> __m256i {
+    let bits = _mm256_set1_epi32((p as *const i32).read_unaligned());
+    let spread = _mm256_shuffle_epi8(
+        bits,
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000),
+    );
+    let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// A 32-value block format: its size, how to unpack its values to bytes, its scale and
+/// the coefficient of its offset term.
+pub trait Block32 {
+    const BYTES: usize;
+    /// Signed values (Q8_0) instead of unsigned ones.
+    const SIGNED: bool = false;
+    /// The offset term pairs with Q8_1's f16 `s` (Q4_1, Q5_1) rather than the exact sum.
+    const ROUNDED_S: bool = false;
+    unsafe fn values(p: *const u8) -> __m256i;
+    unsafe fn d(p: *const u8) -> f32 {
+        f16(p)
+    }
+    /// The offset's coefficient: the block's value is `d * q + m`.
+    unsafe fn m(p: *const u8) -> f32;
+}
+
+pub struct Q4_0;
+pub struct Q4_1;
+pub struct Q5_0;
+pub struct Q5_1;
+pub struct Q8_0;
+
+impl Block32 for Q4_0 {
+    const BYTES: usize = 18;
+    unsafe fn values(p: *const u8) -> __m256i {
+        nibbles(p.add(2))
+    }
+    unsafe fn m(p: *const u8) -> f32 {
+        -8.0 * f16(p)
+    }
+}
+
+impl Block32 for Q4_1 {
+    const BYTES: usize = 20;
+    const ROUNDED_S: bool = true;
+    unsafe fn values(p: *const u8) -> __m256i {
+        nibbles(p.add(4))
+    }
+    unsafe fn m(p: *const u8) -> f32 {
+        f16(p.add(2))
+    }
+}
+
+impl Block32 for Q5_0 {
+    const BYTES: usize = 22;
+    unsafe fn values(p: *const u8) -> __m256i {
+        _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)))
+    }
+    unsafe fn m(p: *const u8) -> f32 {
+        -16.0 * f16(p)
+    }
+}
+
+impl Block32 for Q5_1 {
+    const BYTES: usize = 24;
+    const ROUNDED_S: bool = true;
+    unsafe fn values(p: *const u8) -> __m256i {
+        _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)))
+    }
+    unsafe fn m(p: *const u8) -> f32 {
+        f16(p.add(2))
+    }
+}
+
+impl Block32 for Q8_0 {
+    const BYTES: usize = 34;
+    const SIGNED: bool = true;
+    unsafe fn values(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p.add(2) as *const __m256i)
+    }
+    unsafe fn m(_: *const u8) -> f32 {
+        0.0
+    }
+}
+
+/// The output tile of `R` weight rows by `C` activation rows: `out[r][c]`.
+pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
+
+/// `R` rows of a 32-wide type (at `w[r]`, `nb` blocks each) times activation rows
+/// `arows` of `a`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+) -> Tile<R, C> {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut off = [[0.0f32; C]; R];
+    let q: [*const i8; C] = std::array::from_fn(|c| a.q.as_ptr().add(arows[c] * a.cols));
+    let d: [*const f32; C] = std::array::from_fn(|c| a.d.as_ptr().add(arows[c] * nb));
+    let s_src = if B::ROUNDED_S { &a.s } else { &a.sx };
+    let s: [*const f32; C] = std::array::from_fn(|c| s_src.as_ptr().add(arows[c] * nb));
+    for b in 0..nb {
+        let mut wv = [_mm256_setzero_si256(); R];
+        let mut dw = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            let p = w[r].add(b * B::BYTES);
+            wv[r] = B::values(p);
+            dw[r] = _mm256_set1_ps(B::d(p));
+            let m = B::m(p);
+            for c in 0..C {
+                off[r][c] += m * *s[c].add(b);
+            }
+        }
+        for c in 0..C {
+            let y = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
+            let dy = _mm256_broadcast_ss(&*d[c].add(b));
+            for r in 0..R {
+                let p = if B::SIGNED {
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(wv[r], wv[r]), _mm256_sign_epi8(y, wv[r]))
+                } else {
+                    _mm256_maddubs_epi16(wv[r], y)
+                };
+                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(f, dw[r]), dy, acc[r][c]);
+            }
+        }
+    }
+    let mut out = [[0.0; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = hsum(acc[r][c]) + off[r][c];
+        }
+    }
+    out
+}
+
+/// The three K-quant formats: per 32-value sub-block `j`, its values as bytes and its
+/// scales as i16 lanes (one per pair of values, as `madd` takes them).
+pub trait BlockK {
+    const BYTES: usize;
+    /// Per super-block: scales, mins and the value bytes' sources, unpacked once.
+    type Unpacked;
+    unsafe fn unpack(p: *const u8) -> Self::Unpacked;
+    unsafe fn values(u: &Self::Unpacked, p: *const u8, j: usize) -> __m256i;
+    unsafe fn scales(u: &Self::Unpacked, j: usize) -> __m256i;
+    /// `d` and the offset term, given the activation's 16 block sums: the super-block's
+    /// product is `d * d_y * isum - d_y * offset`.
+    unsafe fn d_and_offset(u: &Self::Unpacked, p: *const u8, bsums: *const i16) -> (f32, f32);
+}
+
+pub struct Q4K;
+pub struct Q5K;
+pub struct Q6K;
+
+pub struct UnpackedK45 {
+    scales: [i16; 8],
+    mins: [i16; 8],
+    qh: __m256i,
+}
+
+#[inline(always)]
+unsafe fn unpack_k45(p: *const u8, qh: bool) -> UnpackedK45 {
+    let sc = std::slice::from_raw_parts(p.add(4), 12);
+    let mut u = UnpackedK45 {
+        scales: [0; 8],
+        mins: [0; 8],
+        qh: if qh { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() },
+    };
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, sc);
+        u.scales[j] = s as i16;
+        u.mins[j] = m as i16;
+    }
+    u
+}
+
+#[inline(always)]
+unsafe fn k45_offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (f32, f32) {
+    let mut m = 0i32;
+    for j in 0..8 {
+        m += u.mins[j] as i32 * (*bsums.add(2 * j) as i32 + *bsums.add(2 * j + 1) as i32);
+    }
+    (f16(p), f16(p.add(2)) * m as f32)
+}
+
+impl BlockK for Q4K {
+    const BYTES: usize = 144;
+    type Unpacked = UnpackedK45;
+    unsafe fn unpack(p: *const u8) -> UnpackedK45 {
+        unpack_k45(p, false)
+    }
+    unsafe fn values(_: &UnpackedK45, p: *const u8, j: usize) -> __m256i {
+        let x = _mm256_loadu_si256(p.add(16 + 32 * (j / 2)) as *const __m256i);
+        let x = if j % 2 == 1 { _mm256_srli_epi16(x, 4) } else { x };
+        _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
+    }
+    unsafe fn scales(u: &UnpackedK45, j: usize) -> __m256i {
+        _mm256_set1_epi16(u.scales[j])
+    }
+    unsafe fn d_and_offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (f32, f32) {
+        k45_offset(u, p, bsums)
+    }
+}
+
+impl BlockK for Q5K {
+    const BYTES: usize = 176;
+    type Unpacked = UnpackedK45;
+    unsafe fn unpack(p: *const u8) -> UnpackedK45 {
+        unpack_k45(p, true)
+    }
+    unsafe fn values(u: &UnpackedK45, p: *const u8, j: usize) -> __m256i {
+        let x = _mm256_loadu_si256(p.add(48 + 32 * (j / 2)) as *const __m256i);
+        let x = if j % 2 == 1 { _mm256_srli_epi16(x, 4) } else { x };
+        let lo = _mm256_and_si256(x, _mm256_set1_epi8(0x0F));
+        let h = _mm256_srl_epi16(u.qh, _mm_cvtsi32_si128(j as i32));
+        let h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 4);
+        _mm256_or_si256(lo, h)
+    }
+    unsafe fn scales(u: &UnpackedK45, j: usize) -> __m256i {
+        _mm256_set1_epi16(u.scales[j])
+    }
+    unsafe fn d_and_offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (f32, f32) {
+        k45_offset(u, p, bsums)
+    }
+}
+
+pub struct UnpackedK6 {
+    scales: [i16; 16],
+}
+
+impl BlockK for Q6K {
+    const BYTES: usize = 210;
+    type Unpacked = UnpackedK6;
+    unsafe fn unpack(p: *const u8) -> UnpackedK6 {
+        let mut u = UnpackedK6 { scales: [0; 16] };
+        for g in 0..16 {
+            u.scales[g] = (*p.add(192 + g) as i8) as i16;
+        }
+        u
+    }
+    unsafe fn values(_: &UnpackedK6, p: *const u8, j: usize) -> __m256i {
+        // Sub-block j = 4n + k: quarter k of the 128-value half n.
+        let (n, k) = (j / 4, j % 4);
+        let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (k % 2)) as *const __m256i);
+        let ql = if k >= 2 { _mm256_srli_epi16(ql, 4) } else { ql };
+        let ql = _mm256_and_si256(ql, _mm256_set1_epi8(0x0F));
+        let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
+        let qh = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32));
+        let qh = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
+        _mm256_or_si256(ql, qh)
+    }
+    unsafe fn scales(u: &UnpackedK6, j: usize) -> __m256i {
+        _mm256_set_m128i(_mm_set1_epi16(u.scales[2 * j + 1]), _mm_set1_epi16(u.scales[2 * j]))
+    }
+    unsafe fn d_and_offset(u: &UnpackedK6, p: *const u8, bsums: *const i16) -> (f32, f32) {
+        let mut m = 0i32;
+        for g in 0..16 {
+            m += u.scales[g] as i32 * *bsums.add(g) as i32;
+        }
+        let d = f16(p.add(208));
+        (d, 32.0 * d * m as f32)
+    }
+}
+
+/// `R` rows of a K-quant type (`nb` super-blocks each) times activation rows `arows`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+) -> Tile<R, C> {
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut off = [[0.0f32; C]; R];
+    let q: [*const i8; C] = std::array::from_fn(|c| a.q.as_ptr().add(arows[c] * a.cols));
+    for b in 0..nb {
+        let p: [*const u8; R] = std::array::from_fn(|r| w[r].add(b * B::BYTES));
+        let u: [B::Unpacked; R] = std::array::from_fn(|r| B::unpack(p[r]));
+        let mut isum = [[_mm256_setzero_si256(); C]; R];
+        for j in 0..8 {
+            let wv: [__m256i; R] = std::array::from_fn(|r| B::values(&u[r], p[r], j));
+            let sc: [__m256i; R] = std::array::from_fn(|r| B::scales(&u[r], j));
+            for c in 0..C {
+                let y = _mm256_loadu_si256(q[c].add(b * QK_K + 32 * j) as *const __m256i);
+                for r in 0..R {
+                    let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], y), sc[r]);
+                    isum[r][c] = _mm256_add_epi32(isum[r][c], prod);
+                }
+            }
+        }
+        for c in 0..C {
+            let row = arows[c] * nb + b;
+            let dy = *a.d.get_unchecked(row);
+            let bsums = a.bsums.as_ptr().add(row * 16);
+            for r in 0..R {
+                let (d, o) = B::d_and_offset(&u[r], p[r], bsums);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_set1_ps(d * dy), acc[r][c]);
+                off[r][c] -= dy * o;
+            }
+        }
+    }
+    let mut out = [[0.0; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = hsum(acc[r][c]) + off[r][c];
+        }
+    }
+    out
+}
+
+/// How float rows load eight values as `f32`.
+pub trait FloatRow {
+    const BYTES: usize;
+    const TYPE: WeightType;
+    unsafe fn load8(p: *const u8) -> __m256;
+}
+
+pub struct F32;
+pub struct F16;
+pub struct BF16;
+
+impl FloatRow for F32 {
+    const TYPE: WeightType = WeightType::F32;
+    const BYTES: usize = 4;
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_loadu_ps(p as *const f32)
+    }
+}
+
+impl FloatRow for F16 {
+    const TYPE: WeightType = WeightType::F16;
+    const BYTES: usize = 2;
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl FloatRow for BF16 {
+    const TYPE: WeightType = WeightType::BF16;
+    const BYTES: usize = 2;
+    unsafe fn load8(p: *const u8) -> __m256 {
+        let x = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32(x, 16))
+    }
+}
+
+/// `R` float rows of `cols` values times activation rows `arows` (plain `f32`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_float<T: FloatRow, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    cols: usize,
+) -> Tile<R, C> {
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let x: [*const f32; C] = std::array::from_fn(|c| a.x.as_ptr().add(arows[c] * cols));
+    let whole = cols / 8 * 8;
+    let mut i = 0;
+    while i < whole {
+        let wv: [__m256; R] = std::array::from_fn(|r| T::load8(w[r].add(i * T::BYTES)));
+        for c in 0..C {
+            let xv = _mm256_loadu_ps(x[c].add(i));
+            for r in 0..R {
+                acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [[0.0; C]; R];
+    let mut tail = [0.0f32; 1];
+    for r in 0..R {
+        for c in 0..C {
+            let mut s = hsum(acc[r][c]);
+            for k in whole..cols {
+                let wr = std::slice::from_raw_parts(w[r].add(k * T::BYTES), T::BYTES);
+                super::formats::dequantize_row(T::TYPE, wr, &mut tail);
+                s += tail[0] * *x[c].add(k);
+            }
+            out[r][c] = s;
+        }
+    }
+    out
+}
+
+/// The AVX2 kernel family of one weight type: a tile of `R` rows by `C` activations.
+trait Kernel {
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: [*const u8; R],
+        a: &Activations,
+        arows: [usize; C],
+        nb: usize,
+    ) -> Tile<R, C>;
+}
+
+struct K32<B>(std::marker::PhantomData<B>);
+struct KK<B>(std::marker::PhantomData<B>);
+struct KF<B>(std::marker::PhantomData<B>);
+
+impl<B: Block32> Kernel for K32<B> {
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: [*const u8; R],
+        a: &Activations,
+        arows: [usize; C],
+        nb: usize,
+    ) -> Tile<R, C> {
+        tile32::<B, R, C>(w, a, arows, nb)
+    }
+}
+
+impl<B: BlockK> Kernel for KK<B> {
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: [*const u8; R],
+        a: &Activations,
+        arows: [usize; C],
+        nb: usize,
+    ) -> Tile<R, C> {
+        tile_k::<B, R, C>(w, a, arows, nb)
+    }
+}
+
+impl<B: FloatRow> Kernel for KF<B> {
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: [*const u8; R],
+        a: &Activations,
+        arows: [usize; C],
+        nb: usize,
+    ) -> Tile<R, C> {
+        tile_float::<B, R, C>(w, a, arows, nb)
+    }
+}
+
+/// Rows `range` of `w` (whose bytes are `data`) times every row of `a`, into `out`
+/// (`a.rows` x `w.rows`, columns `range` written by this call alone).
+pub unsafe fn rows(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
+    match w.ty {
+        WeightType::Q4_0 => walk::<K32<Q4_0>>(w, data, a, range, out),
+        WeightType::Q4_1 => walk::<K32<Q4_1>>(w, data, a, range, out),
+        WeightType::Q5_0 => walk::<K32<Q5_0>>(w, data, a, range, out),
+        WeightType::Q5_1 => walk::<K32<Q5_1>>(w, data, a, range, out),
+        WeightType::Q8_0 => walk::<K32<Q8_0>>(w, data, a, range, out),
+        WeightType::Q4_K => walk::<KK<Q4K>>(w, data, a, range, out),
+        WeightType::Q5_K => walk::<KK<Q5K>>(w, data, a, range, out),
+        WeightType::Q6_K => walk::<KK<Q6K>>(w, data, a, range, out),
+        WeightType::F32 => walk::<KF<F32>>(w, data, a, range, out),
+        WeightType::F16 => walk::<KF<F16>>(w, data, a, range, out),
+        WeightType::BF16 => walk::<KF<BF16>>(w, data, a, range, out),
+    }
+}
+
+/// Weight rows per cache block: 16 rows of a 576-wide Q4_1 matrix are 5.8 KB, which stay in
+/// L1 while every tile of four activation rows passes over them.
+const ROW_BLOCK: usize = 16;
+
+unsafe fn walk<K: Kernel>(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
+    let nb = match w.ty.act_kind() {
+        ActKind::F32 => w.cols,
+        _ => w.cols / w.ty.block_values(),
+    };
+    let rb = w.ty.row_bytes(w.cols);
+    let base = data.as_ptr();
+    let n = a.rows;
+    let store = |r0: usize, c0: usize, t: &[&[f32]]| {
+        for (i, row) in t.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                *out.add((c0 + j) * w.rows + r0 + i) = *v;
+            }
+        }
+    };
+    macro_rules! tile {
+        ($r:literal, $c:literal, $r0:expr, $c0:expr) => {{
+            let ws: [*const u8; $r] = std::array::from_fn(|i| base.add(($r0 + i) * rb));
+            let cs: [usize; $c] = std::array::from_fn(|j| $c0 + j);
+            let t = K::tile::<$r, $c>(ws, a, cs, nb);
+            let rows: [&[f32]; $r] = std::array::from_fn(|i| &t[i][..]);
+            store($r0, $c0, &rows);
+        }};
+    }
+    let mut r = range.start;
+    if n == 1 {
+        while r + 4 <= range.end {
+            tile!(4, 1, r, 0);
+            r += 4;
+        }
+        while r < range.end {
+            tile!(1, 1, r, 0);
+            r += 1;
+        }
+        return;
+    }
+    while r < range.end {
+        let end = (r + ROW_BLOCK).min(range.end);
+        let mut c = 0;
+        while c < n {
+            let mut rr = r;
+            while rr + 2 <= end {
+                match n - c {
+                    1 => tile!(2, 1, rr, c),
+                    2 => tile!(2, 2, rr, c),
+                    3 => tile!(2, 3, rr, c),
+                    _ => tile!(2, 4, rr, c),
+                }
+                rr += 2;
+            }
+            if rr < end {
+                match n - c {
+                    1 => tile!(1, 1, rr, c),
+                    2 => tile!(1, 2, rr, c),
+                    3 => tile!(1, 3, rr, c),
+                    _ => tile!(1, 4, rr, c),
+                }
+            }
+            c += 4;
+        }
+        r = end;
+    }
+}

@@ -1,0 +1,203 @@
+//! The engine's own quantized matrix kernels: weights in the file's own types, products
+//! as llama.cpp computes them, on every x86-64 CPU at the speed of its vector units.
+//!
+//! # Layout
+//! - [`formats`]: the GGML block formats, dequantization, and the quantized activations
+//!   ([`Activations`]: Q8_0/Q8_1 blocks for the 32-wide types, Q8_K for the K-quants).
+//! - [`scalar`]: the portable reference, block by block; every other path is tested
+//!   against it.
+//! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows.
+//! - [`pool`]: the engine's worker threads.
+//!
+//! A product ([`matmul`]) quantizes its input rows once (shared by every matrix of a fused
+//! product: q/k/v, gate/up), splits the matrices' output rows across the pool's threads, and
+//! each thread walks its rows in blocks small enough to stay in L1 while every activation
+//! row passes over them.
+//!
+//! The path is chosen once per process ([`Isa::active`]): the best the CPU has, or a lower
+//! one named by `NAVE_CPU=scalar|avx2` (tests and benchmarks force each path this way).
+//! CPUs with AVX-512 run the AVX2 kernels: there are no AVX-512 kernels yet.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+pub mod formats;
+pub mod pool;
+pub mod scalar;
+
+use std::sync::Arc;
+
+pub use formats::{ActKind, Activations, WeightType, QK, QK_K};
+pub use pool::Pool;
+
+/// An instruction-set path of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// Every path this CPU can run, lowest first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+
+    /// The best path this CPU runs, lowered by `NAVE_CPU` if set.
+    pub fn detect() -> std::result::Result<Isa, String> {
+        let best = *Isa::available().last().unwrap_or(&Isa::Scalar);
+        match std::env::var("NAVE_CPU").ok().as_deref().map(str::trim) {
+            None | Some("") | Some("auto") => Ok(best),
+            Some("scalar") => Ok(Isa::Scalar),
+            Some("avx2") if best >= Isa::Avx2 => Ok(Isa::Avx2),
+            // AVX-512 CPUs run the AVX2 kernels (there are no AVX-512 ones yet).
+            Some("avx512") if best >= Isa::Avx2 => Ok(Isa::Avx2),
+            Some(other) => Err(format!(
+                "NAVE_CPU={other:?} is not a path this CPU can run (available: {})",
+                Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    /// The path of this process, chosen once (an unusable `NAVE_CPU` is reported and the
+    /// best path used).
+    pub fn active() -> Isa {
+        static ACTIVE: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            Isa::detect().unwrap_or_else(|e| {
+                tracing::warn!("{e}; using the best path");
+                *Isa::available().last().unwrap_or(&Isa::Scalar)
+            })
+        })
+    }
+}
+
+/// A weight matrix of `rows` rows by `cols` columns, each row in the file's own type.
+/// The bytes are shared (a tied output layer is the embedding table itself).
+#[derive(Clone)]
+pub struct QMatrix {
+    pub ty: WeightType,
+    pub rows: usize,
+    pub cols: usize,
+    data: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({} x {} {})", self.rows, self.cols, self.ty.name())
+    }
+}
+
+impl QMatrix {
+    pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> std::result::Result<Self, String> {
+        if !cols.is_multiple_of(ty.block_values()) {
+            return Err(format!("{} rows of {cols} values are not whole blocks of {}", ty.name(), ty.block_values()));
+        }
+        let want = rows.checked_mul(ty.row_bytes(cols)).ok_or("matrix too large")?;
+        if data.len() != want {
+            return Err(format!("{} matrix {rows} x {cols} needs {want} bytes, has {}", ty.name(), data.len()));
+        }
+        Ok(Self { ty, rows, cols, data: Arc::new(data) })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.ty.row_bytes(self.cols);
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        formats::dequantize_row(self.ty, self.row(r), out);
+    }
+}
+
+/// A raw pointer to outputs that threads write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each thread writes only the output columns of its own rows (see `matmul`), and
+// the owner waits for the pool to finish before reading.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `outs[i][c * ws[i].rows + r] = sum_k ws[i][r, k] * x[c, k]` for the `n` rows of `x`:
+/// every matrix of `ws` applied to the same input (they must share its width), with one
+/// quantization of `x` and one pass of the pool over all their rows.
+pub fn matmul(
+    pool: &Pool,
+    isa: Isa,
+    ws: &[&QMatrix],
+    x: &[f32],
+    n: usize,
+    act: &mut Activations,
+    outs: &mut [Vec<f32>],
+) {
+    debug_assert_eq!(ws.len(), outs.len());
+    let Some(first) = ws.first() else { return };
+    let kind = first.ty.act_kind();
+    if ws.iter().any(|w| w.ty.act_kind() != kind || w.cols != first.cols) {
+        for (w, o) in ws.iter().zip(outs.iter_mut()) {
+            matmul(pool, isa, &[w], x, n, act, std::slice::from_mut(o));
+        }
+        return;
+    }
+    debug_assert_eq!(x.len(), n * first.cols);
+    act.quantize(kind, x, n);
+    for (w, o) in ws.iter().zip(outs.iter_mut()) {
+        o.clear();
+        o.resize(n * w.rows, 0.0);
+    }
+    let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
+    let total: usize = ws.iter().map(|w| w.rows).sum();
+    let act = &*act;
+    let threads = pool.threads();
+    pool.run(&|t| {
+        let mine = pool::share(total, t, threads, 4);
+        let mut base = 0;
+        for (w, out) in ws.iter().zip(&ptrs) {
+            let (lo, hi) = (mine.start.max(base), mine.end.min(base + w.rows));
+            if lo < hi {
+                // SAFETY: rows lo..hi of this matrix belong to this thread alone.
+                unsafe { rows(isa, w, act, lo - base..hi - base, *out) };
+            }
+            base += w.rows;
+        }
+    });
+}
+
+/// Rows `range` of `w` times every row of `a`, written to `out` (`a.rows` x `w.rows`).
+///
+/// # Safety
+/// `out` points to `a.rows * w.rows` floats, of which no other thread writes columns
+/// `range`.
+unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<usize>, out: Out) {
+    match isa {
+        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2, FMA and F16C.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::rows(w, &w.data, a, range, out.0) },
+        _ => {
+            for r in range {
+                for c in 0..a.rows {
+                    // SAFETY: inside the output (see the function's contract).
+                    unsafe { *out.0.add(c * w.rows + r) = scalar::dot(w.ty, w.row(r), a, c) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! Every kernel, type and path against the scalar reference on random blocks and odd
+//! shapes; the scalar reference against a dequantize-then-f32 product; our dequantization
+//! against candle's.
+
+use super::*;
+use crate::sampler::Rng;
+
+/// Where a type's f16 scale fields sit in its block (they must hold finite values).
+fn scale_fields(t: WeightType) -> &'static [usize] {
+    match t {
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 => &[0],
+        WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q4_K | WeightType::Q5_K => &[0, 2],
+        WeightType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+fn random_matrix(rng: &mut Rng, t: WeightType, rows: usize, cols: usize) -> QMatrix {
+    let mut data = vec![0u8; rows * t.row_bytes(cols)];
+    match t {
+        WeightType::F32 => {
+            for c in data.chunks_exact_mut(4) {
+                c.copy_from_slice(&((rng.next_f64() as f32 - 0.5) * 2.0).to_le_bytes());
+            }
+        }
+        WeightType::F16 => {
+            for c in data.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::f16::from_f32(rng.next_f64() as f32 - 0.5).to_le_bytes());
+            }
+        }
+        WeightType::BF16 => {
+            for c in data.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::bf16::from_f32(rng.next_f64() as f32 - 0.5).to_le_bytes());
+            }
+        }
+        _ => {
+            for b in data.iter_mut() {
+                *b = (rng.next_f64() * 256.0) as u8;
+            }
+            for block in data.chunks_exact_mut(t.block_bytes()) {
+                for &at in scale_fields(t) {
+                    let v = (rng.next_f64() as f32 - 0.3) * 0.02;
+                    block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+                }
+            }
+        }
+    }
+    QMatrix::new(t, rows, cols, data).expect("sizes match")
+}
+
+fn random_input(rng: &mut Rng, n: usize, cols: usize) -> Vec<f32> {
+    // Mostly small values and a few large ones, like hidden states with outlier channels.
+    (0..n * cols)
+        .map(|i| {
+            let v = (rng.next_f64() as f32 - 0.5) * 2.0;
+            if i % 97 == 0 {
+                v * 20.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn dequantized(w: &QMatrix) -> Vec<f32> {
+    let mut out = vec![0.0; w.rows * w.cols];
+    for r in 0..w.rows {
+        w.dequantize_row(r, &mut out[r * w.cols..(r + 1) * w.cols]);
+    }
+    out
+}
+
+fn shapes(t: WeightType) -> Vec<usize> {
+    match t.block_values() {
+        1 => vec![8, 13, 576, 64],
+        32 => vec![32, 576, 96],
+        _ => vec![256, 768],
+    }
+}
+
+#[test]
+fn every_path_matches_the_scalar_reference() {
+    let mut rng = Rng::new(7);
+    let pool = Pool::new(2);
+    let mut act = Activations::default();
+    for t in WeightType::ALL {
+        for cols in shapes(t) {
+            for rows in [1, 3, 5, 17, 36] {
+                let w = random_matrix(&mut rng, t, rows, cols);
+                let deq = dequantized(&w);
+                for n in [1, 2, 3, 4, 5, 7, 64] {
+                    let x = random_input(&mut rng, n, cols);
+                    let mut reference = [Vec::new()];
+                    matmul(&pool, Isa::Scalar, &[&w], &x, n, &mut act, &mut reference);
+                    for isa in Isa::available() {
+                        let mut got = [Vec::new()];
+                        matmul(&pool, isa, &[&w], &x, n, &mut act, &mut got);
+                        for c in 0..n {
+                            for r in 0..rows {
+                                let scale: f32 = (0..cols).map(|k| (deq[r * cols + k] * x[c * cols + k]).abs()).sum();
+                                let (a, b) = (got[0][c * rows + r], reference[0][c * rows + r]);
+                                assert!(
+                                    (a - b).abs() <= 2e-5 * scale + 1e-6,
+                                    "{} {} rows {rows} cols {cols} n {n}: [{c},{r}] {a} vs {b}",
+                                    isa.name(),
+                                    t.name(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_products_equal_separate_ones() {
+    let mut rng = Rng::new(11);
+    let pool = Pool::new(3);
+    let mut act = Activations::default();
+    let q = random_matrix(&mut rng, WeightType::Q4_1, 64, 576);
+    let k = random_matrix(&mut rng, WeightType::Q4_1, 21, 576);
+    let v = random_matrix(&mut rng, WeightType::Q8_0, 22, 576);
+    let x = random_input(&mut rng, 5, 576);
+    for isa in Isa::available() {
+        let mut fused = [Vec::new(), Vec::new(), Vec::new()];
+        matmul(&pool, isa, &[&q, &k, &v], &x, 5, &mut act, &mut fused);
+        for (i, w) in [&q, &k, &v].into_iter().enumerate() {
+            let mut one = [Vec::new()];
+            matmul(&pool, isa, &[w], &x, 5, &mut act, &mut one);
+            assert_eq!(fused[i], one[0], "{} matrix {i}", isa.name());
+        }
+    }
+}
+
+/// The scalar reference equals the product of the dequantized weights with the
+/// dequantized activations (their quantized values times their scales).
+#[test]
+fn the_reference_is_the_dequantized_product() {
+    let mut rng = Rng::new(3);
+    let mut act = Activations::default();
+    for t in WeightType::ALL {
+        for cols in shapes(t) {
+            let w = random_matrix(&mut rng, t, 4, cols);
+            let deq = dequantized(&w);
+            let x = random_input(&mut rng, 3, cols);
+            act.quantize(t.act_kind(), &x, 3);
+            for c in 0..3 {
+                let xa: Vec<f32> = match t.act_kind() {
+                    ActKind::F32 => x[c * cols..(c + 1) * cols].to_vec(),
+                    ActKind::Q8 => (0..cols).map(|k| act.q[c * cols + k] as f32 * act.d[(c * cols + k) / QK]).collect(),
+                    ActKind::Q8K => {
+                        (0..cols).map(|k| act.q[c * cols + k] as f32 * act.d[(c * cols + k) / QK_K]).collect()
+                    }
+                };
+                for r in 0..4 {
+                    let plain: f64 = (0..cols).map(|k| deq[r * cols + k] as f64 * xa[k] as f64).sum();
+                    let scale: f64 = (0..cols).map(|k| (deq[r * cols + k] as f64 * xa[k] as f64).abs()).sum();
+                    let got = scalar::dot(t, w.row(r), &act, c) as f64;
+                    // Q4_1/Q5_1 pair with Q8_1's f16-rounded block sum, as llama.cpp does.
+                    let tol = if matches!(t, WeightType::Q4_1 | WeightType::Q5_1) { 2e-3 } else { 2e-5 };
+                    assert!((got - plain).abs() <= tol * scale + 1e-6, "{} cols {cols}: {got} vs {plain}", t.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantization_matches_candle() {
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    let mut rng = Rng::new(5);
+    let ggml = |t: WeightType| match t {
+        WeightType::F32 => GgmlDType::F32,
+        WeightType::F16 => GgmlDType::F16,
+        WeightType::BF16 => GgmlDType::BF16,
+        WeightType::Q4_0 => GgmlDType::Q4_0,
+        WeightType::Q4_1 => GgmlDType::Q4_1,
+        WeightType::Q5_0 => GgmlDType::Q5_0,
+        WeightType::Q5_1 => GgmlDType::Q5_1,
+        WeightType::Q8_0 => GgmlDType::Q8_0,
+        WeightType::Q4_K => GgmlDType::Q4K,
+        WeightType::Q5_K => GgmlDType::Q5K,
+        WeightType::Q6_K => GgmlDType::Q6K,
+    };
+    for t in WeightType::ALL {
+        assert_eq!(WeightType::from_ggml(ggml(t)), Some(t));
+        assert_eq!(ggml(t).type_size(), t.block_bytes(), "{}", t.name());
+        assert_eq!(ggml(t).block_size(), t.block_values(), "{}", t.name());
+        let cols = *shapes(t).last().expect("shapes");
+        let w = random_matrix(&mut rng, t, 3, cols);
+        let bytes: Vec<u8> = (0..3).flat_map(|r| w.row(r).to_vec()).collect();
+        let storage =
+            QStorage::from_data(std::borrow::Cow::Owned(bytes), &candle_core::Device::Cpu, ggml(t)).expect("storage");
+        let theirs = QTensor::new(storage, (3, cols)).expect("tensor").dequantize(&candle_core::Device::Cpu);
+        let theirs = theirs.and_then(|t| t.flatten_all()?.to_vec1::<f32>()).expect("dequantize");
+        assert_eq!(dequantized(&w), theirs, "{}", t.name());
+    }
+}
+
+#[test]
+fn nave_cpu_names_a_path() {
+    // The active path is one this CPU has.
+    assert!(Isa::available().contains(&Isa::active()));
+}
