@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-2000}"
-cargo build --release --locked --bin nave --bin instant-spoke
+cargo build --release --locked --workspace --bin nave --bin instant-spoke
 NAVE=target/release/nave
 DIR=$(mktemp -d)
 cat > "$DIR/cluster.toml" <<TOML

@@ -143,7 +143,7 @@ fn stop_all(nodes: &mut [Node]) {
 }
 
 /// The default cluster (`cluster.toml` at the top of the repository), built into `nave`.
-pub const DEFAULT_CLUSTER: &str = include_str!("../../cluster.toml");
+pub const DEFAULT_CLUSTER: &str = include_str!("../cluster.toml");
 
 /// The config a command uses when none is given: `cluster.toml` in `dir`, else the one
 /// `nave up` wrote into the data directory, else `None`.
@@ -171,7 +171,7 @@ pub fn config_for_up(given: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf
     let data = default_data_dir(dir)?;
     let path = data.join("cluster.toml");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let tmp = data.join(format!(".cluster.toml.{}.tmp", nave_consensus::tls::unique_suffix()));
+    let tmp = data.join(format!(".cluster.toml.{}.tmp", nave_consensus::ids::unique_suffix()));
     std::fs::write(&tmp, DEFAULT_CLUSTER).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     eprintln!(
@@ -214,7 +214,7 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
             ca.ensure_node(&config.node_dir(id), id)?;
         }
     }
-    let admin = crate::ensure_admin_key(data)?;
+    let admin = nave_hub::ensure_admin_key(data)?;
 
     let exe = std::env::current_exe()?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

@@ -97,7 +97,7 @@ impl Network {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Dialled> {
-        self.dialled.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.dialled)
     }
 
     async fn connection(&self, target: NodeId, node: &BasicNode) -> Result<quinn::Connection, String> {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 // tokio's clock, not std's: the same in production, and simulated time in the
 // deterministic simulation.
@@ -17,22 +17,19 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::Serialize;
 
+use crate::batch::{batch_proposals, proposal_id, Waiting};
+use crate::clock::now_ms;
+use crate::election::{run_elections, ElectionTimes, LastLog};
 use crate::error::{Error, Result};
 use crate::frame::{read_frame, write_frame};
 use crate::network::{parse_addr, Network, RaftReply, RaftRpc, Redirect, MAX_RAFT_FRAME};
-use crate::rng::XorShift;
 use crate::state::{Command, CommandResult, Proposal};
 use crate::store::{Applied, StateHandle};
 use crate::tls::NodeIdentity;
 use crate::typ::*;
 
 fn fnv(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    crate::ids::fnv1a(&[name.as_bytes()])
 }
 
 /// Raft ids from here up are spokes (learners); below, hubs (voters).
@@ -141,187 +138,6 @@ pub struct ConsensusNode {
 struct Restored {
     vote: Vote,
     last_index: u64,
-}
-
-/// A proposal waiting to be committed, and where its result goes.
-type Waiting = (Proposal, tokio::sync::oneshot::Sender<Result<CommandResult>>);
-
-/// Batches one node commits at once; proposals arriving meanwhile wait and go together.
-const BATCHES_IN_FLIGHT: usize = 2;
-/// The most proposals, and bytes of them, in one batch (one log entry, one forward).
-const MAX_BATCH: usize = 512;
-const MAX_BATCH_BYTES: u64 = 1 << 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// A fresh proposal id (unique per proposer: node id, time, counter).
-fn proposal_id(node: NodeId) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!("{node}-{}-{}", now_ms(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A peer that answered a ping within this long counts as reachable.
-const REACHABLE_WITHIN: Duration = Duration::from_millis(400);
-
-/// This node's last log id, as its election guard last read it (answered to pings).
-type LastLog = Arc<std::sync::Mutex<Option<LogId>>>;
-
-/// Each peer's last answer to the election guard's ping: when, and its last log id.
-type Answers = Arc<std::sync::Mutex<BTreeMap<NodeId, (Instant, Option<LogId>)>>>;
-
-/// When a follower runs for leader: after `lease + timeout` without hearing a leader (a
-/// candidate: after `timeout`), `timeout` drawn from `[min, max)` ms for each attempt.
-#[derive(Debug, Clone, Copy)]
-struct ElectionTimes {
-    lease: Duration,
-    min: u64,
-    max: u64,
-}
-
-impl ElectionTimes {
-    fn from_config(c: &Config) -> Self {
-        Self {
-            lease: Duration::from_millis(c.election_timeout_max),
-            min: c.election_timeout_min,
-            max: c.election_timeout_max,
-        }
-    }
-
-    fn draw(&self, rng: &mut XorShift) -> Duration {
-        Duration::from_millis(self.min + rng.below(self.max - self.min))
-    }
-}
-
-/// Runs this hub's elections (openraft's own election timer stays off). A hub runs for
-/// leader only when it may win, as a pre-vote would (openraft 0.9 has none): after it has
-/// heard from a leader (or a grace of twice the longest election timeout has passed: a
-/// new cluster), and only while a majority of the voters, itself included, answers its
-/// pings (every 50 ms) with a log no newer than its own, so would vote for it; then
-/// after the same silence openraft would wait. Why not openraft's timer: a hub cut off
-/// from its peers would run alone again and again, raising its term, and back, unseat the
-/// leader with it; a follower that missed the leader's last entry would run first and be
-/// refused, raising the term the up-to-date one must then outbid; and a node refused once
-/// for its shorter log keeps openraft's "seen a greater log" flag until it next runs,
-/// adding twice the longest election timeout (800 ms) to that election, however much
-/// later (all three found in the simulation's logs: failovers of 1.5-2.5 s).
-async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(
-    raft: Raft,
-    net: Network,
-    me: NodeId,
-    times: ElectionTimes,
-    log: LS,
-    last_log: LastLog,
-) {
-    let started = Instant::now();
-    let grace = 2 * times.lease;
-    let mut heard_leader = false;
-    // Each peer's last answer: when, and its last log id. Pings run on their own, one at a
-    // time per peer, so a dead peer's 300 ms timeout delays nobody else's answer.
-    let answers: Answers = Arc::default();
-    let mut pinging: BTreeMap<NodeId, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    let mut rng = XorShift::new(now_ms() ^ me.rotate_left(32));
-    let mut timeout = times.draw(&mut rng);
-    let mut allowed = false;
-    loop {
-        let round = Instant::now();
-        let m = raft.metrics().borrow().clone();
-        if matches!(m.state, openraft::ServerState::Shutdown) {
-            pinging.values().for_each(|t| t.abort());
-            return;
-        }
-        heard_leader |= m.current_leader.is_some();
-        let mine = log.clone().get_log_state().await.ok().and_then(|s| s.last_log_id);
-        *last_log.lock().unwrap_or_else(|p| p.into_inner()) = mine;
-        let membership = m.membership_config.membership().clone();
-        let voters: Vec<(NodeId, BasicNode)> = membership
-            .voter_ids()
-            .filter(|v| *v != me)
-            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone())))
-            .collect();
-        for (id, node) in &voters {
-            if pinging.get(id).is_some_and(|t| !t.is_finished()) {
-                continue;
-            }
-            let (net, node, id, answers) = (net.clone(), node.clone(), *id, answers.clone());
-            pinging.insert(
-                id,
-                tokio::spawn(async move {
-                    // Bounded as a whole (a dial to a dead peer takes longer), and counted
-                    // from when the answer came.
-                    let ping = tokio::time::timeout(
-                        Duration::from_millis(300),
-                        net.call(id, &node, &RaftRpc::Ping, Duration::from_millis(300)),
-                    );
-                    if let Ok(Ok(RaftReply::Pong(theirs))) = ping.await {
-                        answers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (Instant::now(), theirs));
-                    }
-                }),
-            );
-        }
-        let would_vote = {
-            let answers = answers.lock().unwrap_or_else(|p| p.into_inner());
-            1 + voters
-                .iter()
-                .filter(|(id, _)| {
-                    answers.get(id).is_some_and(|(t, theirs)| t.elapsed() <= REACHABLE_WITHIN && *theirs <= mine)
-                })
-                .count()
-        };
-        let majority = 2 * would_vote > voters.len() + 1;
-        let allow = (heard_leader || started.elapsed() >= grace) && majority;
-        if allow != allowed {
-            allowed = allow;
-            tracing::debug!(would_vote, voters = voters.len() + 1, allow, "elections");
-        }
-        let voter = membership.voter_ids().any(|v| v == me);
-        if allow && voter && !matches!(m.state, openraft::ServerState::Leader) {
-            // The last time this node heard a leader (or changed its vote).
-            let since = raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started);
-            let silence = if m.vote.committed { times.lease + timeout } else { timeout };
-            if since.elapsed() >= silence {
-                tracing::info!(
-                    term = m.current_term,
-                    silent_ms = since.elapsed().as_millis() as u64,
-                    "running for leader"
-                );
-                if raft.trigger().elect().await.is_err() {
-                    return;
-                }
-                timeout = times.draw(&mut rng);
-            }
-        }
-        tokio::time::sleep(GUARD_EVERY.saturating_sub(round.elapsed())).await;
-    }
-}
-
-/// How often a hub reads its own log, pings each voter, and checks its election timer.
-const GUARD_EVERY: Duration = Duration::from_millis(50);
-
-/// Takes proposals as they come and commits them in batches, at most
-/// [`BATCHES_IN_FLIGHT`] at a time: while those are in flight the next batch grows.
-async fn batch_proposals(
-    node: std::sync::Weak<ConsensusNode>,
-    mut waiting: tokio::sync::mpsc::UnboundedReceiver<Waiting>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = waiting.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut bytes = bincode::serialized_size(&first.0).unwrap_or(0);
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = waiting.try_recv() else { break };
-            bytes += bincode::serialized_size(&next.0).unwrap_or(0);
-            batch.push(next);
-        }
-        let Some(node) = node.upgrade() else { return };
-        tokio::spawn(async move {
-            node.commit_batch(batch).await;
-            drop(slot);
-        });
-    }
 }
 
 /// A forwarded request on a leader that lost its quorum would wait forever; its sender
@@ -436,39 +252,9 @@ impl ConsensusNode {
         rx.await.unwrap_or_else(|_| Err(Error::NoQuorum("the node is shutting down".into())))
     }
 
-    /// Commits a batch and hands each proposal its result.
-    async fn commit_batch(&self, mut batch: Vec<Waiting>) {
-        if batch.len() == 1 {
-            let (p, tx) = batch.pop().expect("one");
-            let _ = tx.send(self.propose_now(p).await);
-            return;
-        }
-        let (proposals, senders): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
-        let n = proposals.len();
-        let outer = Proposal { id: proposal_id(self.id), now_ms: now_ms(), command: Command::Batch(proposals) };
-        match self.propose_now(outer).await {
-            Ok(CommandResult::Batch(results)) if results.len() == n => {
-                for (tx, r) in senders.into_iter().zip(results) {
-                    let _ = tx.send(Ok(r));
-                }
-            }
-            Ok(other) => {
-                for tx in senders {
-                    let _ = tx.send(Err(Error::Raft(format!("a batch of {n} was answered with {other:?}"))));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for tx in senders {
-                    let _ = tx.send(Err(Error::NoQuorum(message.clone())));
-                }
-            }
-        }
-    }
-
     /// Commits `p` through the leader (forwarding it if this node is not), retrying while
     /// an election runs, for at most [`QUORUM_WAIT`].
-    async fn propose_now(&self, p: Proposal) -> Result<CommandResult> {
+    pub(crate) async fn propose_now(&self, p: Proposal) -> Result<CommandResult> {
         let deadline = Instant::now() + QUORUM_WAIT;
         let mut last = String::from("no leader");
         let mut unreachable_leader = None;
@@ -756,7 +542,7 @@ impl ConsensusNode {
                     RaftRpc::Snapshot(r) => RaftReply::Snapshot(node.raft.install_snapshot(r).await),
                     RaftRpc::Write(p) => RaftReply::Write(bounded(node.propose_local(p)).await),
                     RaftRpc::ReadIndex => RaftReply::ReadIndex(bounded(node.read_index_local()).await),
-                    RaftRpc::Ping => RaftReply::Pong(*node.last_log.lock().unwrap_or_else(|p| p.into_inner())),
+                    RaftRpc::Ping => RaftReply::Pong(*crate::sync::lock(&node.last_log)),
                     RaftRpc::Hubs(change) => RaftReply::Hubs(node.change_hubs_local(change).await),
                 };
                 if write_frame(&mut send, &reply).await.is_ok() {

@@ -231,11 +231,11 @@ pub struct StateHandle(Arc<RwLock<Applied>>);
 
 impl StateHandle {
     pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
-        f(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+        f(&crate::sync::read(&self.0))
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut Applied) -> T) -> T {
-        f(&mut self.0.write().unwrap_or_else(|p| p.into_inner()))
+        f(&mut crate::sync::write(&self.0))
     }
 }
 
@@ -423,7 +423,7 @@ struct MemoryData {
 
 impl MemoryDisk {
     fn lock(&self) -> MutexGuard<'_, MemoryData> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// What a crash does to the disk: writes never flushed are gone.

@@ -65,7 +65,7 @@ impl ClusterCa {
         }
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)?;
-        let staging = parent.join(format!(".ca.{}.tmp", unique_suffix()));
+        let staging = parent.join(format!(".ca.{}.tmp", crate::ids::unique_suffix()));
         std::fs::create_dir_all(&staging)?;
         let ca = Self::generate("nave cluster CA", Duration::from_secs(10 * 365 * 86400))?;
         write_private(&staging.join("ca.key"), &ca.key_pem)?;
@@ -202,14 +202,6 @@ fn names(der: &[u8]) -> Result<Vec<String>> {
     let san = cert.subject_alternative_name().map_err(tls)?;
     let names = san.iter().flat_map(|s| s.value.general_names.iter());
     Ok(names.filter_map(|n| if let GeneralName::DNSName(d) = n { Some(d.to_string()) } else { None }).collect())
-}
-
-/// A name part no other process or thread uses at the same time (pid, counter, clock).
-pub fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 const NODE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);

@@ -86,7 +86,7 @@ impl AsyncUdpSocket for SimUdp {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<std::io::Result<usize>> {
-        let mut readable = self.readable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut readable = nave_consensus::sync::lock(&self.readable);
         loop {
             // The readiness future holds the socket's receive lock while it waits: try a
             // read only when none is pending.
@@ -195,7 +195,7 @@ struct Shared {
 
 impl Shared {
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
+        nave_consensus::sync::lock(m)
     }
 
     fn call(&self, hub: u64, key: usize, op: Op) -> usize {

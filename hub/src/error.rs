@@ -3,7 +3,9 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use nave_consensus::state::{CommandResult, Refusal};
+
+use crate::api::types::{ErrorBody, ErrorEnvelope};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -66,8 +68,63 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.code()}})
+    pub fn body(&self) -> ErrorEnvelope {
+        ErrorEnvelope {
+            error: ErrorBody {
+                message: self.message.clone(),
+                kind: self.kind().into(),
+                param: self.param.clone(),
+                code: self.code().into(),
+            },
+        }
+    }
+
+    /// The cluster state could not be read or written (no leader, no quorum): 503.
+    pub fn no_quorum(e: impl std::fmt::Display) -> Self {
+        Self::unavailable(format!("the cluster state is not available ({e}); retry shortly"))
+    }
+
+    /// The one mapping of a command's result that is not what the handler expected to an
+    /// answer: a refused admission is 401 or 429, an invalid command 409, a missing
+    /// object 404, anything else a bug of ours (500).
+    pub fn from_command(result: CommandResult) -> Self {
+        match result {
+            CommandResult::Refused { reason, retry_after_ms } => Self::refusal(reason, retry_after_ms),
+            CommandResult::Invalid(m) => Self::new(StatusCode::CONFLICT, m),
+            CommandResult::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
+            other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected result {other:?}")),
+        }
+    }
+
+    fn refusal(r: Refusal, retry_after_ms: u64) -> Self {
+        let what = match r {
+            Refusal::UnknownKey | Refusal::Revoked => return Self::unauthorized(),
+            Refusal::RequestRate => "request rate limit",
+            Refusal::TokenRate => "token rate limit",
+            Refusal::DailyBudget => "daily token budget",
+        };
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this key's {what} is used up; retry in {} s", retry_after_ms.div_ceil(1000)),
+        );
+        e.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1));
+        e
+    }
+}
+
+/// `?` on a consensus read or write: the state is not available.
+impl From<nave_consensus::Error> for ApiError {
+    fn from(e: nave_consensus::Error) -> Self {
+        Self::no_quorum(e)
+    }
+}
+
+/// Expects [`CommandResult::Done`] from a write; anything else through
+/// [`ApiError::from_command`].
+pub fn done(result: nave_consensus::Result<CommandResult>) -> Result<(), ApiError> {
+    match result? {
+        CommandResult::Done => Ok(()),
+        other => Err(ApiError::from_command(other)),
     }
 }
 

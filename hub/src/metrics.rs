@@ -69,31 +69,31 @@ impl Metrics {
 
     /// A model served by a spoke that joined: its requests get their own label.
     pub fn add_model(&self, model: &str) {
-        let mut m = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = nave_consensus::sync::lock(&self.models);
         if !m.iter().any(|x| x == model) {
             m.push(model.to_string());
         }
     }
 
     pub fn request(&self, route: &'static str, model: &str, status: u16) {
-        let known = self.models.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|m| m == model);
+        let known = nave_consensus::sync::lock(&self.models).iter().any(|m| m == model);
         let model = if known { model.to_string() } else { "other".into() };
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = nave_consensus::sync::lock(&self.requests);
         *m.entry((route, model, status)).or_default() += 1;
     }
 
     pub fn refusal(&self, reason: &'static str) {
-        *self.refusals.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+        *nave_consensus::sync::lock(&self.refusals).entry(reason).or_default() += 1;
     }
 
     pub fn render(&self, spokes: &[crate::spokes::SpokeView]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE {REQUESTS} counter");
-        for ((route, model, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for ((route, model, status), n) in nave_consensus::sync::lock(&self.requests).iter() {
             let _ = writeln!(out, "{REQUESTS}{{route=\"{route}\",model=\"{model}\",status=\"{status}\"}} {n}");
         }
         let _ = writeln!(out, "# TYPE {REFUSALS} counter");
-        for (reason, n) in self.refusals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (reason, n) in nave_consensus::sync::lock(&self.refusals).iter() {
             let _ = writeln!(out, "{REFUSALS}{{reason=\"{reason}\"}} {n}");
         }
         self.ttft.render(TTFT, &mut out);

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -70,9 +70,8 @@ impl OtlpLayer {
     }
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+use nave_consensus::clock::now_ns;
+use nave_consensus::ids::random_bytes;
 
 /// A trace id from a request id: the same on every node that sees the request.
 pub fn trace_id_of(request_id: &str) -> [u8; 16] {
@@ -80,15 +79,6 @@ pub fn trace_id_of(request_id: &str) -> [u8; 16] {
     let mut id = [0u8; 16];
     id.copy_from_slice(&d[..16]);
     id
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seed = format!("{}-{}-{}", std::process::id(), now_ns(), SEQ.fetch_add(1, Ordering::Relaxed));
-    let d = Sha256::digest(seed.as_bytes());
-    let mut out = [0u8; N];
-    out.copy_from_slice(&d[..N]);
-    out
 }
 
 struct Fields<'a>(&'a mut Vec<(String, String)>);

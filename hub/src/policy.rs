@@ -69,16 +69,7 @@ pub fn for_config(p: RoutingPolicy) -> Box<dyn Policy> {
     }
 }
 
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
+use nave_consensus::ids::fnv1a;
 
 #[cfg(test)]
 mod tests {

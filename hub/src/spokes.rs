@@ -14,6 +14,7 @@ use nave_spoke::protocol::{Heartbeat, HubToSpoke, SpokeToHub, MAX_FRAME};
 
 use crate::circuit::Circuit;
 use crate::policy::Candidate;
+use nave_consensus::sync::lock;
 
 /// What the hub knows of one spoke. The mutex is never held across an await.
 pub struct SpokeState {
@@ -47,10 +48,6 @@ pub struct SpokeSet {
     client: quinn::ClientConfig,
     heartbeat_timeout: Duration,
     circuit: (u32, Duration),
-}
-
-fn lock(s: &Mutex<SpokeState>) -> std::sync::MutexGuard<'_, SpokeState> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Summary of a spoke for status and metrics.
@@ -101,7 +98,7 @@ impl SpokeSet {
 
     /// Every spoke, config ones first.
     fn all(&self) -> Vec<Arc<Mutex<SpokeState>>> {
-        self.spokes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        nave_consensus::sync::read(&self.spokes).clone()
     }
 
     /// Keeps a connection and a heartbeat subscription to every spoke, forever.
@@ -122,7 +119,7 @@ impl SpokeSet {
         self: &Arc<Self>,
         registry: &std::collections::BTreeMap<String, nave_consensus::state::SpokeRecord>,
     ) {
-        let mut list = self.spokes.write().unwrap_or_else(|p| p.into_inner());
+        let mut list = nave_consensus::sync::write(&self.spokes);
         list.retain(|s| {
             let mut g = lock(s);
             let keep = !g.joined || registry.contains_key(&g.spec.id);

@@ -24,6 +24,7 @@ use nave_inference::train::{estimate_bytes, read_examples, Adapter, Trainer};
 use nave_inference::{Engine, Ledger, Partition};
 
 use crate::protocol::{JobStatus, TrainSpec};
+use nave_consensus::sync::lock;
 
 /// Puts the calling thread at the lowest CPU priority (nice 19, or `NAVE_TRAINING_NICE`):
 /// the engine's threads then win every contended moment, and training takes only what
@@ -51,10 +52,6 @@ pub struct Jobs {
     jobs: Mutex<BTreeMap<String, Job>>,
     /// Held by the running job: one at a time, so that each one's measured memory is its own.
     turn: Arc<Mutex<()>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The model paths of the spoke's engines, to open the frozen f32 copy from.

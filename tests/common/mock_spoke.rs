@@ -57,7 +57,7 @@ impl MockSpoke {
     }
 
     pub fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+        *nave_consensus::sync::lock(&self.mode) = mode;
     }
 
     /// Generate requests received so far.
@@ -100,7 +100,7 @@ async fn stream(conn: quinn::Connection, mut send: quinn::SendStream, mut recv: 
     match msg {
         HubToSpoke::Generate { .. } => {
             s.requests.fetch_add(1, Ordering::SeqCst);
-            let mode = *s.mode.lock().unwrap_or_else(|p| p.into_inner());
+            let mode = *nave_consensus::sync::lock(&s.mode);
             if mode == Mode::Hang {
                 // Bounded: the runtime is dropped with the test anyway.
                 tokio::time::sleep(Duration::from_secs(600)).await;

@@ -17,15 +17,13 @@
 //! It prints a summary with the seed and failover times. Run it with `scripts/chaos
 //! [SECONDS] [SEED] [FAULT_EVERY]`; `cargo test` runs a short one (`short_chaos_run`).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Cluster};
+use crate::common::{wait_until, Cluster};
 use nave_consensus::rng::XorShift;
 use serde_json::{json, Value};
 use todc_utils::linearizability::history::{Action, History};

@@ -1,15 +1,13 @@
 //! The default topology (3 hubs, 2 spokes) on the real SmolLM2 model, driven by the
-//! official OpenAI and Ollama Python clients (hub/tests/clients.py): "Paris" from every
+//! official OpenAI and Ollama Python clients (tests/e2e/clients.py): "Paris" from every
 //! hub, streamed and not; the error codes those clients map to exceptions.
 
-mod common;
-
-use common::{Cluster, Layout};
+use crate::common::{Cluster, Layout};
 
 #[test]
 fn openai_and_ollama_clients_get_paris_from_every_hub() {
     let mut c = Cluster::start(Layout { hubs: 3, spokes: 2, models: &["smollm2-135m"], extra: "" });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/clients.py");
     let out =
         std::process::Command::new("python3").arg(script).arg(&c.key).args(&c.hubs).output().expect("python3 runs");
     println!("{}", String::from_utf8_lossy(&out.stdout));

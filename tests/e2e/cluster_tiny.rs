@@ -1,11 +1,9 @@
 //! A cluster of real processes on a tiny random-weight model: the API contract, bad
 //! input, a spoke killed under load, and a clean stop.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use crate::common::Cluster;
 use serde_json::{json, Value};
 
 fn client() -> reqwest::blocking::Client {
@@ -499,7 +497,7 @@ fn a_stream_on_a_killed_spoke_ends_with_an_error_event() {
     let hub = c.hubs[0].clone();
     let http = client();
     // Both spokes connected and active first (`nave up` waits for one).
-    common::wait_until(Duration::from_secs(60), "both spokes active", || {
+    crate::common::wait_until(Duration::from_secs(60), "both spokes active", || {
         let v: Value =
             http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         let active = v["spokes"].as_array().into_iter().flatten().filter(|s| s["state"] == "active").count();

@@ -3,13 +3,11 @@
 //! still there after it. A write is acknowledged only once a majority has it flushed to
 //! disk, so no kill of any number of hubs can lose it.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{wait_until, Cluster};
+use crate::common::{wait_until, Cluster};
 use serde_json::{json, Value};
 
 #[test]

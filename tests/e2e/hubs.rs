@@ -2,12 +2,10 @@
 //! in the other hubs' cluster.toml) waits until an admin adds it, then votes and serves;
 //! removed, it leaves the membership and the cluster goes on.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, wait_until, Cluster};
+use crate::common::{free_port, wait_until, Cluster};
 use serde_json::{json, Value};
 
 #[test]

@@ -2,14 +2,12 @@
 //! cannot be used twice, bad tokens are refused with a clear message and register
 //! nothing, the joined spoke starts again from its saved identity, and removal forgets it.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, tiny_model, Cluster, Layout, Process};
+use crate::common::{free_port, tiny_model, Cluster, Layout, Process};
 use serde_json::{json, Value};
 
 fn client() -> reqwest::blocking::Client {
@@ -50,7 +48,7 @@ fn spoke_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str)
 }
 
 fn wait_state(http: &reqwest::blocking::Client, hub: &str, key: &str, id: &str, want: Option<&str>) {
-    common::wait_until(Duration::from_secs(90), &format!("spoke {id} reaching {want:?}"), || {
+    crate::common::wait_until(Duration::from_secs(90), &format!("spoke {id} reaching {want:?}"), || {
         let state = spoke_state(http, hub, key, id);
         if state.as_deref() == want {
             Ok(())

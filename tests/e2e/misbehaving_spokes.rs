@@ -4,13 +4,11 @@
 //! a stream whose spoke dies or stalls mid-answer ends with an error event, and nothing
 //! outlives its deadline.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use common::mock_spoke::{MockSpoke, Mode};
-use common::{free_port, wait_until, Cluster};
+use crate::common::mock_spoke::{MockSpoke, Mode};
+use crate::common::{free_port, wait_until, Cluster};
 use serde_json::{json, Value};
 
 fn body(stream: bool) -> Value {
@@ -38,7 +36,7 @@ fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
     let failing = MockSpoke::start(&config, "s1", Mode::Answer);
     let hanging = MockSpoke::start(&config, "s2", Mode::Answer);
     let healthy = MockSpoke::start(&config, "s3", Mode::Answer);
-    let child = common::launch(&config, Some("h1"));
+    let child = crate::common::launch(&config, Some("h1"));
     let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
     let hub = format!("http://127.0.0.1:{http}");
     let _cluster = Cluster {

@@ -2,11 +2,9 @@
 //! through a hub reaches every spoke, the leader reports each replica's lag, and a spoke
 //! still knows the cluster while no hub answers.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{wait_until, Cluster};
+use crate::common::{wait_until, Cluster};
 use serde_json::{json, Value};
 
 #[test]

@@ -3,11 +3,9 @@
 //! and jobs too large for the training partition are refused with the reason; jobs run one
 //! at a time (the others queued); a cancelled job frees its share of the partition.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Cluster;
+use crate::common::Cluster;
 use serde_json::{json, Value};
 
 const FACT: &str = "The moon of Zorbania is called Quexil.";
@@ -38,7 +36,7 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
         v["jobs"].as_array().cloned().unwrap_or_default()
     };
     let wait_state = |name: &str, states: &[&str]| -> Value {
-        common::wait_until(Duration::from_secs(300), &format!("job {name} reaching {states:?}"), || {
+        crate::common::wait_until(Duration::from_secs(300), &format!("job {name} reaching {states:?}"), || {
             let all = jobs();
             all.iter()
                 .find(|j| j["name"] == name && states.contains(&j["state"].as_str().unwrap_or("")))
@@ -72,7 +70,7 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
     assert!(done["loss"].as_f64().unwrap_or(9.0) < 0.02, "{done}");
     let released = |what: &str| {
         // The figure travels in the spoke's heartbeats (every 500 ms).
-        common::wait_until(Duration::from_secs(30), &format!("{what} releasing its partition share"), || {
+        crate::common::wait_until(Duration::from_secs(30), &format!("{what} releasing its partition share"), || {
             match training_used() {
                 0 => Ok(()),
                 used => Err(used),
@@ -93,7 +91,7 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
         r.json::<Value>().expect("json")["choices"][0]["message"]["content"].as_str().unwrap_or("").to_string()
     };
     // The adapter is registered in the replicated state: /v1/models lists it.
-    common::wait_until(Duration::from_secs(30), "tiny:zorb listed on /v1/models", || {
+    crate::common::wait_until(Duration::from_secs(30), "tiny:zorb listed on /v1/models", || {
         let v: Value =
             http.get(format!("{hub}/v1/models")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
         if v["data"].as_array().into_iter().flatten().any(|m| m["id"] == "tiny:zorb") {
@@ -118,7 +116,7 @@ fn a_fine_tuned_adapter_is_served_and_jobs_stay_in_their_partition() {
     let r = submit(json!({"name": "long", "model": "tiny", "data": data(), "steps": 100000}));
     assert_eq!(r.status(), 201);
     wait_state("long", &["running"]);
-    common::wait_until(Duration::from_secs(30), "a running job holding its share", || match training_used() {
+    crate::common::wait_until(Duration::from_secs(30), "a running job holding its share", || match training_used() {
         0 => Err(0),
         used => Ok(used),
     });

@@ -1,0 +1,294 @@
+//! The HTTP API: the route table ([`router`]), the frame every generation handler shares
+//! (request context, metrics, request id) and the one generation skeleton, admit ->
+//! dispatch -> answer ([`generate`]), that [`openai`], [`ollama`] and [`responses`] use.
+//!
+//! Bodies are parsed by hand ([`parse`]) so that malformed JSON and wrong types are a 400
+//! in OpenAI's error shape (axum's extractor would answer 422 in its own words); unknown
+//! fields are ignored. Every body is a type of [`types`].
+
+pub mod ollama;
+pub mod openai;
+pub mod ops;
+pub mod responses;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use nave_inference::{FinishReason, GenerateRequest, Usage};
+
+use crate::error::ApiError;
+use crate::route::{complete, dispatch, Dispatch};
+use crate::{admin, auth, serve, train, Admission, Caller, Hub, Slot};
+
+pub type AppState = Arc<Hub>;
+
+/// The HTTP routes of a hub.
+pub fn router(hub: Arc<Hub>) -> Router {
+    let limit = hub.config.cluster.max_body_bytes.0 as usize;
+    let body_limits =
+        serve::BodyLimits { max_bytes: limit, timeout: Duration::from_millis(hub.config.cluster.body_timeout_ms) };
+    let protected = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/tags", get(ollama::tags))
+        .route("/admin/v1/status", get(admin::status))
+        .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
+        .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
+        .route("/admin/v1/spokes/{id}", delete(admin::remove_spoke))
+        .route("/admin/v1/tokens", post(admin::create_token))
+        .route("/admin/v1/hubs", get(admin::list_hubs).post(admin::add_hub))
+        .route("/admin/v1/hubs/{id}", delete(admin::remove_hub))
+        .route("/admin/v1/train", get(train::list).post(train::submit))
+        .route("/admin/v1/train/{name}", delete(train::cancel))
+        .route_layer(middleware::from_fn_with_state(hub.clone(), auth::middleware));
+    Router::new()
+        .merge(protected)
+        .route("/api/version", get(ollama::version))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .layer(middleware::from_fn_with_state(body_limits, serve::read_body))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(shape_errors))
+        .layer(middleware::from_fn(request_span))
+        .with_state(hub)
+}
+
+/// Errors produced below the handlers (body limit) get the OpenAI shape too.
+async fn shape_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        let is_json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if !is_json {
+            return ApiError::new(resp.status(), "the request body is larger than the hub accepts").into_response();
+        }
+    }
+    resp
+}
+
+/// The request id a client sent (`X-Request-Id`), if it is one we accept: non-empty, at
+/// most 128 bytes, visible ASCII.
+fn given_request_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty() && s.len() <= 128)
+}
+
+/// Every request runs in a span carrying its id (`X-Request-Id`, or a new one, set on
+/// the request for the handlers and echoed on the response): every log line written
+/// while it is handled names it, and the OTLP exporter makes its trace from it.
+async fn request_span(mut req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = given_request_id(req.headers()).map(str::to_string).unwrap_or_else(nave_consensus::ids::random_id);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        req.headers_mut().insert("x-request-id", v);
+    }
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(), status = tracing::field::Empty);
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.record("status", resp.status().as_u16());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().entry("x-request-id").or_insert(v);
+    }
+    resp
+}
+
+/// A JSON body of type `T`, or the 400 that says what is wrong with it.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_data() { "invalid request body" } else { "malformed JSON" };
+        ApiError::bad_request(format!("{what}: {e}"))
+    })
+}
+
+/// Per-request context from the headers.
+pub struct Ctx {
+    pub request_id: String,
+    pub session: Option<String>,
+    pub deadline: Instant,
+}
+
+pub fn context(hub: &Hub, headers: &HeaderMap) -> Ctx {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let request_id = given_request_id(headers).map(str::to_string).unwrap_or_else(nave_consensus::ids::random_id);
+    let timeout = header("x-request-timeout-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(hub.request_timeout);
+    Ctx { request_id, session: header("x-session-id"), deadline: Instant::now() + timeout }
+}
+
+/// The served model (or adapter) a request names, without Ollama's `:latest`: checked
+/// against what the spokes serve, a 404 listing them otherwise.
+pub(crate) fn check_model(hub: &Hub, model: &str) -> Result<String, ApiError> {
+    let model = model.strip_suffix(":latest").unwrap_or(model);
+    let models = hub.models();
+    let adapter_served = model.contains(':') && (hub.spokes.serves(model) || hub.adapters().iter().any(|a| a == model));
+    if models.iter().any(|m| m == model) || adapter_served {
+        Ok(model.to_string())
+    } else {
+        Err(ApiError::unknown_model(model, &models))
+    }
+}
+
+/// The frame of every generation handler: the request's context from its headers, then
+/// `work`, then the response with its request id and the request counted in the metrics.
+pub(crate) async fn respond<Fut>(
+    hub: &Hub,
+    headers: &HeaderMap,
+    route: &'static str,
+    work: impl FnOnce(Ctx) -> Fut,
+) -> Response
+where
+    Fut: std::future::Future<Output = Result<(String, Response), ApiError>>,
+{
+    let ctx = context(hub, headers);
+    let id = ctx.request_id.clone();
+    let result = work(ctx).await;
+    finish(hub, route, &id, result)
+}
+
+fn finish(hub: &Hub, route: &'static str, id: &str, result: Result<(String, Response), ApiError>) -> Response {
+    let resp = match result {
+        Ok((model, resp)) => {
+            hub.metrics.request(route, &model, resp.status().as_u16());
+            resp
+        }
+        Err(e) => {
+            hub.metrics.request(route, "other", e.status.as_u16());
+            // A client's own mistake or its limit (4xx) is counted in the metrics and
+            // answered; logging each would flood the log of a busy hub. A 5xx is ours.
+            if e.status.is_server_error() {
+                tracing::warn!(request_id = %id, status = e.status.as_u16(), error = %e.message, "request failed");
+            } else {
+                tracing::debug!(request_id = %id, status = e.status.as_u16(), error = %e.message, "request refused");
+            }
+            e.into_response()
+        }
+    };
+    with_request_id(resp, id)
+}
+
+fn with_request_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// What a request asks the model for: a chat turn (a chat template applies) or a plain
+/// text continuation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Text,
+}
+
+/// What a generation holds until its answer is out: the hub's slot and the admission
+/// (dropping it settles the tokens used).
+pub struct Held {
+    _slot: Slot,
+    pub admission: Admission,
+}
+
+/// A generation's answer: whole, or the running dispatch to stream from.
+pub enum Answer {
+    Whole { text: String, finish: FinishReason, usage: Usage },
+    Stream(Dispatch),
+}
+
+pub struct Generated {
+    pub answer: Answer,
+    pub held: Held,
+    /// When the admission was granted (Ollama reports the time from there).
+    pub admitted_at: Instant,
+}
+
+/// The skeleton of every generation: a slot on this hub, the admission write, then the
+/// spoke: [`complete`] for a whole answer (tokens recorded for settlement) or
+/// [`dispatch`] for a stream the caller formats.
+pub(crate) async fn generate(
+    hub: &Arc<Hub>,
+    caller: &Caller,
+    model: &str,
+    gen: GenerateRequest,
+    ctx: &Ctx,
+    session: Option<&str>,
+    streamed: bool,
+) -> Result<Generated, ApiError> {
+    let slot = hub.take_slot()?;
+    let admission = hub.write_admission(caller, &ctx.request_id, gen.params.max_tokens).await?;
+    let admitted_at = Instant::now();
+    let held = Held { _slot: slot, admission };
+    let answer = if streamed {
+        Answer::Stream(dispatch(hub, model, gen, session, ctx.deadline, &[]).await?)
+    } else {
+        let (text, finish, usage) = complete(hub, model, gen, session, ctx.deadline).await?;
+        held.admission.record(usage.completion_tokens);
+        Answer::Whole { text, finish, usage }
+    };
+    Ok(Generated { answer, held, admitted_at })
+}
+
+/// The routes whose JSON bodies [`validate_body`] knows.
+pub const BODY_ROUTES: &[&str] =
+    &["/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat", "/api/generate"];
+
+/// Parses and validates a request body as the handler of `route` would, without running
+/// it: a typed request with valid sampling parameters, or the 400 the client would get.
+/// (For fuzzing and for tools that check requests offline.)
+pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
+    let body = Bytes::copy_from_slice(body);
+    match route {
+        "/v1/chat/completions" => openai::params(parse::<types::ChatRequest>(&body)?.sampling).map(|_| ()),
+        "/v1/completions" => openai::params(parse::<types::CompletionRequest>(&body)?.sampling).map(|_| ()),
+        "/v1/responses" => responses::params(&parse::<types::ResponsesRequest>(&body)?).map(|_| ()),
+        "/api/chat" => ollama::params(parse::<types::OllamaChat>(&body)?.options.unwrap_or_default()).map(|_| ()),
+        "/api/generate" => {
+            ollama::params(parse::<types::OllamaGenerate>(&body)?.options.unwrap_or_default()).map(|_| ())
+        }
+        other => Err(ApiError::bad_request(format!("no body parser for {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_or_give_a_400() {
+        assert!(validate_body(
+            "/v1/chat/completions",
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"unknown":1}"#
+        )
+        .is_ok());
+        assert!(validate_body(
+            "/v1/chat/completions",
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#
+        )
+        .is_ok());
+        for bad in [
+            &b"{"[..],
+            b"[]",
+            br#"{"model":5}"#,
+            br#"{"model":"m","messages":[],"temperature":-1}"#,
+            br#"{"model":"m","messages":[],"n":2}"#,
+        ] {
+            let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
+            assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(validate_body("/api/generate", br#"{"model":"m","prompt":"x","options":{"num_predict":-1}}"#).is_ok());
+        assert!(validate_body("/v1/responses", br#"{"model":"m","input":"x","max_output_tokens":0}"#).is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! What operators and load balancers ask a hub: `GET /health` (the process is alive),
+//! `GET /ready` (it knows a leader and some spoke is ready), `GET /metrics` (Prometheus
+//! text).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::error::ApiError;
+
+pub async fn health() -> &'static str {
+    "ok\n"
+}
+
+pub async fn ready(State(hub): State<AppState>) -> Response {
+    if hub.shutting_down.load(Ordering::Relaxed) {
+        return ApiError::unavailable("shutting down").into_response();
+    }
+    if hub.consensus.figures().leader.is_none() {
+        return ApiError::unavailable("no Raft leader is known yet").into_response();
+    }
+    if hub.spokes.any_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        ApiError::unavailable("no spoke is ready yet").into_response()
+    }
+}
+
+pub async fn metrics(State(hub): State<AppState>) -> String {
+    use std::fmt::Write;
+    let mut out = hub.metrics.render(&hub.spokes.views());
+    let f = hub.consensus.figures();
+    let rows = [
+        (crate::metrics::RAFT_TERM, f.term),
+        (crate::metrics::RAFT_IS_LEADER, u64::from(f.leader == Some(f.id))),
+        (crate::metrics::RAFT_LAST_LOG, f.last_log_index.unwrap_or(0)),
+        (crate::metrics::RAFT_APPLIED, f.applied_index.unwrap_or(0)),
+        (crate::metrics::RAFT_SNAPSHOT, f.snapshot_index.unwrap_or(0)),
+    ];
+    for (name, v) in rows {
+        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
+    }
+    let _ = writeln!(out, "# TYPE {} gauge", crate::metrics::RAFT_LAG);
+    for (peer, lag) in &f.lag {
+        let _ = writeln!(out, "{}{{peer=\"{peer}\"}} {lag}", crate::metrics::RAFT_LAG);
+    }
+    let dropped = crate::otlp::DROPPED.load(Ordering::Relaxed);
+    let _ = writeln!(out, "# TYPE {0} counter\n{0} {dropped}", crate::metrics::OTLP_DROPPED);
+    out
+}

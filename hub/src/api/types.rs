@@ -1,0 +1,579 @@
+//! The bodies of every request and response the hub's API reads or writes, as serde
+//! types: the handlers parse and build them, and the `nave` command's client reads them,
+//! so a renamed field is a compile error on both sides. Unknown fields are ignored when
+//! reading (clients send more than Nave uses).
+
+use nave_consensus::state::Limits;
+use nave_consensus::RoutingPolicy;
+use serde::{Deserialize, Serialize};
+
+// ---- OpenAI: requests ----
+
+/// A message's content: text, or parts (of which the text ones are used), or null.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+    Null(()),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Part {
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Content {
+    pub fn text(self) -> String {
+        match self {
+            Content::Text(s) => s,
+            Content::Parts(p) => p.into_iter().filter_map(|p| p.text).collect::<Vec<_>>().join(""),
+            Content::Null(()) => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling fields shared by chat and completions.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Sampling {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    /// llama.cpp's extension: generate past end-of-turn tokens (benchmarks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<InMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptField,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+// ---- OpenAI: responses ----
+
+/// A completion, whole (`chat.completion`, `text_completion`) or one streamed chunk of it
+/// (`chat.completion.chunk`, `text_completion`): the choices differ by kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completion<C> {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<C>,
+    /// Always on a whole completion; on a stream, only the last chunk's (with
+    /// `stream_options.include_usage`), whose choices are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A text completion's choice, whole or streamed (its finish reason only on the last).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<serde_json::Value>,
+    pub finish_reason: Option<String>,
+}
+
+/// What a chat chunk adds: the role (first chunk), text, or neither (the last).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// Tokens as OpenAI counts them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageBody {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: CachedTokens,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedTokens {
+    pub cached_tokens: usize,
+}
+
+impl From<&nave_inference::Usage> for UsageBody {
+    fn from(u: &nave_inference::Usage) -> Self {
+        UsageBody {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: CachedTokens { cached_tokens: u.cached_tokens },
+        }
+    }
+}
+
+/// An event of a chat stream as a client reads it: a chunk, or the error that ended it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ChatStreamEvent {
+    Error(ErrorEnvelope),
+    Chunk(Completion<ChatChunkChoice>),
+}
+
+/// Every error, in OpenAI's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: String,
+}
+
+// ---- Ollama: requests ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct OllamaOptions {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub num_predict: Option<i64>,
+    pub stop: Option<Vec<String>>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: String,
+}
+
+/// `POST /api/chat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaChat {
+    pub model: String,
+    pub messages: Vec<OllamaMessage>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub options: Option<OllamaOptions>,
+}
+
+/// `POST /api/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaGenerate {
+    pub model: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub options: Option<OllamaOptions>,
+}
+
+// ---- Responses ----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ResponsesInput {
+    Text(String),
+    Items(Vec<InMessage>),
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /v1/responses`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponsesRequest {
+    pub model: String,
+    pub input: ResponsesInput,
+    #[serde(default)]
+    pub instructions: Option<String>,
+    #[serde(default)]
+    pub previous_response_id: Option<String>,
+    #[serde(default = "default_true")]
+    pub store: bool,
+    #[serde(default)]
+    pub stream: bool,
+    pub max_output_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+// ---- Admin: requests ----
+
+/// `POST /admin/v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewKey {
+    pub name: String,
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+}
+
+/// `POST /admin/v1/spokes/{id}/drain` (an empty body drains).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DrainRequest {
+    #[serde(default)]
+    pub undo: bool,
+}
+
+/// `POST /admin/v1/tokens` (an empty body takes the defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default = "NewToken::default_ttl")]
+    pub ttl_s: u64,
+    #[serde(default = "NewToken::default_uses")]
+    pub uses: u32,
+}
+
+impl NewToken {
+    fn default_ttl() -> u64 {
+        3600
+    }
+    fn default_uses() -> u32 {
+        1
+    }
+}
+
+impl Default for NewToken {
+    fn default() -> Self {
+        NewToken { ttl_s: Self::default_ttl(), uses: Self::default_uses() }
+    }
+}
+
+/// `POST /admin/v1/hubs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewHub {
+    pub id: String,
+    /// Its QUIC address; optional for a hub this hub's cluster.toml lists.
+    #[serde(default)]
+    pub quic: Option<std::net::SocketAddr>,
+}
+
+/// `POST /admin/v1/train`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSubmit {
+    pub name: String,
+    pub model: String,
+    /// Chat examples, one JSON object per line.
+    pub data: String,
+    pub spoke: Option<String>,
+    pub rank: Option<usize>,
+    pub alpha: Option<f32>,
+    pub steps: Option<usize>,
+    pub lr: Option<f64>,
+    /// "attention" (default) or "all" (with the MLP).
+    pub targets: Option<String>,
+    pub batch: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+// ---- Admin: responses ----
+
+/// `GET /admin/v1/status`: what `nave admin status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The hub that answered.
+    pub hub: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub hubs: Vec<HubStatus>,
+    pub spokes: Vec<SpokeStatus>,
+    pub models: Vec<ModelStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HubStatus {
+    pub id: String,
+    pub http: Option<String>,
+    pub quic: String,
+    /// "leader" or "follower".
+    pub role: String,
+    /// Entries behind the leader's log (on the leader only).
+    pub lag: Option<u64>,
+    /// The Raft figures of the hub that answered, on its own row only.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<OwnRaft>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnRaft {
+    pub term: u64,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub raft_state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpokeStatus {
+    pub id: String,
+    pub models: Vec<String>,
+    pub state: String,
+    pub circuit: String,
+    pub queue: usize,
+    pub running: usize,
+    pub tokens_per_s: f64,
+    pub kv_blocks_free: usize,
+    pub kv_blocks_total: usize,
+    pub serving_used: u64,
+    pub serving_total: u64,
+    pub training_used: u64,
+    pub training_total: u64,
+    pub last_heard_ms: Option<u64>,
+    pub joined: bool,
+    /// Entries its replica is behind the leader's log (on the leader only).
+    pub replica_lag: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub model: String,
+    pub routing: RoutingPolicy,
+    /// The active spokes serving it.
+    pub spokes: Vec<String>,
+}
+
+/// An API key as the admin API lists it (never the key itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyView {
+    pub name: String,
+    pub limits: Limits,
+    pub revoked: bool,
+    pub created_ms: u64,
+    pub tokens_today: u64,
+    pub reserved: u64,
+    pub total_tokens: u64,
+    pub total_requests: u64,
+}
+
+impl From<&nave_consensus::state::ApiKey> for KeyView {
+    fn from(k: &nave_consensus::state::ApiKey) -> Self {
+        KeyView {
+            name: k.name.clone(),
+            limits: k.limits.clone(),
+            revoked: k.revoked,
+            created_ms: k.created_ms,
+            tokens_today: k.day_used,
+            reserved: k.reserved,
+            total_tokens: k.total_tokens,
+            total_requests: k.total_requests,
+        }
+    }
+}
+
+/// `GET /admin/v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+/// `POST /admin/v1/keys`: the key, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub name: String,
+    pub key: String,
+    pub limits: Limits,
+}
+
+/// `DELETE /admin/v1/keys/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedKey {
+    pub name: String,
+    pub revoked: bool,
+}
+
+/// `POST /admin/v1/tokens`: the token, shown this once, and the command that uses it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: String,
+    pub ttl_s: u64,
+    pub uses: u32,
+    pub hub_quic: String,
+    pub join: String,
+}
+
+/// `POST /admin/v1/spokes/{id}/drain`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drained {
+    pub spoke: String,
+    pub draining: bool,
+    /// Requests running or waiting on it.
+    pub in_flight: usize,
+}
+
+/// `DELETE /admin/v1/spokes/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedSpoke {
+    pub spoke: String,
+    pub removed: bool,
+}
+
+/// `GET /admin/v1/hubs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HubList {
+    pub hubs: Vec<VotingHub>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VotingHub {
+    pub id: String,
+    pub raft_id: u64,
+    pub quic: String,
+    pub leader: bool,
+}
+
+/// `POST /admin/v1/hubs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddedHub {
+    pub hub: String,
+    pub raft_id: u64,
+    pub quic: String,
+    pub voter: bool,
+}
+
+/// `DELETE /admin/v1/hubs/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedHub {
+    pub hub: String,
+    pub removed: bool,
+}
+
+/// `GET /admin/v1/train`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<nave_spoke::protocol::JobStatus>,
+}
+
+/// `POST /admin/v1/train`, `DELETE /admin/v1/train/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobAnswer {
+    pub job: Option<nave_spoke::protocol::JobStatus>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}

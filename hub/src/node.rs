@@ -1,0 +1,166 @@
+//! One hub process: [`run`] starts its consensus node, its spoke connections, its QUIC
+//! listener (Raft peers, joining spokes) and its HTTP server, keeps the background tasks
+//! that follow the replicated registry, and drains everything on shutdown.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nave_consensus::network::node_addr;
+use nave_consensus::node::{ConsensusNode, Role};
+use nave_consensus::state::{Command, Proposal};
+use nave_consensus::tls::{self, ClusterCa};
+use nave_consensus::ClusterConfig;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::spokes::SpokeSet;
+use crate::{auth, join, metrics, raft_id, serve, Hub};
+
+/// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`, certificate required)
+/// and joining spokes (`nave-join/1`, the only protocol open without one).
+async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return tracing::debug!(error = %e, "peer handshake refused"),
+            };
+            match tls::alpn(&conn).as_deref() {
+                // Refuses peers without a hub's certificate.
+                Some(tls::ALPN_RAFT) => hub.consensus.clone().serve_connection(conn).await,
+                Some(tls::ALPN_JOIN) => join::serve(hub, conn).await,
+                _ => conn.close(1u32.into(), b"unsupported protocol"),
+            }
+        });
+    }
+}
+
+/// Every spoke (of the config, or joined) holds a replica of the state as a Raft learner:
+/// the leader adds the missing ones and removes those gone from the registry.
+async fn keep_learners(hub: Arc<Hub>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let joined = hub
+            .consensus
+            .state
+            .read(|a| a.state.spokes.values().map(|s| (s.id.clone(), s.quic.clone())).collect::<Vec<_>>());
+        let config_spokes = hub.config.spokes.iter().map(|s| (s.id.clone(), s.quic.to_string()));
+        let want: std::collections::BTreeMap<_, _> = config_spokes
+            .chain(joined)
+            .filter_map(|(id, quic)| {
+                Some((
+                    nave_consensus::node::learner_id(&id),
+                    nave_consensus::network::node_addr(&id, quic.parse().ok()?),
+                ))
+            })
+            .collect();
+        if let Err(e) = hub.consensus.ensure_learners(&want).await {
+            tracing::debug!(error = %e, "spoke replicas not updated yet");
+        }
+    }
+}
+
+/// Keeps the hub's set of joined spokes in line with the replicated registry.
+async fn follow_registry(hub: Arc<Hub>) {
+    let mut seen = None;
+    loop {
+        let registry = hub.consensus.state.read(|a| a.state.spokes.clone());
+        if seen.as_ref() != Some(&registry) {
+            hub.spokes.sync_joined(&registry);
+            for m in hub.models() {
+                hub.metrics.add_model(&m);
+            }
+            seen = Some(registry);
+        }
+        // Adapters the spokes announce and the replicated state does not list yet. Every
+        // hub may propose; the proposal id makes it apply once.
+        let known = hub.consensus.state.read(|a| a.state.adapters.clone());
+        for (spoke, model, name) in hub.spokes.announced_adapters() {
+            let listed = known.get(&format!("{model}:{name}")).is_some_and(|s| s.contains(&spoke));
+            if !listed {
+                let p = Proposal {
+                    id: format!("adapter-{spoke}-{model}-{name}"),
+                    now_ms: nave_consensus::clock::now_ms(),
+                    command: Command::RegisterAdapter {
+                        model: model.clone(),
+                        name: name.clone(),
+                        spoke: spoke.clone(),
+                    },
+                };
+                if let Err(e) = hub.consensus.propose(p).await {
+                    tracing::debug!(error = %e, "adapter registration deferred");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs hub `id` of `config` until `shutdown` completes, then drains: readiness goes 503,
+/// in-flight requests finish, connections close.
+pub async fn run(
+    config: ClusterConfig,
+    id: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let spec = config.hub(&id)?.clone();
+    let dir = config.node_dir(&id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = ClusterCa::load_or_create(&config.ca_dir())?;
+    let identity = ca.ensure_hub(&dir, &id)?;
+    let admin = auth::ensure_admin_key(&config.cluster.data_dir)?;
+    let endpoint = tls::hub_endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_JOIN])?;
+    let role = if spec.join {
+        Role::Added
+    } else {
+        Role::Founder(
+            config
+                .hubs
+                .iter()
+                .filter(|h| !h.join)
+                .enumerate()
+                .map(|(i, h)| (i as u64 + 1, node_addr(&h.id, h.quic)))
+                .collect(),
+        )
+    };
+    let rid = raft_id(&config, &id).context("hub id not in config")?;
+    let consensus = ConsensusNode::start(&dir, rid, role, endpoint.clone(), &identity).await?;
+    let spokes = SpokeSet::new(&config, &identity, endpoint.clone())?;
+    spokes.spawn_watchers();
+    let c = &config.cluster;
+    let hub = Arc::new(Hub {
+        id: id.clone(),
+        spokes,
+        metrics: metrics::Metrics::new(config.served_models()),
+        request_timeout: Duration::from_millis(c.request_timeout_ms),
+        shutting_down: AtomicBool::new(false),
+        admin_digest: Sha256::digest(admin.as_bytes()).into(),
+        slots: Arc::new(Semaphore::new(c.max_concurrent_requests * 2)),
+        config: config.clone(),
+        consensus: consensus.clone(),
+        ca,
+    });
+    tokio::spawn(accept_peers(endpoint.clone(), hub.clone()));
+    tokio::spawn(follow_registry(hub.clone()));
+    tokio::spawn(keep_learners(hub.clone()));
+    let listener =
+        tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
+    tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");
+    let flag = hub.clone();
+    let graceful = async move {
+        shutdown.await;
+        flag.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!("draining");
+    };
+    let header_timeout = Duration::from_millis(c.header_timeout_ms);
+    let drain = Duration::from_millis(c.request_timeout_ms);
+    serve::serve(listener, crate::api::router(hub), header_timeout, drain, graceful).await;
+    consensus.shutdown().await;
+    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The admin and chat client: `nave admin ...`, `nave train ...` and `nave chat` talk to a
+//! hub's HTTP API and read its answers as the hub's own types (`nave_hub::api::types`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use nave_hub::api::types::{
+    AddedHub, ChatRequest, ChatStreamEvent, ClusterStatus, Content, CreatedKey, CreatedToken, Drained, ErrorEnvelope,
+    InMessage, JobAnswer, JobList, KeyList, NewHub, NewKey, NewToken, Sampling, TrainSubmit,
+};
+use nave_spoke::protocol::JobStatus;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::cli::{AdminCmd, AdminConn, HubCmd, KeyCmd, SpokeCmd, TokenCmd, TrainCmd};
+
+/// The key given, else `./.nave/admin.key` (written by `nave up`).
+pub fn default_key(key: Option<String>) -> anyhow::Result<String> {
+    match key {
+        Some(k) => Ok(k),
+        None => Ok(std::fs::read_to_string(".nave/admin.key")
+            .context("no key given (--key or NAVE_API_KEY) and no ./.nave/admin.key")?
+            .trim()
+            .to_string()),
+    }
+}
+
+/// The message of an error answer, if it is one in the API's shape.
+fn error_message(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error.message)
+}
+
+/// One admin call: `body` as JSON, the answer read as `T`; a non-2xx answer is an error
+/// with the hub's message.
+async fn call<T: DeserializeOwned>(
+    url: &str,
+    key: String,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    let mut req = reqwest::Client::new().request(method, format!("{url}{path}")).bearer_auth(key).timeout(timeout);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let code = resp.status();
+    let bytes = resp.bytes().await?;
+    if !code.is_success() {
+        anyhow::bail!("{code}: {}", error_message(&bytes).as_deref().unwrap_or("no detail"));
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("{path}: an answer this client does not understand"))
+}
+
+async fn admin<T: DeserializeOwned>(
+    conn: AdminConn,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> anyhow::Result<T> {
+    let key = default_key(conn.key)?;
+    call(&conn.url, key, method, path, body, Duration::from_secs(15)).await
+}
+
+/// An answer whose body the command does not print.
+#[derive(serde::Deserialize)]
+struct Ignored {}
+
+const NO_BODY: Option<&()> = None;
+
+pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
+    match command {
+        AdminCmd::Status { url, key, json } => status(url, default_key(key)?, json).await,
+        AdminCmd::Key { command } => keys(command).await,
+        AdminCmd::Token { command: TokenCmd::Create { ttl, uses, conn } } => {
+            let ttl_s = crate::cli::parse_duration_s(&ttl)?;
+            let t: CreatedToken =
+                admin(conn, Method::POST, "/admin/v1/tokens", Some(&NewToken { ttl_s, uses })).await?;
+            println!("join token for {uses} spoke(s), valid {ttl}; on the new machine:");
+            println!("  {}", t.join);
+            println!("it is shown only now:");
+            println!("{}", t.token);
+            Ok(())
+        }
+        AdminCmd::Hub { command: HubCmd::Add { id, quic, conn } } => {
+            let quic = quic.map(|q| q.parse()).transpose().context("--quic: not an IP:PORT address")?;
+            let h: AddedHub =
+                admin(conn, Method::POST, "/admin/v1/hubs", Some(&NewHub { id: id.clone(), quic })).await?;
+            println!("{id} votes now (Raft node {}, QUIC {})", h.raft_id, h.quic);
+            Ok(())
+        }
+        AdminCmd::Hub { command: HubCmd::Remove { id, conn } } => {
+            let _: Ignored = admin(conn, Method::DELETE, &format!("/admin/v1/hubs/{id}"), NO_BODY).await?;
+            println!("{id} no longer votes or receives the state: stop its process now");
+            Ok(())
+        }
+        AdminCmd::Spoke { command: SpokeCmd::Remove { id, conn } } => {
+            let _: Ignored = admin(conn, Method::DELETE, &format!("/admin/v1/spokes/{id}"), NO_BODY).await?;
+            println!("{id} removed: the hubs no longer send it requests");
+            Ok(())
+        }
+        AdminCmd::Spoke { command: SpokeCmd::Drain { id, undo, conn } } => {
+            let body = nave_hub::api::types::DrainRequest { undo };
+            let d: Drained = admin(conn, Method::POST, &format!("/admin/v1/spokes/{id}/drain"), Some(&body)).await?;
+            if undo {
+                println!("{id} takes requests again");
+            } else {
+                println!(
+                    "{id} is draining ({} requests in flight); `nave admin status` shows it drained when they finish",
+                    d.in_flight
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `null` for a figure the hub does not have (as the JSON shows it).
+fn or_null(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".into(), |n| n.to_string())
+}
+
+async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
+    if json {
+        // Printed as the hub sent it, fields this client does not know included.
+        let v: serde_json::Value =
+            call(&url, key, Method::GET, "/admin/v1/status", NO_BODY, Duration::from_secs(10)).await?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s: ClusterStatus = call(&url, key, Method::GET, "/admin/v1/status", NO_BODY, Duration::from_secs(10)).await?;
+    println!(
+        "HUBS (leader {}, term {}, answered by {} at applied index {})",
+        s.leader.as_deref().unwrap_or("none"),
+        s.term,
+        s.hub,
+        or_null(s.applied_index)
+    );
+    println!("  {:<6} {:<9} {:>6} {:<22} QUIC", "ID", "ROLE", "LAG", "HTTP");
+    for h in &s.hubs {
+        let lag = h.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+        println!("  {:<6} {:<9} {:>6} {:<22} {}", h.id, h.role, lag, h.http.as_deref().unwrap_or(""), h.quic);
+    }
+    println!("SPOKES");
+    println!(
+        "  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8} {:>11} {:>19} {:>19}  MODELS",
+        "ID", "STATE", "CIRCUIT", "QUEUE", "RUNNING", "TOK/S", "KV FREE", "SERVING (MiB)", "TRAINING (MiB)"
+    );
+    for p in &s.spokes {
+        let mib = |b: u64| b / (1 << 20);
+        println!(
+            "  {:<6} {:<9} {:<10} {:>5} {:>7} {:>8.1} {:>5}/{:<5} {:>8}/{:<10} {:>8}/{:<10}  {}",
+            p.id,
+            p.state,
+            p.circuit,
+            p.queue,
+            p.running,
+            p.tokens_per_s,
+            p.kv_blocks_free,
+            p.kv_blocks_total,
+            mib(p.serving_used),
+            mib(p.serving_total),
+            mib(p.training_used),
+            mib(p.training_total),
+            p.models.join(",")
+        );
+    }
+    println!("MODELS");
+    for m in &s.models {
+        let routing = serde_json::to_value(m.routing)?;
+        println!("  {:<14} routing {:<17} on {}", m.model, routing.as_str().unwrap_or("?"), m.spokes.join(", "));
+    }
+    Ok(())
+}
+
+async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Create { name, rpm, tpm, daily_tokens, conn } => {
+            let body = NewKey { name: name.clone(), rpm, tpm, daily_tokens };
+            let k: CreatedKey = admin(conn, Method::POST, "/admin/v1/keys", Some(&body)).await?;
+            println!("created key {name} (limits: {}); it is shown only now:", serde_json::to_string(&k.limits)?);
+            println!("{}", k.key);
+        }
+        KeyCmd::List { conn } => {
+            let list: KeyList = admin(conn, Method::GET, "/admin/v1/keys", NO_BODY).await?;
+            println!(
+                "{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}",
+                "NAME", "REVOKED", "RPM", "TPM", "DAILY", "USED TODAY", "TOTAL"
+            );
+            let lim = |x: Option<u64>| x.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            for k in &list.keys {
+                println!(
+                    "{:<20} {:<8} {:>8} {:>10} {:>12} {:>12} {:>12}",
+                    k.name,
+                    k.revoked,
+                    lim(k.limits.rpm.map(u64::from)),
+                    lim(k.limits.tpm),
+                    lim(k.limits.daily_tokens),
+                    k.tokens_today,
+                    k.total_tokens
+                );
+            }
+        }
+        KeyCmd::Revoke { name, conn } => {
+            let _: Ignored = admin(conn, Method::DELETE, &format!("/admin/v1/keys/{name}"), NO_BODY).await?;
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+fn print_jobs(jobs: &[JobStatus]) {
+    println!(
+        "{:<16} {:<14} {:<6} {:<10} {:>11} {:>8} {:>9} {:>9} {:>9}",
+        "JOB", "MODEL", "SPOKE", "STATE", "STEP", "LOSS", "TOK/S", "RESERVED", "PEAK"
+    );
+    for j in jobs {
+        let step = format!("{}/{}", j.step, j.steps);
+        println!(
+            "{:<16} {:<14} {:<6} {:<10} {:>11} {:>8.4} {:>9.0} {:>6} MB {:>6} MB",
+            j.name,
+            j.model,
+            j.spoke,
+            j.state,
+            step,
+            j.loss,
+            j.tokens_per_s,
+            j.memory_bytes / 1_000_000,
+            j.peak_bytes / 1_000_000
+        );
+        if let Some(e) = &j.error {
+            println!("  error: {e}");
+        }
+    }
+}
+
+pub async fn train(command: TrainCmd) -> anyhow::Result<()> {
+    match command {
+        TrainCmd::Submit { model, data, name, spoke, rank, steps, lr, mlp, conn } => {
+            let text = std::fs::read_to_string(&data).with_context(|| format!("reading {}", data.display()))?;
+            let body = TrainSubmit {
+                name: name.clone(),
+                model: model.clone(),
+                data: text,
+                spoke,
+                rank: Some(rank),
+                alpha: None,
+                steps: Some(steps),
+                lr: Some(lr),
+                targets: Some(if mlp { "all" } else { "attention" }.into()),
+                batch: None,
+                max_tokens: None,
+                seed: None,
+            };
+            let a: JobAnswer = admin(conn, Method::POST, "/admin/v1/train", Some(&body)).await?;
+            print_jobs(a.job.as_slice());
+            println!("when it is done, ask for model {model}:{name}; follow it with `nave train status`");
+        }
+        TrainCmd::Status { conn } => {
+            let list: JobList = admin(conn, Method::GET, "/admin/v1/train", NO_BODY).await?;
+            print_jobs(&list.jobs);
+        }
+        TrainCmd::Cancel { name, conn } => {
+            let _: Ignored = admin(conn, Method::DELETE, &format!("/admin/v1/train/{name}"), NO_BODY).await?;
+            println!("{name} cancelled");
+        }
+    }
+    Ok(())
+}
+
+/// `nave chat`: streams the answer to stdout as it comes.
+pub async fn chat(url: String, model: String, key: String, max_tokens: usize, prompt: String) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let message = |role: &str, text: String| InMessage { role: role.into(), content: Some(Content::Text(text)) };
+    let body = ChatRequest {
+        model,
+        messages: vec![message("system", "You are a helpful assistant.".into()), message("user", prompt)],
+        stream: true,
+        stream_options: None,
+        sampling: Sampling { max_tokens: Some(max_tokens), ..Default::default() },
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !resp.status().is_success() {
+        let code = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        anyhow::bail!("{code}: {}", error_message(&bytes).as_deref().unwrap_or("no detail"));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(i) = buf.find("\n\n") {
+            let event: String = buf.drain(..i + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data: ") else { continue };
+                if data == "[DONE]" {
+                    println!();
+                    return Ok(());
+                }
+                match serde_json::from_str::<ChatStreamEvent>(data)? {
+                    ChatStreamEvent::Error(e) => anyhow::bail!("{}", e.error.message),
+                    ChatStreamEvent::Chunk(c) => {
+                        if let Some(t) = c.choices.first().and_then(|c| c.delta.content.as_deref()) {
+                            print!("{t}");
+                            out.flush()?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!();
+    Ok(())
+}
