@@ -64,3 +64,90 @@ impl Detokenizer {
         std::mem::take(&mut self.pending)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Detokenizer, Step};
+    use crate::tiny::{write_tiny_model, TinyArch};
+    use crate::tokenizer::TextTokenizer;
+
+    /// The tiny Llama model's byte-level tokenizer: ids 0-255 are the bytes themselves,
+    /// then the merges "Ġt" (256), "he" (257), "Ġthe" (258), "in" (259).
+    fn tokenizer() -> TextTokenizer {
+        // One file per call: the tests run in parallel.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("nave-detok-{}-{n}.gguf", std::process::id()));
+        write_tiny_model(&path, TinyArch::Llama, 1).expect("tiny model");
+        let tok = TextTokenizer::from_path(&path).expect("tokenizer");
+        let _ = std::fs::remove_file(&path);
+        tok
+    }
+
+    fn text(step: Step) -> String {
+        match step {
+            Step::Text(t) => t,
+            Step::Stopped(t) => panic!("stopped early, after {t:?}"),
+        }
+    }
+
+    /// Feeds `bytes` one token (one byte) at a time; what each step emitted.
+    fn feed(d: &mut Detokenizer, tok: &TextTokenizer, bytes: &[u8]) -> Vec<String> {
+        bytes.iter().map(|&b| text(d.push(tok, u32::from(b)))).collect()
+    }
+
+    #[test]
+    fn half_a_character_is_never_emitted() {
+        let tok = tokenizer();
+        let mut d = Detokenizer::new(vec![]);
+        // "é" is two bytes, "🙂" four: nothing comes out until the last byte of each.
+        let steps = feed(&mut d, &tok, "aé🙂b".as_bytes());
+        assert_eq!(steps, ["a", "", "é", "", "", "", "🙂", "b"]);
+        assert!(steps.iter().all(|s| !s.contains('\u{FFFD}')), "{steps:?}");
+        assert_eq!(d.finish(), "");
+    }
+
+    #[test]
+    fn a_stop_string_split_across_tokens_is_held_back_then_cut() {
+        let tok = tokenizer();
+        let mut d = Detokenizer::new(vec!["STOP".into()]);
+        assert_eq!(feed(&mut d, &tok, b"abST"), ["a", "b", "", ""]);
+        assert_eq!(text(d.push(&tok, u32::from(b'O'))), "");
+        // The stop string completes: what came before it was already out, nothing more is.
+        assert_eq!(d.push(&tok, u32::from(b'P')), Step::Stopped(String::new()));
+    }
+
+    #[test]
+    fn a_false_start_of_a_stop_string_is_released() {
+        let tok = tokenizer();
+        let mut d = Detokenizer::new(vec!["STOP".into()]);
+        assert_eq!(feed(&mut d, &tok, b"xSTO"), ["x", "", "", ""]);
+        assert_eq!(text(d.push(&tok, u32::from(b'!'))), "STO!");
+        // Held back at the end of generation, it is still the answer's.
+        assert_eq!(feed(&mut d, &tok, b"ST"), ["", ""]);
+        assert_eq!(d.finish(), "ST");
+    }
+
+    #[test]
+    fn a_stop_string_inside_one_token_cuts_before_it() {
+        let tok = tokenizer();
+        let mut d = Detokenizer::new(vec![" th".into()]);
+        assert_eq!(feed(&mut d, &tok, b"in"), ["i", "n"]);
+        // Token 258 is " the": the stop string starts inside it.
+        assert_eq!(d.push(&tok, 258), Step::Stopped(String::new()));
+        let mut d = Detokenizer::new(vec!["he".into()]);
+        assert_eq!(d.push(&tok, 258), Step::Stopped(" t".into()));
+    }
+
+    #[test]
+    fn a_stop_string_across_a_partial_character_waits_for_it() {
+        let tok = tokenizer();
+        // The stop string starts with a two-byte character: its first byte alone is not
+        // text yet, so nothing can be released or matched until the second arrives.
+        let mut d = Detokenizer::new(vec!["é!".into()]);
+        assert_eq!(feed(&mut d, &tok, "aé".as_bytes()), ["a", "", ""]);
+        assert_eq!(d.push(&tok, u32::from(b'!')), Step::Stopped(String::new()));
+        let mut d = Detokenizer::new(vec!["é!".into()]);
+        assert_eq!(feed(&mut d, &tok, "éx".as_bytes()), ["", "", "éx"]);
+    }
+}
