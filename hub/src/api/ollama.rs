@@ -13,9 +13,11 @@ use axum::Json;
 use futures::stream;
 use nave_consensus::clock::{now_secs, rfc3339};
 use nave_inference::{ChatMessage, Event, FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
-use serde_json::{json, Value};
 
-use super::types::{OllamaChat, OllamaGenerate, OllamaOptions};
+use super::types::{
+    OllamaChat, OllamaDetails, OllamaError, OllamaGenerate, OllamaLine, OllamaMessage, OllamaModel, OllamaOptions,
+    OllamaTags, OllamaVersion,
+};
 use super::{check_model, parse, respond, Answer, AppState, Ctx, Kind};
 use crate::error::ApiError;
 use crate::{Caller, Hub};
@@ -94,19 +96,30 @@ pub async fn generate(
 }
 
 /// One answer line: text so far, or (with `done`) the last one with the counts.
-fn line(kind: Kind, model: &str, text: &str, done: Option<(FinishReason, Usage, Duration)>) -> Value {
-    let mut v = json!({"model": model, "created_at": rfc3339(now_secs()), "done": done.is_some()});
-    match kind {
-        Kind::Chat => v["message"] = json!({"role": "assistant", "content": text}),
-        Kind::Text => v["response"] = json!(text),
+fn line(kind: Kind, model: &str, text: &str, done: Option<(FinishReason, Usage, Duration)>) -> OllamaLine {
+    let text = text.to_string();
+    let (message, response) = match kind {
+        Kind::Chat => (Some(OllamaMessage { role: "assistant".into(), content: text }), None),
+        Kind::Text => (None, Some(text)),
+    };
+    OllamaLine {
+        model: model.to_string(),
+        created_at: rfc3339(now_secs()),
+        done: done.is_some(),
+        message,
+        response,
+        done_reason: done.as_ref().map(|(finish, _, _)| finish.as_str().to_string()),
+        total_duration: done.as_ref().map(|(_, _, took)| took.as_nanos() as u64),
+        prompt_eval_count: done.as_ref().map(|(_, usage, _)| usage.prompt_tokens),
+        eval_count: done.as_ref().map(|(_, usage, _)| usage.completion_tokens),
     }
-    if let Some((finish, usage, took)) = done {
-        v["done_reason"] = json!(finish.as_str());
-        v["total_duration"] = json!(took.as_nanos() as u64);
-        v["prompt_eval_count"] = json!(usage.prompt_tokens);
-        v["eval_count"] = json!(usage.completion_tokens);
-    }
-    v
+}
+
+/// A line as NDJSON.
+fn ndjson<T: serde::Serialize>(v: &T) -> Bytes {
+    let mut out = serde_json::to_vec(v).expect("API bodies are plain structs of strings and numbers");
+    out.push(b'\n');
+    Bytes::from(out)
 }
 
 async fn run(
@@ -137,15 +150,15 @@ async fn run(
             let (out, end) = match d.next().await {
                 Some(Event::Delta { text, tokens }) => {
                     held.admission.record(tokens.len());
-                    (line(kind, &model, &text, None), false)
+                    (ndjson(&line(kind, &model, &text, None)), false)
                 }
                 Some(Event::Done { finish, usage }) => {
-                    (line(kind, &model, "", Some((finish, usage, started.elapsed()))), true)
+                    (ndjson(&line(kind, &model, "", Some((finish, usage, started.elapsed())))), true)
                 }
-                Some(Event::Error { message, .. }) => (json!({"error": message}), true),
-                None => (json!({"error": "the spoke ended the stream early"}), true),
+                Some(Event::Error { message, .. }) => (ndjson(&OllamaError { error: message }), true),
+                None => (ndjson(&OllamaError { error: "the spoke ended the stream early".into() }), true),
             };
-            Some((Ok::<_, Infallible>(Bytes::from(format!("{out}\n"))), (d, end, held)))
+            Some((Ok::<_, Infallible>(out), (d, end, held)))
         }
     });
     let resp = Response::builder()
@@ -156,21 +169,27 @@ async fn run(
 }
 
 /// `GET /api/tags`: the served models, with what the store knows of them.
-pub async fn tags(State(hub): State<AppState>) -> Json<Value> {
+pub async fn tags(State(hub): State<AppState>) -> Json<OllamaTags> {
     let store = nave_inference::store::ModelStore::from_env();
-    let models: Vec<Value> = hub
+    let models = hub
         .models()
         .iter()
         .map(|m| {
             let spec = nave_inference::store::spec(m).ok();
-            json!({"name": m, "model": m, "modified_at": rfc3339(now_secs()), "size": spec.map(|s| s.size).unwrap_or(0),
-                   "digest": spec.map(|s| s.sha256).unwrap_or(""), "details": {"format": "gguf", "family": m.split('-').next().unwrap_or(m)},
-                   "path": store.path_of(m)})
+            OllamaModel {
+                name: m.clone(),
+                model: m.clone(),
+                modified_at: rfc3339(now_secs()),
+                size: spec.map_or(0, |s| s.size),
+                digest: spec.map_or("", |s| s.sha256).to_string(),
+                details: OllamaDetails { format: "gguf".into(), family: m.split('-').next().unwrap_or(m).to_string() },
+                path: store.path_of(m),
+            }
         })
         .collect();
-    Json(json!({"models": models}))
+    Json(OllamaTags { models })
 }
 
-pub async fn version() -> Json<Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+pub async fn version() -> Json<OllamaVersion> {
+    Json(OllamaVersion { version: env!("CARGO_PKG_VERSION").into() })
 }

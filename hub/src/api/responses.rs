@@ -10,9 +10,11 @@ use axum::Json;
 use nave_consensus::clock::now_secs;
 use nave_consensus::state::{Command, StoredResponse, Turn};
 use nave_inference::{ChatMessage, GenerateRequest, Prompt, SamplingParams};
-use serde_json::{json, Value};
 
-use super::types::{Content, ResponsesInput, ResponsesRequest, Sampling};
+use super::types::{
+    CachedTokens, Content, OutputMessage, OutputText, ReasoningTokens, ResponseObject, ResponseUsage, ResponsesInput,
+    ResponsesRequest, Sampling,
+};
 use super::{check_model, generate, parse, respond, Answer, AppState};
 use crate::error::ApiError;
 use crate::Caller;
@@ -28,15 +30,33 @@ pub(crate) fn params(r: &ResponsesRequest) -> Result<SamplingParams, ApiError> {
     })
 }
 
-fn response_json(r: &StoredResponse, status: &str) -> Value {
-    json!({
-        "id": r.id, "object": "response", "created_at": r.created_ms / 1000, "status": status, "model": r.model,
-        "previous_response_id": r.previous, "error": null, "incomplete_details": null,
-        "output": [{"type": "message", "id": format!("msg_{}", r.id.trim_start_matches("resp_")), "status": "completed", "role": "assistant",
-                    "content": [{"type": "output_text", "text": r.output, "annotations": []}]}],
-        "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens,
-                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
-    })
+fn response_json(r: &StoredResponse, status: &str) -> ResponseObject {
+    let text = OutputText { kind: "output_text".into(), text: r.output.clone(), annotations: vec![] };
+    let message = OutputMessage {
+        kind: "message".into(),
+        id: format!("msg_{}", r.id.trim_start_matches("resp_")),
+        status: "completed".into(),
+        role: "assistant".into(),
+        content: vec![text],
+    };
+    ResponseObject {
+        id: r.id.clone(),
+        object: "response".into(),
+        created_at: r.created_ms / 1000,
+        status: status.into(),
+        model: r.model.clone(),
+        previous_response_id: r.previous.clone(),
+        error: None,
+        incomplete_details: None,
+        output: vec![message],
+        usage: ResponseUsage {
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            total_tokens: r.input_tokens + r.output_tokens,
+            input_tokens_details: CachedTokens { cached_tokens: 0 },
+            output_tokens_details: ReasoningTokens { reasoning_tokens: 0 },
+        },
+    }
 }
 
 /// `POST /v1/responses`: the conversation so far comes from the replicated state (the
@@ -127,7 +147,7 @@ pub async fn get(
     State(hub): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(rid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResponseObject>, ApiError> {
     let owner = caller.owner();
     match hub.consensus.read(|a| a.state.response(&rid, &owner).cloned()).await? {
         Some(r) => Ok(Json(response_json(&r, "completed"))),

@@ -272,6 +272,67 @@ pub struct OllamaGenerate {
     pub options: Option<OllamaOptions>,
 }
 
+// ---- Ollama: responses ----
+
+/// One line of an Ollama answer (the whole answer when not streamed): text so far, or,
+/// with `done`, the last one with the counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaLine {
+    pub model: String,
+    pub created_at: String,
+    pub done: bool,
+    /// `/api/chat`'s text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<OllamaMessage>,
+    /// `/api/generate`'s text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
+    /// Nanoseconds from admission to the last token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_duration: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_count: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_count: Option<usize>,
+}
+
+/// The line that ends an Ollama stream that failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaError {
+    pub error: String,
+}
+
+/// `GET /api/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaTags {
+    pub models: Vec<OllamaModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaModel {
+    pub name: String,
+    pub model: String,
+    pub modified_at: String,
+    pub size: u64,
+    pub digest: String,
+    pub details: OllamaDetails,
+    pub path: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaDetails {
+    pub format: String,
+    pub family: String,
+}
+
+/// `GET /api/version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaVersion {
+    pub version: String,
+}
+
 // ---- Responses ----
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -302,6 +363,53 @@ pub struct ResponsesRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
+}
+
+/// A stored response, as `POST /v1/responses` and `GET /v1/responses/{id}` answer it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseObject {
+    pub id: String,
+    pub object: String,
+    pub created_at: u64,
+    pub status: String,
+    pub model: String,
+    pub previous_response_id: Option<String>,
+    pub error: Option<serde_json::Value>,
+    pub incomplete_details: Option<serde_json::Value>,
+    pub output: Vec<OutputMessage>,
+    pub usage: ResponseUsage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputMessage {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub status: String,
+    pub role: String,
+    pub content: Vec<OutputText>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputText {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+    pub annotations: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponseUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub input_tokens_details: CachedTokens,
+    pub output_tokens_details: ReasoningTokens,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReasoningTokens {
+    pub reasoning_tokens: u64,
 }
 
 // ---- Admin: requests ----
