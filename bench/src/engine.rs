@@ -2,6 +2,10 @@
 //! prefill tokens/s, batch-1 decode tokens/s, and aggregate decode tokens/s with 1, 4, 16
 //! and 64 concurrent sequences; then the same figures for llama.cpp on the same GGUF file
 //! with the same thread count (bench/peer_llamacpp.py, PyPI `xllamacpp`), in one table.
+//!
+//! It says what ran: the CPU's model and the flags the kernels care about, the kernel path
+//! (`NAVE_CPU=scalar|avx2` forces a lower one), and the memory-bandwidth bound of batch-1
+//! decode (weight bytes read per token over this machine's measured read bandwidth).
 
 use std::time::Instant;
 
@@ -26,12 +30,74 @@ pub struct EngineReport {
     pub threads: usize,
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
-    /// Nave's weights in memory (after re-quantization and padding), and its peak
+    /// Nave's weights in memory (as in the file), and its peak
     /// resident memory over the run (weights, the KV pool of 1 GiB as it got touched,
     /// activations).
     pub weight_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// `lscpu`'s model name and the vector flags present.
+    pub cpu: String,
+    pub cpu_flags: Vec<String>,
+    /// The kernel path that ran (`scalar`, `avx2`).
+    pub path: String,
+    /// Measured read bandwidth with the benchmark's threads, bytes/s.
+    pub read_bandwidth: f64,
+    /// Batch-1 decode cannot pass this: bandwidth / weight bytes per token.
+    pub decode_bound_tok_s: f64,
     pub figures: Vec<EngineFigures>,
+}
+
+/// The CPU's model name and which of the flags that choose kernels it has.
+pub fn cpu_info() -> (String, Vec<String>) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let present: Vec<String> = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni"]
+        .iter()
+        .filter(|f| flags.split_whitespace().any(|g| g == **f))
+        .map(|f| f.to_string())
+        .collect();
+    let model = field("model name");
+    (if model.is_empty() { std::env::consts::ARCH.to_string() } else { model }, present)
+}
+
+/// Read bandwidth of `threads` threads summing a 512 MiB buffer (best of three), bytes/s.
+pub fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let words = BYTES / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads.max(1));
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        // Four independent sums so the loop is bound by loads, not adds.
+                        let mut acc = [0u64; 4];
+                        for q in part.chunks_exact(4) {
+                            for i in 0..4 {
+                                acc[i] = acc[i].wrapping_add(q[i]);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, |a, b| a.wrapping_add(b))
+        });
+        std::hint::black_box(total);
+        best = best.max(BYTES as f64 / t.elapsed().as_secs_f64());
+    }
+    best
 }
 
 /// The process's peak resident memory (VmHWM), in bytes.
@@ -64,8 +130,12 @@ fn params(max_tokens: usize) -> SamplingParams {
 
 pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
     let path = ModelStore::from_env().ensure(&b.model, &mut |_| {})?;
-    let model = LoadedModel::load(b.model.clone(), &path, LoadOptions::default())?;
+    let (cpu, cpu_flags) = cpu_info();
+    let read_bandwidth = read_bandwidth(b.threads);
+    let model =
+        LoadedModel::load(b.model.clone(), &path, LoadOptions { threads: Some(b.threads), ..Default::default() })?;
     let weight_bytes = model.transformer.weight_bytes();
+    let kernel_path = model.transformer.kernels().0.name().to_string();
     let ledger = Ledger::new("cpu", 8 << 30, 0);
     let max = *b.concurrency.iter().max().unwrap_or(&1);
     let config = EngineConfig {
@@ -132,6 +202,11 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
         decode_tokens: b.decode_tokens,
         weight_bytes,
         peak_rss_bytes,
+        cpu,
+        cpu_flags,
+        path: kernel_path,
+        read_bandwidth,
+        decode_bound_tok_s: read_bandwidth / weight_bytes.max(1) as f64,
         figures,
     })
 }
@@ -157,6 +232,15 @@ pub fn print(r: &EngineReport) {
     println!(
         "engine benchmark: {} ({} threads; prefill {} tokens; decode {} tokens per sequence)",
         r.model, r.threads, r.prompt_tokens, r.decode_tokens
+    );
+    println!("cpu: {} [{}]", r.cpu, r.cpu_flags.join(" "));
+    println!(
+        "kernels: {} path, {} threads; read bandwidth {:.1} GB/s, so batch-1 decode is bound by {:.1} tok/s ({:.1} MB of weights per token)",
+        r.path,
+        r.threads,
+        r.read_bandwidth / 1e9,
+        r.decode_bound_tok_s,
+        r.weight_bytes as f64 / 1e6
     );
     let conc: Vec<usize> = r.figures.first().map(|f| f.aggregate.iter().map(|a| a.0).collect()).unwrap_or_default();
     print!("{:<10} {:>12} {:>12}", "system", "prefill t/s", "decode t/s");

@@ -1,7 +1,8 @@
 //! Times the kernels on the shapes of SmolLM2-135M (Q4_1 layers, the Q8_0 output layer)
 //! and Gemma 3 270M's K-quants, for every path this CPU runs:
 //! `cargo run --release -p nave-inference --example kernels [threads]`.
-//! Prints GB/s of weights streamed and GMAC/s per shape and batch size.
+//! Prints GB/s of weights streamed and GMAC/s per shape and batch size; the matrices
+//! rotate through 64 MB of copies, so weights come from memory as in a model's decode.
 
 use std::time::Instant;
 
@@ -47,7 +48,11 @@ fn main() {
     for isa in Isa::available() {
         println!("path {} ({threads} threads)", isa.name());
         for (name, t, rows, cols) in shapes {
-            let w = matrix(t, rows, cols);
+            // Enough copies to stream from memory, as a model's weights are in decode.
+            let one = matrix(t, rows, cols);
+            let copies = (64usize << 20).div_ceil(one.bytes()).max(1);
+            let ws: Vec<QMatrix> =
+                (0..copies).map(|i| if i == 0 { one.clone() } else { matrix(t, rows, cols) }).collect();
             let mut act = Activations::default();
             for n in [1usize, 4, 16, 64, 256] {
                 if isa == Isa::Scalar && n > 4 {
@@ -55,17 +60,17 @@ fn main() {
                 }
                 let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
                 let mut out = [Vec::new()];
-                let reps = ((2e8 / (rows * cols * n) as f64) as usize).clamp(1, 2000);
-                matmul(&pool, isa, &[&w], &x, n, &mut act, &mut out);
+                let reps = ((4e8 / (rows * cols * n) as f64) as usize).clamp(4, 4000);
+                matmul(&pool, isa, &[&ws[0]], &x, n, &mut act, &mut out);
                 let t0 = Instant::now();
-                for _ in 0..reps {
-                    matmul(&pool, isa, &[&w], &x, n, &mut act, &mut out);
+                for i in 0..reps {
+                    matmul(&pool, isa, &[&ws[i % copies]], &x, n, &mut act, &mut out);
                 }
                 let s = t0.elapsed().as_secs_f64() / reps as f64;
                 println!(
                     "  {name:<16} n={n:<4} {:>9.1} us  {:>6.1} GB/s  {:>6.1} GMAC/s",
                     s * 1e6,
-                    w.bytes() as f64 / s / 1e9,
+                    one.bytes() as f64 / s / 1e9,
                     (rows * cols * n) as f64 / s / 1e9
                 );
             }

@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::formats::{scale_min_k4, ActKind, Activations, WeightType, QK, QK_K};
+use super::formats::{ActKind, Activations, WeightType, QK, QK_K};
 use super::QMatrix;
 
 #[inline(always)]
@@ -64,7 +64,10 @@ pub trait Block32 {
     const SIGNED: bool = false;
     /// The offset term pairs with Q8_1's f16 `s` (Q4_1, Q5_1) rather than the exact sum.
     const ROUNDED_S: bool = false;
+    /// The format has an offset term at all (all but Q8_0).
+    const HAS_M: bool = true;
     unsafe fn values(p: *const u8) -> __m256i;
+    #[inline(always)]
     unsafe fn d(p: *const u8) -> f32 {
         f16(p)
     }
@@ -80,9 +83,11 @@ pub struct Q8_0;
 
 impl Block32 for Q4_0 {
     const BYTES: usize = 18;
+    #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         nibbles(p.add(2))
     }
+    #[inline(always)]
     unsafe fn m(p: *const u8) -> f32 {
         -8.0 * f16(p)
     }
@@ -91,9 +96,11 @@ impl Block32 for Q4_0 {
 impl Block32 for Q4_1 {
     const BYTES: usize = 20;
     const ROUNDED_S: bool = true;
+    #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         nibbles(p.add(4))
     }
+    #[inline(always)]
     unsafe fn m(p: *const u8) -> f32 {
         f16(p.add(2))
     }
@@ -101,9 +108,11 @@ impl Block32 for Q4_1 {
 
 impl Block32 for Q5_0 {
     const BYTES: usize = 22;
+    #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)))
     }
+    #[inline(always)]
     unsafe fn m(p: *const u8) -> f32 {
         -16.0 * f16(p)
     }
@@ -112,9 +121,11 @@ impl Block32 for Q5_0 {
 impl Block32 for Q5_1 {
     const BYTES: usize = 24;
     const ROUNDED_S: bool = true;
+    #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)))
     }
+    #[inline(always)]
     unsafe fn m(p: *const u8) -> f32 {
         f16(p.add(2))
     }
@@ -123,9 +134,12 @@ impl Block32 for Q5_1 {
 impl Block32 for Q8_0 {
     const BYTES: usize = 34;
     const SIGNED: bool = true;
+    const HAS_M: bool = false;
+    #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         _mm256_loadu_si256(p.add(2) as *const __m256i)
     }
+    #[inline(always)]
     unsafe fn m(_: *const u8) -> f32 {
         0.0
     }
@@ -142,44 +156,82 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
     a: &Activations,
     arows: [usize; C],
     nb: usize,
+    ahead: usize,
 ) -> Tile<R, C> {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // The offset term: per row, the blocks' `m` of a chunk are kept, then dotted with
+    // each activation row's `s` eight blocks at a time.
+    const CHUNK: usize = 64;
+    let mut mbuf = [[0.0f32; CHUNK]; R];
+    let mut offv = [[_mm256_setzero_ps(); C]; R];
     let mut off = [[0.0f32; C]; R];
-    let q: [*const i8; C] = std::array::from_fn(|c| a.q.as_ptr().add(arows[c] * a.cols));
-    let d: [*const f32; C] = std::array::from_fn(|c| a.d.as_ptr().add(arows[c] * nb));
     let s_src = if B::ROUNDED_S { &a.s } else { &a.sx };
-    let s: [*const f32; C] = std::array::from_fn(|c| s_src.as_ptr().add(arows[c] * nb));
-    for b in 0..nb {
-        let mut wv = [_mm256_setzero_si256(); R];
-        let mut dw = [_mm256_setzero_ps(); R];
-        for r in 0..R {
-            let p = w[r].add(b * B::BYTES);
-            wv[r] = B::values(p);
-            dw[r] = _mm256_set1_ps(B::d(p));
-            let m = B::m(p);
-            for c in 0..C {
-                off[r][c] += m * *s[c].add(b);
-            }
-        }
-        for c in 0..C {
-            let y = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
-            let dy = _mm256_broadcast_ss(&*d[c].add(b));
+    let (mut q, mut d, mut s) =
+        ([std::ptr::null::<i8>(); C], [std::ptr::null::<f32>(); C], [std::ptr::null::<f32>(); C]);
+    for c in 0..C {
+        q[c] = a.q.as_ptr().add(arows[c] * a.cols);
+        d[c] = a.d.as_ptr().add(arows[c] * nb);
+        s[c] = s_src.as_ptr().add(arows[c] * nb);
+    }
+    let mut b0 = 0;
+    while b0 < nb {
+        let bn = CHUNK.min(nb - b0);
+        for b in b0..b0 + bn {
+            let mut wv = [_mm256_setzero_si256(); R];
+            let mut wa = [_mm256_setzero_si256(); R];
+            let mut dw = [_mm256_setzero_ps(); R];
             for r in 0..R {
-                let p = if B::SIGNED {
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(wv[r], wv[r]), _mm256_sign_epi8(y, wv[r]))
-                } else {
-                    _mm256_maddubs_epi16(wv[r], y)
-                };
-                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(f, dw[r]), dy, acc[r][c]);
+                let p = w[r].add(b * B::BYTES);
+                if ahead > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(ahead) as *const i8);
+                }
+                wv[r] = B::values(p);
+                if B::SIGNED {
+                    wa[r] = _mm256_sign_epi8(wv[r], wv[r]);
+                }
+                dw[r] = _mm256_set1_ps(B::d(p));
+                if B::HAS_M {
+                    mbuf[r][b - b0] = B::m(p);
+                }
+            }
+            for c in 0..C {
+                let y = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
+                let dy = _mm256_broadcast_ss(&*d[c].add(b));
+                for r in 0..R {
+                    let p = if B::SIGNED {
+                        _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(y, wv[r]))
+                    } else {
+                        _mm256_maddubs_epi16(wv[r], y)
+                    };
+                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(f, dw[r]), dy, acc[r][c]);
+                }
             }
         }
+        if B::HAS_M {
+            let whole = bn / 8 * 8;
+            for r in 0..R {
+                for c in 0..C {
+                    let sc = s[c].add(b0);
+                    let mut i = 0;
+                    while i < whole {
+                        let mv = _mm256_loadu_ps(mbuf[r].as_ptr().add(i));
+                        offv[r][c] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sc.add(i)), offv[r][c]);
+                        i += 8;
+                    }
+                    for i in whole..bn {
+                        off[r][c] += mbuf[r][i] * *sc.add(i);
+                    }
+                }
+            }
+        }
+        b0 += bn;
     }
     let mut out = [[0.0; C]; R];
     for r in 0..R {
         for c in 0..C {
-            out[r][c] = hsum(acc[r][c]) + off[r][c];
+            out[r][c] = hsum(acc[r][c]) + hsum(offv[r][c]) + off[r][c];
         }
     }
     out
@@ -190,75 +242,109 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
 pub trait BlockK {
     const BYTES: usize;
     /// Per super-block: scales, mins and the value bytes' sources, unpacked once.
-    type Unpacked;
+    type Unpacked: Copy;
+    fn zero() -> Self::Unpacked;
     unsafe fn unpack(p: *const u8) -> Self::Unpacked;
     unsafe fn values(u: &Self::Unpacked, p: *const u8, j: usize) -> __m256i;
     unsafe fn scales(u: &Self::Unpacked, j: usize) -> __m256i;
-    /// `d` and the offset term, given the activation's 16 block sums: the super-block's
-    /// product is `d * d_y * isum - d_y * offset`.
-    unsafe fn d_and_offset(u: &Self::Unpacked, p: *const u8, bsums: *const i16) -> (f32, f32);
+    /// The super-block's scale `d`.
+    unsafe fn d(p: *const u8) -> f32;
+    /// The offset term, as i32 lanes to sum, and its coefficient: the super-block's
+    /// product is `d * d_y * isum - coef * d_y * sum(offset)`.
+    unsafe fn offset(u: &Self::Unpacked, p: *const u8, bsums: *const i16) -> (__m256i, f32);
 }
 
 pub struct Q4K;
 pub struct Q5K;
 pub struct Q6K;
 
+#[derive(Clone, Copy)]
 pub struct UnpackedK45 {
-    scales: [i16; 8],
-    mins: [i16; 8],
+    /// The eight 6-bit scales as i16, in both 128-bit lanes.
+    scales: __m256i,
+    /// The eight mins as i16, each twice (one per 16-value block sum).
+    mins: __m256i,
     qh: __m256i,
 }
 
 #[inline(always)]
-unsafe fn unpack_k45(p: *const u8, qh: bool) -> UnpackedK45 {
-    let sc = std::slice::from_raw_parts(p.add(4), 12);
-    let mut u = UnpackedK45 {
-        scales: [0; 8],
-        mins: [0; 8],
-        qh: if qh { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() },
-    };
-    for j in 0..8 {
-        let (s, m) = scale_min_k4(j, sc);
-        u.scales[j] = s as i16;
-        u.mins[j] = m as i16;
-    }
-    u
+unsafe fn zero_k45() -> UnpackedK45 {
+    UnpackedK45 { scales: _mm256_setzero_si256(), mins: _mm256_setzero_si256(), qh: _mm256_setzero_si256() }
 }
 
+/// The 12 scale bytes of a Q4_K/Q5_K super-block as 8 scales then 8 mins (bytes), with
+/// word operations instead of eight calls of `scale_min_k4`.
 #[inline(always)]
-unsafe fn k45_offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (f32, f32) {
-    let mut m = 0i32;
-    for j in 0..8 {
-        m += u.mins[j] as i32 * (*bsums.add(2 * j) as i32 + *bsums.add(2 * j + 1) as i32);
+unsafe fn unpack_k45(p: *const u8, qh: bool) -> UnpackedK45 {
+    const M1: u32 = 0x3f3f3f3f;
+    const M2: u32 = 0x0f0f0f0f;
+    const M3: u32 = 0x03030303;
+    let sc = p.add(4) as *const u32;
+    let (u0, u1, u2) = (sc.read_unaligned(), sc.add(1).read_unaligned(), sc.add(2).read_unaligned());
+    let scales_lo = u0 & M1;
+    let scales_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+    let mins_lo = u1 & M1;
+    let mins_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+    let s8 = _mm_set_epi32(0, 0, scales_hi as i32, scales_lo as i32);
+    let m8 = _mm_set_epi32(0, 0, mins_hi as i32, mins_lo as i32);
+    let s16 = _mm_cvtepu8_epi16(s8);
+    UnpackedK45 {
+        scales: _mm256_set_m128i(s16, s16),
+        mins: _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)),
+        qh: if qh { _mm256_loadu_si256(p.add(16) as *const __m256i) } else { _mm256_setzero_si256() },
     }
-    (f16(p), f16(p.add(2)) * m as f32)
+}
+
+/// Broadcasts i16 lane `j` of each 128-bit half to the whole half.
+#[inline(always)]
+unsafe fn lane16(v: __m256i, j: usize) -> __m256i {
+    let ctrl = (2 * j as i16) | ((2 * j as i16 + 1) << 8);
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(ctrl))
 }
 
 impl BlockK for Q4K {
     const BYTES: usize = 144;
     type Unpacked = UnpackedK45;
+    fn zero() -> UnpackedK45 {
+        // SAFETY: only called by kernels that already run with AVX enabled.
+        unsafe { zero_k45() }
+    }
+    #[inline(always)]
     unsafe fn unpack(p: *const u8) -> UnpackedK45 {
         unpack_k45(p, false)
     }
+    #[inline(always)]
     unsafe fn values(_: &UnpackedK45, p: *const u8, j: usize) -> __m256i {
         let x = _mm256_loadu_si256(p.add(16 + 32 * (j / 2)) as *const __m256i);
         let x = if j % 2 == 1 { _mm256_srli_epi16(x, 4) } else { x };
         _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
     }
+    #[inline(always)]
     unsafe fn scales(u: &UnpackedK45, j: usize) -> __m256i {
-        _mm256_set1_epi16(u.scales[j])
+        lane16(u.scales, j)
     }
-    unsafe fn d_and_offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (f32, f32) {
-        k45_offset(u, p, bsums)
+    #[inline(always)]
+    unsafe fn d(p: *const u8) -> f32 {
+        f16(p)
+    }
+    #[inline(always)]
+    unsafe fn offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (__m256i, f32) {
+        (_mm256_madd_epi16(u.mins, _mm256_loadu_si256(bsums as *const __m256i)), f16(p.add(2)))
     }
 }
 
 impl BlockK for Q5K {
     const BYTES: usize = 176;
     type Unpacked = UnpackedK45;
+    fn zero() -> UnpackedK45 {
+        // SAFETY: only called by kernels that already run with AVX enabled.
+        unsafe { zero_k45() }
+    }
+    #[inline(always)]
     unsafe fn unpack(p: *const u8) -> UnpackedK45 {
         unpack_k45(p, true)
     }
+    #[inline(always)]
     unsafe fn values(u: &UnpackedK45, p: *const u8, j: usize) -> __m256i {
         let x = _mm256_loadu_si256(p.add(48 + 32 * (j / 2)) as *const __m256i);
         let x = if j % 2 == 1 { _mm256_srli_epi16(x, 4) } else { x };
@@ -267,28 +353,38 @@ impl BlockK for Q5K {
         let h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 4);
         _mm256_or_si256(lo, h)
     }
+    #[inline(always)]
     unsafe fn scales(u: &UnpackedK45, j: usize) -> __m256i {
-        _mm256_set1_epi16(u.scales[j])
+        lane16(u.scales, j)
     }
-    unsafe fn d_and_offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (f32, f32) {
-        k45_offset(u, p, bsums)
+    #[inline(always)]
+    unsafe fn d(p: *const u8) -> f32 {
+        f16(p)
+    }
+    #[inline(always)]
+    unsafe fn offset(u: &UnpackedK45, p: *const u8, bsums: *const i16) -> (__m256i, f32) {
+        (_mm256_madd_epi16(u.mins, _mm256_loadu_si256(bsums as *const __m256i)), f16(p.add(2)))
     }
 }
 
+#[derive(Clone, Copy)]
 pub struct UnpackedK6 {
-    scales: [i16; 16],
+    /// The sixteen i8 scales.
+    scales8: __m128i,
 }
 
 impl BlockK for Q6K {
     const BYTES: usize = 210;
     type Unpacked = UnpackedK6;
-    unsafe fn unpack(p: *const u8) -> UnpackedK6 {
-        let mut u = UnpackedK6 { scales: [0; 16] };
-        for g in 0..16 {
-            u.scales[g] = (*p.add(192 + g) as i8) as i16;
-        }
-        u
+    fn zero() -> UnpackedK6 {
+        // SAFETY: only called by kernels that already run with AVX enabled.
+        UnpackedK6 { scales8: unsafe { _mm_setzero_si128() } }
     }
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> UnpackedK6 {
+        UnpackedK6 { scales8: _mm_loadu_si128(p.add(192) as *const __m128i) }
+    }
+    #[inline(always)]
     unsafe fn values(_: &UnpackedK6, p: *const u8, j: usize) -> __m256i {
         // Sub-block j = 4n + k: quarter k of the 128-value half n.
         let (n, k) = (j / 4, j % 4);
@@ -300,16 +396,21 @@ impl BlockK for Q6K {
         let qh = _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(3)), 4);
         _mm256_or_si256(ql, qh)
     }
+    #[inline(always)]
     unsafe fn scales(u: &UnpackedK6, j: usize) -> __m256i {
-        _mm256_set_m128i(_mm_set1_epi16(u.scales[2 * j + 1]), _mm_set1_epi16(u.scales[2 * j]))
+        // Lanes 0-7 (values 0-15 of the sub-block) take scale 2j, lanes 8-15 scale 2j + 1.
+        let (a, b) = (2 * j as i8, 2 * j as i8 + 1);
+        let ctrl = _mm_set_epi8(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a);
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(u.scales8, ctrl))
     }
-    unsafe fn d_and_offset(u: &UnpackedK6, p: *const u8, bsums: *const i16) -> (f32, f32) {
-        let mut m = 0i32;
-        for g in 0..16 {
-            m += u.scales[g] as i32 * *bsums.add(g) as i32;
-        }
-        let d = f16(p.add(208));
-        (d, 32.0 * d * m as f32)
+    #[inline(always)]
+    unsafe fn d(p: *const u8) -> f32 {
+        f16(p.add(208))
+    }
+    #[inline(always)]
+    unsafe fn offset(u: &UnpackedK6, p: *const u8, bsums: *const i16) -> (__m256i, f32) {
+        let s16 = _mm256_cvtepi8_epi16(u.scales8);
+        (_mm256_madd_epi16(s16, _mm256_loadu_si256(bsums as *const __m256i)), 32.0 * f16(p.add(208)))
     }
 }
 
@@ -320,17 +421,33 @@ pub unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
     a: &Activations,
     arows: [usize; C],
     nb: usize,
+    ahead: usize,
 ) -> Tile<R, C> {
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut off = [[0.0f32; C]; R];
-    let q: [*const i8; C] = std::array::from_fn(|c| a.q.as_ptr().add(arows[c] * a.cols));
+    let mut off = [[_mm256_setzero_ps(); C]; R];
+    let mut q = [std::ptr::null::<i8>(); C];
+    for c in 0..C {
+        q[c] = a.q.as_ptr().add(arows[c] * a.cols);
+    }
     for b in 0..nb {
-        let p: [*const u8; R] = std::array::from_fn(|r| w[r].add(b * B::BYTES));
-        let u: [B::Unpacked; R] = std::array::from_fn(|r| B::unpack(p[r]));
+        let mut p = [std::ptr::null::<u8>(); R];
+        let mut u = [B::zero(); R];
+        for r in 0..R {
+            p[r] = w[r].add(b * B::BYTES);
+            if ahead > 0 {
+                for line in (0..B::BYTES).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p[r].add(ahead + line) as *const i8);
+                }
+            }
+            u[r] = B::unpack(p[r]);
+        }
         let mut isum = [[_mm256_setzero_si256(); C]; R];
         for j in 0..8 {
-            let wv: [__m256i; R] = std::array::from_fn(|r| B::values(&u[r], p[r], j));
-            let sc: [__m256i; R] = std::array::from_fn(|r| B::scales(&u[r], j));
+            let (mut wv, mut sc) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            for r in 0..R {
+                wv[r] = B::values(&u[r], p[r], j);
+                sc[r] = B::scales(&u[r], j);
+            }
             for c in 0..C {
                 let y = _mm256_loadu_si256(q[c].add(b * QK_K + 32 * j) as *const __m256i);
                 for r in 0..R {
@@ -344,16 +461,17 @@ pub unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
             let dy = *a.d.get_unchecked(row);
             let bsums = a.bsums.as_ptr().add(row * 16);
             for r in 0..R {
-                let (d, o) = B::d_and_offset(&u[r], p[r], bsums);
+                let d = B::d(p[r]);
                 acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_set1_ps(d * dy), acc[r][c]);
-                off[r][c] -= dy * o;
+                let (o, coef) = B::offset(&u[r], p[r], bsums);
+                off[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(coef * dy), off[r][c]);
             }
         }
     }
     let mut out = [[0.0; C]; R];
     for r in 0..R {
         for c in 0..C {
-            out[r][c] = hsum(acc[r][c]) + off[r][c];
+            out[r][c] = hsum(acc[r][c]) - hsum(off[r][c]);
         }
     }
     out
@@ -373,6 +491,7 @@ pub struct BF16;
 impl FloatRow for F32 {
     const TYPE: WeightType = WeightType::F32;
     const BYTES: usize = 4;
+    #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_loadu_ps(p as *const f32)
     }
@@ -381,6 +500,7 @@ impl FloatRow for F32 {
 impl FloatRow for F16 {
     const TYPE: WeightType = WeightType::F16;
     const BYTES: usize = 2;
+    #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
@@ -389,6 +509,7 @@ impl FloatRow for F16 {
 impl FloatRow for BF16 {
     const TYPE: WeightType = WeightType::BF16;
     const BYTES: usize = 2;
+    #[inline(always)]
     unsafe fn load8(p: *const u8) -> __m256 {
         let x = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
         _mm256_castsi256_ps(_mm256_slli_epi32(x, 16))
@@ -402,13 +523,23 @@ pub unsafe fn tile_float<T: FloatRow, const R: usize, const C: usize>(
     a: &Activations,
     arows: [usize; C],
     cols: usize,
+    ahead: usize,
 ) -> Tile<R, C> {
     let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let x: [*const f32; C] = std::array::from_fn(|c| a.x.as_ptr().add(arows[c] * cols));
+    let mut x = [std::ptr::null::<f32>(); C];
+    for c in 0..C {
+        x[c] = a.x.as_ptr().add(arows[c] * cols);
+    }
     let whole = cols / 8 * 8;
     let mut i = 0;
     while i < whole {
-        let wv: [__m256; R] = std::array::from_fn(|r| T::load8(w[r].add(i * T::BYTES)));
+        let mut wv = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            if ahead > 0 && i % 16 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(w[r].add(i * T::BYTES + ahead) as *const i8);
+            }
+            wv[r] = T::load8(w[r].add(i * T::BYTES));
+        }
         for c in 0..C {
             let xv = _mm256_loadu_ps(x[c].add(i));
             for r in 0..R {
@@ -440,6 +571,7 @@ trait Kernel {
         a: &Activations,
         arows: [usize; C],
         nb: usize,
+        ahead: usize,
     ) -> Tile<R, C>;
 }
 
@@ -448,35 +580,41 @@ struct KK<B>(std::marker::PhantomData<B>);
 struct KF<B>(std::marker::PhantomData<B>);
 
 impl<B: Block32> Kernel for K32<B> {
+    #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         w: [*const u8; R],
         a: &Activations,
         arows: [usize; C],
         nb: usize,
+        ahead: usize,
     ) -> Tile<R, C> {
-        tile32::<B, R, C>(w, a, arows, nb)
+        tile32::<B, R, C>(w, a, arows, nb, ahead)
     }
 }
 
 impl<B: BlockK> Kernel for KK<B> {
+    #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         w: [*const u8; R],
         a: &Activations,
         arows: [usize; C],
         nb: usize,
+        ahead: usize,
     ) -> Tile<R, C> {
-        tile_k::<B, R, C>(w, a, arows, nb)
+        tile_k::<B, R, C>(w, a, arows, nb, ahead)
     }
 }
 
 impl<B: FloatRow> Kernel for KF<B> {
+    #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         w: [*const u8; R],
         a: &Activations,
         arows: [usize; C],
         nb: usize,
+        ahead: usize,
     ) -> Tile<R, C> {
-        tile_float::<B, R, C>(w, a, arows, nb)
+        tile_float::<B, R, C>(w, a, arows, nb, ahead)
     }
 }
 
@@ -510,20 +648,26 @@ unsafe fn walk<K: Kernel>(w: &QMatrix, data: &[u8], a: &Activations, range: std:
     let rb = w.ty.row_bytes(w.cols);
     let base = data.as_ptr();
     let n = a.rows;
-    let store = |r0: usize, c0: usize, t: &[&[f32]]| {
-        for (i, row) in t.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                *out.add((c0 + j) * w.rows + r0 + i) = *v;
-            }
-        }
-    };
     macro_rules! tile {
         ($r:literal, $c:literal, $r0:expr, $c0:expr) => {{
-            let ws: [*const u8; $r] = std::array::from_fn(|i| base.add(($r0 + i) * rb));
-            let cs: [usize; $c] = std::array::from_fn(|j| $c0 + j);
-            let t = K::tile::<$r, $c>(ws, a, cs, nb);
-            let rows: [&[f32]; $r] = std::array::from_fn(|i| &t[i][..]);
-            store($r0, $c0, &rows);
+            let (r0, c0) = ($r0, $c0);
+            let mut ws = [base; $r];
+            for (i, p) in ws.iter_mut().enumerate() {
+                *p = base.add((r0 + i) * rb);
+            }
+            let mut cs = [0usize; $c];
+            for (j, c) in cs.iter_mut().enumerate() {
+                *c = c0 + j;
+            }
+            // The single-row (decode) path streams weights from memory: fetch the next
+            // tile's rows while this one computes.
+            let ahead = if n == 1 { $r * rb } else { 0 };
+            let t = K::tile::<$r, $c>(ws, a, cs, nb, ahead);
+            for (i, row) in t.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    *out.add((c0 + j) * w.rows + r0 + i) = *v;
+                }
+            }
         }};
     }
     let mut r = range.start;

@@ -11,9 +11,15 @@ pub fn dot(t: WeightType, w: &[u8], a: &Activations, r: usize) -> f32 {
     match t {
         WeightType::F32 | WeightType::F16 | WeightType::BF16 => {
             let x = &a.x[r * cols..(r + 1) * cols];
-            let mut row = vec![0.0f32; cols];
-            super::formats::dequantize_row(t, w, &mut row);
-            row.iter().zip(x).map(|(a, b)| a * b).sum()
+            let bytes = t.block_bytes();
+            let mut v = [0.0f32];
+            w.chunks_exact(bytes)
+                .zip(x)
+                .map(|(b, x)| {
+                    super::formats::dequantize_row(t, b, &mut v);
+                    v[0] * x
+                })
+                .sum()
         }
         WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0 => {
             let nb = cols / QK;
