@@ -1,6 +1,10 @@
 //! The `nave` command's arguments: one clap tree for every subcommand. Parsing only; what
-//! each command does is in [`crate::client`], [`crate::up`], [`crate::node`] and
+//! each command does is in [`crate::client`], [`crate::up`], [`crate::process`] and
 //! [`crate::bench`].
+
+// The doc comments of the arguments are `nave --help`'s text, written for a terminal
+// (`<data-dir>/<id>/` is a path there, not an HTML tag).
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //! - `nave hub` / `nave spoke`: one node, run here by `nave_hub::run` and `nave_spoke::run`
 //!   in a process set up by [`process`] (logging, runtime, signals, pid file).
 //! - [`client`]: `nave admin`, `nave train` and `nave chat`, clients of a hub's HTTP API.
-//! - [`bench`]: `nave bench`, the load generator and the engine benchmark.
+//! - [`bench`](mod@bench): `nave bench`, the load generator and the engine benchmark.
 //! - `nave model`: the model store (`nave_inference::store`), with [`up::pull_with_progress`].
 
 mod bench;

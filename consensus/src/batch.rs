@@ -27,7 +27,7 @@ pub(crate) fn proposal_id(node: NodeId) -> String {
 }
 
 /// Takes proposals as they come and commits them in batches, at most
-/// [`BATCHES_IN_FLIGHT`] at a time: while those are in flight the next batch grows.
+/// `BATCHES_IN_FLIGHT` at a time: while those are in flight the next batch grows.
 pub(crate) async fn batch_proposals(
     node: std::sync::Weak<ConsensusNode>,
     mut waiting: tokio::sync::mpsc::UnboundedReceiver<Waiting>,

@@ -241,7 +241,7 @@ impl ConsensusNode {
     }
 
     /// Commits `p` through the leader, retrying while an election runs, for at most
-    /// [`QUORUM_WAIT`]. Proposals made on this node while others are in flight are
+    /// `QUORUM_WAIT`. Proposals made on this node while others are in flight are
     /// committed together as one [`Command::Batch`]: one log entry, one forward to the
     /// leader, one flush, whatever the number of writers.
     pub async fn propose(&self, p: Proposal) -> Result<CommandResult> {
@@ -253,7 +253,7 @@ impl ConsensusNode {
     }
 
     /// Commits `p` through the leader (forwarding it if this node is not), retrying while
-    /// an election runs, for at most [`QUORUM_WAIT`].
+    /// an election runs, for at most `QUORUM_WAIT`.
     pub(crate) async fn propose_now(&self, p: Proposal) -> Result<CommandResult> {
         let deadline = Instant::now() + QUORUM_WAIT;
         let mut last = String::from("no leader");

@@ -105,7 +105,7 @@ async fn request_span(mut req: Request, next: Next) -> Response {
 }
 
 /// A JSON body of type `T`, or the 400 that says what is wrong with it.
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let what = if e.is_data() { "invalid request body" } else { "malformed JSON" };
         ApiError::bad_request(format!("{what}: {e}"))
@@ -218,7 +218,7 @@ pub struct Generated {
 /// The skeleton of every generation: a slot on this hub, the admission write, then the
 /// spoke: [`complete`] for a whole answer (tokens recorded for settlement) or
 /// [`dispatch`] for a stream the caller formats.
-pub(crate) async fn generate(
+pub async fn generate(
     hub: &Arc<Hub>,
     caller: &Caller,
     model: &str,

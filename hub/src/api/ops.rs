@@ -5,8 +5,6 @@
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -15,18 +13,17 @@ pub async fn health() -> &'static str {
     "ok\n"
 }
 
-pub async fn ready(State(hub): State<AppState>) -> Response {
+pub async fn ready(State(hub): State<AppState>) -> Result<&'static str, ApiError> {
     if hub.shutting_down.load(Ordering::Relaxed) {
-        return ApiError::unavailable("shutting down").into_response();
+        return Err(ApiError::unavailable("shutting down"));
     }
     if hub.consensus.figures().leader.is_none() {
-        return ApiError::unavailable("no Raft leader is known yet").into_response();
+        return Err(ApiError::unavailable("no Raft leader is known yet"));
     }
-    if hub.spokes.any_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        ApiError::unavailable("no spoke is ready yet").into_response()
+    if !hub.spokes.any_ready() {
+        return Err(ApiError::unavailable("no spoke is ready yet"));
     }
+    Ok("ready\n")
 }
 
 pub async fn metrics(State(hub): State<AppState>) -> String {
