@@ -59,12 +59,12 @@ fn main() {
                     continue;
                 }
                 let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-                let mut out = [Vec::new()];
+                let mut out = Vec::new();
                 let reps = ((4e8 / (rows * cols * n) as f64) as usize).clamp(4, 4000);
-                matmul(&pool, isa, &[&ws[0]], &x, n, &mut act, &mut out);
+                matmul(&pool, isa, &[&ws[0]], &x, n, &mut act, &mut [&mut out]);
                 let t0 = Instant::now();
                 for i in 0..reps {
-                    matmul(&pool, isa, &[&ws[i % copies]], &x, n, &mut act, &mut out);
+                    matmul(&pool, isa, &[&ws[i % copies]], &x, n, &mut act, &mut [&mut out]);
                 }
                 let s = t0.elapsed().as_secs_f64() / reps as f64;
                 println!(

@@ -15,7 +15,7 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use crate::kernels::{self, Activations, Isa, Pool, QMatrix};
+use crate::kernels::{self, vector, Activations, Isa, Pool, QMatrix};
 use crate::kv::{BlockId, KvStore};
 
 /// The nonlinearity of the feed-forward gate.
@@ -307,11 +307,16 @@ impl Transformer {
     }
 
     /// Applies `ls` to the same input `x` (`rows` rows): one fused product.
-    fn linear<const N: usize>(&self, ls: [&Linear; N], x: &[f32], rows: usize, act: &mut Activations) -> [Vec<f32>; N] {
-        let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    fn linear<const N: usize>(
+        &self,
+        ls: [&Linear; N],
+        x: &[f32],
+        rows: usize,
+        act: &mut Activations,
+        mut outs: [&mut Vec<f32>; N],
+    ) {
         let ws: [&QMatrix; N] = std::array::from_fn(|i| &ls[i].w);
         kernels::matmul(&self.pool, self.isa, &ws, x, rows, act, &mut outs);
-        outs
     }
 
     /// Runs `rows` through the model, writing their keys and values into `kv`, and returns
@@ -336,12 +341,15 @@ impl Transformer {
         // Where each row's positions 0..=pos sit in the KV store (the same in every layer).
         let lora = rows.iter().any(|r| r.adapter.is_some());
         let mut act = Activations::default();
+        // Buffers reused by every layer (allocated once per pass, not once per product).
+        let (mut q, mut k, mut v, mut o, mut attn) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut g, mut u, mut d) = (Vec::new(), Vec::new(), Vec::new());
         let offsets: Vec<Vec<usize>> =
             rows.iter().map(|r| (0..=r.pos).map(|p| kv.offset(r.blocks, p)).collect()).collect();
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, c.eps, &mut h);
-            let [mut q, mut k, mut v] = self.linear([&layer.q, &layer.k, &layer.v], &h, n, &mut act);
+            self.linear([&layer.q, &layer.k, &layer.v], &h, n, &mut act, [&mut q, &mut k, &mut v]);
             if lora {
                 add_lora(rows, li, "attn_q", &h, c.hidden, &mut q);
                 add_lora(rows, li, "attn_k", &h, c.hidden, &mut k);
@@ -365,8 +373,8 @@ impl Transformer {
                 kv.v[li][off..off + d].copy_from_slice(&v[i * d..(i + 1) * d]);
             }
             let window = if local { c.sliding_window.map(|(w, _)| w) } else { None };
-            let attn = attention(&self.pool, rows, &offsets, &q, kv, (li, c, window));
-            let [mut o] = self.linear([&layer.o], &attn, n, &mut act);
+            attention(self, rows, &offsets, &q, kv, (li, window), &mut attn);
+            self.linear([&layer.o], &attn, n, &mut act, [&mut o]);
             if lora {
                 add_lora(rows, li, "attn_output", &attn, c.heads * c.head_dim, &mut o);
             }
@@ -376,7 +384,7 @@ impl Transformer {
             add_in_place(&mut x, &o);
 
             rms_norm_rows(&x, &layer.ffn_norm, c.eps, &mut h);
-            let [mut g, mut u] = self.linear([&layer.gate, &layer.up], &h, n, &mut act);
+            self.linear([&layer.gate, &layer.up], &h, n, &mut act, [&mut g, &mut u]);
             if lora {
                 add_lora(rows, li, "ffn_gate", &h, c.hidden, &mut g);
                 add_lora(rows, li, "ffn_up", &h, c.hidden, &mut u);
@@ -385,7 +393,7 @@ impl Transformer {
                 Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::GeluTanh => g.iter_mut().zip(&u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
             }
-            let [mut d] = self.linear([&layer.down], &g, n, &mut act);
+            self.linear([&layer.down], &g, n, &mut act, [&mut d]);
             if lora {
                 add_lora(rows, li, "ffn_down", &g, g.len() / n, &mut d);
             }
@@ -404,7 +412,8 @@ impl Transformer {
             last.extend_from_slice(&x[i * c.hidden..(i + 1) * c.hidden]);
         }
         rms_norm_in_place(&mut last, &self.out_norm, c.eps);
-        let [logits] = self.linear([&self.output], &last, picked.len(), &mut act);
+        let mut logits = Vec::new();
+        self.linear([&self.output], &last, picked.len(), &mut act, [&mut logits]);
         Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
     }
 }
@@ -492,70 +501,51 @@ unsafe impl Sync for SharedOut {}
 /// Causal attention of every row over its own sequence's keys and values, one job per
 /// (row, KV head) on the model's worker pool.
 fn attention(
-    pool: &Pool,
+    m: &Transformer,
     rows: &[Row<'_>],
     offsets: &[Vec<usize>],
     q: &[f32],
     kv: &KvStore,
-    at: (usize, &ModelConfig, Option<usize>),
-) -> Vec<f32> {
-    let (layer, c, window) = at;
+    (layer, window): (usize, Option<usize>),
+    out: &mut Vec<f32>,
+) {
+    let (pool, isa, c) = (&m.pool, m.isa, &m.config);
     let (heads, hd) = (c.heads, c.head_dim);
     let group = heads / c.kv_heads;
-    let mut out = vec![0.0f32; rows.len() * heads * hd];
+    // Every element is written: each job overwrites its heads' outputs.
+    out.resize(rows.len() * heads * hd, 0.0);
     let out_ptr = SharedOut(out.as_mut_ptr());
     let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
-    // One job per (row, KV head): the query heads sharing that KV head read each key and
-    // value once between them.
-    let jobs = rows.len() * c.kv_heads;
-    // Rebinding makes the closure capture the Send + Sync wrapper rather than its raw
-    // pointer field (edition 2021 captures disjoint fields).
     let threads = pool.threads();
+    // One job per (row, KV head): the query heads sharing that KV head read each key and
+    // value once between them. With few rows (decode) that is too few jobs to share
+    // evenly (3 KV heads on 2 threads), so each query head becomes a job of its own.
+    let per_job = if rows.len() * c.kv_heads >= 4 * threads { group } else { 1 };
+    let jobs = rows.len() * heads / per_job;
     // Jobs are dealt round-robin: later rows of a prefill chunk attend over more
     // positions, so contiguous shares would leave the last thread the most work.
+    // Rebinding makes the closure capture the Send + Sync wrapper rather than its raw
+    // pointer field (edition 2021 captures disjoint fields).
     #[allow(clippy::redundant_locals)]
     let run = |first: usize, step: usize| {
         let out_ptr = out_ptr;
         let mut scores: Vec<f32> = Vec::new();
+        let mut offs: Vec<usize> = Vec::new();
         for job in (first..jobs).step_by(step) {
-            let (ri, g) = (job / c.kv_heads, job % c.kv_heads);
+            let (ri, head0) = (job * per_job / heads, job * per_job % heads);
+            let g = head0 / group;
             let r = &rows[ri];
             let first = window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
-            let len = r.pos + 1 - first;
-            let head0 = ri * heads + g * group;
-            let qs = &q[head0 * hd..(head0 + group) * hd];
-            scores.clear();
-            scores.resize(group * len, 0.0);
-            let offs = &offsets[ri][first..=r.pos];
-            for (i, &off) in offs.iter().enumerate() {
-                let off = off + g * hd;
-                let k = &kc[off..off + hd];
-                for (j, qv) in qs.chunks_exact(hd).enumerate() {
-                    scores[j * len + i] = dot(qv, k) * c.attn_scale;
-                }
-            }
-            for row in scores.chunks_exact_mut(len) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
-            }
-            // SAFETY: job (ri, g) owns the outputs of heads g*group .. (g+1)*group of row ri;
-            // no other job writes them, and `out` outlives the pool call, which returns only
-            // when every job is done.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(head0 * hd), group * hd) };
-            for (i, &off) in offs.iter().enumerate() {
-                let off = off + g * hd;
-                let v = &vc[off..off + hd];
-                for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[j * len + i];
-                    oj.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-                }
-            }
+            let at = ri * heads + head0;
+            let qs = &q[at * hd..(at + per_job) * hd];
+            // The keys and values of KV head g start g * hd into each position's row.
+            offs.clear();
+            offs.extend(offsets[ri][first..=r.pos].iter().map(|&o| o + g * hd));
+            // SAFETY: the job owns the outputs of heads head0 .. head0 + per_job of row
+            // ri; no other job writes them, and `out` outlives the pool call, which returns
+            // only when every job is done.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at * hd), per_job * hd) };
+            vector::attend(isa, qs, kc, vc, &offs, hd, c.attn_scale, &mut scores, o);
         }
     };
     if jobs >= 2 && threads > 1 {
@@ -563,7 +553,6 @@ fn attention(
     } else {
         run(0, 1);
     }
-    out
 }
 
 #[inline]

@@ -659,9 +659,16 @@ unsafe fn walk<K: Kernel>(w: &QMatrix, data: &[u8], a: &Activations, range: std:
             for (j, c) in cs.iter_mut().enumerate() {
                 *c = c0 + j;
             }
-            // The single-row (decode) path streams weights from memory: fetch the next
-            // tile's rows while this one computes.
-            let ahead = if n == 1 { $r * rb } else { 0 };
+            // Weights stream from memory: the single-row (decode) path fetches the next
+            // tile's rows while this one computes; the batched path fetches the next row
+            // block while its first activation tile passes over this one.
+            let ahead = if n == 1 {
+                $r * rb
+            } else if c0 == 0 {
+                ROW_BLOCK * rb
+            } else {
+                0
+            };
             let t = K::tile::<$r, $c>(ws, a, cs, nb, ahead);
             for (i, row) in t.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {

@@ -289,66 +289,184 @@ impl Activations {
 
     /// Quantizes `x` (`rows` rows) for products with weights of kind `kind`.
     pub fn quantize(&mut self, kind: ActKind, x: &[f32], rows: usize) {
+        self.quantize_on(kind, x, rows, None, super::Isa::Scalar);
+    }
+
+    /// [`Self::quantize`], split across `pool`'s threads where the input is large enough
+    /// to pay for it, with `isa`'s vector code where there is some (the results are the
+    /// same bit for bit on every path).
+    pub fn quantize_on(&mut self, kind: ActKind, x: &[f32], rows: usize, pool: Option<&super::Pool>, isa: super::Isa) {
         let cols = x.len() / rows.max(1);
         self.kind = Some(kind);
         self.rows = rows;
         self.cols = cols;
-        match kind {
+        let bv = match kind {
             ActKind::F32 => {
                 self.x.clear();
                 self.x.extend_from_slice(x);
+                return;
             }
-            ActKind::Q8 => {
-                let nb = x.len() / QK;
-                self.q.resize(x.len(), 0);
-                for v in [&mut self.d, &mut self.s, &mut self.sx] {
-                    v.resize(nb, 0.0);
-                }
-                for (b, xb) in x.chunks_exact(QK).enumerate() {
-                    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                    let d = amax / 127.0;
-                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (q, v) in self.q[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
-                        *q = (v * id).round_ties_even() as i8;
-                        sum += *q as i32;
-                    }
-                    let dr = round_f16(d);
-                    self.d[b] = dr;
-                    self.s[b] = round_f16(d * sum as f32);
-                    self.sx[b] = dr * sum as f32;
+            ActKind::Q8 => QK,
+            ActKind::Q8K => QK_K,
+        };
+        let nb = x.len() / bv;
+        self.q.resize(x.len(), 0);
+        self.d.resize(nb, 0.0);
+        if kind == ActKind::Q8 {
+            self.s.resize(nb, 0.0);
+            self.sx.resize(nb, 0.0);
+        } else {
+            self.bsums.resize(nb * 16, 0);
+        }
+        let out = Out {
+            q: self.q.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            sx: self.sx.as_mut_ptr(),
+            bsums: self.bsums.as_mut_ptr(),
+        };
+        let run = |blocks: std::ops::Range<usize>| {
+            // SAFETY: the buffers were sized for `nb` blocks above, and each caller of
+            // `run` takes a disjoint range of blocks.
+            unsafe {
+                match kind {
+                    ActKind::Q8 => q8_blocks(isa, x, out, blocks),
+                    _ => q8k_blocks(x, out, blocks),
                 }
             }
-            ActKind::Q8K => {
-                let nb = x.len() / QK_K;
-                self.q.resize(x.len(), 0);
-                self.d.resize(nb, 0.0);
-                self.bsums.resize(nb * 16, 0);
-                for (b, xb) in x.chunks_exact(QK_K).enumerate() {
-                    let (mut max, mut amax) = (0.0f32, 0.0f32);
-                    for &v in xb {
-                        if v.abs() > amax {
-                            amax = v.abs();
-                            max = v;
-                        }
-                    }
-                    let q = &mut self.q[b * QK_K..(b + 1) * QK_K];
-                    if amax == 0.0 {
-                        self.d[b] = 0.0;
-                        q.fill(0);
-                        self.bsums[b * 16..(b + 1) * 16].fill(0);
-                        continue;
-                    }
-                    let iscale = -127.0 / max;
-                    for (q, v) in q.iter_mut().zip(xb) {
-                        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
-                    }
-                    for (g, s) in self.bsums[b * 16..(b + 1) * 16].iter_mut().enumerate() {
-                        *s = q[g * 16..(g + 1) * 16].iter().map(|&v| v as i16).sum();
-                    }
-                    self.d[b] = 1.0 / iscale;
-                }
+        };
+        match pool {
+            // Below this a hand-off to the other threads costs more than it saves.
+            Some(pool) if pool.threads() > 1 && x.len() >= 8192 => {
+                let threads = pool.threads();
+                pool.run(&|t| run(super::pool::share(nb, t, threads, 1)));
+            }
+            _ => run(0..nb),
+        }
+    }
+}
+
+/// Where quantized activations are written, shared by the threads that fill disjoint
+/// block ranges of them.
+#[derive(Clone, Copy)]
+struct Out {
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    sx: *mut f32,
+    bsums: *mut i16,
+}
+// SAFETY: see `Activations::quantize_on`: threads write disjoint blocks while the owner waits.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Q8_0/Q8_1 blocks `blocks` of `x` into `out`.
+///
+/// # Safety
+/// `out`'s buffers hold at least `blocks.end` blocks; no other thread writes these blocks.
+unsafe fn q8_blocks(isa: super::Isa, x: &[f32], out: Out, blocks: std::ops::Range<usize>) {
+    for b in blocks {
+        let xb = &x[b * QK..(b + 1) * QK];
+        // SAFETY: block b's 32 values lie inside `q` (the caller's contract).
+        let q = unsafe { std::slice::from_raw_parts_mut(out.q.add(b * QK), QK) };
+        let (amax, sum) = match isa {
+            // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2.
+            #[cfg(target_arch = "x86_64")]
+            super::Isa::Avx2 => unsafe { q8_block_avx2(xb, q) },
+            _ => q8_block(xb, q),
+        };
+        let d = amax / 127.0;
+        let dr = round_f16(d);
+        // SAFETY: as above, block b's scale and sums.
+        unsafe {
+            *out.d.add(b) = dr;
+            *out.s.add(b) = round_f16(d * sum as f32);
+            *out.sx.add(b) = dr * sum as f32;
+        }
+    }
+}
+
+/// One block: its largest magnitude and the sum of its quantized values.
+fn q8_block(xb: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in q.iter_mut().zip(xb) {
+        *q = (v * id).round_ties_even() as i8;
+        sum += *q as i32;
+    }
+    (amax, sum)
+}
+
+/// [`q8_block`] with AVX2: the same products and ties-to-even rounding, so the same bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q8_block_avx2(xb: &[f32], q: &mut [i8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let p = xb.as_ptr();
+    // SAFETY: `xb` holds 32 values and `q` 32 bytes (one block).
+    unsafe {
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for x in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let i: [__m256i; 4] = std::array::from_fn(|k| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                v[k], id,
+            )))
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+        let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2));
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, ordered);
+        (amax, _mm_cvtsi128_si32(s1))
+    }
+}
+
+/// Q8_K super-blocks `blocks` of `x` into `out`.
+///
+/// # Safety
+/// As [`q8_blocks`].
+unsafe fn q8k_blocks(x: &[f32], out: Out, blocks: std::ops::Range<usize>) {
+    for b in blocks {
+        let xb = &x[b * QK_K..(b + 1) * QK_K];
+        // SAFETY: super-block b's values, scale and sums (the caller's contract).
+        let (q, d, bsums) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(out.q.add(b * QK_K), QK_K),
+                &mut *out.d.add(b),
+                std::slice::from_raw_parts_mut(out.bsums.add(b * 16), 16),
+            )
+        };
+        let (mut max, mut amax) = (0.0f32, 0.0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
             }
         }
+        if amax == 0.0 {
+            *d = 0.0;
+            q.fill(0);
+            bsums.fill(0);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, v) in q.iter_mut().zip(xb) {
+            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+        }
+        for (g, s) in bsums.iter_mut().enumerate() {
+            *s = q[g * 16..(g + 1) * 16].iter().map(|&v| v as i16).sum();
+        }
+        *d = 1.0 / iscale;
     }
 }

@@ -7,6 +7,7 @@
 //! - [`scalar`]: the portable reference, block by block; every other path is tested
 //!   against it.
 //! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows.
+//! - [`vector`]: the `f32` vector operations of attention, on the same paths.
 //! - [`pool`]: the engine's worker threads.
 //!
 //! A product ([`matmul`]) quantizes its input rows once (shared by every matrix of a fused
@@ -23,6 +24,7 @@ pub mod avx2;
 pub mod formats;
 pub mod pool;
 pub mod scalar;
+pub mod vector;
 
 use std::sync::Arc;
 
@@ -143,21 +145,21 @@ pub fn matmul(
     x: &[f32],
     n: usize,
     act: &mut Activations,
-    outs: &mut [Vec<f32>],
+    outs: &mut [&mut Vec<f32>],
 ) {
     debug_assert_eq!(ws.len(), outs.len());
     let Some(first) = ws.first() else { return };
     let kind = first.ty.act_kind();
     if ws.iter().any(|w| w.ty.act_kind() != kind || w.cols != first.cols) {
         for (w, o) in ws.iter().zip(outs.iter_mut()) {
-            matmul(pool, isa, &[w], x, n, act, std::slice::from_mut(o));
+            matmul(pool, isa, &[w], x, n, act, &mut [&mut **o]);
         }
         return;
     }
     debug_assert_eq!(x.len(), n * first.cols);
-    act.quantize(kind, x, n);
+    act.quantize_on(kind, x, n, Some(pool), isa);
+    // The kernels write every element, so a reused buffer is only resized.
     for (w, o) in ws.iter().zip(outs.iter_mut()) {
-        o.clear();
         o.resize(n * w.rows, 0.0);
     }
     let ptrs: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();

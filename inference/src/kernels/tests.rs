@@ -90,15 +90,15 @@ fn every_path_matches_the_scalar_reference() {
                 let deq = dequantized(&w);
                 for n in [1, 2, 3, 4, 5, 7, 64] {
                     let x = random_input(&mut rng, n, cols);
-                    let mut reference = [Vec::new()];
-                    matmul(&pool, Isa::Scalar, &[&w], &x, n, &mut act, &mut reference);
+                    let mut reference = vec![0.0f32; 0];
+                    matmul(&pool, Isa::Scalar, &[&w], &x, n, &mut act, &mut [&mut reference]);
                     for isa in Isa::available() {
-                        let mut got = [Vec::new()];
-                        matmul(&pool, isa, &[&w], &x, n, &mut act, &mut got);
+                        let mut got = Vec::new();
+                        matmul(&pool, isa, &[&w], &x, n, &mut act, &mut [&mut got]);
                         for c in 0..n {
                             for r in 0..rows {
                                 let scale: f32 = (0..cols).map(|k| (deq[r * cols + k] * x[c * cols + k]).abs()).sum();
-                                let (a, b) = (got[0][c * rows + r], reference[0][c * rows + r]);
+                                let (a, b) = (got[c * rows + r], reference[c * rows + r]);
                                 assert!(
                                     (a - b).abs() <= 2e-5 * scale + 1e-6,
                                     "{} {} rows {rows} cols {cols} n {n}: [{c},{r}] {a} vs {b}",
@@ -125,11 +125,12 @@ fn fused_products_equal_separate_ones() {
     let x = random_input(&mut rng, 5, 576);
     for isa in Isa::available() {
         let mut fused = [Vec::new(), Vec::new(), Vec::new()];
-        matmul(&pool, isa, &[&q, &k, &v], &x, 5, &mut act, &mut fused);
+        let [f0, f1, f2] = &mut fused;
+        matmul(&pool, isa, &[&q, &k, &v], &x, 5, &mut act, &mut [f0, f1, f2]);
         for (i, w) in [&q, &k, &v].into_iter().enumerate() {
-            let mut one = [Vec::new()];
-            matmul(&pool, isa, &[w], &x, 5, &mut act, &mut one);
-            assert_eq!(fused[i], one[0], "{} matrix {i}", isa.name());
+            let mut one = Vec::new();
+            matmul(&pool, isa, &[w], &x, 5, &mut act, &mut [&mut one]);
+            assert_eq!(fused[i], one, "{} matrix {i}", isa.name());
         }
     }
 }
@@ -203,4 +204,34 @@ fn dequantization_matches_candle() {
 fn nave_cpu_names_a_path() {
     // The active path is one this CPU has.
     assert!(Isa::available().contains(&Isa::active()));
+}
+
+/// Activations come out the same bit for bit on every path and split across threads.
+#[test]
+fn activation_quantization_is_the_same_on_every_path() {
+    let mut rng = Rng::new(13);
+    let pool = Pool::new(2);
+    for kind in [ActKind::Q8, ActKind::Q8K] {
+        for (rows, cols) in [(2, 256), (3, 512), (64, 768)] {
+            let mut x = random_input(&mut rng, rows, cols);
+            x[5] = 0.0;
+            // An all-zero block, and a block whose largest value is negative.
+            x[256..288].fill(0.0);
+            x[300] = -1000.0;
+            let mut reference = Activations::default();
+            reference.quantize(kind, &x, rows);
+            for isa in Isa::available() {
+                let mut a = Activations::default();
+                a.quantize_on(kind, &x, rows, Some(&pool), isa);
+                assert_eq!(a.q, reference.q, "{} {kind:?}", isa.name());
+                assert_eq!(a.d, reference.d);
+                if kind == ActKind::Q8 {
+                    assert_eq!(a.s, reference.s);
+                    assert_eq!(a.sx, reference.sx);
+                } else {
+                    assert_eq!(a.bsums, reference.bsums);
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,324 @@
+//! `f32` vector operations of attention (dot products of a query with keys, weighted sums
+//! of values), on the same paths as the matrix kernels. The crate is compiled for plain
+//! x86-64, so without these the compiler would use 128-bit SSE2 here.
+
+use super::Isa;
+
+/// `a · b`.
+#[inline]
+pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match isa {
+        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        _ => scalar_dot(a, b),
+    }
+}
+
+/// `y += w * x`.
+#[inline]
+pub fn axpy(isa: Isa, y: &mut [f32], w: f32, x: &[f32]) {
+    debug_assert_eq!(y.len(), x.len());
+    match isa {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::axpy(y, w, x) },
+        _ => y.iter_mut().zip(x).for_each(|(y, x)| *y += w * x),
+    }
+}
+
+/// `x[i] = exp(x[i] - max)` for all `i`; returns the sum.
+pub fn exp_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
+    match isa {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::exp_sum(x, max) },
+        _ => {
+            let mut sum = 0.0;
+            for v in x.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            sum
+        }
+    }
+}
+
+/// One query group's attention over its positions: `qs` holds `group` query heads of
+/// `hd` values that share one KV head; position `i`'s key and value are
+/// `keys[offs[i]..][..hd]` and `values[offs[i]..][..hd]`. Writes the softmax-weighted sum
+/// of values of each head to `out` (`group * hd`, overwritten). `scores` is scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    isa: Isa,
+    qs: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    offs: &[usize],
+    hd: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let group = qs.len() / hd;
+    let len = offs.len();
+    scores.clear();
+    scores.resize(group * len, 0.0);
+    out.fill(0.0);
+    match isa {
+        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2 and FMA; every offset
+        // plus `hd` lies inside `keys` and `values` (checked below in debug builds, and by
+        // the KV store's block addressing in all builds).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if hd % 8 == 0 => unsafe {
+            debug_assert!(offs.iter().all(|&o| o + hd <= keys.len() && o + hd <= values.len()));
+            avx2::attend(qs, keys, values, offs, hd, scale, scores, out)
+        },
+        _ => {
+            for (i, &off) in offs.iter().enumerate() {
+                let k = &keys[off..off + hd];
+                for (j, q) in qs.chunks_exact(hd).enumerate() {
+                    scores[j * len + i] = scalar_dot(q, k) * scale;
+                }
+            }
+            for row in scores.chunks_exact_mut(len) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let inv = 1.0 / exp_sum(Isa::Scalar, row, max);
+                row.iter_mut().for_each(|s| *s *= inv);
+            }
+            for (i, &off) in offs.iter().enumerate() {
+                let v = &values[off..off + hd];
+                for (j, o) in out.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[j * len + i];
+                    o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                }
+            }
+        }
+    }
+}
+
+fn scalar_dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorize without reassociation.
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    // Called only where AVX2 and FMA were detected; loads stay inside the slices.
+    #![allow(unsafe_op_in_unsafe_fn)]
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
+            i += 8;
+        }
+        while i < n {
+            y[i] += w * x[i];
+            i += 1;
+        }
+    }
+
+    /// `exp(x)` for `x <= 0` (softmax after subtracting the maximum): `2^k e^r` with
+    /// `k = round(x / ln 2)` and `r = x - k ln 2` (ln 2 in two parts, so `r` is exact to
+    /// float precision), `e^r` by its Taylor polynomial of degree 6 on |r| <= ln 2 / 2
+    /// (relative error about 2e-7); inputs below -87 give about 2^-126.
+    #[inline(always)]
+    unsafe fn exp(x: __m256) -> __m256 {
+        // ln 2 = LN2_HI + LN2_LO, LN2_HI with few mantissa bits so k * LN2_HI is exact.
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+    }
+
+    #[inline(always)]
+    unsafe fn dot_hd(a: *const f32, b: *const f32, hd: usize) -> f32 {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= hd {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), s1);
+            i += 16;
+        }
+        if i < hd {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), s0);
+        }
+        hsum(_mm256_add_ps(s0, s1))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(
+        qs: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        offs: &[usize],
+        hd: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let group = qs.len() / hd;
+        let len = offs.len();
+        let (kp, vp, qp, sp, op) = (keys.as_ptr(), values.as_ptr(), qs.as_ptr(), scores.as_mut_ptr(), out.as_mut_ptr());
+        for (i, &off) in offs.iter().enumerate() {
+            let k = kp.add(off);
+            for j in 0..group {
+                *sp.add(j * len + i) = dot_hd(qp.add(j * hd), k, hd) * scale;
+            }
+        }
+        for j in 0..group {
+            let row = std::slice::from_raw_parts_mut(sp.add(j * len), len);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let inv = 1.0 / exp_sum(row, max);
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        // Each head's output (hd values, at most 256) in registers while values stream by.
+        for j in 0..group {
+            let o = op.add(j * hd);
+            let mut c = 0;
+            while c < hd {
+                let width = (hd - c).min(32);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (i, &off) in offs.iter().enumerate() {
+                    let w = _mm256_set1_ps(*sp.add(j * len + i));
+                    let v = vp.add(off + c);
+                    for (t, a) in acc.iter_mut().enumerate().take(width / 8) {
+                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * t)), *a);
+                    }
+                }
+                for (t, a) in acc.iter().enumerate().take(width / 8) {
+                    _mm256_storeu_ps(o.add(c + 8 * t), *a);
+                }
+                c += width;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_sum(x: &mut [f32], max: f32) -> f32 {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut sum = hsum(acc);
+        while i < n {
+            x[i] = (x[i] - max).exp();
+            sum += x[i];
+            i += 1;
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_agrees_with_plain_loops() {
+        let a: Vec<f32> = (0..77).map(|i| ((i * 37) % 19) as f32 / 7.0 - 1.3).collect();
+        let b: Vec<f32> = (0..77).map(|i| ((i * 11) % 23) as f32 / 5.0 - 2.0).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        for isa in Isa::available() {
+            assert!((dot(isa, &a, &b) - plain).abs() < 1e-4, "{}", isa.name());
+            let mut y = b.clone();
+            axpy(isa, &mut y, 0.5, &a);
+            for i in 0..77 {
+                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
+            }
+            let mut x: Vec<f32> = (0..45).map(|i| -(i as f32) * 0.7).collect();
+            x.push(-200.0);
+            let orig = x.clone();
+            let sum = exp_sum(isa, &mut x, 0.0);
+            let want: Vec<f32> = orig.iter().map(|v| v.exp()).collect();
+            for (g, w) in x.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6 * w.max(1e-30) + 1e-38, "{}: exp {g} vs {w}", isa.name());
+            }
+            assert!((sum - want.iter().sum::<f32>()).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn attention_paths_agree() {
+        let hd = 64;
+        let keys: Vec<f32> = (0..40 * hd).map(|i| ((i * 31) % 17) as f32 / 9.0 - 0.9).collect();
+        let values: Vec<f32> = (0..40 * hd).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+        let qs: Vec<f32> = (0..3 * hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+        let offs: Vec<usize> = (0..37).map(|p| ((p * 7) % 40) * hd).collect();
+        let mut reference = vec![0.0; 3 * hd];
+        let mut scores = Vec::new();
+        attend(Isa::Scalar, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut reference);
+        for isa in Isa::available() {
+            let mut out = vec![1.0; 3 * hd];
+            attend(isa, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut out);
+            for (a, b) in out.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", isa.name());
+            }
+        }
+    }
+}
