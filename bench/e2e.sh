@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# End to end, Nave against its peer in the same run: the default cluster (`nave up`
-# on cluster.toml: 3 hubs, 2 spokes of 1 engine thread each) and, with the same model file
-# and the same total threads, two llama.cpp servers of 1 thread each (PyPI xllamacpp)
-# behind sgl-router (PyPI sglang-router, `smg launch`), as a user would set them up.
-# `nave bench --compare` runs each concurrency against both, alternating halves.
+# End to end, Nave against what a user would run instead, in the same run: the default
+# cluster (`nave up` on cluster.toml: 3 hubs, 1 spoke using every core) and one llama.cpp
+# server (PyPI xllamacpp) using every core with 32 slots and continuous batching, on the
+# same GGUF file. Both are driven by the official OpenAI SDK streaming 64-token stories
+# (bench/e2e_sdk.py: tokens counted from `usage`, time to first token from the first
+# content chunk), alternating rounds.
 #
-#   bench/e2e.sh [CONCURRENCIES] [REQUESTS_PER_CLIENT]     # default: "1 8 32" 4
+#   bench/e2e.sh [CLIENTS] [REQUESTS_PER_CLIENT]     # default: "1,8,32" 4
 #
-# Results: a table per concurrency on stdout, JSON in target/e2e/. Stops everything it
-# started on exit. Ports: Nave's cluster.toml, 18500 (router), 18501-18502 (llama.cpp).
+# Results: a table on stdout, JSON in target/e2e/. Stops everything it started on exit.
+# Ports: Nave's cluster.toml, 18501 (llama.cpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONC="${1:-1 8 32}"
+CLIENTS="${1:-1,8,32}"
 PER="${2:-4}"
 MODEL="${NAVE_HOME:-$HOME/.cache/nave}/models/smollm2-135m.gguf"
 OUT=target/e2e
 mkdir -p "$OUT"
+CORES=$(nproc)
 
-python3 -c "import xllamacpp" 2>/dev/null || python3 -m pip install --quiet xllamacpp
-command -v smg >/dev/null || python3 -m pip install --quiet sglang-router
+python3 -c "import xllamacpp, openai" 2>/dev/null || python3 -m pip install --quiet xllamacpp openai
 cargo build --release --locked --bin nave
 NAVE=target/release/nave
 $NAVE model pull smollm2-135m >/dev/null
@@ -32,9 +33,7 @@ trap cleanup EXIT
 
 $NAVE up > "$OUT/nave-up.log" 2>&1 &
 pids+=($!)
-python3 bench/peer_llamacpp_server.py "$MODEL" 18501 1 32 > "$OUT/llama1.log" 2>&1 &
-pids+=($!)
-python3 bench/peer_llamacpp_server.py "$MODEL" 18502 1 32 > "$OUT/llama2.log" 2>&1 &
+python3 bench/peer_llamacpp_server.py "$MODEL" 18501 "$CORES" 32 > "$OUT/llama.log" 2>&1 &
 pids+=($!)
 
 wait_http() {
@@ -46,15 +45,10 @@ wait_http() {
   return 1
 }
 wait_http http://127.0.0.1:18501/health
-wait_http http://127.0.0.1:18502/health
-smg launch --host 127.0.0.1 --port 18500 --worker-urls http://127.0.0.1:18501 http://127.0.0.1:18502 \
-  --policy cache_aware > "$OUT/router.log" 2>&1 &
-pids+=($!)
-wait_http http://127.0.0.1:18500/health
 wait_http http://127.0.0.1:8080/ready
+# An ordinary key for the prompts (the admin key manages keys).
+KEY=$($NAVE admin key create --name e2e-bench | tail -1)
 
-for c in $CONC; do
-  echo "== $c clients"
-  $NAVE bench --url http://127.0.0.1:8080 --compare http://127.0.0.1:18500 \
-    --concurrency "$c" --requests $((c * PER)) --max-tokens 32 --prompt-len 32 --json "$OUT/c$c.json"
-done
+python3 bench/e2e_sdk.py --target "nave=http://127.0.0.1:8080/v1,$KEY" \
+  --target "llama.cpp=http://127.0.0.1:18501/v1" --clients "$CLIENTS" --requests "$PER" \
+  --json "$OUT/e2e.json"

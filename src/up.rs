@@ -401,7 +401,7 @@ mod tests {
         let path = config_for_up(None, dir.path()).expect("default config");
         assert_eq!(path, default_data_dir(dir.path()).expect("default data dir").join("cluster.toml"));
         let config = ClusterConfig::load(&path).expect("the built-in default is a valid config");
-        assert_eq!((config.hubs.len(), config.spokes.len()), (3, 2));
+        assert_eq!((config.hubs.len(), config.spokes.len()), (3, 1));
         // An edit there is kept, and other commands find it.
         std::fs::write(&path, DEFAULT_CLUSTER.replace("name = \"local\"", "name = \"edited\"")).expect("edit");
         assert_eq!(config_for_up(None, dir.path()).expect("again"), path);

@@ -388,13 +388,17 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = include_str!("../../cluster.toml");
+    const TWO_SPOKES: &str = include_str!("../../cluster-two-spokes.toml");
 
     #[test]
     fn the_repository_cluster_toml_is_valid() -> Result<()> {
         let c = ClusterConfig::parse(SAMPLE)?;
         c.validate()?;
         assert_eq!(c.hubs.len(), 3);
-        assert_eq!(c.spokes.len(), 2);
+        assert_eq!(c.spokes.len(), 1);
+        let two = ClusterConfig::parse(TWO_SPOKES)?;
+        two.validate()?;
+        assert_eq!((two.hubs.len(), two.spokes.len()), (3, 2));
         assert_eq!(c.served_models(), vec!["smollm2-135m".to_string()]);
         Ok(())
     }
