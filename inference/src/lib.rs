@@ -1,7 +1,8 @@
 //! # Nave's inference engine
 //!
-//! Runs GGUF models on candle with continuous batching, a paged KV pool with a prefix
-//! cache, and a memory ledger split into serving and training partitions.
+//! Runs GGUF models with its own CPU kernels (weights in the file's own types), continuous
+//! batching, a paged KV pool with a prefix cache, and a memory ledger split into serving
+//! and training partitions. candle reads the GGUF header and runs fine-tuning.
 //!
 //! # Layout
 //! - [`store`]: the model store (`nave model pull`): registry packages, checksums.
@@ -9,6 +10,8 @@
 //! - [`tokenizer`], [`template`]: the tokenizer and chat template, from the GGUF itself.
 //! - [`model`]: the batched forward pass; [`llama`] and [`gemma3`] fill in each
 //!   architecture's shape.
+//! - [`kernels`]: the quantized matrix products, attention's vector operations and the
+//!   worker pool they run on (AVX2 or the scalar reference, chosen once).
 //! - [`kv`]: the block pool (pure bookkeeping, prefix cache) and the KV store.
 //! - [`sampler`], [`detok`]: choosing tokens; turning them into text with stop strings.
 //! - [`engine`]: the engine thread: a bounded queue in, a stream of events out per

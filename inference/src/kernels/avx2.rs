@@ -220,8 +220,8 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
                         offv[r][c] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sc.add(i)), offv[r][c]);
                         i += 8;
                     }
-                    for i in whole..bn {
-                        off[r][c] += mbuf[r][i] * *sc.add(i);
+                    for (i, m) in mbuf[r][whole..bn].iter().enumerate() {
+                        off[r][c] += m * *sc.add(whole + i);
                     }
                 }
             }

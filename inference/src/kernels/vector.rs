@@ -71,7 +71,7 @@ pub fn attend(
         // plus `hd` lies inside `keys` and `values` (checked below in debug builds, and by
         // the KV store's block addressing in all builds).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if hd % 8 == 0 => unsafe {
+        Isa::Avx2 if hd.is_multiple_of(8) => unsafe {
             debug_assert!(offs.iter().all(|&o| o + hd <= keys.len() && o + hd <= values.len()));
             avx2::attend(qs, keys, values, offs, hd, scale, scores, out)
         },
