@@ -145,6 +145,9 @@ impl Block32 for Q8_0 {
     }
 }
 
+/// Blocks per chunk of the 32-wide types' offset term (see `tile32`).
+const CHUNK32: usize = 64;
+
 /// The output tile of `R` weight rows by `C` activation rows: `out[r][c]`.
 pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
 
@@ -162,7 +165,7 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     // The offset term: per row, the blocks' `m` of a chunk are kept, then dotted with
     // each activation row's `s` eight blocks at a time.
-    const CHUNK: usize = 64;
+    const CHUNK: usize = CHUNK32;
     let mut mbuf = [[0.0f32; CHUNK]; R];
     let mut offv = [[_mm256_setzero_ps(); C]; R];
     let mut off = [[0.0f32; C]; R];
@@ -622,6 +625,13 @@ impl<B: FloatRow> Kernel for KF<B> {
 /// (`a.rows` x `w.rows`, columns `range` written by this call alone).
 pub unsafe fn rows(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
     match w.ty {
+        // Batched products of the 32-wide types decode each row block once (walk32);
+        // below eight rows the decoding costs more than it saves.
+        WeightType::Q4_0 if a.rows >= 8 => walk32::<Q4_0>(w, data, a, range, out),
+        WeightType::Q4_1 if a.rows >= 8 => walk32::<Q4_1>(w, data, a, range, out),
+        WeightType::Q5_0 if a.rows >= 8 => walk32::<Q5_0>(w, data, a, range, out),
+        WeightType::Q5_1 if a.rows >= 8 => walk32::<Q5_1>(w, data, a, range, out),
+        WeightType::Q8_0 if a.rows >= 8 => walk32::<Q8_0>(w, data, a, range, out),
         WeightType::Q4_0 => walk::<K32<Q4_0>>(w, data, a, range, out),
         WeightType::Q4_1 => walk::<K32<Q4_1>>(w, data, a, range, out),
         WeightType::Q5_0 => walk::<K32<Q5_0>>(w, data, a, range, out),
@@ -709,6 +719,183 @@ unsafe fn walk<K: Kernel>(w: &QMatrix, data: &[u8], a: &Activations, range: std:
                     2 => tile!(1, 2, rr, c),
                     3 => tile!(1, 3, rr, c),
                     _ => tile!(1, 4, rr, c),
+                }
+            }
+            c += 4;
+        }
+        r = end;
+    }
+}
+
+/// A block of weight rows of a 32-wide type, decoded once for every activation tile that
+/// passes over it: values as bytes (and their magnitudes, for the signed Q8_0), scales
+/// and offset coefficients as `f32`. Sized to stay in L1 with the activation tile.
+struct Decoded {
+    nb: usize,
+    values: Vec<u8>,
+    abs: Vec<u8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+/// Bytes of decoded rows that fit beside an activation tile in a 32 KB L1.
+const DECODED_BYTES: usize = 20 << 10;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode32<B: Block32>(dec: &mut Decoded, rows: &[*const u8]) {
+    let nb = dec.nb;
+    for (i, &row) in rows.iter().enumerate() {
+        for b in 0..nb {
+            let p = row.add(b * B::BYTES);
+            let v = B::values(p);
+            let at = (i * nb + b) * QK;
+            _mm256_storeu_si256(dec.values.as_mut_ptr().add(at) as *mut __m256i, v);
+            if B::SIGNED {
+                _mm256_storeu_si256(dec.abs.as_mut_ptr().add(at) as *mut __m256i, _mm256_sign_epi8(v, v));
+            }
+            dec.d[i * nb + b] = B::d(p);
+            if B::HAS_M {
+                dec.m[i * nb + b] = B::m(p);
+            }
+        }
+    }
+}
+
+/// Decoded rows `r0..r0 + R` times activation rows `arows`: per (row, activation, block)
+/// only the integer dot, its conversion and its scaling are left.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile32_decoded<B: Block32, const R: usize, const C: usize>(
+    dec: &Decoded,
+    r0: usize,
+    a: &Activations,
+    arows: [usize; C],
+) -> Tile<R, C> {
+    let nb = dec.nb;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let s_src = if B::ROUNDED_S { &a.s } else { &a.sx };
+    let (mut q, mut d, mut s) =
+        ([std::ptr::null::<i8>(); C], [std::ptr::null::<f32>(); C], [std::ptr::null::<f32>(); C]);
+    for c in 0..C {
+        q[c] = a.q.as_ptr().add(arows[c] * a.cols);
+        d[c] = a.d.as_ptr().add(arows[c] * nb);
+        s[c] = s_src.as_ptr().add(arows[c] * nb);
+    }
+    let vals = dec.values.as_ptr().add(r0 * nb * QK);
+    let abs = dec.abs.as_ptr().add(r0 * nb * QK);
+    let dw = dec.d.as_ptr().add(r0 * nb);
+    for b in 0..nb {
+        let mut wv = [_mm256_setzero_si256(); R];
+        let mut wa = [_mm256_setzero_si256(); R];
+        let mut dv = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            wv[r] = _mm256_loadu_si256(vals.add((r * nb + b) * QK) as *const __m256i);
+            if B::SIGNED {
+                wa[r] = _mm256_loadu_si256(abs.add((r * nb + b) * QK) as *const __m256i);
+            }
+            dv[r] = _mm256_broadcast_ss(&*dw.add(r * nb + b));
+        }
+        for c in 0..C {
+            let y = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
+            let dy = _mm256_broadcast_ss(&*d[c].add(b));
+            for r in 0..R {
+                let p = if B::SIGNED {
+                    _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(y, wv[r]))
+                } else {
+                    _mm256_maddubs_epi16(wv[r], y)
+                };
+                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(f, dv[r]), dy, acc[r][c]);
+            }
+        }
+    }
+    let mut out = [[0.0; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            // The offset term in the same chunks and order as `tile32`, so a row's result
+            // does not depend on which path (decode or batched) computed it.
+            let (mut offv, mut off) = (_mm256_setzero_ps(), 0.0f32);
+            if B::HAS_M {
+                let m = dec.m.as_ptr().add((r0 + r) * nb);
+                let mut b0 = 0;
+                while b0 < nb {
+                    let bn = CHUNK32.min(nb - b0);
+                    let whole = bn / 8 * 8;
+                    let mut i = 0;
+                    while i < whole {
+                        offv = _mm256_fmadd_ps(_mm256_loadu_ps(m.add(b0 + i)), _mm256_loadu_ps(s[c].add(b0 + i)), offv);
+                        i += 8;
+                    }
+                    for i in whole..bn {
+                        off += *m.add(b0 + i) * *s[c].add(b0 + i);
+                    }
+                    b0 += bn;
+                }
+            }
+            out[r][c] = hsum(acc[r][c]) + hsum(offv) + off;
+        }
+    }
+    out
+}
+
+/// The batched walk of a 32-wide type: each block of weight rows is decoded once, then
+/// every tile of four activation rows passes over it.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn walk32<B: Block32>(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
+    let nb = w.cols / QK;
+    let rb = w.ty.row_bytes(w.cols);
+    let n = a.rows;
+    // An even number of rows (tiles take two), as many as fit DECODED_BYTES.
+    let per_row = nb * (QK + if B::SIGNED { QK } else { 0 } + 8);
+    let block_rows = (DECODED_BYTES / per_row.max(1)).clamp(2, 32) & !1;
+    let mut dec = Decoded {
+        nb,
+        values: vec![0; block_rows * nb * QK],
+        abs: if B::SIGNED { vec![0; block_rows * nb * QK] } else { Vec::new() },
+        d: vec![0.0; block_rows * nb],
+        m: if B::HAS_M { vec![0.0; block_rows * nb] } else { Vec::new() },
+    };
+    let mut ptrs = Vec::with_capacity(block_rows);
+    let mut r = range.start;
+    while r < range.end {
+        let end = (r + block_rows).min(range.end);
+        ptrs.clear();
+        ptrs.extend((r..end).map(|i| data.as_ptr().add(i * rb)));
+        decode32::<B>(&mut dec, &ptrs);
+        macro_rules! tile {
+            ($r:literal, $c:literal, $i:expr, $c0:expr) => {{
+                let (i, c0) = ($i, $c0);
+                let mut cs = [0usize; $c];
+                for (j, c) in cs.iter_mut().enumerate() {
+                    *c = c0 + j;
+                }
+                let t = tile32_decoded::<B, $r, $c>(&dec, i, a, cs);
+                for (k, row) in t.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        *out.add((c0 + j) * w.rows + r + i + k) = *v;
+                    }
+                }
+            }};
+        }
+        let rows = end - r;
+        let mut c = 0;
+        while c < n {
+            let mut i = 0;
+            while i + 2 <= rows {
+                match n - c {
+                    1 => tile!(2, 1, i, c),
+                    2 => tile!(2, 2, i, c),
+                    3 => tile!(2, 3, i, c),
+                    _ => tile!(2, 4, i, c),
+                }
+                i += 2;
+            }
+            if i < rows {
+                match n - c {
+                    1 => tile!(1, 1, i, c),
+                    2 => tile!(1, 2, i, c),
+                    3 => tile!(1, 3, i, c),
+                    _ => tile!(1, 4, i, c),
                 }
             }
             c += 4;

@@ -235,3 +235,36 @@ fn activation_quantization_is_the_same_on_every_path() {
         }
     }
 }
+
+/// A row's product is the same bit for bit whether it is computed alone (the decode
+/// path) or in a batch (the batched path), so batching never changes a greedy answer.
+#[test]
+fn a_row_alone_equals_the_same_row_in_a_batch() {
+    let mut rng = Rng::new(17);
+    let pool = Pool::new(2);
+    let mut act = Activations::default();
+    for t in WeightType::ALL {
+        for cols in shapes(t).into_iter().chain([2304]) {
+            if !cols.is_multiple_of(t.block_values()) {
+                continue;
+            }
+            let w = random_matrix(&mut rng, t, 37, cols);
+            let x = random_input(&mut rng, 6, cols);
+            for isa in Isa::available() {
+                let mut batched = Vec::new();
+                matmul(&pool, isa, &[&w], &x, 6, &mut act, &mut [&mut batched]);
+                for c in 0..6 {
+                    let mut alone = Vec::new();
+                    matmul(&pool, isa, &[&w], &x[c * cols..(c + 1) * cols], 1, &mut act, &mut [&mut alone]);
+                    assert_eq!(
+                        alone[..],
+                        batched[c * 37..(c + 1) * 37],
+                        "{} {} cols {cols} row {c}",
+                        isa.name(),
+                        t.name()
+                    );
+                }
+            }
+        }
+    }
+}
