@@ -47,7 +47,7 @@ wait_http() {
 wait_http http://127.0.0.1:18501/health
 wait_http http://127.0.0.1:8080/ready
 # An ordinary key for the prompts (the admin key manages keys).
-KEY=$($NAVE admin key create --name e2e-bench | tail -1)
+KEY=$($NAVE admin key create --name "e2e-bench-$(date +%s)" | tail -1)
 
 python3 bench/e2e_sdk.py --target "nave=http://127.0.0.1:8080/v1,$KEY" \
   --target "llama.cpp=http://127.0.0.1:18501/v1" --clients "$CLIENTS" --requests "$PER" \
