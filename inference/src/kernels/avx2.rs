@@ -148,6 +148,22 @@ impl Block32 for Q8_0 {
 /// Blocks per chunk of the 32-wide types' offset term (see `tile32`).
 const CHUNK32: usize = 64;
 
+/// One chunk (`bn` blocks) of the offset term `sum m_b * s_b`: eight blocks at a time into
+/// `offv`, the rest into `off`. Both kernels of the 32-wide types sum through this, so
+/// their results are the same bit for bit.
+#[inline(always)]
+unsafe fn offset_chunk(m: *const f32, s: *const f32, bn: usize, offv: &mut __m256, off: &mut f32) {
+    let whole = bn / 8 * 8;
+    let mut i = 0;
+    while i < whole {
+        *offv = _mm256_fmadd_ps(_mm256_loadu_ps(m.add(i)), _mm256_loadu_ps(s.add(i)), *offv);
+        i += 8;
+    }
+    for i in whole..bn {
+        *off += *m.add(i) * *s.add(i);
+    }
+}
+
 /// The output tile of `R` weight rows by `C` activation rows: `out[r][c]`.
 pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
 
@@ -213,19 +229,9 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
             }
         }
         if B::HAS_M {
-            let whole = bn / 8 * 8;
             for r in 0..R {
                 for c in 0..C {
-                    let sc = s[c].add(b0);
-                    let mut i = 0;
-                    while i < whole {
-                        let mv = _mm256_loadu_ps(mbuf[r].as_ptr().add(i));
-                        offv[r][c] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sc.add(i)), offv[r][c]);
-                        i += 8;
-                    }
-                    for (i, m) in mbuf[r][whole..bn].iter().enumerate() {
-                        off[r][c] += m * *sc.add(whole + i);
-                    }
+                    offset_chunk(mbuf[r].as_ptr(), s[c].add(b0), bn, &mut offv[r][c], &mut off[r][c]);
                 }
             }
         }
@@ -812,23 +818,15 @@ unsafe fn tile32_decoded<B: Block32, const R: usize, const C: usize>(
     let mut out = [[0.0; C]; R];
     for r in 0..R {
         for c in 0..C {
-            // The offset term in the same chunks and order as `tile32`, so a row's result
-            // does not depend on which path (decode or batched) computed it.
+            // The offset term in the same chunks as `tile32`, so a row's result does not
+            // depend on which path (decode or batched) computed it.
             let (mut offv, mut off) = (_mm256_setzero_ps(), 0.0f32);
             if B::HAS_M {
                 let m = dec.m.as_ptr().add((r0 + r) * nb);
                 let mut b0 = 0;
                 while b0 < nb {
                     let bn = CHUNK32.min(nb - b0);
-                    let whole = bn / 8 * 8;
-                    let mut i = 0;
-                    while i < whole {
-                        offv = _mm256_fmadd_ps(_mm256_loadu_ps(m.add(b0 + i)), _mm256_loadu_ps(s[c].add(b0 + i)), offv);
-                        i += 8;
-                    }
-                    for i in whole..bn {
-                        off += *m.add(b0 + i) * *s[c].add(b0 + i);
-                    }
+                    offset_chunk(m.add(b0), s[c].add(b0), bn, &mut offv, &mut off);
                     b0 += bn;
                 }
             }

@@ -279,14 +279,6 @@ pub struct Activations {
 }
 
 impl Activations {
-    pub fn blocks_per_row(&self) -> usize {
-        match self.kind {
-            Some(ActKind::Q8) => self.cols / QK,
-            Some(ActKind::Q8K) => self.cols / QK_K,
-            _ => self.cols,
-        }
-    }
-
     /// Quantizes `x` (`rows` rows) for products with weights of kind `kind`.
     pub fn quantize(&mut self, kind: ActKind, x: &[f32], rows: usize) {
         self.quantize_on(kind, x, rows, None, super::Isa::Scalar);

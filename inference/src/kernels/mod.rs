@@ -56,9 +56,14 @@ impl Isa {
         v
     }
 
+    /// The fastest path this CPU runs.
+    pub fn best() -> Isa {
+        *Isa::available().last().unwrap_or(&Isa::Scalar)
+    }
+
     /// The best path this CPU runs, lowered by `NAVE_CPU` if set.
     pub fn detect() -> std::result::Result<Isa, String> {
-        let best = *Isa::available().last().unwrap_or(&Isa::Scalar);
+        let best = Isa::best();
         match std::env::var("NAVE_CPU").ok().as_deref().map(str::trim) {
             None | Some("") | Some("auto") => Ok(best),
             Some("scalar") => Ok(Isa::Scalar),
@@ -79,7 +84,7 @@ impl Isa {
         *ACTIVE.get_or_init(|| {
             Isa::detect().unwrap_or_else(|e| {
                 tracing::warn!("{e}; using the best path");
-                *Isa::available().last().unwrap_or(&Isa::Scalar)
+                Isa::best()
             })
         })
     }

@@ -4,30 +4,6 @@
 
 use super::Isa;
 
-/// `a · b`.
-#[inline]
-pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    match isa {
-        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::dot(a, b) },
-        _ => scalar_dot(a, b),
-    }
-}
-
-/// `y += w * x`.
-#[inline]
-pub fn axpy(isa: Isa, y: &mut [f32], w: f32, x: &[f32]) {
-    debug_assert_eq!(y.len(), x.len());
-    match isa {
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::axpy(y, w, x) },
-        _ => y.iter_mut().zip(x).for_each(|(y, x)| *y += w * x),
-    }
-}
-
 /// `x[i] = exp(x[i] - max)` for all `i`; returns the sum.
 pub fn exp_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
     match isa {
@@ -123,45 +99,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
-            i += 16;
-        }
-        if i + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(s0, s1));
-        while i < n {
-            s += a[i] * b[i];
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(y: &mut [f32], w: f32, x: &[f32]) {
-        let n = y.len().min(x.len());
-        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
-            i += 8;
-        }
-        while i < n {
-            y[i] += w * x[i];
-            i += 1;
-        }
     }
 
     /// `exp(x)` for `x <= 0` (softmax after subtracting the maximum): `2^k e^r` with
@@ -280,17 +217,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_path_agrees_with_plain_loops() {
-        let a: Vec<f32> = (0..77).map(|i| ((i * 37) % 19) as f32 / 7.0 - 1.3).collect();
-        let b: Vec<f32> = (0..77).map(|i| ((i * 11) % 23) as f32 / 5.0 - 2.0).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    fn exp_agrees_with_the_library_on_every_path() {
         for isa in Isa::available() {
-            assert!((dot(isa, &a, &b) - plain).abs() < 1e-4, "{}", isa.name());
-            let mut y = b.clone();
-            axpy(isa, &mut y, 0.5, &a);
-            for i in 0..77 {
-                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
-            }
             let mut x: Vec<f32> = (0..45).map(|i| -(i as f32) * 0.7).collect();
             x.push(-200.0);
             let orig = x.clone();
