@@ -85,7 +85,7 @@ struct Launch {
 
 impl Launch {
     fn spawn(&self) -> anyhow::Result<Child> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let out = nave_consensus::files::append_private(&self.log)?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg(self.kind).arg("--config").arg(&self.config).arg("--id").arg(&self.id);
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
@@ -205,7 +205,7 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         pull_with_progress(&store, model).with_context(|| format!("pulling model {model}"))?;
     }
     let data = &config.cluster.data_dir;
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    nave_consensus::files::private_dir(data).with_context(|| format!("creating {}", data.display()))?;
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
     for id in config.hubs.iter().map(|h| &h.id).chain(config.spokes.iter().map(|s| &s.id)) {
         if config.hubs.iter().any(|h| &h.id == id) {
@@ -233,7 +233,7 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         .filter(|(_, id, _)| here(id));
     for (kind, id, threads) in plan {
         let dir = config.node_dir(&id);
-        std::fs::create_dir_all(&dir)?;
+        nave_consensus::files::private_dir(&dir)?;
         let launch = Launch { exe: exe.clone(), kind, config: config_path.clone(), id, threads, log: dir.join("log") };
         let child = launch.spawn()?;
         nodes.push(Node { child, launch, started: Instant::now(), restart_at: None, crashes: 0 });

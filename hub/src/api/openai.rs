@@ -232,7 +232,9 @@ fn sse_stream(
         last: Instant,
         held: Held,
     }
-    let start = St { hub, d, f, first: true, done: false, last: Instant::now(), held };
+    // Time to first token counts from the request's arrival.
+    let last = held.arrived;
+    let start = St { hub, d, f, first: true, done: false, last, held };
     stream::unfold(start, |mut st| async move {
         if st.done {
             return None;
@@ -258,6 +260,7 @@ fn sse_stream(
                 }
             }
             Some(Event::Done { finish, usage }) => {
+                st.held.admission.record_prompt(usage.prompt_tokens);
                 if st.first && chat {
                     out.push(st.f.chunk(None, true, None));
                 }

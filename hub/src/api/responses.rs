@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nave_consensus::clock::now_secs;
-use nave_consensus::state::{Command, StoredResponse, Turn};
+use nave_consensus::state::{Command, CommandResult, StoredResponse, Turn};
 use nave_inference::{ChatMessage, GenerateRequest, Prompt, SamplingParams};
 
 use super::types::{
@@ -134,7 +134,22 @@ pub async fn create(
         };
         if req.store {
             // Written before the answer goes out: a follow-up on any hub finds it.
-            hub.consensus.write(Command::StoreResponse(Box::new(stored.clone()))).await?;
+            let quota = hub.response_quota();
+            match hub.consensus.write(Command::StoreResponse { response: Box::new(stored.clone()), quota }).await? {
+                CommandResult::Done => {
+                    let (used, bound) =
+                        (hub.consensus.state.read(|a| a.state.stored_response_bytes()), quota.max_total_bytes);
+                    if used > bound / 10 * 8 {
+                        tracing::warn!(
+                            used,
+                            bound,
+                            "stored responses use over 80% of their share of the snapshot bound"
+                        );
+                    }
+                }
+                CommandResult::Invalid(m) => return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)),
+                other => return Err(ApiError::from_command(other)),
+            }
         }
         drop(generated.held);
         Ok((model, Json(response_json(&stored, "completed")).into_response()))
