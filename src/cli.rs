@@ -410,6 +410,19 @@ pub enum AdminCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
+    /// Writes the replicated state (keys, budgets, usage, tokens, conversations, the spoke
+    /// registry) to FILE, read at a linearizable point through the leader.
+    Backup {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Gives a new cluster (no keys, spokes or tokens yet) the state of a backup FILE.
+    Restore {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
     /// Tokens used by day, key and model.
     Usage {
         /// Only this key.

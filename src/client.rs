@@ -82,6 +82,59 @@ pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCmd::Backup { file, conn } => {
+            let key = default_key(conn.key)?;
+            let resp = reqwest::Client::new()
+                .get(format!("{}/admin/v1/backup", conn.url))
+                .bearer_auth(key)
+                .timeout(Duration::from_secs(300))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", conn.url))?;
+            let code = resp.status();
+            let bytes = resp.bytes().await?;
+            if !code.is_success() {
+                anyhow::bail!("{code}: {}", error_message(&bytes).as_deref().unwrap_or("no detail"));
+            }
+            let (header, _) = nave_consensus::backup::decode(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            nave_consensus::files::write_private(&file, &bytes)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "backed up cluster {:?} at log index {}: {} keys, {} spokes, {} bytes of state, to {} (mode 0600: it holds key digests and conversations)",
+                header.cluster,
+                header.log_index,
+                header.keys,
+                header.spokes,
+                header.bytes,
+                file.display()
+            );
+            Ok(())
+        }
+        AdminCmd::Restore { file, conn } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (header, _) =
+                nave_consensus::backup::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let key = default_key(conn.key)?;
+            let resp = reqwest::Client::new()
+                .post(format!("{}/admin/v1/restore", conn.url))
+                .bearer_auth(key)
+                .header("content-type", "application/octet-stream")
+                .body(bytes)
+                .timeout(Duration::from_secs(600))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", conn.url))?;
+            let code = resp.status();
+            let body = resp.bytes().await?;
+            if !code.is_success() {
+                anyhow::bail!("{code}: {}", error_message(&body).as_deref().unwrap_or("no detail"));
+            }
+            println!(
+                "restored the state of cluster {:?} (log index {}): {} keys, {} spokes",
+                header.cluster, header.log_index, header.keys, header.spokes
+            );
+            Ok(())
+        }
         AdminCmd::Usage { key, days, conn } => {
             let mut path = format!("/admin/v1/usage?limit={days}");
             if let Some(k) = &key {

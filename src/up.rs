@@ -385,7 +385,9 @@ mod probe {
     /// The key in `path`, or a new ordinary key (`app`, or `app-2`... if taken) created
     /// through the hub at `host` with the admin key and written to `path` (0600).
     pub fn ensure_app_key(host: &str, admin: &str, path: &std::path::Path) -> anyhow::Result<String> {
-        if let Some(k) = std::fs::read_to_string(path).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()) {
+        let saved = std::fs::read_to_string(path).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+        // A saved key the cluster no longer knows (a restore replaced the state) is replaced.
+        if let Some(k) = saved.filter(|k| get_status(host, "/v1/models", k).is_ok_and(|s| s != 401)) {
             return Ok(k);
         }
         for n in 1..=20 {
@@ -412,6 +414,20 @@ mod probe {
             return Ok(key);
         }
         anyhow::bail!("keys app..app-20 exist already")
+    }
+
+    /// The HTTP status of `GET path` with `key`.
+    fn get_status(host: &str, path: &str, key: &str) -> anyhow::Result<u16> {
+        let addr: std::net::SocketAddr = host.parse()?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf)?;
+        Ok(std::str::from_utf8(&buf[9..12])?.parse()?)
     }
 
     pub fn blocking_client() -> impl Fn(&str) -> bool {

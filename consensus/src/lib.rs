@@ -25,6 +25,7 @@
 //! flight -> the leader (forwarded by [`network`] from a follower) appends it to the log
 //! ([`store`]) and replicates it -> every replica applies it with [`state`].
 
+pub mod backup;
 pub mod batch;
 pub mod clock;
 pub mod config;

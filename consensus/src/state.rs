@@ -251,7 +251,20 @@ pub enum Command {
     /// Proposals gathered by one hub while its previous ones were in flight, committed as
     /// one log entry; each is applied as if alone (its own id, time and result).
     Batch(Vec<Proposal>),
+    /// One piece of a backed-up state ([`ClusterState::backup_bytes`]), in order from
+    /// offset 0 (pieces keep every log entry small); the `last` one replaces an empty state
+    /// (a new cluster: no keys, spokes, tokens, responses) with the backed-up one. Refused
+    /// on a state in use.
+    Restore {
+        offset: u64,
+        chunk: Vec<u8>,
+        last: bool,
+    },
 }
+
+/// The largest backed-up state a restore decodes, and the pieces it is written in.
+pub const MAX_BACKUP_BYTES: u64 = 192 << 20;
+pub const RESTORE_CHUNK: usize = 1 << 20;
 
 /// A command with what every replica must agree on: who proposed it, when, and its id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,6 +314,8 @@ pub struct ClusterState {
     pub spokes: BTreeMap<String, SpokeRecord>,
     /// Fine-tuned adapters (`model:name`) and the spokes that serve them.
     pub adapters: BTreeMap<String, Vec<String>>,
+    /// A backed-up state arriving in pieces ([`Command::Restore`]).
+    restoring: Vec<u8>,
 }
 
 impl ClusterState {
@@ -486,6 +501,41 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::Batch(_) => CommandResult::Invalid("a batch inside a batch".into()),
+            Command::Restore { offset, chunk, last } => {
+                if !self.is_new() {
+                    return CommandResult::Invalid(
+                        "this cluster's state is in use (keys that served requests, spokes, tokens or responses): restore into a new cluster"
+                            .into(),
+                    );
+                }
+                if *offset == 0 {
+                    self.restoring.clear();
+                }
+                if *offset != self.restoring.len() as u64 {
+                    return CommandResult::Invalid(format!(
+                        "a restore piece at offset {offset}; the next one starts at {}",
+                        self.restoring.len()
+                    ));
+                }
+                if self.restoring.len() as u64 + chunk.len() as u64 > MAX_BACKUP_BYTES {
+                    self.restoring = Vec::new();
+                    return CommandResult::Invalid(format!("a backed-up state has at most {MAX_BACKUP_BYTES} bytes"));
+                }
+                self.restoring.extend_from_slice(chunk);
+                if !*last {
+                    return CommandResult::Done;
+                }
+                let bytes = std::mem::take(&mut self.restoring);
+                match ClusterState::from_backup_bytes(&bytes) {
+                    Ok(restored) => {
+                        let (keys, spokes) = (restored.keys.len(), restored.spokes.len());
+                        *self = restored;
+                        self.audit(now, "admin", format!("state restored from a backup: {keys} keys, {spokes} spokes"));
+                        CommandResult::Done
+                    }
+                    Err(why) => CommandResult::Invalid(why),
+                }
+            }
             Command::RemoveSpoke { id } => match self.spokes.remove(id) {
                 Some(_) => {
                     self.audit(now, "admin", format!("spoke removed: {id}"));
@@ -629,6 +679,35 @@ impl ClusterState {
         self.response_order.push_back((now, r.id.clone()));
         self.responses.insert(r.id.clone(), r);
         CommandResult::Done
+    }
+
+    /// Whether nothing has been used in this state yet (a new cluster, which a backup may
+    /// be restored into): keys made but never used (the app key `nave up` makes) and audit
+    /// entries do not count; the restore replaces them.
+    pub fn is_new(&self) -> bool {
+        self.keys.values().all(|k| k.total_requests == 0)
+            && self.spokes.is_empty()
+            && self.join_tokens.is_empty()
+            && self.responses.is_empty()
+            && self.adapters.is_empty()
+    }
+
+    /// The state as a backup carries it (bincode, the snapshot's encoding).
+    pub fn backup_bytes(&self) -> Vec<u8> {
+        bincode::serialize(self).unwrap_or_default()
+    }
+
+    /// A backed-up state, decoded with a size limit; an error says what is wrong.
+    pub fn from_backup_bytes(bytes: &[u8]) -> Result<ClusterState, String> {
+        use bincode::Options;
+        if bytes.len() as u64 > MAX_BACKUP_BYTES {
+            return Err(format!("a backed-up state has at most {MAX_BACKUP_BYTES} bytes"));
+        }
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(MAX_BACKUP_BYTES)
+            .deserialize(bytes)
+            .map_err(|e| format!("the backed-up state does not decode (another version of Nave?): {e}"))
     }
 
     /// Bytes the stored responses hold (their text), for the snapshot-size metric.

@@ -11,7 +11,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use nave_consensus::node::HubChange;
-use nave_consensus::state::{Command, Limits};
+use nave_consensus::state::{Command, Limits, RESTORE_CHUNK};
 use sha2::{Digest, Sha256};
 
 use crate::api::types::{
@@ -325,4 +325,51 @@ pub async fn own_usage(
             .unwrap_or_default(),
     };
     Ok(Json(UsageList { usage }))
+}
+
+/// `GET /admin/v1/backup`: the replicated state at a linearizable point (every write
+/// acknowledged before the call is in it), as a backup file (`nave admin backup FILE`).
+pub async fn backup(State(hub): State<Arc<Hub>>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (state, index, keys, spokes) = hub
+        .consensus
+        .read(|a| {
+            let index = a.last_applied.map_or(0, |l| l.index);
+            (a.state.backup_bytes(), index, a.state.keys.len(), a.state.spokes.len())
+        })
+        .await?;
+    let file = nave_consensus::backup::encode(
+        &state,
+        &hub.config.cluster.name,
+        nave_consensus::clock::now_ms(),
+        index,
+        keys,
+        spokes,
+    );
+    let _ = hub
+        .consensus
+        .write(Command::Audit { actor: "admin".into(), what: format!("backup taken at log index {index}") })
+        .await;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], file).into_response())
+}
+
+/// `POST /admin/v1/restore` with a backup file as the body: a new cluster (no keys,
+/// spokes, tokens or responses yet) takes the backed-up state, through one Raft write.
+pub async fn restore(State(hub): State<Arc<Hub>>, body: Bytes) -> Answer<crate::api::types::Restored> {
+    let (header, state) = nave_consensus::backup::decode(&body).map_err(ApiError::bad_request)?;
+    // Checked here first, so a bad file writes nothing.
+    nave_consensus::state::ClusterState::from_backup_bytes(state).map_err(ApiError::bad_request)?;
+    let pieces: Vec<&[u8]> = if state.is_empty() { vec![state] } else { state.chunks(RESTORE_CHUNK).collect() };
+    for (i, chunk) in pieces.iter().enumerate() {
+        let command =
+            Command::Restore { offset: (i * RESTORE_CHUNK) as u64, chunk: chunk.to_vec(), last: i + 1 == pieces.len() };
+        done(hub.consensus.write(command).await)?;
+    }
+    Ok(Json(crate::api::types::Restored {
+        from_cluster: header.cluster,
+        taken_ms: header.taken_ms,
+        log_index: header.log_index,
+        keys: header.keys,
+        spokes: header.spokes,
+    }))
 }

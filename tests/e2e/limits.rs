@@ -20,7 +20,7 @@ fn absurd_numbers_bodies_from_strangers_usage_and_audit() {
     let r = http
         .post(format!("{h1}/admin/v1/keys"))
         .bearer_auth(&c.key)
-        .json(&json!({"name": "app", "daily_tokens": 1_000_000}))
+        .json(&json!({"name": "limits-app", "daily_tokens": 1_000_000}))
         .send()
         .expect("sent");
     assert_eq!(r.status(), 201);
@@ -72,15 +72,20 @@ fn absurd_numbers_bodies_from_strangers_usage_and_audit() {
     assert_eq!(usage[0]["model"], "tiny");
     assert_eq!(usage[0]["requests"], 3, "{usage:?}");
     let v: Value = http
-        .get(format!("{h1}/admin/v1/usage?key=app"))
+        .get(format!("{h1}/admin/v1/usage?key=limits-app"))
         .bearer_auth(&c.key)
         .send()
         .expect("sent")
         .json()
         .expect("json");
     assert_eq!(v["usage"][0]["total_tokens"].as_u64(), Some(expected.0 + expected.1), "{v}");
-    let k: Value =
-        http.get(format!("{h1}/admin/v1/keys/app")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
+    let k: Value = http
+        .get(format!("{h1}/admin/v1/keys/limits-app"))
+        .bearer_auth(&c.key)
+        .send()
+        .expect("sent")
+        .json()
+        .expect("json");
     assert_eq!(k["tokens_today"].as_u64(), Some(expected.0 + expected.1), "{k}");
     assert_eq!(http.get(format!("{h1}/admin/v1/usage")).bearer_auth(&key).send().expect("sent").status(), 403);
 
@@ -88,7 +93,7 @@ fn absurd_numbers_bodies_from_strangers_usage_and_audit() {
     let v: Value =
         http.get(format!("{h2}/admin/v1/audit")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
     let entries = v["entries"].as_array().cloned().unwrap_or_default();
-    assert!(entries.iter().any(|e| e["actor"] == "admin" && e["what"] == "key created: app"), "{entries:?}");
+    assert!(entries.iter().any(|e| e["actor"] == "admin" && e["what"] == "key created: limits-app"), "{entries:?}");
 
     // A stranger's body is never read: headers announcing 1 MiB, a few bytes sent, and the
     // 401 comes at once (not after the body timeout).

@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod backup;
 mod chaos;
 mod clients_real_model;
 mod cluster_tiny;

@@ -57,12 +57,22 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/audit", get(admin::audit))
         .route("/admin/v1/usage", get(admin::usage))
         .route("/v1/usage", get(admin::own_usage))
+        .route("/admin/v1/backup", get(admin::backup))
         // Layers run outside in: the key is checked before a byte of the body is read, so
         // a stranger's slow or large body holds nothing.
         .route_layer(middleware::from_fn_with_state(body_limits, serve::read_body))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth::middleware));
+    // A backup file is larger than any API body: its own limit, the key checked first.
+    let restore_limits =
+        serve::BodyLimits { max_bytes: nave_consensus::state::MAX_BACKUP_BYTES as usize + 4096, ..body_limits };
+    let restore = Router::new()
+        .route("/admin/v1/restore", post(admin::restore))
+        .route_layer(middleware::from_fn_with_state(restore_limits, serve::read_body))
+        .route_layer(DefaultBodyLimit::max(restore_limits.max_bytes))
+        .route_layer(middleware::from_fn_with_state(hub.clone(), auth::middleware));
     Router::new()
         .merge(protected)
+        .merge(restore)
         .route("/api/version", get(ollama::version))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

@@ -782,3 +782,13 @@ pub struct ModelEntry {
     pub created: u64,
     pub owned_by: String,
 }
+
+/// `POST /admin/v1/restore`: what the restored state came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Restored {
+    pub from_cluster: String,
+    pub taken_ms: u64,
+    pub log_index: u64,
+    pub keys: usize,
+    pub spokes: usize,
+}
