@@ -22,10 +22,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use nave_inference::{FinishReason, GenerateRequest, Usage};
+use nave_inference::GenerateRequest;
 
 use crate::error::ApiError;
-use crate::route::{complete, dispatch, Dispatch};
+use crate::route::{complete, dispatch, Completed, Dispatch};
 use crate::{admin, auth, serve, train, Admission, Caller, Hub, Slot};
 
 pub type AppState = Arc<Hub>;
@@ -39,6 +39,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/v1/responses", post(responses::create))
         .route("/v1/responses/{id}", get(responses::get))
         .route("/api/chat", post(ollama::chat))
@@ -202,9 +203,9 @@ pub struct Held {
     pub admission: Admission,
 }
 
-/// A generation's answer: whole, or the running dispatch to stream from.
+/// A generation's answer: whole (every choice), or the running dispatch to stream from.
 pub enum Answer {
-    Whole { text: String, finish: FinishReason, usage: Usage },
+    Whole(Completed),
     Stream(Dispatch),
 }
 
@@ -228,15 +229,17 @@ pub async fn generate(
     streamed: bool,
 ) -> Result<Generated, ApiError> {
     let slot = hub.take_slot()?;
-    let admission = hub.write_admission(caller, &ctx.request_id, gen.params.max_tokens).await?;
+    // Every choice may use all of max_tokens.
+    let reserve = gen.params.max_tokens.saturating_mul(gen.params.n.max(1));
+    let admission = hub.write_admission(caller, &ctx.request_id, reserve).await?;
     let admitted_at = Instant::now();
     let held = Held { _slot: slot, admission };
     let answer = if streamed {
         Answer::Stream(dispatch(hub, model, gen, session, ctx.deadline, &[]).await?)
     } else {
-        let (text, finish, usage) = complete(hub, model, gen, session, ctx.deadline).await?;
-        held.admission.record(usage.completion_tokens);
-        Answer::Whole { text, finish, usage }
+        let done = complete(hub, model, gen, session, ctx.deadline).await?;
+        held.admission.record(done.usage().completion_tokens);
+        Answer::Whole(done)
     };
     Ok(Generated { answer, held, admitted_at })
 }
@@ -251,8 +254,8 @@ pub const BODY_ROUTES: &[&str] =
 pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
     let body = Bytes::copy_from_slice(body);
     match route {
-        "/v1/chat/completions" => openai::params(parse::<types::ChatRequest>(&body)?.sampling).map(|_| ()),
-        "/v1/completions" => openai::params(parse::<types::CompletionRequest>(&body)?.sampling).map(|_| ()),
+        "/v1/chat/completions" => openai::chat_params(&parse(&body)?).map(|_| ()),
+        "/v1/completions" => openai::completion_params(&parse(&body)?).map(|_| ()),
         "/v1/responses" => responses::params(&parse::<types::ResponsesRequest>(&body)?).map(|_| ()),
         "/api/chat" => ollama::params(parse::<types::OllamaChat>(&body)?.options.unwrap_or_default()).map(|_| ()),
         "/api/generate" => {
@@ -283,11 +286,34 @@ mod tests {
             b"[]",
             br#"{"model":5}"#,
             br#"{"model":"m","messages":[],"temperature":-1}"#,
-            br#"{"model":"m","messages":[],"n":2}"#,
+            br#"{"model":"m","messages":[],"n":9}"#,
+            br#"{"model":"m","messages":[],"top_logprobs":2}"#,
+            br#"{"model":"m","messages":[],"logprobs":true,"top_logprobs":21}"#,
+            br#"{"model":"m","messages":[],"logit_bias":{"x":1}}"#,
+            br#"{"model":"m","messages":[],"logit_bias":{"5":101}}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+            br#"{"model":"m","messages":[],"tool_choice":"required"}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
         ] {
             let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
             assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
         }
+        for good in [
+            &br#"{"model":"m","messages":[],"n":8,"logprobs":true,"top_logprobs":20,"logit_bias":{"5":-100}}"#[..],
+            br#"{"model":"m","messages":[],"response_format":{"type":"text"},"user":"u-1","tools":[],"tool_choice":"none"}"#,
+        ] {
+            assert!(validate_body("/v1/chat/completions", good).is_ok(), "{}", String::from_utf8_lossy(good));
+        }
+        let named = |route: &str, body: &[u8]| validate_body(route, body).err().and_then(|e| e.param);
+        assert_eq!(
+            named("/v1/chat/completions", br#"{"model":"m","messages":[],"tools":[{}]}"#).as_deref(),
+            Some("tools")
+        );
+        assert_eq!(
+            named("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":30}"#).as_deref(),
+            Some("logprobs")
+        );
+        assert!(validate_body("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":5,"echo":true}"#).is_ok());
         assert!(validate_body("/api/generate", br#"{"model":"m","prompt":"x","options":{"num_predict":-1}}"#).is_ok());
         assert!(validate_body("/v1/responses", br#"{"model":"m","input":"x","max_output_tokens":0}"#).is_err());
     }

@@ -40,6 +40,7 @@ pub(crate) fn params(o: OllamaOptions) -> Result<SamplingParams, ApiError> {
         presence_penalty: o.presence_penalty.unwrap_or(0.0),
         frequency_penalty: o.frequency_penalty.unwrap_or(0.0),
         ignore_eos: false,
+        ..d
     };
     p.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(p)
@@ -134,8 +135,12 @@ async fn run(
     let generated = super::generate(hub, caller, model, gen, ctx, ctx.session.as_deref(), streamed).await?;
     let started: Instant = generated.admitted_at;
     let d = match generated.answer {
-        Answer::Whole { text, finish, usage } => {
-            let body = line(kind, model, &text, Some((finish, usage, started.elapsed())));
+        Answer::Whole(done) => {
+            let usage = done.usage();
+            let Some(c) = done.choices.into_iter().next() else {
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, "the spoke answered no choice"));
+            };
+            let body = line(kind, model, &c.text, Some((c.finish, usage, started.elapsed())));
             return Ok((model.to_string(), Json(body).into_response()));
         }
         Answer::Stream(d) => d,
@@ -148,11 +153,12 @@ async fn run(
                 return None;
             }
             let (out, end) = match d.next().await {
-                Some(Event::Delta { text, tokens }) => {
+                Some(Event::Prompt { .. }) => (Bytes::new(), false),
+                Some(Event::Delta { text, tokens, .. }) => {
                     held.admission.record(tokens.len());
                     (ndjson(&line(kind, &model, &text, None)), false)
                 }
-                Some(Event::Done { finish, usage }) => {
+                Some(Event::Done { finish, usage, .. }) => {
                     (ndjson(&line(kind, &model, "", Some((finish, usage, started.elapsed())))), true)
                 }
                 Some(Event::Error { message, .. }) => (ndjson(&OllamaError { error: message }), true),

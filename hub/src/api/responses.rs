@@ -115,7 +115,10 @@ pub async fn create(
         // Held (the slot and the admission) until the response is stored.
         let generated = generate(&hub, &caller, &model, gen, &ctx, session.as_deref(), false).await?;
         let (text, usage) = match generated.answer {
-            Answer::Whole { text, usage, .. } => (text, usage),
+            Answer::Whole(done) => {
+                let usage = done.usage();
+                (done.choices.into_iter().next().map(|c| c.text).unwrap_or_default(), usage)
+            }
             Answer::Stream(_) => {
                 return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "a whole answer was asked for"))
             }

@@ -83,7 +83,59 @@ pub struct Sampling {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
+    pub n: Option<usize>,
+    /// Token id (as a string) -> bias added to its logit, -100..=100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// OpenAI's opaque end-user id: accepted, not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Fields of OpenAI's API that Nave does not implement yet. Present (not null), they are
+/// a 400 naming the field rather than silently ignored; the values that ask for nothing
+/// (`response_format: {"type": "text"}`, `tool_choice: "none"`, an empty `tools`,
+/// `modalities: ["text"]`) are accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Unsupported {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modalities: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search_options: Option<serde_json::Value>,
+}
+
+impl Unsupported {
+    /// The first field present that asks for something Nave cannot do, and what it asked.
+    pub fn first(&self) -> Option<(&'static str, String)> {
+        use serde_json::{json, Value};
+        let empty = |v: &Value| v.as_array().is_some_and(Vec::is_empty);
+        let asks = [
+            ("tools", self.tools.as_ref().filter(|v| !empty(v))),
+            ("tool_choice", self.tool_choice.as_ref().filter(|v| *v != "none")),
+            ("functions", self.functions.as_ref().filter(|v| !empty(v))),
+            ("function_call", self.function_call.as_ref().filter(|v| *v != "none")),
+            ("response_format", self.response_format.as_ref().filter(|v| **v != json!({"type": "text"}))),
+            ("audio", self.audio.as_ref()),
+            ("modalities", self.modalities.as_ref().filter(|v| **v != json!(["text"]))),
+            ("prediction", self.prediction.as_ref()),
+            ("web_search_options", self.web_search_options.as_ref()),
+        ];
+        asks.into_iter().find_map(|(field, v)| v.map(|v| (field, v.to_string())))
+    }
 }
 
 /// `POST /v1/chat/completions`.
@@ -95,8 +147,16 @@ pub struct ChatRequest {
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Log-probabilities of the output tokens...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// ...with this many alternatives each (0..=20; needs `logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,8 +175,17 @@ pub struct CompletionRequest {
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Log-probabilities of every token with this many alternatives (0..=20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
+    /// The prompt in front of the completion (with its tokens' log-probabilities when
+    /// `logprobs` is set, the first token's null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 // ---- OpenAI: responses ----
@@ -129,6 +198,10 @@ pub struct Completion<C> {
     pub object: String,
     pub created: u64,
     pub model: String,
+    /// Names the serving configuration (the Nave version and the model): answers with
+    /// the same fingerprint and seed were sampled alike.
+    #[serde(default)]
+    pub system_fingerprint: String,
     pub choices: Vec<C>,
     /// Always on a whole completion; on a stream, only the last chunk's (with
     /// `stream_options.include_usage`), whose choices are empty.
@@ -140,8 +213,77 @@ pub struct Completion<C> {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: String,
+}
+
+/// A chat choice's log-probabilities (whole, or those of one chunk's tokens).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    #[serde(default)]
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprobBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopLogprobBody {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// A text completion's log-probabilities, in the legacy completions shape: per token its
+/// text, log-probability (null for a prompt's first token), the most likely alternatives
+/// (text -> log-probability, most likely first) and its character offset in the text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<OrderedLogprobs>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// Token text -> log-probability, kept in order (a JSON object, most likely first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderedLogprobs(pub Vec<(String, f32)>);
+
+impl Serialize for OrderedLogprobs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderedLogprobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedLogprobs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of token -> log-probability")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = a.next_entry::<String, f32>()? {
+                    out.push(e);
+                }
+                Ok(OrderedLogprobs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,7 +297,7 @@ pub struct AssistantMessage {
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -163,7 +305,7 @@ pub struct TextChoice {
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<String>,
 }
 
