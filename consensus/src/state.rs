@@ -161,6 +161,11 @@ pub enum Command {
         what: String,
     },
     StoreResponse(Box<StoredResponse>),
+    /// Forgets a stored response (only its owner may).
+    DeleteResponse {
+        id: String,
+        owner: String,
+    },
     /// A join token with `uses` uses, valid for `ttl_ms` from the command's time.
     CreateJoinToken {
         digest: String,
@@ -378,6 +383,14 @@ impl ClusterState {
                 self.responses.insert(r.id.clone(), r);
                 CommandResult::Done
             }
+            Command::DeleteResponse { id, owner } => match self.responses.get(id) {
+                Some(r) if &r.owner == owner => {
+                    self.responses.remove(id);
+                    self.response_order.retain(|(_, kept)| kept != id);
+                    CommandResult::Done
+                }
+                _ => CommandResult::NotFound(format!("no stored response {id:?}")),
+            },
             Command::CreateJoinToken { digest, ttl_ms, uses } => {
                 if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return CommandResult::Invalid("digest must be 64 hex digits".into());
@@ -641,6 +654,12 @@ mod tests {
         assert_eq!(chain, vec!["a", "b"]);
         assert!(s.response("b", "mallory").is_none(), "another key cannot read it");
         assert!(s.conversation("b", "mallory").is_none());
+        let del = |owner: &str| Command::DeleteResponse { id: "a".into(), owner: owner.into() };
+        assert!(matches!(run(&mut s, "d1", 21, del("mallory")), CommandResult::NotFound(_)), "only the owner deletes");
+        assert!(s.response("a", "alice").is_some());
+        assert_eq!(run(&mut s, "d2", 22, del("alice")), CommandResult::Done);
+        assert!(s.response("a", "alice").is_none());
+        assert!(matches!(run(&mut s, "d3", 23, del("alice")), CommandResult::NotFound(_)));
         run(&mut s, "3", 20 + RESPONSE_TTL_MS + 11, Command::Audit { what: "later".into() });
         assert!(s.response("a", "alice").is_none() && s.response("b", "alice").is_none(), "expired");
     }

@@ -41,10 +41,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/responses", post(responses::create))
-        .route("/v1/responses/{id}", get(responses::get))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
@@ -69,15 +71,58 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// Errors produced below the handlers (body limit) get the OpenAI shape too.
+/// Errors produced below the handlers get the OpenAI shape too: the body limit (413),
+/// an unknown route (404) and a method a route does not take (405, its `Allow` header
+/// kept). Under `/api/` every error is Ollama's `{"error": "..."}` instead, as Ollama's
+/// clients read it.
 async fn shape_errors(req: Request, next: Next) -> Response {
+    use axum::http::StatusCode;
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let resp = next.run(req).await;
-    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        let is_json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if !is_json {
-            return ApiError::new(resp.status(), "the request body is larger than the hub accepts").into_response();
-        }
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return resp;
     }
+    let is_json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut resp = if is_json {
+        resp
+    } else {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the hub accepts".to_string(),
+            StatusCode::NOT_FOUND => format!("no route {method} {path}"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                match resp.headers().get("allow").and_then(|v| v.to_str().ok()).filter(|a| !a.is_empty()) {
+                    Some(allow) => format!("{path} does not take {method} (it takes {allow})"),
+                    None => format!("{path} does not take {method}"),
+                }
+            }
+            _ => return resp,
+        };
+        let allow = resp.headers().get("allow").cloned();
+        let mut shaped = ApiError::new(status, message).into_response();
+        if let Some(a) = allow {
+            shaped.headers_mut().insert("allow", a);
+        }
+        shaped
+    };
+    if path.starts_with("/api/") {
+        resp = ollama_error(resp).await;
+    }
+    resp
+}
+
+/// An error response in OpenAI's shape, rewritten as Ollama's `{"error": "message"}`
+/// (headers such as `Retry-After` kept). An error body is small: read up to 64 KiB.
+async fn ollama_error(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let message = match serde_json::from_slice::<types::ErrorEnvelope>(&bytes) {
+        Ok(e) => e.error.message,
+        Err(_) => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    let body = serde_json::to_vec(&types::OllamaError { error: message }).unwrap_or_default();
+    let mut resp = Response::from_parts(parts, axum::body::Body::from(body));
+    resp.headers_mut().remove("content-length");
     resp
 }
 
@@ -257,10 +302,8 @@ pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
         "/v1/chat/completions" => openai::chat_params(&parse(&body)?).map(|_| ()),
         "/v1/completions" => openai::completion_params(&parse(&body)?).map(|_| ()),
         "/v1/responses" => responses::params(&parse::<types::ResponsesRequest>(&body)?).map(|_| ()),
-        "/api/chat" => ollama::params(parse::<types::OllamaChat>(&body)?.options.unwrap_or_default()).map(|_| ()),
-        "/api/generate" => {
-            ollama::params(parse::<types::OllamaGenerate>(&body)?.options.unwrap_or_default()).map(|_| ())
-        }
+        "/api/chat" => ollama::chat_params(&parse(&body)?).map(|_| ()),
+        "/api/generate" => ollama::generate_params(&parse(&body)?).map(|_| ()),
         other => Err(ApiError::bad_request(format!("no body parser for {other}"))),
     }
 }
