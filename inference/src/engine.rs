@@ -644,7 +644,8 @@ impl Worker {
                         out.push(logprobs(&l, s.tokens[p + 1], k, |t| tok.token_bytes(t)));
                     }
                 }
-                let sent = sent.max(s.computed.min(s.prompt_len));
+                // Rows start..computed gave the tokens up to index `computed`.
+                let sent = sent.max((s.computed + 1).min(s.prompt_len));
                 s.prompt_logprobs = (sent < s.prompt_len).then_some(sent);
                 for part in out.chunks(PROMPT_LOGPROBS_PER_EVENT) {
                     let _ = s.tx.send(Event::Prompt { logprobs: part.to_vec() });

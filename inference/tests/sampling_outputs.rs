@@ -164,3 +164,48 @@ fn logit_bias_moves_the_choice_and_the_logprobs_follow_it() {
     let err = collect(e.submit(request(PROMPT, outside)).expect("q")).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("logit_bias"), "{err}");
 }
+
+#[test]
+fn a_tight_pool_preempts_without_repeating_or_losing_any_logprob() {
+    let (_d, path) = tiny();
+    let prompts: Vec<Vec<u32>> =
+        (0..6).map(|i| PROMPT.iter().cycle().skip(i).take(20 + 3 * i).copied().collect()).collect();
+    let params = |i: usize| SamplingParams {
+        n: 1 + i % 3,
+        logprobs: Some(3),
+        prompt_logprobs: true,
+        ignore_eos: true,
+        temperature: 2.0,
+        seed: Some(i as u64),
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let run = |config: EngineConfig| {
+        let e = engine(&path, config);
+        let streams: Vec<_> =
+            prompts.iter().enumerate().map(|(i, p)| e.submit(request(p, params(i))).expect("queued")).collect();
+        let out: Vec<_> = streams.into_iter().map(|s| collect_all(s).expect("never failed")).collect();
+        (out, e.stats().preemptions)
+    };
+    let (roomy, _) = run(EngineConfig::default());
+    // 12 blocks of 16 tokens for 6 requests of up to 3 choices of up to 59 tokens each.
+    let per_block = 2 * 2 * 32 * 16 * 4;
+    let (tight, preemptions) =
+        run(EngineConfig { kv_pool_bytes: 12 * per_block, max_batch_tokens: 9, ..Default::default() });
+    assert!(preemptions > 0, "the pool was tight enough to preempt");
+    for (i, ((rp, rc), (tp, tc))) in roomy.iter().zip(&tight).enumerate() {
+        assert_eq!(tp.len(), prompts[i].len(), "request {i}: every prompt token once");
+        assert_eq!(rp.iter().map(|t| t.token).collect::<Vec<_>>(), tp.iter().map(|t| t.token).collect::<Vec<_>>());
+        for (x, y) in rp.iter().zip(tp) {
+            assert!((x.logprob.unwrap_or(0.0) - y.logprob.unwrap_or(0.0)).abs() < 1e-3, "{x:?} vs {y:?}");
+        }
+        assert_eq!(rc.len(), tc.len());
+        for (a, b) in rc.iter().zip(tc) {
+            assert_eq!(a.tokens, b.tokens, "request {i}: the same tokens, preempted or not");
+            assert_eq!(a.logprobs.len(), a.tokens.len());
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x.logprob.unwrap_or(0.0) - y.logprob.unwrap_or(0.0)).abs() < 1e-3, "{x:?} vs {y:?}");
+            }
+        }
+    }
+}

@@ -107,9 +107,11 @@ fn chat_logprobs(logprobs: Option<bool>, top: Option<usize>) -> Result<Option<us
             Err(ApiError::bad_request(format!("top_logprobs: must be between 0 and {MAX_TOP_LOGPROBS}"))
                 .with_param("top_logprobs"))
         }
-        (false, Some(_)) => Err(ApiError::bad_request("top_logprobs: needs logprobs: true").with_param("top_logprobs")),
+        (false, Some(k)) if k > 0 => {
+            Err(ApiError::bad_request("top_logprobs: needs logprobs: true").with_param("top_logprobs"))
+        }
         (true, k) => Ok(Some(k.unwrap_or(0))),
-        (false, None) => Ok(None),
+        (false, _) => Ok(None),
     }
 }
 
