@@ -82,6 +82,9 @@ pub struct StoredResponse {
     pub output_tokens: u64,
     /// The spoke that answered (session affinity for follow-ups).
     pub spoke: String,
+    /// The answer was cut by `max_output_tokens` (`"status": "incomplete"`).
+    #[serde(default)]
+    pub incomplete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -647,6 +650,7 @@ mod tests {
             input_tokens: 1,
             output_tokens: 1,
             spoke: "s1".into(),
+            incomplete: false,
         };
         run(&mut s, "1", 10, Command::StoreResponse(Box::new(resp("a", None, "alice"))));
         run(&mut s, "2", 20, Command::StoreResponse(Box::new(resp("b", Some("a"), "alice"))));

@@ -120,6 +120,8 @@ assert final.output_text == text and "Paris" in text, (final, text)
 assert client.responses.retrieve(final.id).output_text == text
 cut = client.responses.create(model=M, input="Tell me a long story.", temperature=0, max_output_tokens=4)
 assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens", cut
+again = client.responses.retrieve(cut.id)
+assert again.status == "incomplete" and again.incomplete_details.reason == "max_output_tokens", again
 cut_events = list(client.responses.create(model=M, input="Tell me a long story.", temperature=0,
                                           max_output_tokens=4, stream=True))
 assert cut_events[-1].type == "response.incomplete" and cut_events[-1].response.status == "incomplete", cut_events[-1]

@@ -178,6 +178,7 @@ pub async fn create(
             input_tokens: 0,
             output_tokens: 0,
             spoke: String::new(),
+            incomplete: false,
         };
         // Held (the slot and the admission) until the response is stored.
         let generated = generate(&hub, &caller, &model, gen, &ctx, session.as_deref(), req.stream).await?;
@@ -187,7 +188,7 @@ pub async fn create(
                 let Some(choice) = answer.choices.into_iter().next() else {
                     return Err(ApiError::new(StatusCode::BAD_GATEWAY, "the spoke answered no choice"));
                 };
-                let stored = finished(stored, choice.text, &usage);
+                let stored = finished(stored, choice.text, choice.finish, &usage);
                 if req.store {
                     store(&hub, &stored).await?;
                 }
@@ -206,8 +207,9 @@ pub async fn create(
 }
 
 /// The stored response with its answer and usage.
-fn finished(mut r: StoredResponse, text: String, usage: &Usage) -> StoredResponse {
+fn finished(mut r: StoredResponse, text: String, finish: FinishReason, usage: &Usage) -> StoredResponse {
     r.output = text;
+    r.incomplete = finish == FinishReason::Length;
     r.input_tokens = usage.prompt_tokens as u64;
     r.output_tokens = usage.completion_tokens as u64;
     r
@@ -307,7 +309,7 @@ fn event_stream(
                 }
             }
             Some(Event::Done { finish, usage, .. }) => {
-                let stored = finished(st.stored.clone(), std::mem::take(&mut st.text), &usage);
+                let stored = finished(st.stored.clone(), std::mem::take(&mut st.text), finish, &usage);
                 if st.store_it {
                     if let Err(e) = store(&st.hub, &stored).await {
                         st.failed(e, &mut out);
@@ -368,7 +370,10 @@ pub async fn get(
 ) -> Result<Json<ResponseObject>, ApiError> {
     let owner = caller.owner();
     match hub.consensus.read(|a| a.state.response(&rid, &owner).cloned()).await? {
-        Some(r) => Ok(Json(response_json(&r, Status::Ended(FinishReason::Stop), 0))),
+        Some(r) => {
+            let finish = if r.incomplete { FinishReason::Length } else { FinishReason::Stop };
+            Ok(Json(response_json(&r, Status::Ended(finish), 0)))
+        }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("response {rid:?} not found"))),
     }
 }
