@@ -318,9 +318,13 @@ pub enum KeyCmd {
         /// Tokens per minute.
         #[arg(long)]
         tpm: Option<u64>,
-        /// Tokens per UTC day.
+        /// Tokens per UTC day (prompt plus completion).
         #[arg(long)]
         daily_tokens: Option<u64>,
+        /// Requests running at once over the cluster (default: the cluster's
+        /// key_max_concurrent; 0: no limit).
+        #[arg(long)]
+        max_concurrent: Option<u32>,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -397,6 +401,25 @@ pub enum AdminCmd {
     Key {
         #[command(subcommand)]
         command: KeyCmd,
+    },
+    /// Who did what: keys created and revoked, spokes joined and removed, tokens...
+    Audit {
+        /// Entries, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Tokens used by day, key and model.
+    Usage {
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Days, newest first.
+        #[arg(long, default_value_t = 7)]
+        days: usize,
+        #[command(flatten)]
+        conn: AdminConn,
     },
     /// Hubs, spokes, models, load, circuits and memory partitions.
     Status {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nave_hub::api::types::{
-    AddedHub, ChatRequest, ChatStreamEvent, ClusterStatus, Content, CreatedKey, CreatedToken, Drained, ErrorEnvelope,
-    InMessage, JobAnswer, JobList, KeyList, NewHub, NewKey, NewToken, Sampling, TrainSubmit,
+    AddedHub, AuditList, ChatRequest, ChatStreamEvent, ClusterStatus, Content, CreatedKey, CreatedToken, Drained,
+    ErrorEnvelope, InMessage, JobAnswer, JobList, KeyList, NewHub, NewKey, NewToken, Sampling, TrainSubmit, UsageList,
 };
 use nave_spoke::protocol::JobStatus;
 use reqwest::Method;
@@ -74,6 +74,32 @@ pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
     match command {
         AdminCmd::Status { url, key, json } => status(url, default_key(key)?, json).await,
         AdminCmd::Key { command } => keys(command).await,
+        AdminCmd::Audit { limit, conn } => {
+            let list: AuditList = admin(conn, Method::GET, &format!("/admin/v1/audit?limit={limit}"), NO_BODY).await?;
+            println!("{:<20}  {:<28}  WHAT", "AT (UTC)", "ACTOR");
+            for e in &list.entries {
+                println!("{:<20}  {:<28}  {}", e.at, e.actor, e.what);
+            }
+            Ok(())
+        }
+        AdminCmd::Usage { key, days, conn } => {
+            let mut path = format!("/admin/v1/usage?limit={days}");
+            if let Some(k) = &key {
+                path.push_str(&format!("&key={}", urlencode(k)));
+            }
+            let list: UsageList = admin(conn, Method::GET, &path, NO_BODY).await?;
+            println!(
+                "{:<10}  {:<20}  {:<20}  {:>8}  {:>10}  {:>10}  {:>10}",
+                "DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL"
+            );
+            for u in &list.usage {
+                println!(
+                    "{:<10}  {:<20}  {:<20}  {:>8}  {:>10}  {:>10}  {:>10}",
+                    u.day, u.key, u.model, u.requests, u.prompt_tokens, u.completion_tokens, u.total_tokens
+                );
+            }
+            Ok(())
+        }
         AdminCmd::Token { command: TokenCmd::Create { ttl, uses, conn } } => {
             let ttl_s = crate::cli::parse_duration_s(&ttl)?;
             let t: CreatedToken =
@@ -177,8 +203,8 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
 
 async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create { name, rpm, tpm, daily_tokens, conn } => {
-            let body = NewKey { name: name.clone(), rpm, tpm, daily_tokens };
+        KeyCmd::Create { name, rpm, tpm, daily_tokens, max_concurrent, conn } => {
+            let body = NewKey { name: name.clone(), rpm, tpm, daily_tokens, max_concurrent };
             let k: CreatedKey = admin(conn, Method::POST, "/admin/v1/keys", Some(&body)).await?;
             println!("created key {name} (limits: {}); it is shown only now:", serde_json::to_string(&k.limits)?);
             println!("{}", k.key);
@@ -324,4 +350,17 @@ pub async fn chat(url: String, model: String, key: String, max_tokens: usize, pr
     }
     println!();
     Ok(())
+}
+
+/// Key names are letters, digits, '-', '_' and '.'; anything else is percent-encoded.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

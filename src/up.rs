@@ -85,7 +85,7 @@ struct Launch {
 
 impl Launch {
     fn spawn(&self) -> anyhow::Result<Child> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let out = nave_consensus::files::append_private(&self.log)?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg(self.kind).arg("--config").arg(&self.config).arg("--id").arg(&self.id);
         cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
@@ -205,7 +205,7 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         pull_with_progress(&store, model).with_context(|| format!("pulling model {model}"))?;
     }
     let data = &config.cluster.data_dir;
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    nave_consensus::files::private_dir(data).with_context(|| format!("creating {}", data.display()))?;
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
     for id in config.hubs.iter().map(|h| &h.id).chain(config.spokes.iter().map(|s| &s.id)) {
         if config.hubs.iter().any(|h| &h.id == id) {
@@ -233,7 +233,7 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         .filter(|(_, id, _)| here(id));
     for (kind, id, threads) in plan {
         let dir = config.node_dir(&id);
-        std::fs::create_dir_all(&dir)?;
+        nave_consensus::files::private_dir(&dir)?;
         let launch = Launch { exe: exe.clone(), kind, config: config_path.clone(), id, threads, log: dir.join("log") };
         let child = launch.spawn()?;
         nodes.push(Node { child, launch, started: Instant::now(), restart_at: None, crashes: 0 });
@@ -262,9 +262,20 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         "  API:       http://{http}/v1  (any hub: {})",
         config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", ")
     );
-    println!("  admin key: {admin}  (also in {})", data.join("admin.key").display());
-    println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
-        data.join("admin.key").display(), config.served_models().first().map(String::as_str).unwrap_or("smollm2-135m"));
+    println!(
+        "  admin key: in {} (manages keys and the cluster: keep it out of apps)",
+        data.join("admin.key").display()
+    );
+    // Apps get an ordinary key (its limits and usage are its own), made once.
+    let app_key = data.join("app.key");
+    match probe::ensure_app_key(&http.to_string(), &admin, &app_key) {
+        Ok(key) => {
+            println!("  app key:   {key}  (also in {}; nave admin key create makes more)", app_key.display());
+            println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
+                app_key.display(), config.served_models().first().map(String::as_str).unwrap_or("smollm2-135m"));
+        }
+        Err(e) => println!("  app key:   not created ({e}); make one with nave admin key create --name app"),
+    }
     println!("  logs:      {}/<node>/log;  Ctrl-C stops the cluster", data.display());
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -370,6 +381,38 @@ mod probe {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::Duration;
+
+    /// The key in `path`, or a new ordinary key (`app`, or `app-2`... if taken) created
+    /// through the hub at `host` with the admin key and written to `path` (0600).
+    pub fn ensure_app_key(host: &str, admin: &str, path: &std::path::Path) -> anyhow::Result<String> {
+        if let Some(k) = std::fs::read_to_string(path).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()) {
+            return Ok(k);
+        }
+        for n in 1..=20 {
+            let name = if n == 1 { "app".to_string() } else { format!("app-{n}") };
+            let body = format!("{{\"name\":\"{name}\"}}");
+            let request = format!(
+                "POST /admin/v1/keys HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let addr: std::net::SocketAddr = host.parse()?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(request.as_bytes())?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            if answer.starts_with("HTTP/1.1 409") {
+                continue;
+            }
+            anyhow::ensure!(answer.starts_with("HTTP/1.1 201"), "{}", answer.lines().next().unwrap_or("no answer"));
+            let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            let v: serde_json::Value = serde_json::from_str(json)?;
+            let key = v["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key in the answer"))?.to_string();
+            nave_consensus::files::write_private(path, key.as_bytes())?;
+            return Ok(key);
+        }
+        anyhow::bail!("keys app..app-20 exist already")
+    }
 
     pub fn blocking_client() -> impl Fn(&str) -> bool {
         |url: &str| {

@@ -96,6 +96,17 @@ pub struct ClusterSection {
     pub header_timeout_ms: u64,
     /// A client has this long to send a request's body once its headers arrived (408).
     pub body_timeout_ms: u64,
+    /// Requests one key may run at once over the whole cluster, for keys created without
+    /// their own `max_concurrent` (429 beyond).
+    pub key_max_concurrent: u32,
+    /// Stored responses (`/v1/responses`, `store: true`) one key may keep, their bytes in
+    /// all, and the size of one (429 beyond the first two, 400 beyond the last).
+    pub stored_responses_per_key: u32,
+    pub stored_bytes_per_key: ByteSize,
+    pub max_stored_response_bytes: ByteSize,
+    /// The replicated state's snapshot may grow to this; a warning is logged from 80%
+    /// on, and stored responses are refused beyond it.
+    pub max_snapshot_bytes: ByteSize,
 }
 
 impl Default for ClusterSection {
@@ -112,6 +123,11 @@ impl Default for ClusterSection {
             max_concurrent_requests: 512,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            key_max_concurrent: 64,
+            stored_responses_per_key: 1_000,
+            stored_bytes_per_key: ByteSize(16 << 20),
+            max_stored_response_bytes: ByteSize(1 << 20),
+            max_snapshot_bytes: ByteSize(128 << 20),
         }
     }
 }
@@ -334,6 +350,13 @@ impl ClusterConfig {
         }
         if c.header_timeout_ms == 0 || c.body_timeout_ms == 0 {
             return Err(invalid("cluster.header_timeout_ms / body_timeout_ms", 0, "must be positive"));
+        }
+        if c.max_snapshot_bytes.0 < (1 << 20) || c.max_snapshot_bytes.0 > (192 << 20) {
+            return Err(invalid(
+                "cluster.max_snapshot_bytes",
+                c.max_snapshot_bytes.0,
+                "must be between 1 MiB and 192 MiB (a snapshot is decoded with a 256 MiB limit)",
+            ));
         }
         if c.max_concurrent_requests == 0 {
             return Err(invalid("cluster.max_concurrent_requests", 0, "must be positive"));

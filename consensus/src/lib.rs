@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod election;
 pub mod error;
+pub mod files;
 pub mod frame;
 pub mod ids;
 pub mod network;

@@ -181,7 +181,7 @@ impl ConsensusNode {
         endpoint: quinn::Endpoint,
         identity: &NodeIdentity,
     ) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(dir)?;
+        crate::files::private_dir(dir)?;
         let (log, sm) = crate::store::open(&dir.join("raft")).map_err(|e| Error::Raft(e.to_string()))?;
         Self::start_with(id, role, log, sm, endpoint, identity, raft_config()).await
     }

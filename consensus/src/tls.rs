@@ -31,14 +31,7 @@ fn tls(e: impl std::fmt::Display) -> Error {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(crate::files::write_private(path, contents.as_bytes())?)
 }
 
 fn write_public(path: &Path, contents: &str) -> Result<()> {
@@ -64,9 +57,9 @@ impl ClusterCa {
             return Ok(Self { cert_pem: std::fs::read_to_string(cert)?, key_pem: std::fs::read_to_string(key)? });
         }
         let parent = dir.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)?;
+        crate::files::private_dir(parent)?;
         let staging = parent.join(format!(".ca.{}.tmp", crate::ids::unique_suffix()));
-        std::fs::create_dir_all(&staging)?;
+        crate::files::private_dir(&staging)?;
         let ca = Self::generate("nave cluster CA", Duration::from_secs(10 * 365 * 86400))?;
         write_private(&staging.join("ca.key"), &ca.key_pem)?;
         write_public(&staging.join("ca.pem"), &ca.cert_pem)?;
@@ -185,7 +178,7 @@ impl ClusterCa {
         let name = names[0];
         let paths = IdentityPaths::new(dir);
         if !(paths.cert.exists() && paths.key.exists() && paths.ca.exists()) {
-            std::fs::create_dir_all(dir)?;
+            crate::files::private_dir(dir)?;
             let (cert, key) = self.issue(names, -3600, NODE_VALIDITY)?;
             write_private(&paths.key, &key)?;
             write_public(&paths.cert, &cert)?;
@@ -220,7 +213,7 @@ pub fn new_request(name: &str) -> Result<(String, String)> {
 pub fn save_identity(dir: &Path, name: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<NodeIdentity> {
     let identity = NodeIdentity::from_pem(name, ca_pem, cert_pem, key_pem)?;
     let paths = IdentityPaths::new(dir);
-    std::fs::create_dir_all(dir)?;
+    crate::files::private_dir(dir)?;
     write_private(&paths.key, key_pem)?;
     write_public(&paths.ca, ca_pem)?;
     write_public(&paths.cert, cert_pem)?;

@@ -352,7 +352,9 @@ async fn write_throughput() {
                 let mut lat = Vec::with_capacity(per_writer);
                 for i in 0..per_writer as u64 {
                     let t = Instant::now();
-                    node.write(Command::Audit { what: format!("w{}", base + i) }).await.expect("write");
+                    node.write(Command::Audit { actor: "test".into(), what: format!("w{}", base + i) })
+                        .await
+                        .expect("write");
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
                 }
                 lat

@@ -297,7 +297,7 @@ async fn hub_software(hub: Arc<Hub>, shared: Arc<Shared>) -> turmoil::Result {
                 if rng.below(2) == 0 {
                     let v = shared.values.fetch_add(1, Ordering::Relaxed) + 1;
                     let i = shared.call(hub.id, key, Op::Write(v));
-                    let r = node.write(Command::Audit { what: format!("sim {key}={v}") }).await;
+                    let r = node.write(Command::Audit { actor: "sim".into(), what: format!("sim {key}={v}") }).await;
                     shared.answer(
                         i,
                         if matches!(r, Ok(CommandResult::Done)) {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use nave_consensus::node::HubChange;
@@ -15,11 +15,12 @@ use nave_consensus::state::{Command, Limits};
 use sha2::{Digest, Sha256};
 
 use crate::api::types::{
-    AddedHub, ClusterStatus, CreatedKey, CreatedToken, DrainRequest, Drained, HubList, HubStatus, KeyList, KeyView,
-    ModelStatus, NewHub, NewKey, NewToken, OwnRaft, RemovedHub, RemovedSpoke, RevokedKey, SpokeStatus, VotingHub,
+    AddedHub, AuditList, AuditRow, ClusterStatus, CreatedKey, CreatedToken, DrainRequest, Drained, HubList, HubStatus,
+    KeyList, KeyView, ModelStatus, NewHub, NewKey, NewToken, OwnRaft, RemovedHub, RemovedSpoke, RevokedKey,
+    SpokeStatus, UsageList, UsageRow, VotingHub,
 };
 use crate::error::{done, ApiError};
-use crate::Hub;
+use crate::{Caller, Hub};
 
 type Answer<T> = Result<Json<T>, ApiError>;
 type Created<T> = Result<(StatusCode, Json<T>), ApiError>;
@@ -117,7 +118,12 @@ pub async fn create_key(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<Cre
     }
     let key = format!("nave-{}", secret(24)?);
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
-    let limits = Limits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens };
+    let max_concurrent = match req.max_concurrent {
+        None => Some(hub.config.cluster.key_max_concurrent),
+        Some(0) => None,
+        Some(n) => Some(n),
+    };
+    let limits = Limits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens, max_concurrent };
     done(hub.consensus.write(Command::CreateKey { name: req.name.clone(), digest, limits: limits.clone() }).await)?;
     Ok((StatusCode::CREATED, Json(CreatedKey { name: req.name, key, limits })))
 }
@@ -146,7 +152,8 @@ pub async fn drain_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>, bo
     let req: DrainRequest = body_or_default(&body, "drain")?;
     match hub.spokes.drain(&id, !req.undo).await {
         Ok(hb) => {
-            let _ = hub.consensus.write(Command::Audit { what: format!("spoke {id} drain={}", !req.undo) }).await;
+            let what = format!("spoke {id} drain={}", !req.undo);
+            let _ = hub.consensus.write(Command::Audit { actor: "admin".into(), what }).await;
             let in_flight = hb.models.iter().map(|m| m.stats.running + m.stats.waiting).sum();
             Ok(Json(Drained { spoke: id, draining: hb.draining, in_flight }))
         }
@@ -243,4 +250,79 @@ fn hub_change_error(e: nave_consensus::Error) -> ApiError {
         nave_consensus::Error::Raft(m) => ApiError::new(StatusCode::CONFLICT, m),
         other => ApiError::no_quorum(other),
     }
+}
+
+/// Query of `/admin/v1/audit` and the usage routes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Window {
+    /// Entries (audit) or days (usage) to return, newest first.
+    pub limit: Option<usize>,
+    /// Only this key (usage, by name).
+    pub key: Option<String>,
+}
+
+/// `GET /admin/v1/audit?limit=N`: who did what, newest first (default 100 entries).
+pub async fn audit(State(hub): State<Arc<Hub>>, Query(w): Query<Window>) -> Answer<AuditList> {
+    let limit = w.limit.unwrap_or(100).min(nave_consensus::state::AUDIT_KEEP);
+    let entries = hub
+        .consensus
+        .read(|a| {
+            a.state
+                .audit
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|e| AuditRow {
+                    at_ms: e.at_ms,
+                    at: nave_consensus::clock::rfc3339(e.at_ms / 1000),
+                    actor: e.actor.clone(),
+                    what: e.what.clone(),
+                })
+                .collect()
+        })
+        .await?;
+    Ok(Json(AuditList { entries }))
+}
+
+/// `GET /admin/v1/usage?key=NAME&limit=DAYS`: tokens by day, key and model (default 31
+/// days).
+pub async fn usage(State(hub): State<Arc<Hub>>, Query(w): Query<Window>) -> Answer<UsageList> {
+    let days = w.limit.unwrap_or(31);
+    let usage = hub
+        .consensus
+        .read(|a| {
+            let keys: Vec<&nave_consensus::state::ApiKey> = match &w.key {
+                Some(name) => a.state.key_by_name(name).into_iter().collect(),
+                None => a.state.keys.values().collect(),
+            };
+            keys.into_iter().flat_map(|k| UsageRow::of(k, days)).collect::<Vec<_>>()
+        })
+        .await?;
+    if usage.is_empty() {
+        if let Some(name) = &w.key {
+            if hub.consensus.read(|a| a.state.key_by_name(name).is_none()).await? {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no key named {name:?}")));
+            }
+        }
+    }
+    Ok(Json(UsageList { usage }))
+}
+
+/// `GET /v1/usage?limit=DAYS`: the calling key's own usage by day and model.
+pub async fn own_usage(
+    State(hub): State<Arc<Hub>>,
+    Extension(caller): Extension<Caller>,
+    Query(w): Query<Window>,
+) -> Answer<UsageList> {
+    let days = w.limit.unwrap_or(31);
+    let usage = match caller {
+        Caller::Admin => Vec::new(),
+        Caller::Key(digest) => hub
+            .consensus
+            .read(|a| a.state.key_by_digest(&digest).map(|k| UsageRow::of(k, days)))
+            .await?
+            .unwrap_or_default(),
+    };
+    Ok(Json(UsageList { usage }))
 }

@@ -55,10 +55,10 @@ pub fn ensure_admin_key(data_dir: &Path) -> anyhow::Result<String> {
     if let Some(k) = read() {
         return Ok(k);
     }
-    std::fs::create_dir_all(data_dir)?;
+    nave_consensus::files::private_dir(data_dir)?;
     let key = format!("nave-admin-{}", nave_consensus::ids::random_hex(24).context("reading /dev/urandom")?);
     let tmp = data_dir.join(format!("admin.key.{}.tmp", nave_consensus::ids::unique_suffix()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.write_all(key.as_bytes())?;
     f.sync_all()?;
     let published = std::fs::hard_link(&tmp, &path);

@@ -103,6 +103,8 @@ impl ApiError {
             Refusal::RequestRate => "request rate limit",
             Refusal::TokenRate => "token rate limit",
             Refusal::DailyBudget => "daily token budget",
+            Refusal::Concurrency => "limit of concurrent requests",
+            Refusal::ResponseQuota => "quota of stored responses",
         };
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -52,6 +52,18 @@ impl Hub {
         self.config.policy(model)
     }
 
+    /// The per-key quota on stored responses from the cluster's config (carried in each
+    /// command, so every replica applies the same one).
+    pub fn response_quota(&self) -> nave_consensus::state::ResponseQuota {
+        let c = &self.config.cluster;
+        nave_consensus::state::ResponseQuota {
+            max_count: c.stored_responses_per_key,
+            max_bytes: c.stored_bytes_per_key.0,
+            max_response_bytes: c.max_stored_response_bytes.0,
+            max_total_bytes: c.max_snapshot_bytes.0 / 4 * 3,
+        }
+    }
+
     /// A slot for one more request on this hub (no Raft write), or 503 when the hub is at
     /// its cap. [`Hub::write_admission`] is the cluster-wide check that follows.
     pub fn take_slot(&self) -> Result<Slot, ApiError> {

@@ -48,12 +48,30 @@ async fn answer(hub: &Hub, request: JoinRequest) -> JoinReply {
     if let Err(why) = check(hub, &request) {
         return JoinReply::Refused(why);
     }
-    // Signing first: a request that cannot be signed must not spend the token.
+    // The token first, from the state (a linearizable read): a stranger's request costs
+    // no signature and no log entry. The write below checks it again, atomically.
+    let digest = JoinToken::digest(&request.secret);
+    let now = nave_consensus::clock::now_ms();
+    match hub
+        .consensus
+        .read(|a| a.state.join_token(&digest).is_some_and(|t| t.expires_ms > now && t.uses_left > 0))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return JoinReply::Refused(
+                "the join token is unknown, expired or used up; ask an admin for a new one (nave admin token create)"
+                    .into(),
+            )
+        }
+        Err(e) => return JoinReply::Refused(format!("the cluster state is not available ({e}); try again shortly")),
+    }
+    // Signing next: a request that cannot be signed must not spend the token.
     let cert_pem = match hub.ca.sign_request(&request.csr_pem, &spoke.id) {
         Ok(c) => c,
         Err(e) => return JoinReply::Refused(e.to_string()),
     };
-    let command = Command::Join { token_digest: JoinToken::digest(&request.secret), spoke: spoke.clone() };
+    let command = Command::Join { token_digest: digest, spoke: spoke.clone() };
     match hub.consensus.write(command).await {
         Ok(CommandResult::Done) => JoinReply::Accepted {
             cert_pem,
@@ -89,5 +107,5 @@ fn check(hub: &Hub, request: &JoinRequest) -> Result<(), String> {
     if request.secret.len() != 32 {
         return Err("malformed join token".into());
     }
-    Ok(())
+    s.check()
 }

@@ -14,6 +14,10 @@ pub const REFUSALS: &str = "nave_hub_admission_refusals_total";
 pub const CIRCUIT: &str = "nave_hub_spoke_circuit_open";
 pub const SPOKE_UP: &str = "nave_hub_spoke_up";
 pub const IN_FLIGHT: &str = "nave_hub_requests_in_flight";
+/// Bytes of stored responses in the replicated state (the part of its snapshot that
+/// grows with use), and the configured bound of the snapshot.
+pub const STORED_RESPONSE_BYTES: &str = "nave_state_stored_response_bytes";
+pub const SNAPSHOT_LIMIT_BYTES: &str = "nave_state_snapshot_limit_bytes";
 pub const RAFT_TERM: &str = "nave_raft_term";
 pub const RAFT_IS_LEADER: &str = "nave_raft_is_leader";
 pub const RAFT_LAST_LOG: &str = "nave_raft_last_log_index";

@@ -109,7 +109,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let spec = config.hub(&id)?.clone();
     let dir = config.node_dir(&id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    nave_consensus::files::private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
     let identity = ca.ensure_hub(&dir, &id)?;
     let admin = auth::ensure_admin_key(&config.cluster.data_dir)?;

@@ -282,6 +282,32 @@ impl SpokeSet {
         out
     }
 
+    /// The longest context any connected spoke serves `model` (or its base model) with.
+    pub fn context(&self, model: &str) -> Option<usize> {
+        let (base, _) = nave_spoke::protocol::split_model(model);
+        self.all()
+            .iter()
+            .filter_map(|s| {
+                let g = lock(s);
+                let hb = g.heartbeat.as_ref()?;
+                hb.models.iter().find(|m| m.model == base).map(|m| m.context).filter(|&c| c > 0)
+            })
+            .max()
+    }
+
+    /// The largest template overhead any connected spoke reports for `model`'s base.
+    pub fn prompt_overhead(&self, model: &str) -> Option<(usize, usize)> {
+        let (base, _) = nave_spoke::protocol::split_model(model);
+        self.all()
+            .iter()
+            .filter_map(|s| {
+                let g = lock(s);
+                let hb = g.heartbeat.as_ref()?;
+                hb.models.iter().find(|m| m.model == base).and_then(|m| m.prompt_overhead)
+            })
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
+
     /// Whether some connected spoke serves `model` (a `base:adapter` name included).
     pub fn serves(&self, model: &str) -> bool {
         self.all().iter().any(|s| lock(s).heartbeat.as_ref().is_some_and(|hb| hb.load(model).is_some()))

@@ -57,7 +57,10 @@ pub async fn submit(State(hub): State<Arc<Hub>>, body: Bytes) -> Result<(StatusC
             let job = jobs.into_iter().find(|j| j.name == req.name);
             let _ = hub
                 .consensus
-                .write(nave_consensus::state::Command::Audit { what: format!("training job {} on {spoke}", req.name) })
+                .write(nave_consensus::state::Command::Audit {
+                    actor: "admin".into(),
+                    what: format!("training job {} on {spoke}", req.name),
+                })
                 .await;
             Ok((StatusCode::CREATED, Json(JobAnswer { job })))
         }

@@ -168,6 +168,7 @@ pub struct Engine {
     gauges: Arc<EngineGauges>,
     model_name: String,
     context: usize,
+    prompt_overhead: Option<(usize, usize)>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// LoRA adapters requests may name, by name.
     adapters: std::sync::RwLock<std::collections::BTreeMap<String, Arc<ServingAdapter>>>,
@@ -196,6 +197,7 @@ impl Engine {
         let queued = Arc::new(AtomicUsize::new(0));
         let model_name = model.name.clone();
         let context = c.context;
+        let prompt_overhead = model.prompt_overhead();
         let worker = Worker {
             kv: KvStore::new(c.layers, num_blocks, config.block_size, c.kv_dim()),
             pool: BlockPool::new(num_blocks, config.block_size),
@@ -217,6 +219,7 @@ impl Engine {
             gauges,
             model_name,
             context,
+            prompt_overhead,
             thread: Some(thread),
             adapters: Default::default(),
             config: c,
@@ -287,6 +290,11 @@ impl Engine {
 
     pub fn context_length(&self) -> usize {
         self.context
+    }
+
+    /// See [`LoadedModel::prompt_overhead`].
+    pub fn prompt_overhead(&self) -> Option<(usize, usize)> {
+        self.prompt_overhead
     }
 }
 
@@ -409,7 +417,8 @@ impl Worker {
                 let template = m.template.as_ref().ok_or_else(|| {
                     Error::InvalidRequest(format!("model {} has no chat template: use completions", m.name))
                 })?;
-                m.tokenizer.encode(&template.render(&msgs)?)?
+                let (text, spans) = template.render_spans(&msgs)?;
+                m.tokenizer.encode_prompt(&text, &spans)?
             }
         };
         let context = m.transformer.config.context;

@@ -107,6 +107,23 @@ impl ModelInfo {
 }
 
 impl LoadedModel {
+    /// What the chat template adds to a conversation's own text, in tokens: for one
+    /// message (with any default system prompt), and for each further message. With
+    /// the messages' bytes (every token covers at least one byte) this bounds a chat
+    /// prompt's tokens before it is tokenized (the hub reserves budgets with it). `None`
+    /// without a template.
+    pub fn prompt_overhead(&self) -> Option<(usize, usize)> {
+        let template = self.template.as_ref()?;
+        let count = |msgs: &[template::ChatMessage]| -> Option<usize> {
+            let (text, spans) = template.render_spans(msgs).ok()?;
+            self.tokenizer.encode_prompt(&text, &spans).ok().map(|ids| ids.len())
+        };
+        let x = |role: &str| template::ChatMessage::new(role, "x");
+        let one = count(&[x("user")])?;
+        let three = count(&[x("user"), x("assistant"), x("user")])?;
+        Some((one, three.saturating_sub(one).div_ceil(2)))
+    }
+
     /// Loads a GGUF file of a supported architecture (`llama`, `gemma3`).
     pub fn load(name: impl Into<String>, path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
         let mut gguf = gguf::GgufFile::open(path.as_ref())?;

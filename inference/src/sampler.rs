@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The largest `max_tokens` any request may ask for: longer than any context a model
+/// Nave loads has, and small enough that sums of such bounds never overflow.
+pub const MAX_TOKENS: usize = 1 << 24;
+
 /// How a request wants its tokens chosen. `temperature == 0` means greedy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -102,8 +106,8 @@ impl SamplingParams {
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return bad("frequency_penalty", "must be between -2 and 2");
         }
-        if self.max_tokens == 0 {
-            return bad("max_tokens", "must be at least 1");
+        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS {
+            return bad("max_tokens", &format!("must be between 1 and {MAX_TOKENS} (and within the model's context)"));
         }
         if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return bad("stop", "at most 16 non-empty strings of at most 256 bytes");

@@ -44,6 +44,10 @@ const END_OF_TURN_TEXTS: &[&str] =
 /// A model's tokenizer plus the ids that matter to generation.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer reading control tokens' text as plain text (for what users wrote).
+    literal: Tokenizer,
+    /// Ids of the control tokens.
+    control: std::collections::HashSet<u32>,
     tokens: Vec<String>,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
@@ -123,6 +127,10 @@ impl TextTokenizer {
             .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL))
             .collect();
         inner.add_special_tokens(special).map_err(|e| bad(format!("cannot add special tokens: {e}")))?;
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
+        let control =
+            types.iter().enumerate().filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL).map(|(i, _)| i as u32).collect();
 
         let bos_id = gguf.opt_u32("tokenizer.ggml.bos_token_id");
         let eos_id = gguf.opt_u32("tokenizer.ggml.eos_token_id");
@@ -138,7 +146,7 @@ impl TextTokenizer {
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(Self { inner, tokens, bos_id, eos_id, add_bos, stop_ids })
+        Ok(Self { inner, literal, control, tokens, bos_id, eos_id, add_bos, stop_ids })
     }
 
     /// Token ids of `text`, control tokens matched directly, BOS added when the model asks
@@ -153,6 +161,47 @@ impl TextTokenizer {
             }
         }
         Ok(ids)
+    }
+
+    /// Token ids of a templated prompt whose `spans` are what users wrote: control tokens
+    /// come only from the template's text; a control token's text inside a span
+    /// (`<|im_start|>system` in a user message) is tokenized as the plain text it is. A
+    /// prompt whose spans hold no control token's text is tokenized whole, exactly as
+    /// [`Self::encode`] (and llama.cpp) would.
+    pub fn encode_prompt(&self, text: &str, spans: &[std::ops::Range<usize>]) -> Result<Vec<u32>> {
+        let fail = |e: tokenizers::Error| Error::InvalidRequest(format!("cannot tokenize: {e}"));
+        let mut injected = false;
+        for span in spans {
+            let ids = self.inner.encode_fast(&text[span.clone()], false).map_err(fail)?;
+            if ids.get_ids().iter().any(|id| self.control.contains(id)) {
+                injected = true;
+                break;
+            }
+        }
+        if !injected {
+            return self.encode(text);
+        }
+        let mut ids = Vec::new();
+        let mut pos = 0;
+        for span in spans.iter().chain(std::iter::once(&(text.len()..text.len()))) {
+            for (part, tok) in [(&text[pos..span.start], &self.inner), (&text[span.clone()], &self.literal)] {
+                if !part.is_empty() {
+                    ids.extend_from_slice(tok.encode_fast(part, false).map_err(fail)?.get_ids());
+                }
+            }
+            pos = span.end;
+        }
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether `id` is a control token (only a template may produce one).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.contains(&id)
     }
 
     /// Text of `ids`, control tokens left out.

@@ -66,23 +66,27 @@ async fn cluster(State(spoke): State<Arc<Spoke>>) -> axum::Json<serde_json::Valu
 async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
     let hb = spoke.heartbeat().await;
     let mut out = String::new();
-    for m in &hb.models {
-        let s = &m.stats;
-        let l = format!("{{model=\"{}\"}}", m.model);
-        let rows: [(&str, &str, u64); 10] = [
-            (ENGINE_WAITING, "gauge", s.waiting as u64),
-            (ENGINE_RUNNING, "gauge", s.running as u64),
-            (ENGINE_KV_FREE, "gauge", s.kv_blocks_free as u64),
-            (ENGINE_KV_TOTAL, "gauge", s.kv_blocks_total as u64),
-            (ENGINE_GENERATED, "counter", s.generated_tokens),
-            (ENGINE_PROMPT, "counter", s.prompt_tokens),
-            (ENGINE_CACHED, "counter", s.cached_tokens),
-            (ENGINE_PREEMPTIONS, "counter", s.preemptions),
-            (ENGINE_STEPS, "counter", s.steps),
-            (ENGINE_BATCH_ROWS, "counter", s.batch_rows),
-        ];
-        for (name, kind, v) in rows {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name}{l} {v}");
+    // Prometheus wants each family's TYPE line once, with all its samples after it.
+    type Row = (&'static str, &'static str, fn(&nave_inference::EngineStats) -> u64);
+    let rows: [Row; 10] = [
+        (ENGINE_WAITING, "gauge", |s| s.waiting as u64),
+        (ENGINE_RUNNING, "gauge", |s| s.running as u64),
+        (ENGINE_KV_FREE, "gauge", |s| s.kv_blocks_free as u64),
+        (ENGINE_KV_TOTAL, "gauge", |s| s.kv_blocks_total as u64),
+        (ENGINE_GENERATED, "counter", |s| s.generated_tokens),
+        (ENGINE_PROMPT, "counter", |s| s.prompt_tokens),
+        (ENGINE_CACHED, "counter", |s| s.cached_tokens),
+        (ENGINE_PREEMPTIONS, "counter", |s| s.preemptions),
+        (ENGINE_STEPS, "counter", |s| s.steps),
+        (ENGINE_BATCH_ROWS, "counter", |s| s.batch_rows),
+    ];
+    for (name, kind, value) in rows {
+        if hb.models.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for m in &hb.models {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", m.model, value(&m.stats));
         }
     }
     let _ = writeln!(out, "# TYPE {ENGINE_TOKENS_PER_S} gauge\n{ENGINE_TOKENS_PER_S} {:.3}", hb.tokens_per_s);
@@ -98,15 +102,18 @@ async fn metrics(State(spoke): State<Arc<Spoke>>) -> String {
     let _ = writeln!(out, "# TYPE {REPLICA_TERM} gauge\n{REPLICA_TERM} {}", f.term);
     let jobs = spoke.jobs.statuses();
     if !jobs.is_empty() {
-        let _ = writeln!(out, "# TYPE {TRAIN_STEP} gauge\n# TYPE {TRAIN_LOSS} gauge\n# TYPE {TRAIN_TOKENS_PER_S} gauge\n# TYPE {TRAIN_RUNNING} gauge");
-        for j in jobs {
-            let l = format!("{{job=\"{}\",model=\"{}\"}}", j.name, j.model);
-            let _ = writeln!(
-                out,
-                "{TRAIN_STEP}{l} {}\n{TRAIN_LOSS}{l} {}\n{TRAIN_TOKENS_PER_S}{l} {:.1}",
-                j.step, j.loss, j.tokens_per_s
-            );
-            let _ = writeln!(out, "{TRAIN_RUNNING}{l} {}", u8::from(j.state == "running"));
+        type Job = (&'static str, fn(&crate::protocol::JobStatus) -> String);
+        let families: [Job; 4] = [
+            (TRAIN_STEP, |j| j.step.to_string()),
+            (TRAIN_LOSS, |j| j.loss.to_string()),
+            (TRAIN_TOKENS_PER_S, |j| format!("{:.1}", j.tokens_per_s)),
+            (TRAIN_RUNNING, |j| u8::from(j.state == "running").to_string()),
+        ];
+        for (name, value) in families {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for j in &jobs {
+                let _ = writeln!(out, "{name}{{job=\"{}\",model=\"{}\"}} {}", j.name, j.model, value(j));
+            }
         }
     }
     out

@@ -43,9 +43,7 @@ impl Joined {
 
     fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let path = dir.join(JOINED_FILE);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, &path)?;
+        nave_consensus::files::write_private(&path, &serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
 }
@@ -135,7 +133,7 @@ pub async fn run_joined(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let dir = node_dir(data_dir, &spec.id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    nave_consensus::files::private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (joined, identity) = match Joined::load(&dir)? {
         Some(joined) => {
             tracing::info!(spoke = %joined.spoke.id, dir = %dir.display(), "joined before; starting from the saved identity");

@@ -99,6 +99,10 @@ pub struct ModelLoad {
     pub stats: EngineStats,
     /// Fine-tuned adapters served with this model (requests name them `model:adapter`).
     pub adapters: Vec<String>,
+    /// Its context length in tokens (prompt plus completion).
+    pub context: usize,
+    /// Tokens its chat template adds: for the first message, for each further one.
+    pub prompt_overhead: Option<(usize, usize)>,
 }
 
 impl Heartbeat {

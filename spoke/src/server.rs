@@ -46,7 +46,13 @@ impl Spoke {
         let models: Vec<ModelLoad> = self
             .engines
             .iter()
-            .map(|(m, e)| ModelLoad { model: m.clone(), stats: e.stats(), adapters: e.adapters() })
+            .map(|(m, e)| ModelLoad {
+                model: m.clone(),
+                stats: e.stats(),
+                adapters: e.adapters(),
+                context: e.context_length(),
+                prompt_overhead: e.prompt_overhead(),
+            })
             .collect();
         let tokens: u64 = models.iter().map(|m| m.stats.generated_tokens).sum();
         let mut w = self.rate.lock().await;
@@ -111,7 +117,7 @@ pub fn load_engines(
 pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let spec = config.spoke(&id)?.clone();
     let dir = config.node_dir(&id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    nave_consensus::files::private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = identity(&config, &id)?;
     serve(spec, dir, identity, Duration::from_millis(config.cluster.heartbeat_interval_ms), shutdown).await
 }

@@ -359,10 +359,7 @@ fn budgets(s: &Shared, seed: u64) {
                         match chat(&http, &s.hubs.urls[hub], secret, 8, false) {
                             Ok(resp) if resp.status() == 200 => {
                                 let v: Value = resp.json().unwrap_or_default();
-                                served.fetch_add(
-                                    v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-                                    Ordering::Relaxed,
-                                );
+                                served.fetch_add(v["usage"]["total_tokens"].as_u64().unwrap_or(0), Ordering::Relaxed);
                             }
                             Ok(resp) if resp.status() == 429 => return,
                             _ => std::thread::sleep(Duration::from_millis(20)),

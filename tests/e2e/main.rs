@@ -15,6 +15,7 @@ mod cluster_tiny;
 mod crash_durability;
 mod hubs;
 mod join;
+mod limits;
 mod misbehaving_spokes;
 mod replicas;
 mod train;

@@ -57,6 +57,12 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/hubs/{id}", delete(admin::remove_hub))
         .route("/admin/v1/train", get(train::list).post(train::submit))
         .route("/admin/v1/train/{name}", delete(train::cancel))
+        .route("/admin/v1/audit", get(admin::audit))
+        .route("/admin/v1/usage", get(admin::usage))
+        .route("/v1/usage", get(admin::own_usage))
+        // Layers run outside in: the key is checked before a byte of the body is read, so
+        // a stranger's slow or large body holds nothing.
+        .route_layer(middleware::from_fn_with_state(body_limits, serve::read_body))
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth::middleware));
     Router::new()
         .merge(protected)
@@ -64,7 +70,6 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
-        .layer(middleware::from_fn_with_state(body_limits, serve::read_body))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(shape_errors))
         .layer(middleware::from_fn(request_span))
@@ -152,10 +157,20 @@ async fn request_span(mut req: Request, next: Next) -> Response {
 
 /// A JSON body of type `T`, or the 400 that says what is wrong with it.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let what = if e.is_data() { "invalid request body" } else { "malformed JSON" };
-        ApiError::bad_request(format!("{what}: {e}"))
-    })
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if inner.is_data() { "invalid request body" } else { "malformed JSON" };
+        if inner.is_data() && path != "." {
+            // Names the field: "max_tokens: invalid value: integer `-1`, expected usize".
+            ApiError::bad_request(format!("{what}: {path}: {inner}")).with_param(&path)
+        } else {
+            ApiError::bad_request(format!("{what}: {inner}"))
+        }
+    })?;
+    de.end().map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    Ok(parsed)
 }
 
 /// Per-request context from the headers.
@@ -163,16 +178,20 @@ pub struct Ctx {
     pub request_id: String,
     pub session: Option<String>,
     pub deadline: Instant,
+    /// When the hub began handling the request (time to first token counts from here).
+    pub arrived: Instant,
 }
 
 pub fn context(hub: &Hub, headers: &HeaderMap) -> Ctx {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let request_id = given_request_id(headers).map(str::to_string).unwrap_or_else(nave_consensus::ids::random_id);
+    // A client may ask for less time than the configured deadline, never for more.
     let timeout = header("x-request-timeout-ms")
         .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_millis)
+        .map(|ms| Duration::from_millis(ms).min(hub.request_timeout))
         .unwrap_or(hub.request_timeout);
-    Ctx { request_id, session: header("x-session-id"), deadline: Instant::now() + timeout }
+    let arrived = Instant::now();
+    Ctx { request_id, session: header("x-session-id"), deadline: arrived + timeout, arrived }
 }
 
 /// The served model (or adapter) a request names, without Ollama's `:latest`: checked
@@ -246,6 +265,8 @@ pub enum Kind {
 pub struct Held {
     _slot: Slot,
     pub admission: Admission,
+    /// When the request reached the hub.
+    pub arrived: Instant,
 }
 
 /// A generation's answer: whole (every choice), or the running dispatch to stream from.
@@ -274,16 +295,28 @@ pub async fn generate(
     streamed: bool,
 ) -> Result<Generated, ApiError> {
     let slot = hub.take_slot()?;
+    if let Some(context) = hub.spokes.context(model) {
+        if gen.params.max_tokens > context {
+            return Err(ApiError::bad_request(format!(
+                "max_tokens is {}, but {model} has a context of {context} tokens",
+                gen.params.max_tokens
+            ))
+            .with_param("max_tokens"));
+        }
+    }
+    let prompt_bound = crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model));
     // Every choice may use all of max_tokens.
-    let reserve = gen.params.max_tokens.saturating_mul(gen.params.n.max(1));
-    let admission = hub.write_admission(caller, &ctx.request_id, reserve).await?;
+    let reserve = prompt_bound.saturating_add(gen.params.max_tokens.saturating_mul(gen.params.n.max(1)));
+    let admission = hub.write_admission(caller, &ctx.request_id, model, reserve, prompt_bound).await?;
     let admitted_at = Instant::now();
-    let held = Held { _slot: slot, admission };
+    let held = Held { _slot: slot, admission, arrived: ctx.arrived };
     let answer = if streamed {
         Answer::Stream(dispatch(hub, model, gen, session, ctx.deadline, &[]).await?)
     } else {
         let done = complete(hub, model, gen, session, ctx.deadline).await?;
-        held.admission.record(done.usage().completion_tokens);
+        let usage = done.usage();
+        held.admission.record_prompt(usage.prompt_tokens);
+        held.admission.record(usage.completion_tokens);
         Answer::Whole(done)
     };
     Ok(Generated { answer, held, admitted_at })

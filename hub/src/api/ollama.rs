@@ -198,6 +198,7 @@ async fn run(
                     (ndjson(&line(kind, &model, &text, None)), false)
                 }
                 Some(Event::Done { finish, usage, .. }) => {
+                    held.admission.record_prompt(usage.prompt_tokens);
                     (ndjson(&line(kind, &model, "", Some((finish, usage, started.elapsed())))), true)
                 }
                 Some(Event::Error { message, .. }) => (ndjson(&OllamaError { error: message }), true),

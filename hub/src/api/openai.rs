@@ -470,8 +470,9 @@ fn sse_stream(
         }
     }
     let choices = (0..n).map(|_| ChoiceState::default()).collect();
-    let start =
-        St { hub, d, f, first: true, done: false, last: Instant::now(), held, choices, prompt_logprobs: Vec::new() };
+    // Time to first token counts from the request's arrival.
+    let last = held.arrived;
+    let start = St { hub, d, f, first: true, done: false, last, held, choices, prompt_logprobs: Vec::new() };
     stream::unfold(start, |mut st| async move {
         if st.done {
             return None;
@@ -517,6 +518,7 @@ fn sse_stream(
                 }
             }
             Some(Event::Done { choice, finish, usage }) => {
+                st.held.admission.record_prompt(usage.prompt_tokens);
                 if let Err(e) = st.start(choice, &mut out) {
                     failed(e, &mut out);
                     st.done = true;

@@ -28,6 +28,9 @@ pub async fn ready(State(hub): State<AppState>) -> Result<&'static str, ApiError
 
 pub async fn metrics(State(hub): State<AppState>) -> String {
     use std::fmt::Write;
+    // Requests holding a slot of this hub now.
+    let slots = hub.config.cluster.max_concurrent_requests * 2;
+    hub.metrics.in_flight.store(slots.saturating_sub(hub.slots.available_permits()) as u64, Ordering::Relaxed);
     let mut out = hub.metrics.render(&hub.spokes.views());
     let f = hub.consensus.figures();
     let rows = [
@@ -44,6 +47,14 @@ pub async fn metrics(State(hub): State<AppState>) -> String {
     for (peer, lag) in &f.lag {
         let _ = writeln!(out, "{}{{peer=\"{peer}\"}} {lag}", crate::metrics::RAFT_LAG);
     }
+    let stored = hub.consensus.state.read(|a| a.state.stored_response_bytes());
+    let _ = writeln!(out, "# TYPE {0} gauge\n{0} {stored}", crate::metrics::STORED_RESPONSE_BYTES);
+    let _ = writeln!(
+        out,
+        "# TYPE {0} gauge\n{0} {1}",
+        crate::metrics::SNAPSHOT_LIMIT_BYTES,
+        hub.config.cluster.max_snapshot_bytes.0
+    );
     let dropped = crate::otlp::DROPPED.load(Ordering::Relaxed);
     let _ = writeln!(out, "# TYPE {0} counter\n{0} {dropped}", crate::metrics::OTLP_DROPPED);
     out

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{self, StreamExt};
 use nave_consensus::clock::now_secs;
-use nave_consensus::state::{Command, StoredResponse, Turn};
+use nave_consensus::state::{Command, CommandResult, StoredResponse, Turn};
 use nave_inference::{ChatMessage, Event, FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
 
 use super::types::{
@@ -215,10 +215,21 @@ fn finished(mut r: StoredResponse, text: String, finish: FinishReason, usage: &U
     r
 }
 
-/// Writes `r` to the replicated state before the answer goes out: a follow-up on any
-/// hub finds it.
+/// Writes `r` to the replicated state, within its owner's quota, before the answer goes
+/// out: a follow-up on any hub finds it.
 async fn store(hub: &Hub, r: &StoredResponse) -> Result<(), ApiError> {
-    done(hub.consensus.write(Command::StoreResponse(Box::new(r.clone()))).await)
+    let quota = hub.response_quota();
+    match hub.consensus.write(Command::StoreResponse { response: Box::new(r.clone()), quota }).await? {
+        CommandResult::Done => {
+            let (used, bound) = (hub.consensus.state.read(|a| a.state.stored_response_bytes()), quota.max_total_bytes);
+            if used > bound / 10 * 8 {
+                tracing::warn!(used, bound, "stored responses use over 80% of their share of the snapshot bound");
+            }
+            Ok(())
+        }
+        CommandResult::Invalid(m) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)),
+        other => Err(ApiError::from_command(other)),
+    }
 }
 
 /// The SSE events of a streamed response: OpenAI's sequence around the text's deltas.

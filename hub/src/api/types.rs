@@ -54,12 +54,41 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// A token count as a client wrote it: a whole number from 1 to
+/// [`nave_inference::sampler::MAX_TOKENS`], or an error that names `field` (JSON numbers
+/// past 2^64, negative or fractional ones included; the parser's own message would not
+/// name the field inside a flattened struct).
+fn token_count<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    let max = nave_inference::sampler::MAX_TOKENS as u64;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(x) if (1..=max).contains(&x) => Ok(Some(x as usize)),
+            _ => Err(D::Error::custom(format!("{field}: must be a whole number from 1 to {max}, not {n}"))),
+        },
+        Some(other) => Err(D::Error::custom(format!("{field}: must be a number, not {other}"))),
+    }
+}
+
+fn max_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    token_count(d, "max_tokens")
+}
+
+fn max_completion_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    token_count(d, "max_completion_tokens")
+}
+
+fn max_output_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    token_count(d, "max_output_tokens")
+}
+
 /// The sampling fields shared by chat and completions.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Sampling {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "max_tokens")]
     pub max_tokens: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "max_completion_tokens")]
     pub max_completion_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
@@ -630,6 +659,7 @@ pub struct ResponsesRequest {
     pub store: bool,
     #[serde(default)]
     pub stream: bool,
+    #[serde(default, deserialize_with = "max_output_tokens")]
     pub max_output_tokens: Option<usize>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -779,6 +809,10 @@ pub struct NewKey {
     pub tpm: Option<u64>,
     #[serde(default)]
     pub daily_tokens: Option<u64>,
+    /// Requests the key may run at once over the cluster; absent: the cluster's
+    /// `key_max_concurrent`; 0: no limit.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// `POST /admin/v1/spokes/{id}/drain` (an empty body drains).
@@ -920,6 +954,10 @@ pub struct KeyView {
     pub reserved: u64,
     pub total_tokens: u64,
     pub total_requests: u64,
+    /// Its requests running now, over the cluster.
+    pub in_flight: u32,
+    pub stored_responses: u32,
+    pub stored_bytes: u64,
 }
 
 impl From<&nave_consensus::state::ApiKey> for KeyView {
@@ -933,7 +971,66 @@ impl From<&nave_consensus::state::ApiKey> for KeyView {
             reserved: k.reserved,
             total_tokens: k.total_tokens,
             total_requests: k.total_requests,
+            in_flight: k.in_flight,
+            stored_responses: k.stored_count,
+            stored_bytes: k.stored_bytes,
         }
+    }
+}
+
+/// `GET /admin/v1/audit`: the newest entries first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditList {
+    pub entries: Vec<AuditRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRow {
+    pub at_ms: u64,
+    /// UTC, RFC 3339.
+    pub at: String,
+    pub actor: String,
+    pub what: String,
+}
+
+/// `GET /admin/v1/usage` (every key, or `?key=NAME`) and `GET /v1/usage` (the caller's own):
+/// tokens by UTC day, key and model, newest day first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageList {
+    pub usage: Vec<UsageRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    pub key: String,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl UsageRow {
+    /// The rows of one key, newest day first, at most `days` days.
+    pub fn of(k: &nave_consensus::state::ApiKey, days: usize) -> Vec<UsageRow> {
+        k.usage
+            .iter()
+            .rev()
+            .take(days)
+            .flat_map(|(day, models)| {
+                models.iter().map(move |(model, u)| UsageRow {
+                    day: nave_consensus::clock::rfc3339(day.saturating_mul(86_400))[..10].to_string(),
+                    key: k.name.clone(),
+                    model: model.clone(),
+                    requests: u.requests,
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                    total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+                })
+            })
+            .collect()
     }
 }
 
