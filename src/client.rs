@@ -359,7 +359,10 @@ pub async fn chat(url: String, model: String, key: String, max_tokens: usize, pr
         messages: vec![message("system", "You are a helpful assistant.".into()), message("user", prompt)],
         stream: true,
         stream_options: None,
+        logprobs: None,
+        top_logprobs: None,
         sampling: Sampling { max_tokens: Some(max_tokens), ..Default::default() },
+        unsupported: Default::default(),
     };
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))

@@ -127,6 +127,9 @@ pub struct StoredResponse {
     pub output_tokens: u64,
     /// The spoke that answered (session affinity for follow-ups).
     pub spoke: String,
+    /// The answer was cut by `max_output_tokens` (`"status": "incomplete"`).
+    #[serde(default)]
+    pub incomplete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -909,6 +912,7 @@ mod tests {
             input_tokens: 1,
             output_tokens: 1,
             spoke: "s1".into(),
+            incomplete: false,
         };
         run(
             &mut s,
@@ -1125,6 +1129,7 @@ mod tests {
             input_tokens: 1,
             output_tokens: 1,
             spoke: "s1".into(),
+            incomplete: false,
         };
         let quota = ResponseQuota { max_count: 2, max_bytes: 1_000, max_response_bytes: 600, max_total_bytes: 10_000 };
         let store = |s: &mut ClusterState, id: &str, text| {
@@ -1207,6 +1212,7 @@ mod tests {
                             input_tokens: num(r >> 7),
                             output_tokens: num(r >> 9),
                             spoke: "s".into(),
+                            incomplete: r % 2 == 0,
                         }),
                         quota: ResponseQuota {
                             max_count: small(r >> 3),

@@ -46,7 +46,7 @@ impl ApiError {
 
     pub fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 404 | 413 => "invalid_request_error",
+            400 | 404 | 405 | 413 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             429 => "rate_limit_error",
@@ -60,6 +60,7 @@ impl ApiError {
             401 => "invalid_api_key",
             403 => "forbidden",
             404 => "not_found",
+            405 => "method_not_allowed",
             413 => "body_too_large",
             429 => "rate_limited",
             503 => "unavailable",

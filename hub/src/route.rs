@@ -8,8 +8,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use nave_consensus::frame::read_frame;
-use nave_inference::{Event, GenerateRequest};
+use nave_inference::engine::Collected;
+use nave_inference::sampler::TokenLogprob;
+use nave_inference::{Event, FinishReason, GenerateRequest, Usage};
 use nave_spoke::protocol::{HubToSpoke, SpokeToHub, MAX_FRAME};
 use tokio::time::timeout_at;
 
@@ -178,6 +181,33 @@ async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, de
     }
 }
 
+/// A whole answer: the prompt's log-probabilities (when asked for) and every choice, by
+/// index.
+pub struct Completed {
+    pub prompt_logprobs: Vec<TokenLogprob>,
+    pub choices: Vec<Collected>,
+}
+
+impl Completed {
+    /// The request's usage as OpenAI counts it: the prompt once, every choice's tokens.
+    pub fn usage(&self) -> Usage {
+        total_usage(self.choices.iter().map(|c| &c.usage))
+    }
+}
+
+/// The usage of a request's choices together: the prompt once (as the first choice
+/// prefilled it, cached tokens included), the completion tokens of all.
+pub fn total_usage<'a>(choices: impl Iterator<Item = &'a Usage>) -> Usage {
+    let mut total = Usage::default();
+    for (i, u) in choices.enumerate() {
+        if i == 0 {
+            (total.prompt_tokens, total.cached_tokens) = (u.prompt_tokens, u.cached_tokens);
+        }
+        total.completion_tokens += u.completion_tokens;
+    }
+    total
+}
+
 /// The whole answer of a non-streamed request. Nothing has reached the client yet, so a
 /// spoke that fails mid-answer is retried from scratch on another one.
 pub async fn complete(
@@ -186,23 +216,54 @@ pub async fn complete(
     request: GenerateRequest,
     session: Option<&str>,
     deadline: Instant,
-) -> Result<(String, nave_inference::FinishReason, nave_inference::Usage), ApiError> {
+) -> Result<Completed, ApiError> {
     let mut failed: Vec<String> = Vec::new();
+    let n = request.params.n.max(1);
     loop {
         let mut d = dispatch(hub, model, request.clone(), session, deadline, &failed).await?;
-        let mut text = String::new();
+        let blank = |finish| Collected {
+            text: String::new(),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finish,
+            usage: Usage::default(),
+        };
+        let mut answer =
+            Completed { prompt_logprobs: Vec::new(), choices: (0..n).map(|_| blank(FinishReason::Stop)).collect() };
+        let mut done = 0;
         let started = Instant::now();
         let mut first = true;
         loop {
             match d.next().await {
-                Some(Event::Delta { text: t, .. }) => {
+                Some(Event::Delta { choice, text, tokens, logprobs }) => {
                     if first {
                         hub.metrics.ttft.observe(started.elapsed().as_secs_f64());
                         first = false;
                     }
-                    text.push_str(&t);
+                    let Some(c) = answer.choices.get_mut(choice as usize) else {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("spoke {} sent choice {choice} of {n}", d.spoke),
+                        ));
+                    };
+                    c.text.push_str(&text);
+                    c.tokens.extend(tokens);
+                    c.logprobs.extend(logprobs);
                 }
-                Some(Event::Done { finish, usage }) => return Ok((text, finish, usage)),
+                Some(Event::Prompt { logprobs }) => answer.prompt_logprobs.extend(logprobs),
+                Some(Event::Done { choice, finish, usage }) => {
+                    let Some(c) = answer.choices.get_mut(choice as usize) else {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("spoke {} sent choice {choice} of {n}", d.spoke),
+                        ));
+                    };
+                    (c.finish, c.usage) = (finish, usage);
+                    done += 1;
+                    if done == n {
+                        return Ok(answer);
+                    }
+                }
                 Some(Event::Error { message, client: true }) => return Err(ApiError::bad_request(message)),
                 Some(Event::Error { message, client: false }) => {
                     if Instant::now() >= deadline {

@@ -14,6 +14,12 @@
 //!    front with everything it generated, to be recomputed later (never failed);
 //! 4. one forward pass runs all scheduled rows; sequences that finished their chunk
 //!    sample a token and stream its text.
+//!
+//! A request for `n` choices becomes `n` sequences. The first prefills the prompt; the
+//! others wait beside it until its prompt is computed, then join the queue's front and take
+//! the prompt's full blocks from the prefix cache, so the prompt is prefilled once (their
+//! `cached_tokens` say how much they took). Each choice's events carry its index; the
+//! request's stream ends after one `Done` per choice.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
 use crate::ledger::{Ledger, Partition, Reservation};
 use crate::model::{Row, ServingAdapter};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use crate::template::ChatMessage;
 use crate::LoadedModel;
 
@@ -98,24 +104,27 @@ pub struct Usage {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
-    /// New text and the tokens that produced it (text may be empty while a stop string
-    /// or a UTF-8 character is incomplete).
-    Delta {
-        text: String,
-        tokens: Vec<u32>,
-    },
-    Done {
-        finish: FinishReason,
-        usage: Usage,
-    },
+    /// New text of choice `choice` and the tokens that produced it (text may be empty
+    /// while a stop string or a UTF-8 character is incomplete), with their
+    /// log-probabilities when the request asked for them (one per token).
+    Delta { choice: u32, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob> },
+    /// The log-probabilities of the next prompt tokens, in order, when the request asked
+    /// for them (`prompt_logprobs`): sent before the first `Delta`, one event per prefill
+    /// chunk (so a frame stays bounded by the batch's token budget).
+    Prompt { logprobs: Vec<TokenLogprob> },
+    /// Choice `choice` ended; its usage counts the prompt and that choice's tokens. The
+    /// stream ends after the `Done` of every choice.
+    Done { choice: u32, finish: FinishReason, usage: Usage },
     /// The request failed; `client` says whether it was the request's fault.
-    Error {
-        message: String,
-        client: bool,
-    },
+    Error { message: String, client: bool },
 }
 
 pub type EventStream = UnboundedReceiver<Event>;
+
+/// The most prompt tokens one `Event::Prompt` carries: with 20 alternatives of at most
+/// 128 bytes each, well inside the hub-spoke protocol's 4 MiB frame whatever the batch's
+/// token budget.
+pub const PROMPT_LOGPROBS_PER_EVENT: usize = 256;
 
 /// Figures the engine keeps up to date for heartbeats and metrics.
 #[derive(Debug, Default)]
@@ -318,11 +327,24 @@ struct Sequence {
     detok: Detokenizer,
     tx: UnboundedSender<Event>,
     cached_tokens: usize,
+    /// Which of the request's choices this is.
+    choice: u32,
+    /// Prompt tokens whose log-probabilities were sent, while the request wants them
+    /// (`None` otherwise, or once all are sent).
+    prompt_logprobs: Option<usize>,
+    /// The request's other choices, waiting until this one's prompt is computed.
+    followers: Vec<Sequence>,
 }
 
 impl Sequence {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Whether the logits after position `p` are needed for a prompt log-probability
+    /// still to send (those of the token at `p + 1`).
+    fn wants_prompt_logits(&self, p: usize) -> bool {
+        self.prompt_logprobs.is_some_and(|sent| p + 1 < self.prompt_len && p + 1 >= sent.max(1))
     }
 }
 
@@ -419,28 +441,46 @@ impl Worker {
                 tokens.len()
             )));
         }
+        if let Some(&(bad, _)) = req.params.logit_bias.iter().find(|(t, _)| *t as usize >= m.transformer.config.vocab) {
+            return Err(Error::InvalidRequest(format!("logit_bias: token id {bad} is outside the vocabulary")));
+        }
         let max_tokens = req.params.max_tokens.min(context - tokens.len()).min(capacity - tokens.len());
-        self.next_id += 1;
-        let sampler = Sampler::new(req.params.clone(), &tokens, self.next_id);
         self.gauges.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
-        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), "queued");
-        Ok(Sequence {
-            id: self.next_id,
-            request_id: req.request_id,
-            prompt_len: tokens.len(),
-            tokens,
-            computed: 0,
-            blocks: Vec::new(),
-            registered: 0,
-            hash_seed: adapter.as_ref().map_or(0, |a| a.hash_seed),
-            last_hash: adapter.as_ref().map_or(0, |a| a.hash_seed),
-            adapter,
-            max_tokens,
-            detok: Detokenizer::new(req.params.stop.clone()),
-            sampler,
-            tx,
-            cached_tokens: 0,
-        })
+        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), n = req.params.n, "queued");
+        let mut choices: Vec<Sequence> = (0..req.params.n.max(1) as u32)
+            .map(|choice| {
+                self.next_id += 1;
+                let params = SamplingParams {
+                    seed: req.params.seed.map(|s| s.wrapping_add(choice as u64)),
+                    ..req.params.clone()
+                };
+                Sequence {
+                    id: self.next_id,
+                    request_id: req.request_id.clone(),
+                    prompt_len: tokens.len(),
+                    tokens: tokens.clone(),
+                    computed: 0,
+                    blocks: Vec::new(),
+                    registered: 0,
+                    hash_seed: adapter.as_ref().map_or(0, |a| a.hash_seed),
+                    last_hash: adapter.as_ref().map_or(0, |a| a.hash_seed),
+                    adapter: adapter.clone(),
+                    max_tokens,
+                    detok: Detokenizer::new(req.params.stop.clone()),
+                    sampler: Sampler::new(params, &tokens, self.next_id),
+                    tx: tx.clone(),
+                    cached_tokens: 0,
+                    choice,
+                    // The prompt's log-probabilities are the same for every choice: the
+                    // first sends them.
+                    prompt_logprobs: (choice == 0 && req.params.prompt_logprobs).then_some(0),
+                    followers: Vec::new(),
+                }
+            })
+            .collect();
+        let mut first = choices.remove(0);
+        first.followers = choices;
+        Ok(first)
     }
 
     fn drop_cancelled(&mut self) {
@@ -499,7 +539,9 @@ impl Worker {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             // Reuse cached blocks for all but the last token, whose logits are needed.
             let hashes = prefix_hashes(&seq.tokens[..seq.tokens.len() - 1], bs, seq.hash_seed);
-            let cached = self.pool.take_prefix(&hashes);
+            // A prompt whose log-probabilities are wanted is computed whole: every
+            // position's logits are needed.
+            let cached = if seq.prompt_logprobs.is_some() { Vec::new() } else { self.pool.take_prefix(&hashes) };
             let need = seq.tokens.len().div_ceil(bs) - cached.len();
             if self.pool.num_free() < need {
                 cached.into_iter().for_each(|b| self.pool.release(b));
@@ -565,7 +607,7 @@ impl Worker {
                     token: s.tokens[p],
                     pos: p,
                     blocks: &s.blocks,
-                    logits: p + 1 == s.tokens.len(),
+                    logits: p + 1 == s.tokens.len() || s.wants_prompt_logits(p),
                     adapter: s.adapter.as_deref(),
                 });
             }
@@ -588,15 +630,57 @@ impl Worker {
                 self.pool.register(s.blocks[r], s.last_hash);
                 s.registered += 1;
             }
+            let start = s.computed - take;
+            if let Some(sent) = s.prompt_logprobs {
+                // Row p's logits predict token p + 1; the first token has no logprob.
+                let tok = &self.model.tokenizer;
+                let k = s.sampler.params().logprobs.unwrap_or(0);
+                let mut out = Vec::new();
+                if start == 0 && sent == 0 {
+                    out.push(TokenLogprob {
+                        token: s.tokens[0],
+                        bytes: tok.token_bytes(s.tokens[0]),
+                        logprob: None,
+                        top: Vec::new(),
+                    });
+                }
+                for p in start..s.computed {
+                    if !s.wants_prompt_logits(p) {
+                        continue;
+                    }
+                    let Some(l) = logits.next() else { break };
+                    if p + 1 >= sent.max(1) {
+                        out.push(logprobs(&l, s.tokens[p + 1], k, |t| tok.token_bytes(t)));
+                    }
+                }
+                // Rows start..computed gave the tokens up to index `computed`.
+                let sent = sent.max((s.computed + 1).min(s.prompt_len));
+                s.prompt_logprobs = (sent < s.prompt_len).then_some(sent);
+                for part in out.chunks(PROMPT_LOGPROBS_PER_EVENT) {
+                    let _ = s.tx.send(Event::Prompt { logprobs: part.to_vec() });
+                }
+            }
             if s.computed < s.tokens.len() {
                 continue;
             }
             let Some(mut l) = logits.next() else { continue };
+            if !s.followers.is_empty() {
+                // The prompt is computed and its full blocks cached: the other choices
+                // take them next.
+                for f in std::mem::take(&mut s.followers).into_iter().rev() {
+                    self.waiting.push_front(f);
+                }
+            }
+            let s = &mut self.running[idx];
             let token = s.sampler.sample(&mut l);
+            let lp = s.sampler.params().logprobs.map(|k| {
+                let tok = &self.model.tokenizer;
+                logprobs(&l, token, k, |t| tok.token_bytes(t))
+            });
             s.sampler.observe(token);
             s.tokens.push(token);
             self.gauges.generated_tokens.fetch_add(1, Ordering::Relaxed);
-            if let Some(reason) = self.emit(idx, token) {
+            if let Some(reason) = self.emit(idx, token, lp) {
                 finished.push((id, reason));
             }
         }
@@ -605,56 +689,99 @@ impl Worker {
                 let mut s = self.running.remove(idx);
                 let tail = s.detok.finish();
                 if reason == FinishReason::Length && !tail.is_empty() {
-                    let _ = s.tx.send(Event::Delta { text: tail, tokens: Vec::new() });
+                    let _ = s.tx.send(Event::Delta { choice: s.choice, text: tail, tokens: vec![], logprobs: vec![] });
                 }
                 let usage = Usage {
                     prompt_tokens: s.prompt_len,
                     completion_tokens: s.generated(),
                     cached_tokens: s.cached_tokens,
                 };
-                let _ = s.tx.send(Event::Done { finish: reason, usage });
+                let _ = s.tx.send(Event::Done { choice: s.choice, finish: reason, usage });
                 self.free(s);
             }
         }
         Ok(())
     }
 
-    /// Streams the text of a new token; returns why the sequence ends, if it does.
-    fn emit(&mut self, idx: usize, token: u32) -> Option<FinishReason> {
+    /// Streams the text of a new token (with its log-probabilities, if asked for);
+    /// returns why the sequence ends, if it does. An end-of-turn token is not part of the
+    /// text, nor of the log-probabilities.
+    fn emit(&mut self, idx: usize, token: u32, lp: Option<TokenLogprob>) -> Option<FinishReason> {
         let s = &mut self.running[idx];
         let tok = &self.model.tokenizer;
+        let choice = s.choice;
         if !s.sampler.params().ignore_eos && tok.stop_ids().contains(&token) {
             let held = s.detok.finish();
             if !held.is_empty() {
-                let _ = s.tx.send(Event::Delta { text: held, tokens: Vec::new() });
+                let _ = s.tx.send(Event::Delta { choice, text: held, tokens: vec![], logprobs: vec![] });
             }
             return Some(FinishReason::Stop);
         }
+        let logprobs = lp.into_iter().collect();
         match s.detok.push(tok, token) {
             Step::Stopped(text) => {
-                let _ = s.tx.send(Event::Delta { text, tokens: vec![token] });
+                let _ = s.tx.send(Event::Delta { choice, text, tokens: vec![token], logprobs });
                 Some(FinishReason::Stop)
             }
             Step::Text(text) => {
-                let _ = s.tx.send(Event::Delta { text, tokens: vec![token] });
+                let _ = s.tx.send(Event::Delta { choice, text, tokens: vec![token], logprobs });
                 (s.generated() >= s.max_tokens).then_some(FinishReason::Length)
             }
         }
     }
 }
 
-/// Runs a request to the end and returns its text, finish reason and usage (for tools,
-/// tests and the benchmark; servers stream instead).
-pub fn collect(mut stream: EventStream) -> Result<(String, Vec<u32>, FinishReason, Usage)> {
-    let mut text = String::new();
-    let mut ids = Vec::new();
+/// Runs a request of one choice to the end and returns its text, finish reason and usage
+/// (for tools, tests and the benchmark; servers stream instead).
+pub fn collect(stream: EventStream) -> Result<(String, Vec<u32>, FinishReason, Usage)> {
+    let (_, mut choices) = collect_all(stream)?;
+    let c = choices.swap_remove(0);
+    Ok((c.text, c.tokens, c.finish, c.usage))
+}
+
+/// One choice of a request, run to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: FinishReason,
+    pub usage: Usage,
+}
+
+/// Runs a request to the end: the prompt's log-probabilities (if asked for) and every
+/// choice, by index.
+pub fn collect_all(mut stream: EventStream) -> Result<(Vec<TokenLogprob>, Vec<Collected>)> {
+    let mut prompt = Vec::new();
+    let mut open: std::collections::BTreeMap<u32, Collected> = Default::default();
+    let mut done = Vec::new();
+    // The stream closes when the engine has dropped the request's last sequence.
     while let Some(ev) = stream.blocking_recv() {
         match ev {
-            Event::Delta { text: t, tokens } => {
-                text.push_str(&t);
-                ids.extend(tokens);
+            Event::Delta { choice, text, tokens, logprobs } => {
+                let c = open.entry(choice).or_insert_with(|| Collected {
+                    text: String::new(),
+                    tokens: Vec::new(),
+                    logprobs: Vec::new(),
+                    finish: FinishReason::Stop,
+                    usage: Usage::default(),
+                });
+                c.text.push_str(&text);
+                c.tokens.extend(tokens);
+                c.logprobs.extend(logprobs);
             }
-            Event::Done { finish, usage } => return Ok((text, ids, finish, usage)),
+            Event::Prompt { logprobs } => prompt.extend(logprobs),
+            Event::Done { choice, finish, usage } => {
+                let mut c = open.remove(&choice).unwrap_or(Collected {
+                    text: String::new(),
+                    tokens: Vec::new(),
+                    logprobs: Vec::new(),
+                    finish,
+                    usage,
+                });
+                (c.finish, c.usage) = (finish, usage);
+                done.push((choice, c));
+            }
             Event::Error { message, client } => {
                 return Err(if client {
                     Error::InvalidRequest(message.trim_start_matches("invalid request: ").to_string())
@@ -664,7 +791,11 @@ pub fn collect(mut stream: EventStream) -> Result<(String, Vec<u32>, FinishReaso
             }
         }
     }
-    Err(Error::EngineStopped)
+    if done.is_empty() || !open.is_empty() {
+        return Err(Error::EngineStopped);
+    }
+    done.sort_by_key(|(i, _)| *i);
+    Ok((prompt, done.into_iter().map(|(_, c)| c).collect()))
 }
 
 /// A helper for time measurements in tools.

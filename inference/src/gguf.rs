@@ -51,6 +51,38 @@ impl GgufFile {
         &self.content.metadata
     }
 
+    /// The metadata as JSON (Ollama's `/api/show` `model_info`), sorted by key; arrays
+    /// longer than `max_array` (the vocabulary, the merges) are null, as Ollama shows them.
+    pub fn metadata_json(&self, max_array: usize) -> serde_json::Map<String, serde_json::Value> {
+        fn json(v: &Value, max_array: usize) -> serde_json::Value {
+            use serde_json::Value as J;
+            match v {
+                Value::U8(x) => J::from(*x),
+                Value::I8(x) => J::from(*x),
+                Value::U16(x) => J::from(*x),
+                Value::I16(x) => J::from(*x),
+                Value::U32(x) => J::from(*x),
+                Value::I32(x) => J::from(*x),
+                Value::U64(x) => J::from(*x),
+                Value::I64(x) => J::from(*x),
+                Value::F32(x) => J::from(*x),
+                Value::F64(x) => J::from(*x),
+                Value::Bool(x) => J::from(*x),
+                Value::String(x) => J::from(x.as_str()),
+                Value::Array(xs) if xs.len() > max_array => J::Null,
+                Value::Array(xs) => J::Array(xs.iter().map(|x| json(x, max_array)).collect()),
+            }
+        }
+        let mut keys: Vec<&String> = self.content.metadata.keys().collect();
+        keys.sort();
+        keys.into_iter().map(|k| (k.clone(), json(&self.content.metadata[k], max_array))).collect()
+    }
+
+    /// The number of weights in all tensors (the model's parameter count).
+    pub fn parameter_count(&self) -> u64 {
+        self.content.tensor_infos.values().map(|i| i.shape.elem_count() as u64).sum()
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }

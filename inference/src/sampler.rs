@@ -1,6 +1,11 @@
-//! Turning logits into the next token: penalties, temperature, top-k, top-p, min-p, and a
-//! seeded random generator of our own (xoshiro256**), so the same seed gives the same
-//! tokens on every machine and every version of every dependency.
+//! Turning logits into the next token: logit bias, penalties, temperature, top-k, top-p,
+//! min-p, and a seeded random generator of our own (xoshiro256**), so the same seed gives
+//! the same tokens on every machine and every version of every dependency.
+//!
+//! Log-probabilities ([`logprobs`]) are the log-softmax of the logits after the logit bias
+//! and the repetition, presence and frequency penalties, before temperature and the top-k,
+//! top-p and min-p cuts: the model's distribution as the request shaped it, the same at
+//! any temperature (greedy included), so the greedy token is always the most likely one.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +35,28 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-turn tokens until `max_tokens` (benchmarks).
     pub ignore_eos: bool,
+    /// Completions to generate from the prompt (1..=[`MAX_N`]); choice `i` samples with
+    /// `seed + i`. The prompt is prefilled once: the other choices take it from the
+    /// prefix cache.
+    pub n: usize,
+    /// With each generated token, its log-probability and that of the this many most
+    /// likely tokens (0..=[`MAX_TOP_LOGPROBS`]); `None`: no log-probabilities.
+    pub logprobs: Option<usize>,
+    /// Also the log-probabilities of the prompt's tokens (each given the ones before it;
+    /// the first has none), with `logprobs` alternatives each. Such a prompt is computed
+    /// whole (no prefix cache), since every position's logits are needed.
+    pub prompt_logprobs: bool,
+    /// Added to the logits of these token ids before anything else (-100..=100; -100
+    /// bans a token, 100 all but forces it), at most [`MAX_LOGIT_BIAS`] entries.
+    pub logit_bias: Vec<(u32, f32)>,
 }
+
+/// The most completions one request may ask for.
+pub const MAX_N: usize = 8;
+/// The most alternatives a token's log-probabilities may list.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// The most token ids `logit_bias` may name.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -46,6 +72,10 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: Vec::new(),
             ignore_eos: false,
+            n: 1,
+            logprobs: None,
+            prompt_logprobs: false,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -81,6 +111,18 @@ impl SamplingParams {
         }
         if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return bad("stop", "at most 16 non-empty strings of at most 256 bytes");
+        }
+        if !(1..=MAX_N).contains(&self.n) {
+            return bad("n", &format!("must be between 1 and {MAX_N}"));
+        }
+        if self.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return bad("top_logprobs", &format!("must be between 0 and {MAX_TOP_LOGPROBS}"));
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return bad("logit_bias", &format!("at most {MAX_LOGIT_BIAS} tokens"));
+        }
+        if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return bad("logit_bias", &format!("the bias of token {t} is {b}; it must be between -100 and 100"));
         }
         Ok(())
     }
@@ -152,9 +194,16 @@ impl Sampler {
         }
     }
 
-    /// Chooses the next token from `logits` (modified in place).
+    /// Chooses the next token from `logits`, which are left as the distribution it was
+    /// drawn from before temperature and truncation (bias and penalties applied): what
+    /// [`logprobs`] reads.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {
@@ -210,6 +259,48 @@ impl Sampler {
             r -= x;
         }
         cand[keep - 1].0
+    }
+}
+
+/// A token's log-probability and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// The token's bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// `None` only for a prompt's first token (nothing precedes it).
+    pub logprob: Option<f32>,
+    /// The most likely tokens at this position, most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: u32,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The log-softmax of `logits` at `token`, with the `top` most likely tokens (ties: the
+/// lower id first); `bytes` names a token's bytes. Computed in f64 from the maximum, so
+/// a large logit neither overflows nor loses the small ones.
+pub fn logprobs(logits: &[f32], token: u32, top: usize, bytes: impl Fn(u32) -> Vec<u8>) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |t: u32| logits.get(t as usize).map_or(f32::NEG_INFINITY, |&l| (l as f64 - lse) as f32);
+    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let k = top.min(cand.len());
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k > 0 && k < cand.len() {
+        cand.select_nth_unstable_by(k - 1, order);
+    }
+    cand.truncate(k);
+    cand.sort_unstable_by(order);
+    TokenLogprob {
+        token,
+        bytes: bytes(token),
+        logprob: Some(lp(token)),
+        top: cand.into_iter().map(|(t, _)| TopLogprob { token: t, bytes: bytes(t), logprob: lp(t) }).collect(),
     }
 }
 
@@ -279,11 +370,42 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_bans_and_forces_tokens() {
+        let bias = |b: Vec<(u32, f32)>| SamplingParams { logit_bias: b, ..SamplingParams::greedy(4) };
+        assert_eq!(Sampler::new(bias(vec![(1, -100.0)]), &[], 0).sample(&mut logits()), 4);
+        assert_eq!(Sampler::new(bias(vec![(3, 100.0)]), &[], 0).sample(&mut logits()), 3);
+        let hot =
+            SamplingParams { temperature: 1.0, seed: Some(9), logit_bias: vec![(0, 100.0)], ..Default::default() };
+        let mut s = Sampler::new(hot, &[], 0);
+        assert!((0..64).all(|_| s.sample(&mut logits()) == 0));
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax() {
+        let l = logits();
+        let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+        let lp = logprobs(&l, 2, 3, |t| vec![t as u8]);
+        assert!((lp.logprob.unwrap_or(0.0) as f64 - (2.0 - z.ln())).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.iter().map(|t| t.token).collect::<Vec<_>>(), vec![1, 4, 2]);
+        assert_eq!(lp.top[2].logprob, lp.logprob.unwrap_or(0.0));
+        assert_eq!(lp.bytes, vec![2]);
+        assert!(logprobs(&l, 0, 0, |_| vec![]).top.is_empty());
+        // Huge logits do not overflow.
+        let lp = logprobs(&[1e30, 0.0], 0, 2, |_| vec![]);
+        assert_eq!(lp.logprob, Some(0.0));
+        assert!(lp.top[1].logprob.is_finite() || lp.top[1].logprob == f32::NEG_INFINITY);
+    }
+
+    #[test]
     fn bad_parameters_name_the_field() {
         let err = |p: SamplingParams| p.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err(SamplingParams { temperature: -1.0, ..Default::default() }).contains("temperature"));
         assert!(err(SamplingParams { max_tokens: 0, ..Default::default() }).contains("max_tokens"));
         assert!(err(SamplingParams { top_p: 0.0, ..Default::default() }).contains("top_p"));
+        assert!(err(SamplingParams { n: 9, ..Default::default() }).contains("n:"));
+        assert!(err(SamplingParams { logprobs: Some(21), ..Default::default() }).contains("top_logprobs"));
+        assert!(err(SamplingParams { logit_bias: vec![(1, 101.0)], ..Default::default() }).contains("logit_bias"));
+        assert!(err(SamplingParams { logit_bias: vec![(1, f32::NAN)], ..Default::default() }).contains("logit_bias"));
         assert!(SamplingParams::default().validate().is_ok());
     }
 }

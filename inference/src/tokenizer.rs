@@ -217,6 +217,25 @@ impl TextTokenizer {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
+    /// The bytes token `id` stands for, as text would hold them (a byte-level or byte
+    /// fallback token may be part of a UTF-8 character; "▁" is a space): what the API's
+    /// log-probabilities report per token. Empty for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(text) = self.token_text(id) else { return Vec::new() };
+        if let Some(hex) = text.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')) {
+            if let (2, Ok(b)) = (hex.len(), u8::from_str_radix(hex, 16)) {
+                return vec![b];
+            }
+        }
+        if matches!(self.inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
+            let map = byte_level_chars();
+            if let Some(bytes) = text.chars().map(|c| map.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+                return bytes;
+            }
+        }
+        text.replace('▁', " ").into_bytes()
+    }
+
     pub fn bos_token(&self) -> Option<&str> {
         self.bos_id.and_then(|id| self.token_text(id))
     }
@@ -240,6 +259,27 @@ impl TextTokenizer {
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_gguf(&GgufFile::open(path)?)
     }
+}
+
+/// GPT-2's byte-level alphabet, char -> byte: printable Latin-1 bytes stand for
+/// themselves, the others for the code points from U+0100 up, in order.
+fn byte_level_chars() -> &'static std::collections::HashMap<char, u8> {
+    static MAP: std::sync::OnceLock<std::collections::HashMap<char, u8>> = std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let mut next = 256u32;
+        (0..=255u8)
+            .map(|b| {
+                let c = if printable(b) {
+                    b as u32
+                } else {
+                    next += 1;
+                    next - 1
+                };
+                (char::from_u32(c).expect("code points below U+0200 are chars"), b)
+            })
+            .collect()
+    })
 }
 
 fn gpt2_pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, String> {

@@ -230,8 +230,13 @@ async fn serve_connection(conn: quinn::Connection, spoke: Arc<Spoke>) {
 
 /// Sends the engine's events for one request until its end; the hub stopping the stream
 /// (its client went away) drops `events`, which cancels the sequence.
-async fn stream_events(send: &mut quinn::SendStream, mut events: nave_inference::EventStream) -> anyhow::Result<()> {
+async fn stream_events(
+    send: &mut quinn::SendStream,
+    mut events: nave_inference::EventStream,
+    choices: usize,
+) -> anyhow::Result<()> {
     tracing::debug!("generating");
+    let mut done = 0;
     loop {
         tokio::select! {
             ev = events.recv() => {
@@ -239,7 +244,9 @@ async fn stream_events(send: &mut quinn::SendStream, mut events: nave_inference:
                     write_frame(send, &SpokeToHub::Event(Event::Error { message: EngineError::EngineStopped.to_string(), client: false })).await?;
                     break;
                 };
-                let last = matches!(ev, Event::Done { .. } | Event::Error { .. });
+                // The request ends with the `Done` of its last choice, or an error.
+                done += usize::from(matches!(ev, Event::Done { .. }));
+                let last = done >= choices || matches!(ev, Event::Error { .. });
                 // A failed write means the hub went away: returning drops `events`.
                 write_frame(send, &SpokeToHub::Event(ev)).await?;
                 if last {
@@ -266,6 +273,7 @@ async fn serve_stream(
         HubToSpoke::Generate { model, request } => {
             let refuse = |message: String, retryable: bool| SpokeToHub::Refused { message, retryable };
             let request_id = request.request_id.clone();
+            let choices = request.params.n.max(1);
             let (base, adapter) = crate::protocol::split_model(&model);
             let Some(engine) = spoke.engines.get(base) else {
                 write_frame(&mut send, &refuse(format!("model {model} is not served by spoke {}", spoke.id), true))
@@ -286,7 +294,7 @@ async fn serve_stream(
             };
             write_frame(&mut send, &SpokeToHub::Accepted).await?;
             let span = tracing::info_span!("generate", request_id = %request_id, model = %model);
-            stream_events(&mut send, events).instrument(span).await?;
+            stream_events(&mut send, events, choices).instrument(span).await?;
         }
         HubToSpoke::Subscribe => loop {
             let hb = spoke.heartbeat().await;

@@ -96,7 +96,9 @@ async fn accept(endpoint: quinn::Endpoint, s: Arc<Shared>) {
 
 async fn stream(conn: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream, s: Arc<Shared>) {
     let Ok(Some(msg)) = read_frame::<HubToSpoke, _>(&mut recv, MAX_FRAME).await else { return };
-    let delta = |text: &str| SpokeToHub::Event(Event::Delta { text: text.to_string(), tokens: vec![1] });
+    let delta = |text: &str| {
+        SpokeToHub::Event(Event::Delta { choice: 0, text: text.to_string(), tokens: vec![1], logprobs: vec![] })
+    };
     match msg {
         HubToSpoke::Generate { .. } => {
             s.requests.fetch_add(1, Ordering::SeqCst);
@@ -113,9 +115,11 @@ async fn stream(conn: quinn::Connection, mut send: quinn::SendStream, mut recv: 
                         let _ = write_frame(&mut send, &delta(t)).await;
                     }
                     let usage = Usage { prompt_tokens: 1, completion_tokens: 3, cached_tokens: 0 };
-                    let _ =
-                        write_frame(&mut send, &SpokeToHub::Event(Event::Done { finish: FinishReason::Stop, usage }))
-                            .await;
+                    let _ = write_frame(
+                        &mut send,
+                        &SpokeToHub::Event(Event::Done { choice: 0, finish: FinishReason::Stop, usage }),
+                    )
+                    .await;
                     let _ = send.finish();
                 }
                 Mode::Fail => {

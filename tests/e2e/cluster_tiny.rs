@@ -40,6 +40,29 @@ fn tiny_cluster_serves_fails_over_and_stops_cleanly() {
     let v: Value = http.get(format!("{hub}/v1/models")).bearer_auth(&c.key).send().expect("sent").json().expect("json");
     assert_eq!(v["data"][0]["id"], "tiny");
 
+    // Through the hub and the spoke: logit_bias by token id (the tiny model's ids 0-255
+    // are the bytes themselves: 120 is "x"), n choices with their indexes, logprobs.
+    let v: Value =
+        chat(json!({"model": "tiny", "max_tokens": 3, "temperature": 1, "seed": 5, "n": 2, "ignore_eos": true,
+        "logprobs": true, "top_logprobs": 2, "logit_bias": {"120": 100},
+        "messages": [{"role": "user", "content": "the"}]}))
+        .json()
+        .expect("json");
+    assert_eq!(v["choices"].as_array().map(Vec::len), Some(2), "{v}");
+    for (i, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
+        assert_eq!(choice["index"], i, "{v}");
+        assert_eq!(choice["message"]["content"], "xxx", "a bias of 100 all but forces the token: {v}");
+        let content = choice["logprobs"]["content"].as_array().cloned().unwrap_or_default();
+        assert_eq!(content.len(), 3, "{v}");
+        assert!(
+            content.iter().all(|t| t["token"] == "x"
+                && t["bytes"] == json!([120])
+                && t["top_logprobs"].as_array().map(Vec::len) == Some(2)),
+            "{v}"
+        );
+    }
+    assert_eq!(v["usage"]["completion_tokens"], 6, "{v}");
+
     // Bad input: the right status and an OpenAI-shaped error, never a 200.
     let bad = |req: reqwest::blocking::RequestBuilder, status: u16| {
         let r = req.send().expect("sent");

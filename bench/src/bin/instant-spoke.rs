@@ -46,13 +46,18 @@ async fn main() -> anyhow::Result<()> {
                             let _ = write_frame(&mut send, &SpokeToHub::Accepted).await;
                             let _ = write_frame(
                                 &mut send,
-                                &SpokeToHub::Event(Event::Delta { text: "ok".into(), tokens: vec![1] }),
+                                &SpokeToHub::Event(Event::Delta {
+                                    choice: 0,
+                                    text: "ok".into(),
+                                    tokens: vec![1],
+                                    logprobs: vec![],
+                                }),
                             )
                             .await;
                             let usage = Usage { prompt_tokens: 1, completion_tokens: 1, cached_tokens: 0 };
                             let _ = write_frame(
                                 &mut send,
-                                &SpokeToHub::Event(Event::Done { finish: FinishReason::Length, usage }),
+                                &SpokeToHub::Event(Event::Done { choice: 0, finish: FinishReason::Length, usage }),
                             )
                             .await;
                             let _ = send.finish();

@@ -22,10 +22,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use nave_inference::{FinishReason, GenerateRequest, Usage};
+use nave_inference::GenerateRequest;
 
 use crate::error::ApiError;
-use crate::route::{complete, dispatch, Dispatch};
+use crate::route::{complete, dispatch, Completed, Dispatch};
 use crate::{admin, auth, serve, train, Admission, Caller, Hub, Slot};
 
 pub type AppState = Arc<Hub>;
@@ -39,11 +39,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/v1/responses", post(responses::create))
-        .route("/v1/responses/{id}", get(responses::get))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
         .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
@@ -83,15 +86,58 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-/// Errors produced below the handlers (body limit) get the OpenAI shape too.
+/// Errors produced below the handlers get the OpenAI shape too: the body limit (413),
+/// an unknown route (404) and a method a route does not take (405, its `Allow` header
+/// kept). Under `/api/` every error is Ollama's `{"error": "..."}` instead, as Ollama's
+/// clients read it.
 async fn shape_errors(req: Request, next: Next) -> Response {
+    use axum::http::StatusCode;
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let resp = next.run(req).await;
-    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        let is_json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if !is_json {
-            return ApiError::new(resp.status(), "the request body is larger than the hub accepts").into_response();
-        }
+    let status = resp.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return resp;
     }
+    let is_json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut resp = if is_json {
+        resp
+    } else {
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the hub accepts".to_string(),
+            StatusCode::NOT_FOUND => format!("no route {method} {path}"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                match resp.headers().get("allow").and_then(|v| v.to_str().ok()).filter(|a| !a.is_empty()) {
+                    Some(allow) => format!("{path} does not take {method} (it takes {allow})"),
+                    None => format!("{path} does not take {method}"),
+                }
+            }
+            _ => return resp,
+        };
+        let allow = resp.headers().get("allow").cloned();
+        let mut shaped = ApiError::new(status, message).into_response();
+        if let Some(a) = allow {
+            shaped.headers_mut().insert("allow", a);
+        }
+        shaped
+    };
+    if path.starts_with("/api/") {
+        resp = ollama_error(resp).await;
+    }
+    resp
+}
+
+/// An error response in OpenAI's shape, rewritten as Ollama's `{"error": "message"}`
+/// (headers such as `Retry-After` kept). An error body is small: read up to 64 KiB.
+async fn ollama_error(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let message = match serde_json::from_slice::<types::ErrorEnvelope>(&bytes) {
+        Ok(e) => e.error.message,
+        Err(_) => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    let body = serde_json::to_vec(&types::OllamaError { error: message }).unwrap_or_default();
+    let mut resp = Response::from_parts(parts, axum::body::Body::from(body));
+    resp.headers_mut().remove("content-length");
     resp
 }
 
@@ -233,9 +279,9 @@ pub struct Held {
     pub arrived: Instant,
 }
 
-/// A generation's answer: whole, or the running dispatch to stream from.
+/// A generation's answer: whole (every choice), or the running dispatch to stream from.
 pub enum Answer {
-    Whole { text: String, finish: FinishReason, usage: Usage },
+    Whole(Completed),
     Stream(Dispatch),
 }
 
@@ -269,17 +315,19 @@ pub async fn generate(
         }
     }
     let prompt_bound = crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model));
-    let reserve = prompt_bound.saturating_add(gen.params.max_tokens);
+    // Every choice may use all of max_tokens.
+    let reserve = prompt_bound.saturating_add(gen.params.max_tokens.saturating_mul(gen.params.n.max(1)));
     let admission = hub.write_admission(caller, &ctx.request_id, model, reserve, prompt_bound).await?;
     let admitted_at = Instant::now();
     let held = Held { _slot: slot, admission, arrived: ctx.arrived };
     let answer = if streamed {
         Answer::Stream(dispatch(hub, model, gen, session, ctx.deadline, &[]).await?)
     } else {
-        let (text, finish, usage) = complete(hub, model, gen, session, ctx.deadline).await?;
+        let done = complete(hub, model, gen, session, ctx.deadline).await?;
+        let usage = done.usage();
         held.admission.record_prompt(usage.prompt_tokens);
         held.admission.record(usage.completion_tokens);
-        Answer::Whole { text, finish, usage }
+        Answer::Whole(done)
     };
     Ok(Generated { answer, held, admitted_at })
 }
@@ -294,13 +342,11 @@ pub const BODY_ROUTES: &[&str] =
 pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
     let body = Bytes::copy_from_slice(body);
     match route {
-        "/v1/chat/completions" => openai::params(parse::<types::ChatRequest>(&body)?.sampling).map(|_| ()),
-        "/v1/completions" => openai::params(parse::<types::CompletionRequest>(&body)?.sampling).map(|_| ()),
+        "/v1/chat/completions" => openai::chat_params(&parse(&body)?).map(|_| ()),
+        "/v1/completions" => openai::completion_params(&parse(&body)?).map(|_| ()),
         "/v1/responses" => responses::params(&parse::<types::ResponsesRequest>(&body)?).map(|_| ()),
-        "/api/chat" => ollama::params(parse::<types::OllamaChat>(&body)?.options.unwrap_or_default()).map(|_| ()),
-        "/api/generate" => {
-            ollama::params(parse::<types::OllamaGenerate>(&body)?.options.unwrap_or_default()).map(|_| ())
-        }
+        "/api/chat" => ollama::chat_params(&parse(&body)?).map(|_| ()),
+        "/api/generate" => ollama::generate_params(&parse(&body)?).map(|_| ()),
         other => Err(ApiError::bad_request(format!("no body parser for {other}"))),
     }
 }
@@ -326,11 +372,34 @@ mod tests {
             b"[]",
             br#"{"model":5}"#,
             br#"{"model":"m","messages":[],"temperature":-1}"#,
-            br#"{"model":"m","messages":[],"n":2}"#,
+            br#"{"model":"m","messages":[],"n":9}"#,
+            br#"{"model":"m","messages":[],"top_logprobs":2}"#,
+            br#"{"model":"m","messages":[],"logprobs":true,"top_logprobs":21}"#,
+            br#"{"model":"m","messages":[],"logit_bias":{"x":1}}"#,
+            br#"{"model":"m","messages":[],"logit_bias":{"5":101}}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+            br#"{"model":"m","messages":[],"tool_choice":"required"}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
         ] {
             let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
             assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
         }
+        for good in [
+            &br#"{"model":"m","messages":[],"n":8,"logprobs":true,"top_logprobs":20,"logit_bias":{"5":-100}}"#[..],
+            br#"{"model":"m","messages":[],"response_format":{"type":"text"},"user":"u-1","tools":[],"tool_choice":"none"}"#,
+        ] {
+            assert!(validate_body("/v1/chat/completions", good).is_ok(), "{}", String::from_utf8_lossy(good));
+        }
+        let named = |route: &str, body: &[u8]| validate_body(route, body).err().and_then(|e| e.param);
+        assert_eq!(
+            named("/v1/chat/completions", br#"{"model":"m","messages":[],"tools":[{}]}"#).as_deref(),
+            Some("tools")
+        );
+        assert_eq!(
+            named("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":30}"#).as_deref(),
+            Some("logprobs")
+        );
+        assert!(validate_body("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":5,"echo":true}"#).is_ok());
         assert!(validate_body("/api/generate", br#"{"model":"m","prompt":"x","options":{"num_predict":-1}}"#).is_ok());
         assert!(validate_body("/v1/responses", br#"{"model":"m","input":"x","max_output_tokens":0}"#).is_err());
     }

@@ -112,7 +112,59 @@ pub struct Sampling {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub n: Option<u32>,
+    pub n: Option<usize>,
+    /// Token id (as a string) -> bias added to its logit, -100..=100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// OpenAI's opaque end-user id: accepted, not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Fields of OpenAI's API that Nave does not implement yet. Present (not null), they are
+/// a 400 naming the field rather than silently ignored; the values that ask for nothing
+/// (`response_format: {"type": "text"}`, `tool_choice: "none"`, an empty `tools`,
+/// `modalities: ["text"]`) are accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Unsupported {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modalities: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search_options: Option<serde_json::Value>,
+}
+
+impl Unsupported {
+    /// The first field present that asks for something Nave cannot do, and what it asked.
+    pub fn first(&self) -> Option<(&'static str, String)> {
+        use serde_json::{json, Value};
+        let empty = |v: &Value| v.as_array().is_some_and(Vec::is_empty);
+        let asks = [
+            ("tools", self.tools.as_ref().filter(|v| !empty(v))),
+            ("tool_choice", self.tool_choice.as_ref().filter(|v| *v != "none")),
+            ("functions", self.functions.as_ref().filter(|v| !empty(v))),
+            ("function_call", self.function_call.as_ref().filter(|v| *v != "none")),
+            ("response_format", self.response_format.as_ref().filter(|v| **v != json!({"type": "text"}))),
+            ("audio", self.audio.as_ref()),
+            ("modalities", self.modalities.as_ref().filter(|v| **v != json!(["text"]))),
+            ("prediction", self.prediction.as_ref()),
+            ("web_search_options", self.web_search_options.as_ref()),
+        ];
+        asks.into_iter().find_map(|(field, v)| v.map(|v| (field, v.to_string())))
+    }
 }
 
 /// `POST /v1/chat/completions`.
@@ -124,8 +176,16 @@ pub struct ChatRequest {
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Log-probabilities of the output tokens...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// ...with this many alternatives each (0..=20; needs `logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,8 +204,17 @@ pub struct CompletionRequest {
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// Log-probabilities of every token with this many alternatives (0..=20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
+    /// The prompt in front of the completion (with its tokens' log-probabilities when
+    /// `logprobs` is set, the first token's null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 // ---- OpenAI: responses ----
@@ -158,6 +227,10 @@ pub struct Completion<C> {
     pub object: String,
     pub created: u64,
     pub model: String,
+    /// Names the serving configuration (the Nave version and the model): answers with
+    /// the same fingerprint and seed were sampled alike.
+    #[serde(default)]
+    pub system_fingerprint: String,
     pub choices: Vec<C>,
     /// Always on a whole completion; on a stream, only the last chunk's (with
     /// `stream_options.include_usage`), whose choices are empty.
@@ -169,8 +242,77 @@ pub struct Completion<C> {
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: String,
+}
+
+/// A chat choice's log-probabilities (whole, or those of one chunk's tokens).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    #[serde(default)]
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprobBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopLogprobBody {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// A text completion's log-probabilities, in the legacy completions shape: per token its
+/// text, log-probability (null for a prompt's first token), the most likely alternatives
+/// (text -> log-probability, most likely first) and its character offset in the text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<OrderedLogprobs>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// Token text -> log-probability, kept in order (a JSON object, most likely first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrderedLogprobs(pub Vec<(String, f32)>);
+
+impl Serialize for OrderedLogprobs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderedLogprobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedLogprobs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of token -> log-probability")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = a.next_entry::<String, f32>()? {
+                    out.push(e);
+                }
+                Ok(OrderedLogprobs(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,7 +326,7 @@ pub struct AssistantMessage {
 pub struct TextChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -192,7 +334,7 @@ pub struct TextChoice {
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: Delta,
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<String>,
 }
 
@@ -274,6 +416,57 @@ pub struct OllamaMessage {
     pub role: String,
     #[serde(default)]
     pub content: String,
+    /// Not supported (no vision models yet): present and non-empty, a 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<serde_json::Value>,
+    /// Not supported yet: present and non-empty, a 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+}
+
+impl OllamaMessage {
+    pub fn assistant(content: String) -> Self {
+        Self { role: "assistant".into(), content, images: None, tool_calls: None }
+    }
+}
+
+/// Ollama's fields that Nave does not implement yet: present (and asking for something),
+/// a 400 naming the field.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct OllamaUnsupported {
+    /// `"json"` or a JSON schema (structured output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<serde_json::Value>,
+    /// A Go template to use instead of the model's (Nave renders the model's own Jinja
+    /// template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
+    /// The deprecated token context of a previous /api/generate answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<serde_json::Value>,
+}
+
+impl OllamaUnsupported {
+    /// The first field present that asks for something Nave cannot do, and what it asked.
+    pub fn first(&self) -> Option<(&'static str, String)> {
+        use serde_json::Value;
+        fn asks(v: &Option<Value>) -> Option<&Value> {
+            v.as_ref().filter(|v| !(v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty)))
+        }
+        [
+            ("format", asks(&self.format)),
+            ("tools", asks(&self.tools)),
+            ("images", asks(&self.images)),
+            ("template", asks(&self.template)),
+            ("context", asks(&self.context)),
+        ]
+        .into_iter()
+        .find_map(|(field, v)| v.map(|v| (field, v.to_string())))
+    }
 }
 
 /// `POST /api/chat`.
@@ -285,6 +478,8 @@ pub struct OllamaChat {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<OllamaOptions>,
+    #[serde(flatten)]
+    pub unsupported: OllamaUnsupported,
 }
 
 /// `POST /api/generate`.
@@ -295,10 +490,76 @@ pub struct OllamaGenerate {
     pub prompt: String,
     #[serde(default)]
     pub system: Option<String>,
+    /// The prompt as it is, without the model's chat template.
+    #[serde(default)]
+    pub raw: Option<bool>,
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<OllamaOptions>,
+    #[serde(flatten)]
+    pub unsupported: OllamaUnsupported,
+}
+
+/// `POST /api/show` (Ollama's clients send `model`; older ones `name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaShowRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Also the long arrays of the metadata (the vocabulary, the merges).
+    #[serde(default)]
+    pub verbose: Option<bool>,
+}
+
+/// `POST /api/show`: what the model's GGUF says of itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaShow {
+    pub modelfile: String,
+    /// The sampling defaults Nave applies to Ollama requests, one `name value` a line.
+    pub parameters: String,
+    /// The model's chat template (Jinja, from the GGUF; Nave renders it itself).
+    pub template: String,
+    pub details: OllamaDetails,
+    pub model_info: serde_json::Map<String, serde_json::Value>,
+    pub capabilities: Vec<String>,
+    pub modified_at: String,
+}
+
+/// `GET /api/ps`: the models running, where and how large.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaPs {
+    pub models: Vec<OllamaRunning>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaRunning {
+    pub name: String,
+    pub model: String,
+    /// Bytes of the model's weights (its GGUF file).
+    pub size: u64,
+    pub digest: String,
+    pub details: OllamaDetails,
+    /// Models stay loaded while their spokes run: no expiry.
+    pub expires_at: String,
+    /// Bytes on GPUs (Nave's spokes serve from CPU memory unless a device says otherwise).
+    pub size_vram: u64,
+    pub context_length: Option<u64>,
+    /// Nave's addition: the spokes serving it, with their load and memory.
+    pub spokes: Vec<OllamaSpoke>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaSpoke {
+    pub id: String,
+    pub state: String,
+    pub running: usize,
+    pub queue: usize,
+    pub serving_used: u64,
+    pub serving_total: u64,
+    pub kv_blocks_free: usize,
+    pub kv_blocks_total: usize,
 }
 
 // ---- Ollama: responses ----
@@ -350,10 +611,20 @@ pub struct OllamaModel {
     pub path: std::path::PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OllamaDetails {
+    #[serde(default)]
+    pub parent_model: String,
     pub format: String,
     pub family: String,
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// "135M", from the GGUF's size label or its tensors.
+    #[serde(default)]
+    pub parameter_size: String,
+    /// The file's type ("Q4_1", "Q4_K_M").
+    #[serde(default)]
+    pub quantization_level: String,
 }
 
 /// `GET /api/version`.
@@ -393,6 +664,90 @@ pub struct ResponsesRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
+    /// OpenAI's opaque end-user id: accepted, not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Not implemented yet: present, a 400 names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// `{"format": {"type": "text"}}` only (structured output is not implemented yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<serde_json::Value>,
+}
+
+/// One event of a streamed response (`POST /v1/responses` with `stream: true`), in
+/// OpenAI's order: created, in_progress, output_item.added, content_part.added,
+/// output_text.delta..., output_text.done, content_part.done, output_item.done, then
+/// completed (or incomplete when cut by `max_output_tokens`); `error` if it fails. Every
+/// event's `sequence_number` is one more than the one before.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ResponseStreamEvent {
+    #[serde(rename = "response.created")]
+    Created { sequence_number: u64, response: ResponseObject },
+    #[serde(rename = "response.in_progress")]
+    InProgress { sequence_number: u64, response: ResponseObject },
+    #[serde(rename = "response.output_item.added")]
+    OutputItemAdded { sequence_number: u64, output_index: u32, item: OutputMessage },
+    #[serde(rename = "response.content_part.added")]
+    ContentPartAdded { sequence_number: u64, item_id: String, output_index: u32, content_index: u32, part: OutputText },
+    #[serde(rename = "response.output_text.delta")]
+    OutputTextDelta {
+        sequence_number: u64,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        delta: String,
+        logprobs: Vec<serde_json::Value>,
+    },
+    #[serde(rename = "response.output_text.done")]
+    OutputTextDone {
+        sequence_number: u64,
+        item_id: String,
+        output_index: u32,
+        content_index: u32,
+        text: String,
+        logprobs: Vec<serde_json::Value>,
+    },
+    #[serde(rename = "response.content_part.done")]
+    ContentPartDone { sequence_number: u64, item_id: String, output_index: u32, content_index: u32, part: OutputText },
+    #[serde(rename = "response.output_item.done")]
+    OutputItemDone { sequence_number: u64, output_index: u32, item: OutputMessage },
+    #[serde(rename = "response.completed")]
+    Completed { sequence_number: u64, response: ResponseObject },
+    #[serde(rename = "response.incomplete")]
+    Incomplete { sequence_number: u64, response: ResponseObject },
+    #[serde(rename = "error")]
+    Error { sequence_number: u64, code: Option<String>, message: String, param: Option<String> },
+}
+
+impl ResponseStreamEvent {
+    /// The event's name, as its SSE `event:` line carries it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "response.created",
+            Self::InProgress { .. } => "response.in_progress",
+            Self::OutputItemAdded { .. } => "response.output_item.added",
+            Self::ContentPartAdded { .. } => "response.content_part.added",
+            Self::OutputTextDelta { .. } => "response.output_text.delta",
+            Self::OutputTextDone { .. } => "response.output_text.done",
+            Self::ContentPartDone { .. } => "response.content_part.done",
+            Self::OutputItemDone { .. } => "response.output_item.done",
+            Self::Completed { .. } => "response.completed",
+            Self::Incomplete { .. } => "response.incomplete",
+            Self::Error { .. } => "error",
+        }
+    }
+}
+
+/// `DELETE /v1/responses/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedResponse {
+    pub id: String,
+    pub object: String,
+    pub deleted: bool,
 }
 
 /// A stored response, as `POST /v1/responses` and `GET /v1/responses/{id}` answer it.
