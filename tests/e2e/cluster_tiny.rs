@@ -403,7 +403,7 @@ fn killing_the_leader_hub_loses_no_request_on_the_others() {
     let r = http
         .post(format!("{h1}/admin/v1/keys"))
         .bearer_auth(&c.key)
-        .json(&json!({"name": "app", "rpm": 100000}))
+        .json(&json!({"name": "failover-app", "rpm": 100000}))
         .send()
         .expect("sent");
     let key = r.json::<Value>().expect("json")["key"].as_str().expect("key").to_string();
