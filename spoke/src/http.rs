@@ -29,15 +29,16 @@ pub const PROCESS_RSS: &str = "nave_process_resident_bytes";
 pub const REPLICA_APPLIED: &str = "nave_replica_applied_index";
 pub const REPLICA_TERM: &str = "nave_replica_term";
 
+/// Serves `/health`, `/metrics` and `/cluster` with the hub's timeouts and caps (a client
+/// has 10 s to send its headers).
 pub async fn serve(listener: tokio::net::TcpListener, spoke: Arc<Spoke>) {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
         .with_state(spoke);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "spoke HTTP server stopped");
-    }
+    let timeout = std::time::Duration::from_secs(10);
+    crate::serve::serve(listener, app, timeout, timeout, std::future::pending()).await;
 }
 
 /// `GET /cluster`: what this spoke's replica knows of the cluster, from its own copy of

@@ -17,6 +17,7 @@
 pub mod http;
 pub mod join;
 pub mod protocol;
+pub mod serve;
 pub mod server;
 pub mod train;
 
