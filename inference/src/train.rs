@@ -283,6 +283,12 @@ impl Trainer {
                 config.arch
             )));
         }
+        if !config.rope_scaling.is_none() || config.sliding_window.is_some() {
+            // The training forward pass computes plain rotary angles over full attention.
+            return Err(Error::InvalidRequest(
+                "fine-tuning supports llama models without rotary scaling or a sliding window".into(),
+            ));
+        }
         if examples.is_empty() {
             return Err(Error::InvalidRequest("no examples".into()));
         }
