@@ -255,16 +255,48 @@ impl Family {
 /// variance and logits spread over several units: the top tokens are apart by more than
 /// any difference of summation order.
 pub fn write_family_model(path: &Path, family: Family, vocab_from: &Path, seed: u64) -> Result<()> {
+    write_family_model_with_pre(path, family, vocab_from, seed, None)
+}
+
+/// The tokenizer metadata of `vocab_from` (sorted, so the bytes written never vary), with
+/// `tokenizer.ggml.pre` replaced by `pre` where given, and the vocabulary's size.
+fn borrowed_tokenizer(vocab_from: &Path, pre: Option<&str>) -> Result<(Vec<(String, Value)>, usize)> {
     let source = crate::gguf::GgufFile::open(vocab_from)?;
     let mut tokenizer: Vec<(String, Value)> = source
         .metadata()
         .iter()
-        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .filter(|(k, _)| k.starts_with("tokenizer.") && (pre.is_none() || k.as_str() != "tokenizer.ggml.pre"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Some(pre) = pre {
+        tokenizer.push(("tokenizer.ggml.pre".into(), Value::String(pre.into())));
+    }
     tokenizer.sort_by(|a, b| a.0.cmp(&b.0));
     let vocab = source.strings("tokenizer.ggml.tokens")?.len();
-    drop(source);
+    Ok((tokenizer, vocab))
+}
+
+/// Writes a GGUF holding only `vocab_from`'s tokenizer with the pre-tokenizer `pre`: what
+/// the tokenizer is built from, for tests of each pre-tokenizer without any weights.
+pub fn write_tokenizer_only(path: &Path, vocab_from: &Path, pre: &str) -> Result<()> {
+    let (mut meta, _) = borrowed_tokenizer(vocab_from, Some(pre))?;
+    meta.insert(0, ("general.architecture".into(), Value::String("llama".into())));
+    let mut file = std::fs::File::create(path)?;
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut file, &meta_refs, &[])?;
+    Ok(())
+}
+
+/// [`write_family_model`] with the borrowed tokenizer's pre-tokenizer replaced by `pre`
+/// (llama.cpp loads a model to tokenize: this is what it tokenizes with).
+pub fn write_family_model_with_pre(
+    path: &Path,
+    family: Family,
+    vocab_from: &Path,
+    seed: u64,
+    pre: Option<&str>,
+) -> Result<()> {
+    let (tokenizer, vocab) = borrowed_tokenizer(vocab_from, pre)?;
 
     let mut rng = Rng::new(seed ^ family as u64);
     let (hidden, heads, kv_heads, ffn) = (64, 4, 2, 96);
