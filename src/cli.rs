@@ -82,8 +82,10 @@ pub enum Cmd {
         /// API key (default: ./.nave/admin.key).
         #[arg(long, env = "NAVE_API_KEY")]
         key: Option<String>,
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
+        /// Completion tokens at most (default: the model's setting, else until the end
+        /// of the turn or the context).
+        #[arg(long)]
+        max_tokens: Option<usize>,
         prompt: String,
     },
 }

@@ -271,7 +271,13 @@ pub async fn train(command: TrainCmd) -> anyhow::Result<()> {
 }
 
 /// `nave chat`: streams the answer to stdout as it comes.
-pub async fn chat(url: String, model: String, key: String, max_tokens: usize, prompt: String) -> anyhow::Result<()> {
+pub async fn chat(
+    url: String,
+    model: String,
+    key: String,
+    max_tokens: Option<usize>,
+    prompt: String,
+) -> anyhow::Result<()> {
     use futures::StreamExt;
     use std::io::Write;
     let message = |role: &str, text: String| InMessage { role: role.into(), content: Some(Content::Text(text)) };
@@ -280,7 +286,7 @@ pub async fn chat(url: String, model: String, key: String, max_tokens: usize, pr
         messages: vec![message("system", "You are a helpful assistant.".into()), message("user", prompt)],
         stream: true,
         stream_options: None,
-        sampling: Sampling { max_tokens: Some(max_tokens), ..Default::default() },
+        sampling: Sampling { max_tokens, ..Default::default() },
     };
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))

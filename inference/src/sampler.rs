@@ -28,6 +28,13 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
 }
 
+impl SamplingParams {
+    /// `max_tokens` of a request that names none: until the end of the turn or the
+    /// context (the engine bounds every request by its context; a hub resolves this to
+    /// the model's setting or its context before admission reserves it).
+    pub const UNTIL_END: usize = usize::MAX;
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -39,7 +46,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
-            max_tokens: 256,
+            max_tokens: SamplingParams::UNTIL_END,
             stop: Vec::new(),
             ignore_eos: false,
         }

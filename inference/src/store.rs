@@ -39,6 +39,8 @@ pub struct ModelSpec {
     pub parts: &'static [PackagePart],
     pub sha256: &'static str,
     pub size: u64,
+    /// The context length the file's metadata gives.
+    pub context: usize,
 }
 
 pub const MODELS: &[ModelSpec] = &[
@@ -52,6 +54,7 @@ pub const MODELS: &[ModelSpec] = &[
         }],
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size: 98_362_432,
+        context: 8192,
     },
     ModelSpec {
         name: "gemma3-270m",
@@ -80,6 +83,7 @@ pub const MODELS: &[ModelSpec] = &[
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size: 253_113_024,
+        context: 32_768,
     },
 ];
 
@@ -88,6 +92,15 @@ pub fn spec(name: &str) -> Result<&'static ModelSpec> {
         let known: Vec<_> = MODELS.iter().map(|m| m.name).collect();
         Error::Store(format!("unknown model {name:?} (known: {})", known.join(", ")))
     })
+}
+
+/// The context length of model `name` as the default store knows it without reading
+/// weights: a packaged model's recorded figure, or what `nave model add` read.
+pub fn known_context(name: &str) -> Option<usize> {
+    match spec(name) {
+        Ok(s) => Some(s.context),
+        Err(_) => ModelStore::from_env().added(name).map(|r| r.about.context).filter(|&c| c > 0),
+    }
 }
 
 /// Progress of a pull, for a progress bar.
