@@ -94,8 +94,9 @@ impl RopeScaling {
         orig_context: 0,
     };
 
+    /// Whether the angles are the plain ones (the YaRN parameters then play no part).
     pub fn is_none(&self) -> bool {
-        *self == Self::NONE
+        self.freq_scale == 1.0 && self.ext_factor == 0.0 && self.attn_factor == 1.0
     }
 }
 
@@ -178,7 +179,8 @@ impl ModelConfig {
     }
 }
 
-/// `{arch}.rope.scaling.*`: none, linear (`factor`, or the older `rope.scale_linear`) or
+/// `{arch}.rope.scaling.*`: none, linear (`factor`, or the older `rope.scale_linear`; the
+/// default type where a factor is given), LongRoPE (factors from tensors) or
 /// YaRN (`factor`, `original_context_length`, `yarn_ext_factor`, `yarn_beta_fast`,
 /// `yarn_beta_slow`, `yarn_log_multiplier`), each with `attn_factor`. The magnitude term is
 /// llama.cpp's: YaRN's `1 + 0.1 ln(factor)`, or with a log multiplier `m` that term over
@@ -194,8 +196,10 @@ fn rope_scaling(gguf: &GgufFile, arch: &str, context: usize) -> Result<RopeScali
     s.attn_factor = gguf.f32_or(&key("scaling.attn_factor"), 1.0)?;
     s.orig_context = gguf.opt_u32(&key("scaling.original_context_length")).map_or(context, |c| c as usize);
     match kind.as_deref() {
-        None | Some("linear") if factor != 1.0 => s.freq_scale = 1.0 / factor,
-        None | Some("none") | Some("linear") => {}
+        // LongRoPE (Phi-3 128k) also carries per-pair factors as tensors
+        // (`rope_factors_short`); like llama.cpp, a `factor` scales it too.
+        None | Some("linear") | Some("longrope") if factor != 1.0 => s.freq_scale = 1.0 / factor,
+        None | Some("none") | Some("linear") | Some("longrope") => {}
         Some("yarn") => {
             s.freq_scale = 1.0 / factor;
             s.ext_factor = match gguf.f32_or(&key("scaling.yarn_ext_factor"), -1.0)? {

@@ -293,6 +293,11 @@ impl Trainer {
             return Err(Error::InvalidRequest("no examples".into()));
         }
         let mut g = GgufFile::open(path)?;
+        if g.has_tensor("rope_freqs.weight") || g.has_tensor("blk.0.attn_q.bias") {
+            return Err(Error::InvalidRequest(
+                "fine-tuning supports llama models without rope_freqs (Llama 3.1) or q/k/v biases".into(),
+            ));
+        }
         let embed = dequant(&mut g, "token_embd.weight")?;
         let out = if g.has_tensor("output.weight") { dequant(&mut g, "output.weight")? } else { embed.clone() };
         let out_t = out.t()?.contiguous()?;

@@ -191,6 +191,15 @@ fn bad_input_is_a_typed_error() {
     assert!(collect(e.submit(ids).expect("q")).is_err());
 }
 
+/// A file without rope-scaling keys has plain rotary angles (fine-tuning needs them).
+#[test]
+fn files_without_scaling_keys_have_plain_rotary_angles() {
+    let (_d, path) = tiny(TinyArch::Llama);
+    let model = LoadedModel::load("tiny", &path, LoadOptions::default()).expect("loads");
+    let c = &model.transformer.config;
+    assert!(c.rope_scaling.is_none() && c.sliding_window.is_none(), "{c:?}");
+}
+
 /// A request naming no `max_tokens` (the default) runs until the end of the turn or the
 /// context, not a fixed cut.
 #[test]
