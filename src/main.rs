@@ -63,12 +63,53 @@ fn main() -> anyhow::Result<()> {
             println!("{name}: {}", path.display());
             Ok(())
         }
+        Cmd::Model { command: ModelCmd::Add { path, name } } => {
+            let rec = ModelStore::from_env().add(&path, name.as_deref())?;
+            println!(
+                "{}: {} {}, {} parameters, context {}, {} bytes, sha256 {}",
+                rec.name,
+                rec.about.architecture,
+                rec.about.quantization,
+                rec.about.parameters,
+                rec.about.context,
+                rec.size,
+                rec.sha256
+            );
+            Ok(())
+        }
+        Cmd::Model { command: ModelCmd::Rm { name } } => {
+            ModelStore::from_env().rm(&name)?;
+            println!("{name}: removed");
+            Ok(())
+        }
         Cmd::Model { command: ModelCmd::List } => {
             let store = ModelStore::from_env();
-            println!("{:<14} {:<8} {:>9}  DESCRIPTION", "MODEL", "PRESENT", "SIZE");
+            println!(
+                "{:<16} {:<8} {:<7} {:<6} {:>8} {:>8} {:>9}  SHA256",
+                "MODEL", "PRESENT", "ARCH", "QUANT", "PARAMS", "CONTEXT", "SIZE"
+            );
             for m in store.list() {
                 let present = if m.present { "yes" } else { "no" };
-                println!("{:<14} {:<8} {:>6} MB  {}", m.name, present, m.size / 1_000_000, m.description);
+                let (arch, quant, params, ctx) = match &m.about {
+                    Some(a) => (
+                        a.architecture.clone(),
+                        a.quantization.clone(),
+                        format!("{:.0}M", a.parameters as f64 / 1e6),
+                        a.context.to_string(),
+                    ),
+                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
+                };
+                println!(
+                    "{:<16} {:<8} {:<7} {:<6} {:>8} {:>8} {:>6} MB  {}",
+                    m.name,
+                    present,
+                    arch,
+                    quant,
+                    params,
+                    ctx,
+                    m.size / 1_000_000,
+                    m.sha256
+                );
             }
             println!("store: {}", store.root().display());
             Ok(())

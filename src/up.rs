@@ -201,8 +201,12 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     store_models.sort();
     store_models.dedup();
     for model in store_models {
-        nave_inference::store::spec(model)?;
-        pull_with_progress(&store, model).with_context(|| format!("pulling model {model}"))?;
+        // Present (pulled or added with `nave model add`), else pulled; an unknown name
+        // is an error naming the known ones.
+        if store.find(model)?.is_none() {
+            nave_inference::store::spec(model)?;
+            pull_with_progress(&store, model).with_context(|| format!("pulling model {model}"))?;
+        }
     }
     let data = &config.cluster.data_dir;
     nave_consensus::files::private_dir(data).with_context(|| format!("creating {}", data.display()))?;

@@ -221,6 +221,15 @@ pub enum RoutingPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelPolicy {
     pub routing: RoutingPolicy,
+    /// The context in tokens the spokes serve the model with: at most the file's own
+    /// (a smaller one bounds prompts and KV use). Default: the file's.
+    pub context: Option<usize>,
+    /// Completion tokens of a request that names none. Default: until the end of the turn
+    /// or the context, as OpenAI does (the admission then reserves up to the context).
+    pub default_max_tokens: Option<usize>,
+    /// A system message put first in chats that have none (Ollama's SYSTEM): SmolLM2's
+    /// own template inserts one that derails it.
+    pub system_prompt: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -337,6 +346,17 @@ impl ClusterConfig {
                 ));
             }
         }
+        for (name, m) in &self.models {
+            if m.context.is_some_and(|c| c < 16) {
+                return Err(invalid(format!("models.{name}.context"), m.context.unwrap_or(0), "at least 16 tokens"));
+            }
+            if m.default_max_tokens == Some(0) {
+                return Err(invalid(format!("models.{name}.default_max_tokens"), 0, "at least 1 (or leave it out)"));
+            }
+            if m.system_prompt.as_ref().is_some_and(|p| p.len() > 16 * 1024) {
+                return Err(invalid(format!("models.{name}.system_prompt"), "...", "at most 16 KiB"));
+            }
+        }
         let c = &self.cluster;
         if c.heartbeat_interval_ms == 0 || c.heartbeat_timeout_ms <= c.heartbeat_interval_ms {
             return Err(invalid(
@@ -381,6 +401,11 @@ impl ClusterConfig {
 
     pub fn ca_dir(&self) -> PathBuf {
         self.cluster.data_dir.join("ca")
+    }
+
+    /// The per-model settings of `[models.NAME]` (defaults where the config has none).
+    pub fn model_settings(&self, model: &str) -> ModelPolicy {
+        self.models.get(model).cloned().unwrap_or_default()
     }
 
     pub fn policy(&self, model: &str) -> RoutingPolicy {

@@ -7,7 +7,7 @@
 //! candle's own quantized_gemma3 uses SiLU here and has no sliding window in decode; this
 //! file does both as the model was trained.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::model::{Activation, LayerNames, LoadOptions, ModelConfig, RopeStyle, Transformer};
 
@@ -18,35 +18,18 @@ const GLOBAL_EVERY: usize = 6;
 
 /// The model's shape and numerics, from the file's metadata alone.
 pub fn config(gguf: &GgufFile, vocab: usize) -> Result<ModelConfig> {
-    let hidden = gguf.u32("gemma3.embedding_length")? as usize;
-    let heads = gguf.u32("gemma3.attention.head_count")? as usize;
-    let kv_heads = gguf.opt_u32("gemma3.attention.head_count_kv").unwrap_or(heads as u32) as usize;
-    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-        return Err(Error::model(gguf.path(), format!("inconsistent heads: {heads} query, {kv_heads} kv")));
-    }
-    let head_dim = gguf.opt_u32("gemma3.attention.key_length").map_or(hidden / heads, |d| d as usize);
+    let mut c = ModelConfig::from_common_keys(gguf, "gemma3", vocab, 8192)?;
     let window = gguf.opt_u32("gemma3.attention.sliding_window").unwrap_or(512) as usize;
-    let config = ModelConfig {
-        arch: "gemma3".into(),
-        hidden,
-        layers: gguf.u32("gemma3.block_count")? as usize,
-        heads,
-        kv_heads,
-        head_dim,
-        vocab,
-        context: gguf.opt_u32("gemma3.context_length").unwrap_or(8192) as usize,
-        eps: gguf.f32_or("gemma3.attention.layer_norm_rms_epsilon", 1e-6)?,
-        rope_theta: gguf.f32_or("gemma3.rope.freq_base", 1_000_000.0)?,
-        rope_theta_local: LOCAL_ROPE_THETA,
-        rope_style: RopeStyle::Halves,
-        activation: Activation::GeluTanh,
-        embed_scale: (hidden as f32).sqrt(),
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        sliding_window: Some((window, GLOBAL_EVERY)),
-        qk_norm: true,
-        post_norms: true,
-    };
-    Ok(config)
+    c.eps = gguf.f32_or("gemma3.attention.layer_norm_rms_epsilon", 1e-6)?;
+    c.rope_theta = gguf.f32_or("gemma3.rope.freq_base", 1_000_000.0)?;
+    c.rope_theta_local = LOCAL_ROPE_THETA;
+    c.rope_style = RopeStyle::Halves;
+    c.activation = Activation::GeluTanh;
+    c.embed_scale = (c.hidden as f32).sqrt();
+    c.sliding_window = Some((window, GLOBAL_EVERY));
+    c.qk_norm = true;
+    c.post_norms = true;
+    Ok(c)
 }
 
 /// The weights, for a `config` read with [`config`].

@@ -83,6 +83,18 @@ impl GgufFile {
         self.content.tensor_infos.values().map(|i| i.shape.elem_count() as u64).sum()
     }
 
+    /// Every tensor's name, type and element count, from the header.
+    pub fn tensor_summary(&self) -> Vec<(String, candle_core::quantized::GgmlDType, usize)> {
+        let mut v: Vec<_> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(n, info)| (n.clone(), info.ggml_dtype, info.shape.elem_count()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }

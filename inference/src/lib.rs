@@ -8,8 +8,9 @@
 //! - [`store`]: the model store (`nave model pull`): registry packages, checksums.
 //! - [`gguf`]: reading a GGUF file's metadata and tensors, with clear errors.
 //! - [`tokenizer`], [`template`]: the tokenizer and chat template, from the GGUF itself.
-//! - [`model`]: the batched forward pass; [`llama`] and [`gemma3`] fill in each
-//!   architecture's shape.
+//! - [`model`]: the batched forward pass; [`llama`] (Llama 2/3, Mistral, SmolLM2),
+//!   [`qwen2`], [`qwen3`], [`phi3`], [`gemma2`] and [`gemma3`] fill in each architecture's
+//!   shape (one file each).
 //! - [`kernels`]: the quantized matrix products, attention's vector operations and the
 //!   worker pool they run on (AVX2 or the scalar reference, chosen once).
 //! - [`kv`]: the block pool (pure bookkeeping, prefix cache) and the KV store.
@@ -27,6 +28,7 @@
 pub mod detok;
 pub mod engine;
 pub mod error;
+pub mod gemma2;
 pub mod gemma3;
 pub mod gguf;
 pub mod kernels;
@@ -34,6 +36,9 @@ pub mod kv;
 pub mod ledger;
 pub mod llama;
 pub mod model;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 pub mod sampler;
 pub mod store;
 pub mod template;
@@ -49,6 +54,9 @@ pub use ledger::{Ledger, LedgerSnapshot, Partition};
 pub use model::LoadOptions;
 pub use sampler::SamplingParams;
 pub use template::ChatMessage;
+
+/// The `general.architecture` values Nave runs.
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 /// A model ready to serve: weights, tokenizer and chat template.
 pub struct LoadedModel {
@@ -82,18 +90,24 @@ impl ModelInfo {
         let vocab = tokenizer.vocab_size();
         let config = match arch.as_str() {
             "llama" => llama::config(gguf, vocab)?,
+            "qwen2" => qwen2::config(gguf, vocab)?,
+            "qwen3" => qwen3::config(gguf, vocab)?,
+            "phi3" => phi3::config(gguf, vocab)?,
+            "gemma2" => gemma2::config(gguf, vocab)?,
             "gemma3" => gemma3::config(gguf, vocab)?,
             other => {
                 return Err(Error::model(
                     gguf.path(),
-                    format!("unsupported architecture {other:?} (supported: llama, gemma3)"),
+                    format!("unsupported architecture {other:?} (supported: {})", ARCHITECTURES.join(", ")),
                 ))
             }
         };
-        let ffn = *gguf
+        let up = *gguf
             .tensor_dims("blk.0.ffn_up.weight")?
             .first()
             .ok_or_else(|| Error::model(gguf.path(), "blk.0.ffn_up.weight has no dimensions"))?;
+        // Without a gate tensor, ffn_up holds the gate and up halves (Phi-3).
+        let ffn = if gguf.has_tensor("blk.0.ffn_gate.weight") { up } else { up / 2 };
         let template = match gguf.opt_string("tokenizer.chat_template") {
             Some(src) => Some(template::ChatTemplate::new(
                 &src,
@@ -124,12 +138,16 @@ impl LoadedModel {
         Some((one, three.saturating_sub(one).div_ceil(2)))
     }
 
-    /// Loads a GGUF file of a supported architecture (`llama`, `gemma3`).
+    /// Loads a GGUF file of a supported architecture ([`ARCHITECTURES`]).
     pub fn load(name: impl Into<String>, path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
         let mut gguf = gguf::GgufFile::open(path.as_ref())?;
         let ModelInfo { config, tokenizer, template, .. } = ModelInfo::from_gguf(&gguf)?;
         // `ModelInfo` accepts only the architectures below.
         let transformer = match config.arch.as_str() {
+            "qwen2" => qwen2::load(&mut gguf, config, opts)?,
+            "qwen3" => qwen3::load(&mut gguf, config, opts)?,
+            "phi3" => phi3::load(&mut gguf, config, opts)?,
+            "gemma2" => gemma2::load(&mut gguf, config, opts)?,
             "gemma3" => gemma3::load(&mut gguf, config, opts)?,
             _ => llama::load(&mut gguf, config, opts)?,
         };

@@ -1,47 +1,32 @@
-//! The Llama architecture (SmolLM2 and the Llama family): pre-norm blocks, grouped-query
+//! The Llama architecture (SmolLM2, Llama 2 and 3, Mistral): pre-norm blocks, grouped-query
 //! attention with interleaved rotary embeddings, a SiLU-gated feed-forward.
+//!
+//! - Llama 3.1 and later scale their rotary frequencies per pair: the GGUF carries them as
+//!   the `rope_freqs` tensor (divisors of each pair's frequency), which the forward pass
+//!   applies; linear and YaRN scaling come from `llama.rope.scaling.*`
+//!   ([`ModelConfig::from_common_keys`]).
+//! - Mistral files are `llama` files; where the metadata sets
+//!   `llama.attention.sliding_window`, every layer attends over that many positions, as
+//!   Mistral 7B v0.1 was trained. (llama.cpp ignores that key for this architecture; the
+//!   two agree on any sequence shorter than the window.)
+//! - Optional biases on q, k and v are applied where the file has them.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::GgufFile;
-use crate::model::{Activation, LayerNames, LoadOptions, ModelConfig, RopeStyle, Transformer};
+use crate::model::{LayerNames, LoadOptions, ModelConfig, RopeStyle, Transformer};
 
 /// The model's shape and numerics, from the file's metadata alone.
 pub fn config(gguf: &GgufFile, vocab: usize) -> Result<ModelConfig> {
-    let hidden = gguf.u32("llama.embedding_length")? as usize;
-    let heads = gguf.u32("llama.attention.head_count")? as usize;
-    let kv_heads = gguf.opt_u32("llama.attention.head_count_kv").unwrap_or(heads as u32) as usize;
-    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !hidden.is_multiple_of(heads) {
-        return Err(Error::model(
-            gguf.path(),
-            format!("inconsistent heads: {heads} query, {kv_heads} kv, hidden {hidden}"),
-        ));
+    let mut c = ModelConfig::from_common_keys(gguf, "llama", vocab, 4096)?;
+    c.rope_style = RopeStyle::Interleaved;
+    if let Some(window) = gguf.opt_u32("llama.attention.sliding_window").filter(|&w| w > 0) {
+        // Every layer local: no layer is global.
+        c.sliding_window = Some((window as usize, 0));
     }
-    let head_dim = gguf.opt_u32("llama.rope.dimension_count").map_or(hidden / heads, |d| d as usize);
-    let rope_theta = gguf.f32_or("llama.rope.freq_base", 10_000.0)?;
-    let config = ModelConfig {
-        arch: "llama".into(),
-        hidden,
-        layers: gguf.u32("llama.block_count")? as usize,
-        heads,
-        kv_heads,
-        head_dim,
-        vocab,
-        context: gguf.opt_u32("llama.context_length").unwrap_or(4096) as usize,
-        eps: gguf.f32_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
-        rope_theta,
-        rope_theta_local: rope_theta,
-        rope_style: RopeStyle::Interleaved,
-        activation: Activation::Silu,
-        embed_scale: 1.0,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        sliding_window: None,
-        qk_norm: false,
-        post_norms: false,
-    };
-    Ok(config)
+    Ok(c)
 }
 
 /// The weights, for a `config` read with [`config`].
 pub fn load(gguf: &mut GgufFile, config: ModelConfig, opts: LoadOptions) -> Result<Transformer> {
-    Transformer::load(gguf, config, opts, LayerNames { has_qk_norm: false, has_post_norms: false })
+    Transformer::load(gguf, config, opts, LayerNames::default())
 }

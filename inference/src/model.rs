@@ -53,20 +53,180 @@ pub struct ModelConfig {
     /// Multiplies the embeddings (Gemma: sqrt(hidden)).
     pub embed_scale: f32,
     pub attn_scale: f32,
-    /// (window, every n-th layer is global) for sliding-window attention.
+    /// (window, every n-th layer is global) for sliding-window attention; 0 for "no
+    /// layer is global" (Mistral's window on every layer).
     pub sliding_window: Option<(usize, usize)>,
     pub qk_norm: bool,
     pub post_norms: bool,
+    /// How positions become rotation angles beyond the plain base (linear, YaRN).
+    pub rope_scaling: RopeScaling,
+    /// `cap * tanh(score / cap)` on attention scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// `cap * tanh(logit / cap)` on the output logits (Gemma 2).
+    pub final_softcap: Option<f32>,
+}
+
+/// Rotary scaling from the GGUF's `{arch}.rope.scaling.*` keys, in GGML's terms: the
+/// angle of pair `i` at position `p` is `p * base^(-2i/d) / factor_i` (`factor_i` from a
+/// `rope_freqs` tensor, Llama 3), then scaled by `freq_scale` (linear and YaRN), with
+/// YaRN's ramp between the interpolated and the original angle and its magnitude factor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeScaling {
+    /// `1 / factor` for linear and YaRN scaling; 1 for none.
+    pub freq_scale: f32,
+    /// YaRN's extrapolation mix (1 for YaRN, 0 otherwise).
+    pub ext_factor: f32,
+    /// Multiplies cos and sin (YaRN's magnitude correction, `rope.scaling.attn_factor`).
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// The context the model was trained at before scaling (YaRN's correction range).
+    pub orig_context: usize,
+}
+
+impl RopeScaling {
+    pub const NONE: RopeScaling = RopeScaling {
+        freq_scale: 1.0,
+        ext_factor: 0.0,
+        attn_factor: 1.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        orig_context: 0,
+    };
+
+    /// Whether the angles are the plain ones (the YaRN parameters then play no part).
+    pub fn is_none(&self) -> bool {
+        self.freq_scale == 1.0 && self.ext_factor == 0.0 && self.attn_factor == 1.0
+    }
 }
 
 impl ModelConfig {
+    /// The keys every architecture writes the same way under its own prefix (`{arch}.`):
+    /// sizes, heads, norms' epsilon, the rotary base and its scaling. The architecture's
+    /// file then sets what is its own (rotary style, activation, norms, windows, caps).
+    pub(crate) fn from_common_keys(gguf: &GgufFile, arch: &str, vocab: usize, default_context: u32) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = gguf.u32(&key("embedding_length"))? as usize;
+        let heads = gguf.u32(&key("attention.head_count"))? as usize;
+        let kv_heads = gguf.opt_u32(&key("attention.head_count_kv")).unwrap_or(heads as u32) as usize;
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(Error::model(
+                gguf.path(),
+                format!("inconsistent heads: {heads} query, {kv_heads} kv, hidden {hidden}"),
+            ));
+        }
+        let head_dim = match gguf.opt_u32(&key("attention.key_length")) {
+            Some(d) => d as usize,
+            None if hidden.is_multiple_of(heads) => hidden / heads,
+            None => {
+                return Err(Error::model(gguf.path(), format!("hidden {hidden} is not a multiple of {heads} heads")))
+            }
+        };
+        if let Some(v) = gguf.opt_u32(&key("attention.value_length")) {
+            if v as usize != head_dim {
+                return Err(Error::model(gguf.path(), format!("value heads of {v} beside key heads of {head_dim}")));
+            }
+        }
+        if let Some(rot) = gguf.opt_u32(&key("rope.dimension_count")) {
+            // Partial rotary embeddings (Phi-2, GPT-NeoX) are other architectures.
+            if rot as usize != head_dim {
+                return Err(Error::model(
+                    gguf.path(),
+                    format!("rotary embeddings over {rot} of {head_dim} head dimensions are not supported"),
+                ));
+            }
+        }
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(Error::model(gguf.path(), format!("head dimension {head_dim} is not even")));
+        }
+        let rope_theta = gguf.f32_or(&key("rope.freq_base"), 10_000.0)?;
+        let context = gguf.opt_u32(&key("context_length")).unwrap_or(default_context) as usize;
+        Ok(ModelConfig {
+            arch: arch.into(),
+            hidden,
+            layers: gguf.u32(&key("block_count"))? as usize,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            context,
+            eps: gguf.f32_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
+            rope_theta,
+            rope_theta_local: rope_theta,
+            rope_style: RopeStyle::Halves,
+            activation: Activation::Silu,
+            embed_scale: 1.0,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window: None,
+            qk_norm: false,
+            post_norms: false,
+            rope_scaling: rope_scaling(gguf, arch, context)?,
+            attn_softcap: None,
+            final_softcap: None,
+        })
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
 
     fn is_local(&self, layer: usize) -> bool {
-        matches!(self.sliding_window, Some((_, every)) if !(layer + 1).is_multiple_of(every))
+        match self.sliding_window {
+            Some((_, 0)) => true,
+            Some((_, every)) => !(layer + 1).is_multiple_of(every),
+            None => false,
+        }
     }
+}
+
+/// `{arch}.rope.scaling.*`: none, linear (`factor`, or the older `rope.scale_linear`; the
+/// default type where a factor is given), LongRoPE (factors from tensors) or
+/// YaRN (`factor`, `original_context_length`, `yarn_ext_factor`, `yarn_beta_fast`,
+/// `yarn_beta_slow`, `yarn_log_multiplier`), each with `attn_factor`. The magnitude term is
+/// llama.cpp's: YaRN's `1 + 0.1 ln(factor)`, or with a log multiplier `m` that term over
+/// `1 + 0.1 m ln(factor)`.
+fn rope_scaling(gguf: &GgufFile, arch: &str, context: usize) -> Result<RopeScaling> {
+    let key = |k: &str| format!("{arch}.rope.{k}");
+    let kind = gguf.opt_string(&key("scaling.type"));
+    let factor = match gguf.f32_or(&key("scaling.factor"), 0.0)? {
+        f if f > 0.0 => f,
+        _ => gguf.f32_or(&key("scale_linear"), 1.0)?,
+    };
+    let mut s = RopeScaling::NONE;
+    s.attn_factor = gguf.f32_or(&key("scaling.attn_factor"), 1.0)?;
+    s.orig_context = gguf.opt_u32(&key("scaling.original_context_length")).map_or(context, |c| c as usize);
+    match kind.as_deref() {
+        // LongRoPE (Phi-3 128k) also carries per-pair factors as tensors
+        // (`rope_factors_short`); like llama.cpp, a `factor` scales it too.
+        None | Some("linear") | Some("longrope") if factor != 1.0 => s.freq_scale = 1.0 / factor,
+        None | Some("none") | Some("linear") | Some("longrope") => {}
+        Some("yarn") => {
+            s.freq_scale = 1.0 / factor;
+            s.ext_factor = match gguf.f32_or(&key("scaling.yarn_ext_factor"), -1.0)? {
+                e if e >= 0.0 => e,
+                _ => 1.0,
+            };
+            s.beta_fast = gguf.f32_or(&key("scaling.yarn_beta_fast"), 32.0)?;
+            s.beta_slow = gguf.f32_or(&key("scaling.yarn_beta_slow"), 1.0)?;
+            let log_mul = gguf.f32_or(&key("scaling.yarn_log_multiplier"), 0.0)?;
+            if s.ext_factor != 0.0 && log_mul != 0.0 && factor > 1.0 {
+                // The forward pass multiplies by 1 + 0.1 ln(factor) for YaRN; the model's
+                // own term is mscale(1) / mscale(log_mul).
+                let mscale = |m: f32| 0.1 * m * factor.ln() + 1.0;
+                s.attn_factor *= mscale(1.0) / mscale(log_mul) / mscale(1.0);
+            }
+        }
+        Some(other) => {
+            return Err(Error::model(
+                gguf.path(),
+                format!("unsupported rotary scaling {other:?} (supported: linear, yarn)"),
+            ))
+        }
+    }
+    if !(s.freq_scale > 0.0 && s.freq_scale.is_finite()) {
+        return Err(Error::model(gguf.path(), format!("invalid rotary scaling factor {factor}")));
+    }
+    Ok(s)
 }
 
 struct Layer {
@@ -75,6 +235,8 @@ struct Layer {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Biases of q, k and v (Qwen 2), added after the products.
+    qkv_bias: Option<[Vec<f32>; 3]>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_attn_norm: Option<Vec<f32>>,
@@ -92,6 +254,9 @@ pub struct Transformer {
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: Linear,
+    /// Llama 3's per-pair rotary frequency divisors (`rope_freqs.weight`), or Phi-3's
+    /// short-context factors.
+    rope_freqs: Option<Vec<f32>>,
     weight_bytes: u64,
     pool: Pool,
     isa: Isa,
@@ -224,13 +389,26 @@ pub(crate) struct Linear {
     w: QMatrix,
 }
 
+impl Linear {
+    /// Rows `first .. first + n` as a matrix of their own (the same bytes).
+    fn rows(&self, first: usize, n: usize) -> Linear {
+        Linear { w: self.w.rows(first, n) }
+    }
+}
+
+/// What an architecture's layers hold beyond the Llama set.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct LayerNames {
     pub has_qk_norm: bool,
     pub has_post_norms: bool,
 }
 
 impl Transformer {
-    /// Builds the model from a GGUF whose config was already read.
+    /// Builds the model from a GGUF whose config was already read. Whatever the
+    /// architecture writes as one tensor is cut into the rows the forward pass multiplies
+    /// separately, byte for byte (rows of a quantized matrix are whole blocks): a fused
+    /// `attn_qkv` into q, k and v, a fused `ffn_up` without `ffn_gate` (Phi-3) into its
+    /// gate and up halves.
     pub(crate) fn load(gguf: &mut GgufFile, config: ModelConfig, opts: LoadOptions, names: LayerNames) -> Result<Self> {
         let c = config.clone();
         let mut l = Loader { gguf, bytes: 0 };
@@ -245,13 +423,41 @@ impl Transformer {
         let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_dim());
         for i in 0..c.layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
-            let ffn = *l.gguf.tensor_dims(&p("ffn_up"))?.first().ok_or_else(|| l.bad("ffn_up has no dimensions"))?;
+            let b = |s: &str| format!("blk.{i}.{s}.bias");
+            let (q, k, v) = if l.gguf.has_tensor(&p("attn_qkv")) {
+                let qkv = l.matrix(&p("attn_qkv"), q_out + 2 * kv_out, c.hidden)?;
+                (qkv.rows(0, q_out), qkv.rows(q_out, kv_out), qkv.rows(q_out + kv_out, kv_out))
+            } else {
+                (
+                    l.matrix(&p("attn_q"), q_out, c.hidden)?,
+                    l.matrix(&p("attn_k"), kv_out, c.hidden)?,
+                    l.matrix(&p("attn_v"), kv_out, c.hidden)?,
+                )
+            };
+            let qkv_bias = if l.gguf.has_tensor(&b("attn_q")) {
+                Some([l.vector(&b("attn_q"), q_out)?, l.vector(&b("attn_k"), kv_out)?, l.vector(&b("attn_v"), kv_out)?])
+            } else {
+                None
+            };
+            let up_rows =
+                *l.gguf.tensor_dims(&p("ffn_up"))?.first().ok_or_else(|| l.bad("ffn_up has no dimensions"))?;
+            let (gate, up, ffn) = if l.gguf.has_tensor(&p("ffn_gate")) {
+                (l.matrix(&p("ffn_gate"), up_rows, c.hidden)?, l.matrix(&p("ffn_up"), up_rows, c.hidden)?, up_rows)
+            } else {
+                if !up_rows.is_multiple_of(2) {
+                    return Err(l.bad(format!("fused {} has {up_rows} rows, not gate and up halves", p("ffn_up"))));
+                }
+                let ffn = up_rows / 2;
+                let fused = l.matrix(&p("ffn_up"), up_rows, c.hidden)?;
+                (fused.rows(0, ffn), fused.rows(ffn, ffn), ffn)
+            };
             layers.push(Layer {
                 attn_norm: l.vector(&p("attn_norm"), c.hidden)?,
-                q: l.matrix(&p("attn_q"), q_out, c.hidden)?,
-                k: l.matrix(&p("attn_k"), kv_out, c.hidden)?,
-                v: l.matrix(&p("attn_v"), kv_out, c.hidden)?,
+                q,
+                k,
+                v,
                 o: l.matrix(&p("attn_output"), c.hidden, q_out)?,
+                qkv_bias,
                 q_norm: if names.has_qk_norm { Some(l.vector(&p("attn_q_norm"), c.head_dim)?) } else { None },
                 k_norm: if names.has_qk_norm { Some(l.vector(&p("attn_k_norm"), c.head_dim)?) } else { None },
                 post_attn_norm: if names.has_post_norms {
@@ -260,8 +466,8 @@ impl Transformer {
                     None
                 },
                 ffn_norm: l.vector(&p("ffn_norm"), c.hidden)?,
-                gate: l.matrix(&p("ffn_gate"), ffn, c.hidden)?,
-                up: l.matrix(&p("ffn_up"), ffn, c.hidden)?,
+                gate,
+                up,
                 down: l.matrix(&p("ffn_down"), c.hidden, ffn)?,
                 post_ffn_norm: if names.has_post_norms { Some(l.vector(&p("post_ffw_norm"), c.hidden)?) } else { None },
             });
@@ -273,10 +479,16 @@ impl Transformer {
             // Tied embeddings: the output layer is the embedding table itself (shared bytes).
             Linear { w: embed.clone() }
         };
+        let pairs = c.head_dim / 2;
+        let rope_freqs = match ["rope_freqs.weight", "rope_factors_short.weight"].iter().find(|n| l.gguf.has_tensor(n))
+        {
+            Some(name) => Some(l.vector(name, pairs)?),
+            None => None,
+        };
         let weight_bytes = l.bytes + embed.bytes() as u64;
         let isa = opts.isa.unwrap_or_else(Isa::active);
         let pool = Pool::new(opts.threads());
-        Ok(Self { config, embed, layers, out_norm, output, weight_bytes, pool, isa })
+        Ok(Self { config, embed, layers, out_norm, output, rope_freqs, weight_bytes, pool, isa })
     }
 
     /// Bytes the weights take in memory.
@@ -334,9 +546,10 @@ impl Transformer {
         }
         let mut x = Vec::with_capacity(n * c.hidden);
         self.embed_rows(rows.iter().map(|r| r.token), &mut x)?;
-        let rope_global = RopeTable::new(rows, c.head_dim, c.rope_theta);
+        let freqs = self.rope_freqs.as_deref();
+        let rope_global = RopeTable::new(rows, c, c.rope_theta, freqs);
         let rope_local =
-            (c.rope_theta_local != c.rope_theta).then(|| RopeTable::new(rows, c.head_dim, c.rope_theta_local));
+            (c.rope_theta_local != c.rope_theta).then(|| RopeTable::new(rows, c, c.rope_theta_local, freqs));
         let mut h = vec![0.0f32; n * c.hidden];
         // Where each row's positions 0..=pos sit in the KV store (the same in every layer).
         let lora = rows.iter().any(|r| r.adapter.is_some());
@@ -354,6 +567,11 @@ impl Transformer {
                 add_lora(rows, li, "attn_q", &h, c.hidden, &mut q);
                 add_lora(rows, li, "attn_k", &h, c.hidden, &mut k);
                 add_lora(rows, li, "attn_v", &h, c.hidden, &mut v);
+            }
+            if let Some([qb, kb, vb]) = &layer.qkv_bias {
+                add_rows(&mut q, qb);
+                add_rows(&mut k, kb);
+                add_rows(&mut v, vb);
             }
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 rms_norm_in_place(&mut q, qn, c.eps);
@@ -414,12 +632,20 @@ impl Transformer {
         rms_norm_in_place(&mut last, &self.out_norm, c.eps);
         let mut logits = Vec::new();
         self.linear([&self.output], &last, picked.len(), &mut act, [&mut logits]);
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
     }
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// Adds `bias` to every row of `x` (rows of `bias.len()`).
+fn add_rows(x: &mut [f32], bias: &[f32]) {
+    x.chunks_exact_mut(bias.len()).for_each(|row| add_in_place(row, bias));
 }
 
 fn gelu_tanh(x: f32) -> f32 {
@@ -454,16 +680,40 @@ struct RopeTable {
 }
 
 impl RopeTable {
-    fn new(rows: &[Row<'_>], head_dim: usize, theta: f32) -> Self {
+    /// The angles of every row's position with base `theta`, divided per pair by `freqs`
+    /// where the model has them, then scaled as `c.rope_scaling` says (GGML's `rope_yarn`:
+    /// linear scaling is YaRN without its ramp and magnitude term).
+    fn new(rows: &[Row<'_>], c: &ModelConfig, theta: f32, freqs: Option<&[f32]>) -> Self {
+        let (head_dim, s) = (c.head_dim, c.rope_scaling);
         let half = head_dim / 2;
-        let inv: Vec<f64> = (0..half).map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)).collect();
+        let inv: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
+                f / freqs.map_or(1.0, |ff| ff[i] as f64)
+            })
+            .collect();
+        // YaRN: pairs below `low` keep their original angle, above `high` take the
+        // interpolated one, a linear ramp between.
+        let (low, high) = yarn_corr_dims(head_dim, s.orig_context, theta, s.beta_fast, s.beta_slow);
+        let mut mscale = s.attn_factor as f64;
+        if s.ext_factor != 0.0 {
+            mscale *= 1.0 + 0.1 * (1.0 / s.freq_scale as f64).ln();
+        }
         let mut cos = Vec::with_capacity(rows.len() * half);
         let mut sin = Vec::with_capacity(rows.len() * half);
         for r in rows {
-            for f in &inv {
-                let a = r.pos as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
+            for (i, f) in inv.iter().enumerate() {
+                let extrap = r.pos as f64 * f;
+                let interp = extrap * s.freq_scale as f64;
+                let a = if s.ext_factor != 0.0 {
+                    let y = (i as f64 - low) / (high - low).max(0.001);
+                    let mix = (1.0 - y.clamp(0.0, 1.0)) * s.ext_factor as f64;
+                    interp * (1.0 - mix) + extrap * mix
+                } else {
+                    interp
+                };
+                cos.push((a.cos() * mscale) as f32);
+                sin.push((a.sin() * mscale) as f32);
             }
         }
         Self { half, cos, sin }
@@ -489,6 +739,16 @@ impl RopeTable {
             }
         }
     }
+}
+
+/// The first and last rotary pair YaRN's ramp runs between: where a pair's wavelength
+/// fits `beta` turns into the original context (GGML's `ggml_rope_yarn_corr_dims`).
+fn yarn_corr_dims(dims: usize, orig_context: usize, base: f32, beta_fast: f32, beta_slow: f32) -> (f64, f64) {
+    let corr = |beta: f32| {
+        dims as f64 * (orig_context.max(1) as f64 / (beta as f64 * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * (base as f64).ln())
+    };
+    (corr(beta_fast).floor().max(0.0), corr(beta_slow).ceil().min(dims as f64 - 1.0))
 }
 
 /// A raw pointer that may cross to the worker threads; each job writes a disjoint range.
@@ -521,6 +781,7 @@ fn attention(
     // value once between them. With few rows (decode) that is too few jobs to share
     // evenly (3 KV heads on 2 threads), so each query head becomes a job of its own.
     let per_job = if rows.len() * c.kv_heads >= 4 * threads { group } else { 1 };
+    let score = vector::Score { scale: c.attn_scale, softcap: c.attn_softcap };
     let jobs = rows.len() * heads / per_job;
     // Jobs are dealt round-robin: later rows of a prefill chunk attend over more
     // positions, so contiguous shares would leave the last thread the most work.
@@ -545,7 +806,7 @@ fn attention(
             // ri; no other job writes them, and `out` outlives the pool call, which returns
             // only when every job is done.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at * hd), per_job * hd) };
-            vector::attend(isa, qs, kc, vc, &offs, hd, c.attn_scale, &mut scores, o);
+            vector::attend(isa, qs, kc, vc, &offs, hd, score, &mut scores, o);
         }
     };
     if jobs >= 2 && threads > 1 {

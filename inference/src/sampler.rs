@@ -58,6 +58,13 @@ pub const MAX_TOP_LOGPROBS: usize = 20;
 /// The most token ids `logit_bias` may name.
 pub const MAX_LOGIT_BIAS: usize = 1024;
 
+impl SamplingParams {
+    /// `max_tokens` of a request that names none: until the end of the turn or the
+    /// context (the engine bounds every request by its context; a hub resolves this to
+    /// the model's setting or its context before admission reserves it).
+    pub const UNTIL_END: usize = usize::MAX;
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -69,7 +76,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
-            max_tokens: 256,
+            max_tokens: SamplingParams::UNTIL_END,
             stop: Vec::new(),
             ignore_eos: false,
             n: 1,
@@ -106,7 +113,7 @@ impl SamplingParams {
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
             return bad("frequency_penalty", "must be between -2 and 2");
         }
-        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS {
+        if self.max_tokens == 0 || (self.max_tokens > MAX_TOKENS && self.max_tokens != Self::UNTIL_END) {
             return bad("max_tokens", &format!("must be between 1 and {MAX_TOKENS} (and within the model's context)"));
         }
         if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {

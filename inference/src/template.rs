@@ -34,6 +34,12 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
+        // Llama 3.1's template dates its system message with strftime_now("%d %b %Y").
+        env.add_function("strftime_now", |format: String| -> String {
+            let secs =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            strftime(&format, secs)
+        });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::InvalidRequest(format!("the model's chat template does not compile: {e}")))?;
         Ok(Self { env, bos: bos.into(), eos: eos.into() })
@@ -127,6 +133,72 @@ fn align(plain: &str, parts: &[&str]) -> Option<Vec<std::ops::Range<usize>>> {
     (pos == plain.len()).then_some(spans)
 }
 
+/// `format` for the UTC time `secs` after the Unix epoch: `%Y %m %d %e %b %B %a %A %H %M
+/// %S %j %y %%` (what chat templates ask of Python's strftime); other `%x` stay as they are.
+fn strftime(format: &str, secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let before: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = before[(month - 1) as usize] + day + i64::from(leap && month > 2);
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:2}")),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
+            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +245,35 @@ mod tests {
         let upper = ChatTemplate::new("{% for m in messages %}[{{ m['content'] | upper }}]{% endfor %}", "", "")?;
         let (text, spans) = upper.render_spans(&[ChatMessage::new("user", "ab")])?;
         assert_eq!(&text[spans[0].clone()], "AB", "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn strftime_formats_dates_as_python_does() {
+        // 2024-02-29 13:05:09 UTC, a Thursday, day 60 of a leap year.
+        let t = 1_709_211_909;
+        assert_eq!(strftime("%d %b %Y", t), "29 Feb 2024");
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %a %A %B %j %y %%", t),
+            "2024-02-29 13:05:09 Thu Thursday February 060 24 %"
+        );
+        assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
+    }
+
+    #[test]
+    fn features_real_templates_use_render() -> Result<()> {
+        // namespace(), loop controls, tojson, strftime_now, undefined `tools`, and
+        // add_generation_prompt, as Llama 3.1's and Qwen 2.5's templates use them.
+        let src = "{%- set ns = namespace(system='') -%}\
+            {%- for m in messages -%}{%- if m.role == 'system' -%}{%- set ns.system = m.content -%}{%- break -%}{%- endif -%}{%- endfor -%}\
+            [{{ ns.system }}|{{ strftime_now('%Y') | length }}|{{ messages[-1] | tojson }}]\
+            {%- if tools %}tools{% endif -%}\
+            {%- for m in messages -%}{%- if loop.index0 == 0 %}{% continue %}{% endif -%}<{{ m.role }}>{%- endfor -%}\
+            {%- if add_generation_prompt %}<assistant>{% endif %}";
+        let t = ChatTemplate::new(src, "", "")?;
+        let out = t.render(&[ChatMessage::new("system", "S"), ChatMessage::new("user", "Hi \"x\"")])?;
+        assert!(out.starts_with("[S|4|{") && out.ends_with("}]<user><assistant>"), "{out}");
+        assert!(out.contains(r#""role":"user""#) && out.contains(r#""content":"Hi \"x\"""#), "{out}");
         Ok(())
     }
 

@@ -3,7 +3,9 @@
 //!
 //! Two GGUF tokenizer models are supported:
 //! - `gpt2`: byte-level BPE from `tokens` + `merges`, with the pre-tokenizer named by
-//!   `tokenizer.ggml.pre` (SmolLM2's `smollm` splits digits one by one).
+//!   `tokenizer.ggml.pre`: the names and patterns llama.cpp uses (`llama-bpe`, `qwen2`,
+//!   `smollm`, `deepseek-coder`, `deepseek-v3`, `gpt-2`, `starcoder`, `falcon`, `tekken`,
+//!   `bloom`, `default`, and the names that share them, [`pre_tokenizer_names`]).
 //! - `llama`: SentencePiece-style BPE over "▁"-for-space text with byte fallback; GGUF
 //!   stores scores instead of merges, so merges are derived from the scores (a pair merges
 //!   if the merged piece is in the vocabulary, higher score first), as SentencePiece does.
@@ -75,13 +77,15 @@ impl TextTokenizer {
                             .ok_or_else(|| bad(format!("invalid merge entry {m:?}")))
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let pre = gguf.opt_string("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+                let (pre_tokenizer, ignore_merges) = gpt2_pre_tokenizer(&pre).map_err(bad)?;
                 let bpe = BPE::builder()
                     .vocab_and_merges(vocab, merges)
+                    .ignore_merges(ignore_merges)
                     .build()
                     .map_err(|e| bad(format!("cannot build BPE: {e}")))?;
                 let mut tok = Tokenizer::new(bpe);
-                let pre = gguf.opt_string("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
-                tok.with_pre_tokenizer(Some(gpt2_pre_tokenizer(&pre).map_err(bad)?));
+                tok.with_pre_tokenizer(Some(pre_tokenizer));
                 tok.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
                 tok
             }
@@ -282,21 +286,129 @@ fn byte_level_chars() -> &'static std::collections::HashMap<char, u8> {
     })
 }
 
-fn gpt2_pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, String> {
-    // The GPT-2 pattern lives inside ByteLevel (use_regex); models whose pre-tokenizer only
-    // adds a split in front of it get a Sequence.
-    let byte_level = ByteLevel::new(false, true, true);
-    let llama3 = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    Ok(match pre {
-        "smollm" | "starcoder" | "refact" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        "llama3" | "llama-bpe" | "smaug-bpe" => {
-            let split = Split::new(SplitPattern::Regex(llama3.into()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| format!("pre-tokenizer: {e}"))?;
-            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+/// The split of text before BPE that `tokenizer.ggml.pre` names, as llama.cpp does it: a
+/// list of patterns applied one after the other, each cutting every piece so far into its
+/// matches and the text between them. (llama.cpp's names; several families share one.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreSplit {
+    /// GPT-2's pattern (inside the byte-level step).
+    Gpt2,
+    /// Digits one by one, then GPT-2's pattern (StarCoder, SmolLM2).
+    Starcoder,
+    Llama3,
+    /// Llama 3's with single digits (Qwen 2 and 2.5, StableLM 2).
+    Qwen2,
+    DeepseekCoder,
+    Deepseek3,
+    Falcon,
+    Tekken,
+    Bloom,
+    /// llama.cpp's fallback for a BPE vocabulary without a named pre-tokenizer.
+    Default,
+}
+
+/// The `tokenizer.ggml.pre` values and the split each names.
+const PRE_TOKENIZERS: &[(&str, PreSplit)] = &[
+    ("default", PreSplit::Default),
+    ("gpt-2", PreSplit::Gpt2),
+    ("gpt2", PreSplit::Gpt2),
+    ("phi-2", PreSplit::Gpt2),
+    ("mpt", PreSplit::Gpt2),
+    ("olmo", PreSplit::Gpt2),
+    ("jais", PreSplit::Gpt2),
+    ("trillion", PreSplit::Gpt2),
+    ("starcoder", PreSplit::Starcoder),
+    ("refact", PreSplit::Starcoder),
+    ("command-r", PreSplit::Starcoder),
+    ("smollm", PreSplit::Starcoder),
+    ("codeshell", PreSplit::Starcoder),
+    ("exaone", PreSplit::Starcoder),
+    ("minerva-7b", PreSplit::Starcoder),
+    ("llama3", PreSplit::Llama3),
+    ("llama-v3", PreSplit::Llama3),
+    ("llama-bpe", PreSplit::Llama3),
+    ("falcon3", PreSplit::Llama3),
+    ("falcon-h1", PreSplit::Llama3),
+    ("pixtral", PreSplit::Llama3),
+    ("dbrx", PreSplit::Llama3),
+    ("smaug-bpe", PreSplit::Llama3),
+    ("chatglm-bpe", PreSplit::Llama3),
+    ("qwen2", PreSplit::Qwen2),
+    ("stablelm2", PreSplit::Qwen2),
+    ("deepseek-r1-qwen", PreSplit::Qwen2),
+    ("megrez", PreSplit::Qwen2),
+    ("deepseek-coder", PreSplit::DeepseekCoder),
+    ("deepseek-v3", PreSplit::Deepseek3),
+    ("falcon", PreSplit::Falcon),
+    ("tekken", PreSplit::Tekken),
+    ("poro-chat", PreSplit::Bloom),
+    ("bloom", PreSplit::Bloom),
+    ("gpt3-finnish", PreSplit::Bloom),
+];
+
+/// The names [`TextTokenizer`] accepts in `tokenizer.ggml.pre`.
+pub fn pre_tokenizer_names() -> impl Iterator<Item = &'static str> {
+    PRE_TOKENIZERS.iter().map(|(n, _)| *n)
+}
+
+const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl PreSplit {
+    fn patterns(self) -> Vec<&'static str> {
+        match self {
+            PreSplit::Gpt2 | PreSplit::Starcoder => Vec::new(),
+            PreSplit::Llama3 => vec![LLAMA3_PATTERN],
+            PreSplit::Qwen2 => vec![QWEN2_PATTERN],
+            PreSplit::DeepseekCoder => {
+                vec![r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"]
+            }
+            PreSplit::Deepseek3 => vec![
+                r"\p{N}{1,3}",
+                "[一-龥\u{3040}-ゟ゠-ヿ]+",
+                r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
+            ],
+            PreSplit::Falcon => vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2_PATTERN, "[0-9][0-9][0-9]"],
+            PreSplit::Tekken => vec![
+                r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)",
+            ],
+            PreSplit::Bloom => vec![r" ?[^(\s|.,!?…。，、।۔،)]+"],
+            PreSplit::Default => {
+                vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", "[0-9][0-9][0-9]"]
+            }
         }
-        "default" | "gpt2" | "gpt-2" => byte_level.into(),
-        other => return Err(format!("unsupported pre-tokenizer {other:?} for a gpt2 tokenizer")),
-    })
+    }
+}
+
+fn gpt2_pre_tokenizer(pre: &str) -> std::result::Result<(PreTokenizerWrapper, bool), String> {
+    let split = PRE_TOKENIZERS.iter().find(|(n, _)| *n == pre).map(|(_, s)| *s).ok_or_else(|| {
+        format!("unsupported pre-tokenizer {pre:?} for a gpt2 tokenizer (supported: {})", {
+            let names: Vec<&str> = pre_tokenizer_names().collect();
+            names.join(", ")
+        })
+    })?;
+    // GPT-2's own pattern lives inside ByteLevel (use_regex); the others are splits in
+    // front of a byte-level step that splits no further.
+    let pre_tokenizer: PreTokenizerWrapper = match split {
+        PreSplit::Gpt2 => ByteLevel::new(false, true, true).into(),
+        PreSplit::Starcoder => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
+        other => {
+            let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+            for pattern in other.patterns() {
+                let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| format!("pre-tokenizer {pre}: {e}"))?;
+                steps.push(split.into());
+            }
+            steps.push(ByteLevel::new(false, true, false).into());
+            Sequence::new(steps).into()
+        }
+    };
+    // llama.cpp takes a whole piece that is itself a token without merging it (Llama 3's
+    // tokenizer.json sets ignore_merges).
+    Ok((pre_tokenizer, split == PreSplit::Llama3))
 }
 
 /// Merges for a SentencePiece vocabulary: every split of a piece into two pieces that are

@@ -283,10 +283,21 @@ impl Trainer {
                 config.arch
             )));
         }
+        if !config.rope_scaling.is_none() || config.sliding_window.is_some() {
+            // The training forward pass computes plain rotary angles over full attention.
+            return Err(Error::InvalidRequest(
+                "fine-tuning supports llama models without rotary scaling or a sliding window".into(),
+            ));
+        }
         if examples.is_empty() {
             return Err(Error::InvalidRequest("no examples".into()));
         }
         let mut g = GgufFile::open(path)?;
+        if g.has_tensor("rope_freqs.weight") || g.has_tensor("blk.0.attn_q.bias") {
+            return Err(Error::InvalidRequest(
+                "fine-tuning supports llama models without rope_freqs (Llama 3.1) or q/k/v biases".into(),
+            ));
+        }
         let embed = dequant(&mut g, "token_embd.weight")?;
         let out = if g.has_tensor("output.weight") { dequant(&mut g, "output.weight")? } else { embed.clone() };
         let out_t = out.t()?.contiguous()?;

@@ -191,6 +191,30 @@ fn bad_input_is_a_typed_error() {
     assert!(collect(e.submit(ids).expect("q")).is_err());
 }
 
+/// A file without rope-scaling keys has plain rotary angles (fine-tuning needs them).
+#[test]
+fn files_without_scaling_keys_have_plain_rotary_angles() {
+    let (_d, path) = tiny(TinyArch::Llama);
+    let model = LoadedModel::load("tiny", &path, LoadOptions::default()).expect("loads");
+    let c = &model.transformer.config;
+    assert!(c.rope_scaling.is_none() && c.sliding_window.is_none(), "{c:?}");
+}
+
+/// A request naming no `max_tokens` (the default) runs until the end of the turn or the
+/// context, not a fixed cut.
+#[test]
+fn without_max_tokens_generation_runs_to_the_context() {
+    let (_d, path) = tiny(TinyArch::Llama);
+    let e = engine(&path, EngineConfig::default());
+    let params = SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() };
+    assert_eq!(params.max_tokens, SamplingParams::UNTIL_END);
+    let req = GenerateRequest { request_id: "long".into(), prompt: Prompt::Text("the cat".into()), params };
+    let (_, ids, finish, usage) = collect(e.submit(req).expect("queued")).expect("generates");
+    assert_eq!(finish, FinishReason::Length);
+    // The tiny model's context is 256 tokens: prompt and completion fill it.
+    assert_eq!(usage.prompt_tokens + ids.len(), 256, "{usage:?}");
+}
+
 #[test]
 fn stop_strings_are_never_emitted_even_across_tokens() {
     let (_d, path) = tiny(TinyArch::Llama);

@@ -150,6 +150,13 @@ pub async fn run_joined(
             (joined, identity)
         }
     };
-    crate::server::serve(joined.spoke, dir, identity, Duration::from_millis(joined.heartbeat_interval_ms), shutdown)
-        .await
+    crate::server::serve(
+        joined.spoke,
+        Default::default(),
+        dir,
+        identity,
+        Duration::from_millis(joined.heartbeat_interval_ms),
+        shutdown,
+    )
+    .await
 }

@@ -86,6 +86,7 @@ pub fn identity(config: &ClusterConfig, id: &str) -> anyhow::Result<NodeIdentity
 /// Loads every model of the spoke (pulling missing ones) and starts its engines.
 pub fn load_engines(
     spec: &SpokeConfig,
+    settings: &ModelSettings,
     ledger: &Ledger,
 ) -> anyhow::Result<(HashMap<String, Arc<Engine>>, crate::train::ModelPaths)> {
     let store = ModelStore::from_env();
@@ -98,8 +99,13 @@ pub fn load_engines(
         } else {
             store.ensure(name, &mut |p| tracing::info!(?p, "pulling model"))?
         };
-        let model = LoadedModel::load(name.clone(), &path, LoadOptions::default())
+        let mut model = LoadedModel::load(name.clone(), &path, LoadOptions::default())
             .with_context(|| format!("loading model {name} from {}", path.display()))?;
+        if let Some(context) = settings.get(name.as_str()).and_then(|m| m.context) {
+            // The config may only narrow the model's own context.
+            let own = &mut model.transformer.config.context;
+            *own = (*own).min(context);
+        }
         let config = EngineConfig {
             kv_pool_bytes: spec.kv_pool.0 / spec.models.len() as u64,
             max_running: spec.max_running,
@@ -119,14 +125,19 @@ pub async fn run(config: ClusterConfig, id: String, shutdown: impl Future<Output
     let dir = config.node_dir(&id);
     nave_consensus::files::private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let identity = identity(&config, &id)?;
-    serve(spec, dir, identity, Duration::from_millis(config.cluster.heartbeat_interval_ms), shutdown).await
+    let heartbeat = Duration::from_millis(config.cluster.heartbeat_interval_ms);
+    serve(spec, config.models.clone(), dir, identity, heartbeat, shutdown).await
 }
+
+/// `[models.NAME]` of cluster.toml (a joined spoke has none).
+pub type ModelSettings = std::collections::BTreeMap<String, nave_consensus::config::ModelPolicy>;
 
 /// Loads the spoke's models and serves them with `identity` until `shutdown` completes.
 /// The engines run on candle's own worker threads; rayon's pool serves only fine-tuning's
 /// f32 products, so its threads run at the lowest priority.
 pub async fn serve(
     spec: SpokeConfig,
+    settings: ModelSettings,
     node_dir: std::path::PathBuf,
     identity: NodeIdentity,
     heartbeat_every: Duration,
@@ -138,7 +149,7 @@ pub async fn serve(
     let ledger = Ledger::new(spec.device.clone(), spec.serving_reserve.0, spec.training_limit.0);
     let (engines, model_paths) = {
         let (spec, ledger) = (spec.clone(), ledger.clone());
-        tokio::task::spawn_blocking(move || load_engines(&spec, &ledger)).await??
+        tokio::task::spawn_blocking(move || load_engines(&spec, &settings, &ledger)).await??
     };
     let jobs = crate::train::Jobs::new(&id, &node_dir, spec.training_share);
     jobs.load_saved(&engines);

@@ -304,8 +304,11 @@ pub async fn generate(
     session: Option<&str>,
     streamed: bool,
 ) -> Result<Generated, ApiError> {
-    let slot = hub.take_slot()?;
-    if let Some(context) = hub.spokes.context(model) {
+    // A max_tokens the client named must fit the context the spokes serve the model
+    // with; one it left out is the model's default, at most that context.
+    let context = hub.spokes.context(model);
+    let named = gen.params.max_tokens != nave_inference::SamplingParams::UNTIL_END;
+    if let (true, Some(context)) = (named, context) {
         if gen.params.max_tokens > context {
             return Err(ApiError::bad_request(format!(
                 "max_tokens is {}, but {model} has a context of {context} tokens",
@@ -314,6 +317,11 @@ pub async fn generate(
             .with_param("max_tokens"));
         }
     }
+    let mut gen = with_model_settings(&hub.config, model, gen);
+    if let (false, Some(context)) = (named, context) {
+        gen.params.max_tokens = gen.params.max_tokens.min(context);
+    }
+    let slot = hub.take_slot()?;
     let prompt_bound = crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model));
     // Every choice may use all of max_tokens.
     let reserve = prompt_bound.saturating_add(gen.params.max_tokens.saturating_mul(gen.params.n.max(1)));
@@ -330,6 +338,34 @@ pub async fn generate(
         Answer::Whole(done)
     };
     Ok(Generated { answer, held, admitted_at })
+}
+
+/// What a request without `max_tokens` may reserve when neither the config nor the store
+/// knows the model's context (a file served by path): the longest context of the
+/// families Nave runs at their common sizes.
+const UNKNOWN_CONTEXT: usize = 32_768;
+
+/// `gen` with the model's settings of `[models.NAME]` applied: a request naming no
+/// `max_tokens` gets `default_max_tokens`, else runs until the end of the turn or the
+/// context (the reservation is then the context: the config's, else the store's record);
+/// a chat without a system message gets `system_prompt` first.
+fn with_model_settings(
+    config: &nave_consensus::config::ClusterConfig,
+    model: &str,
+    mut gen: GenerateRequest,
+) -> GenerateRequest {
+    let s = config.model_settings(model);
+    if gen.params.max_tokens == nave_inference::SamplingParams::UNTIL_END {
+        gen.params.max_tokens = s.default_max_tokens.unwrap_or_else(|| {
+            s.context.or_else(|| nave_inference::store::known_context(model)).unwrap_or(UNKNOWN_CONTEXT)
+        });
+    }
+    if let (Some(system), nave_inference::Prompt::Chat(msgs)) = (&s.system_prompt, &mut gen.prompt) {
+        if msgs.first().is_none_or(|m| m.role != "system") {
+            msgs.insert(0, nave_inference::ChatMessage::new("system", system.clone()));
+        }
+    }
+    gen
 }
 
 /// The routes whose JSON bodies [`validate_body`] knows.
@@ -354,6 +390,38 @@ pub fn validate_body(route: &str, body: &[u8]) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nave_inference::{ChatMessage, Prompt, SamplingParams};
+
+    #[test]
+    fn model_settings_fill_max_tokens_and_the_system_prompt() {
+        let mut config = nave_consensus::config::ClusterConfig::default();
+        let set = nave_consensus::config::ModelPolicy {
+            default_max_tokens: Some(300),
+            system_prompt: Some("Be brief.".into()),
+            ..Default::default()
+        };
+        config.models.insert("m".into(), set);
+        let chat = |msgs: Vec<ChatMessage>, max_tokens: usize| GenerateRequest {
+            request_id: "r".into(),
+            prompt: Prompt::Chat(msgs),
+            params: SamplingParams { max_tokens, ..Default::default() },
+        };
+        let user = vec![ChatMessage::new("user", "hi")];
+        let got = with_model_settings(&config, "m", chat(user.clone(), SamplingParams::UNTIL_END));
+        assert_eq!(got.params.max_tokens, 300);
+        let Prompt::Chat(msgs) = &got.prompt else { panic!("a chat") };
+        assert_eq!(msgs[0], ChatMessage::new("system", "Be brief."));
+        // The request's own figure and system message win.
+        let own = vec![ChatMessage::new("system", "S"), ChatMessage::new("user", "hi")];
+        let got = with_model_settings(&config, "m", chat(own.clone(), 7));
+        assert_eq!(got.params.max_tokens, 7);
+        assert!(matches!(got.prompt, Prompt::Chat(m) if m == own));
+        // No setting: until the end of the turn or the context, never 256.
+        let got = with_model_settings(&config, "smollm2-135m", chat(user.clone(), SamplingParams::UNTIL_END));
+        assert_eq!(got.params.max_tokens, 8192);
+        let got = with_model_settings(&config, "unknown", chat(user, SamplingParams::UNTIL_END));
+        assert_eq!(got.params.max_tokens, UNKNOWN_CONTEXT);
+    }
 
     #[test]
     fn bodies_parse_or_give_a_400() {

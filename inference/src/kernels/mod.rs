@@ -127,6 +127,15 @@ impl QMatrix {
         &self.data[r * rb..(r + 1) * rb]
     }
 
+    /// Rows `first .. first + n` as a matrix of their own: a fused tensor (q, k and v in
+    /// one) cut into the products the forward pass runs. Rows are whole blocks, so this is
+    /// a copy of bytes, never a re-quantization.
+    pub fn rows(&self, first: usize, n: usize) -> QMatrix {
+        let rb = self.ty.row_bytes(self.cols);
+        let data = self.data[first * rb..(first + n) * rb].to_vec();
+        Self { ty: self.ty, rows: n, cols: self.cols, data: Arc::new(data) }
+    }
+
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         formats::dequantize_row(self.ty, self.row(r), out);
     }

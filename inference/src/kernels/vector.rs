@@ -21,6 +21,31 @@ pub fn exp_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
     }
 }
 
+/// How a query-key dot product becomes an attention score: scaled, then soft-capped
+/// (`cap * tanh(s / cap)`, Gemma 2) where the model asks for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+impl Score {
+    #[inline(always)]
+    fn of(self, dot: f32) -> f32 {
+        let s = dot * self.scale;
+        match self.softcap {
+            Some(cap) => cap * (s / cap).tanh(),
+            None => s,
+        }
+    }
+}
+
+impl From<f32> for Score {
+    fn from(scale: f32) -> Self {
+        Score { scale, softcap: None }
+    }
+}
+
 /// One query group's attention over its positions: `qs` holds `group` query heads of
 /// `hd` values that share one KV head; position `i`'s key and value are
 /// `keys[offs[i]..][..hd]` and `values[offs[i]..][..hd]`. Writes the softmax-weighted sum
@@ -33,10 +58,11 @@ pub fn attend(
     values: &[f32],
     offs: &[usize],
     hd: usize,
-    scale: f32,
+    score: impl Into<Score>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    let score = score.into();
     let group = qs.len() / hd;
     let len = offs.len();
     scores.clear();
@@ -49,13 +75,13 @@ pub fn attend(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if hd.is_multiple_of(8) => unsafe {
             debug_assert!(offs.iter().all(|&o| o + hd <= keys.len() && o + hd <= values.len()));
-            avx2::attend(qs, keys, values, offs, hd, scale, scores, out)
+            avx2::attend(qs, keys, values, offs, hd, score, scores, out)
         },
         _ => {
             for (i, &off) in offs.iter().enumerate() {
                 let k = &keys[off..off + hd];
                 for (j, q) in qs.chunks_exact(hd).enumerate() {
-                    scores[j * len + i] = scalar_dot(q, k) * scale;
+                    scores[j * len + i] = score.of(scalar_dot(q, k));
                 }
             }
             for row in scores.chunks_exact_mut(len) {
@@ -148,7 +174,7 @@ mod avx2 {
         values: &[f32],
         offs: &[usize],
         hd: usize,
-        scale: f32,
+        score: super::Score,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
@@ -158,7 +184,7 @@ mod avx2 {
         for (i, &off) in offs.iter().enumerate() {
             let k = kp.add(off);
             for j in 0..group {
-                *sp.add(j * len + i) = dot_hd(qp.add(j * hd), k, hd) * scale;
+                *sp.add(j * len + i) = score.of(dot_hd(qp.add(j * hd), k, hd));
             }
         }
         for j in 0..group {
