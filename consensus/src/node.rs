@@ -525,7 +525,15 @@ impl ConsensusNode {
             conn.close(3u32.into(), b"raft is for hubs: a hub's certificate is required");
             return;
         }
+        let peer = crate::tls::peer_names(&conn).into_iter().next().unwrap_or_default();
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            // Checked on every RPC: a hub removed while connected is refused from the
+            // moment its revocation is applied here.
+            if self.is_revoked(&peer) {
+                tracing::warn!(%peer, "a revoked node's certificate; closing its connection");
+                conn.close(4u32.into(), b"this node's certificate is revoked");
+                return;
+            }
             let node = self.clone();
             tokio::spawn(async move {
                 let rpc = match read_frame::<RaftRpc, _>(&mut recv, MAX_RAFT_FRAME).await {
@@ -550,6 +558,11 @@ impl ConsensusNode {
                 }
             });
         }
+    }
+
+    /// Whether the replicated state revokes the node `name` (a removed hub or spoke).
+    pub fn is_revoked(&self, name: &str) -> bool {
+        self.state.read(|a| a.state.revoked.contains(name))
     }
 
     pub fn figures(&self) -> ConsensusFigures {

@@ -245,6 +245,13 @@ pub enum Command {
     RemoveSpoke {
         id: String,
     },
+    /// From now on no node accepts a connection or a Raft RPC from a certificate naming
+    /// `name` (a removed hub or spoke), or, with `revoked: false`, accepts it again (the
+    /// admin adds a hub of that name back).
+    RevokeNode {
+        name: String,
+        revoked: bool,
+    },
     /// A fine-tuned adapter `model:name` is served by `spoke` (recorded once per spoke).
     RegisterAdapter {
         model: String,
@@ -319,6 +326,8 @@ pub struct ClusterState {
     pub adapters: BTreeMap<String, Vec<String>>,
     /// A backed-up state arriving in pieces ([`Command::Restore`]).
     restoring: Vec<u8>,
+    /// Node names whose certificates no node accepts any more (removed hubs and spokes).
+    pub revoked: std::collections::BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -504,6 +513,17 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::Batch(_) => CommandResult::Invalid("a batch inside a batch".into()),
+            Command::RevokeNode { name, revoked } => {
+                if name.is_empty() || name.len() > MAX_NAME || name == "nave-hub" {
+                    return CommandResult::Invalid(format!("{name:?} is not a node name"));
+                }
+                let changed = if *revoked { self.revoked.insert(name.clone()) } else { self.revoked.remove(name) };
+                if changed {
+                    let what = if *revoked { "revoked" } else { "accepted again" };
+                    self.audit(now, "admin", format!("certificates of node {name} {what}"));
+                }
+                CommandResult::Done
+            }
             Command::Restore { offset, chunk, last } => {
                 if !self.is_new() {
                     return CommandResult::Invalid(
@@ -1191,7 +1211,7 @@ mod tests {
                 } else {
                     format!("c{step}")
                 };
-                let command = match next() % 12 {
+                let command = match next() % 13 {
                     0 => Command::CreateKey { name: format!("k{}", r % 5), digest: digest((r % 5) as u8), limits },
                     1 => Command::RevokeKey { name: format!("k{}", r % 6) },
                     2..=4 => Command::Admit { digest: digest((r % 6) as u8), model: "m".into(), tokens: num(r >> 13) },
@@ -1224,6 +1244,7 @@ mod tests {
                     8 => Command::DeleteResponse { id: format!("r{}", r % 9), owner: digest((r % 6) as u8) },
                     9 => Command::CreateJoinToken { digest: digest(9), ttl_ms: num(r >> 3), uses: small(r >> 5) },
                     10 => Command::Join { token_digest: digest(9), spoke: spoke(&format!("s{}", r % 3)) },
+                    11 => Command::RevokeNode { name: format!("s{}", r % 3), revoked: r.is_multiple_of(2) },
                     _ => Command::Batch(vec![Proposal {
                         id: format!("b{step}"),
                         now_ms: num(r >> 19),

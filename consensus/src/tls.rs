@@ -371,6 +371,15 @@ pub fn peer_is_hub(conn: &quinn::Connection) -> bool {
         .is_some_and(|names| names.iter().any(|n| n == HUB_NAME))
 }
 
+/// The node names the peer's certificate carries (its id first; a hub's also
+/// [`HUB_NAME`]), empty without one.
+pub fn peer_names(conn: &quinn::Connection) -> Vec<String> {
+    conn.peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().and_then(|c| names(c).ok()))
+        .unwrap_or_default()
+}
+
 /// The negotiated ALPN protocol of `conn`.
 pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()

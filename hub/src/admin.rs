@@ -196,6 +196,7 @@ pub async fn remove_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -
         ));
     }
     done(hub.consensus.write(Command::RemoveSpoke { id: id.clone() }).await)?;
+    done(hub.consensus.write(Command::RevokeNode { name: id.clone(), revoked: true }).await)?;
     Ok(Json(RemovedSpoke { spoke: id, removed: true }))
 }
 
@@ -229,6 +230,8 @@ pub async fn add_hub(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<AddedH
     // from its name, as the hub itself computes it.
     let rid = crate::raft_id(&hub.config, &req.id).unwrap_or_else(|| nave_consensus::node::added_hub_id(&req.id));
     let node = nave_consensus::network::node_addr(&req.id, quic);
+    // A hub removed before and added back is accepted again.
+    done(hub.consensus.write(Command::RevokeNode { name: req.id.clone(), revoked: false }).await)?;
     hub.consensus.change_hubs(HubChange::Add(rid, node)).await.map_err(hub_change_error)?;
     Ok((StatusCode::CREATED, Json(AddedHub { hub: req.id, raft_id: rid, quic: quic.to_string(), voter: true })))
 }
@@ -240,6 +243,8 @@ pub async fn remove_hub(State(hub): State<Arc<Hub>>, Path(id): Path<String>) -> 
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no voting hub named {id:?}")));
     };
     hub.consensus.change_hubs(HubChange::Remove(rid)).await.map_err(hub_change_error)?;
+    // Out of the membership, and its certificate no longer opens anything.
+    done(hub.consensus.write(Command::RevokeNode { name: id.clone(), revoked: true }).await)?;
     Ok(Json(RemovedHub { hub: id, removed: true }))
 }
 

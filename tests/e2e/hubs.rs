@@ -88,12 +88,25 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
         .and_then(|r| r.json())
         .expect("status");
     assert_eq!(status["hubs"].as_array().map(Vec::len), Some(4), "{status}");
+    let data = c.dir.path().join("data");
+    assert!(raft_ping(&data, "h4", &c.hub_quic[0], "h1"), "a member hub's certificate speaks Raft");
 
     let r = http.delete(format!("{}/admin/v1/hubs/h4", c.hubs[2])).bearer_auth(&c.key).send().expect("sent");
     assert_eq!(r.status(), 200, "{:?}", r.text());
     let _ = h4.kill();
     let _ = h4.wait();
     assert_eq!(hubs(&c.hubs[0]), ["h1", "h2", "h3"]);
+    // Its certificate opens nothing any more, on any hub (the revocation is replicated).
+    for (i, quic) in c.hub_quic.iter().enumerate() {
+        let name = format!("h{}", i + 1);
+        wait_until(Duration::from_secs(10), "h4 refused", || {
+            if raft_ping(&data, "h4", quic, &name) {
+                Err("answered")
+            } else {
+                Ok(())
+            }
+        });
+    }
     let r = http
         .post(format!("{}/admin/v1/keys", c.hubs[1]))
         .bearer_auth(&c.key)
@@ -107,35 +120,38 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
 /// exchange with a hub or with another spoke's replica; a hub's can.
 #[test]
 fn only_hubs_speak_raft() {
-    use nave_consensus::frame::{read_frame, write_frame};
-    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
-    use nave_consensus::tls::{self, NodeIdentity};
-
     let c = Cluster::start_tiny(1, 2, "");
     let data = c.dir.path().join("data");
     let config = nave_consensus::ClusterConfig::load(&c.config).expect("config");
     let spoke_quic = |i: usize| config.spokes[i].quic.to_string();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let ping = |who: &str, target: String, target_name: &str| -> bool {
-        let identity = NodeIdentity::load(&data.join(who), who).expect("identity");
-        let target_name = target_name.to_string();
-        runtime.block_on(async move {
-            let endpoint = tls::client_endpoint().expect("endpoint");
-            let exchange = async {
-                let conn = endpoint
-                    .connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, &target_name)
-                    .ok()?
-                    .await
-                    .ok()?;
-                let (mut send, mut recv) = conn.open_bi().await.ok()?;
-                write_frame(&mut send, &RaftRpc::Ping).await.ok()?;
-                send.finish().ok()?;
-                read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.ok()?
-            };
-            matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong(_))))
-        })
-    };
+    let ping = |who: &str, target: String, target_name: &str| raft_ping(&data, who, &target, target_name);
     assert!(ping("h1", spoke_quic(1), "s2"), "a hub reaches a spoke's replica");
     assert!(!ping("s1", c.hub_quic[0].clone(), "h1"), "a spoke's certificate opens no Raft exchange with a hub");
     assert!(!ping("s1", spoke_quic(1), "s2"), "nor with another spoke's replica");
+}
+
+/// Whether node `who` (its identity in `data/<who>`) gets a Raft `Pong` from the node named
+/// `target_name` at `target`.
+fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+    use nave_consensus::frame::{read_frame, write_frame};
+    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
+    use nave_consensus::tls::{self, NodeIdentity};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let identity = NodeIdentity::load(&data.join(who), who).expect("identity");
+    runtime.block_on(async move {
+        let endpoint = tls::client_endpoint().expect("endpoint");
+        let exchange = async {
+            let conn = endpoint
+                .connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, target_name)
+                .ok()?
+                .await
+                .ok()?;
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            write_frame(&mut send, &RaftRpc::Ping).await.ok()?;
+            send.finish().ok()?;
+            read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.ok()?
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong(_))))
+    })
 }
