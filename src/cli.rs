@@ -45,14 +45,17 @@ pub enum Cmd {
     /// Run one spoke of the config.
     ///
     /// A machine outside cluster.toml joins a running cluster with a token from `nave
-    /// admin token create`: `nave spoke --join HUB_QUIC_ADDR --token TOKEN --id s3 --quic
-    /// IP:PORT --http IP:PORT`. It keeps its identity in <data-dir>/<id>/ and starts again
-    /// later with `nave spoke --id s3 --data-dir DIR` (no token).
+    /// admin token create`: `nave spoke --join HUB_QUIC_ADDR --token TOKEN` is enough (the
+    /// id defaults to the host name, the QUIC and HTTP listeners to free ports on the
+    /// address this machine reaches the hub from). It keeps its identity in
+    /// <data-dir>/<id>/ and starts again later with `nave spoke --data-dir DIR` (no token).
     Spoke {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// The spoke's id: one of cluster.toml's, or for a joining spoke its name (default:
+        /// this machine's host name).
         #[arg(long)]
-        id: String,
+        id: Option<String>,
         #[command(flatten)]
         join: JoinArgs,
     },
@@ -200,12 +203,13 @@ pub struct JoinArgs {
     /// Where a joined spoke keeps its identity and settings (in <data-dir>/<id>/).
     #[arg(long, default_value = ".nave")]
     pub data_dir: PathBuf,
-    /// Address the hubs dial for inference streams.
-    #[arg(long, default_value = "127.0.0.1:7103")]
-    pub quic: std::net::SocketAddr,
-    /// Address of /health and /metrics.
-    #[arg(long, default_value = "127.0.0.1:9103")]
-    pub http: std::net::SocketAddr,
+    /// Address the hubs dial for inference streams (default: a free port on the address
+    /// this machine reaches the hub from).
+    #[arg(long)]
+    pub quic: Option<std::net::SocketAddr>,
+    /// Address of /health and /metrics (default: a free port beside --quic's).
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
     /// Models to serve: store names or paths to .gguf files, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "smollm2-135m")]
     pub models: Vec<String>,
@@ -229,10 +233,25 @@ impl JoinArgs {
     pub fn spec(&self, id: &str) -> anyhow::Result<nave_consensus::SpokeConfig> {
         let size =
             |name: &str, v: &str| nave_consensus::ByteSize::parse(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"));
+        // The address the hubs can reach: the one this machine's route to the hub uses.
+        let ip = match (self.quic, self.http, self.join) {
+            (Some(q), _, _) => q.ip(),
+            (None, Some(h), _) => h.ip(),
+            (None, None, Some(hub)) => local_ip_towards(hub)?,
+            (None, None, None) => std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        let quic = match self.quic {
+            Some(q) => q,
+            None => free_addr(ip, true)?,
+        };
+        let http = match self.http {
+            Some(h) => h,
+            None => free_addr(ip, false)?,
+        };
         Ok(nave_consensus::SpokeConfig {
             id: id.to_string(),
-            http: self.http,
-            quic: self.quic,
+            http,
+            quic,
             models: self.models.clone(),
             device: "cpu".into(),
             serving_reserve: size("serving-reserve", &self.serving_reserve)?,
@@ -245,6 +264,55 @@ impl JoinArgs {
             max_running: self.max_running,
             max_batch_tokens: self.max_batch_tokens,
         })
+    }
+}
+
+/// The local address this machine's packets to `hub` leave from (no packet is sent).
+fn local_ip_towards(hub: std::net::SocketAddr) -> anyhow::Result<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if hub.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any)?;
+    s.connect(hub).map_err(|e| anyhow::anyhow!("no route to the hub at {hub}: {e}"))?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// A port free now on `ip` (UDP for QUIC, TCP for HTTP).
+fn free_addr(ip: std::net::IpAddr, udp: bool) -> anyhow::Result<std::net::SocketAddr> {
+    let addr: std::net::SocketAddr = (ip, 0).into();
+    Ok(if udp {
+        std::net::UdpSocket::bind(addr)?.local_addr()?
+    } else {
+        std::net::TcpListener::bind(addr)?.local_addr()?
+    })
+}
+
+/// A spoke id from this machine's host name: lower-case letters, digits and '-', at
+/// most 63 (what a hub accepts).
+pub fn host_spoke_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name = if ok {
+        String::from_utf8_lossy(buf.split(|&b| b == 0).next().unwrap_or(&[])).into_owned()
+    } else {
+        String::new()
+    };
+    let id: String = name
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(63)
+        .collect();
+    let id = id.trim_matches('-').to_string();
+    if id.is_empty() || id == "nave-hub" {
+        "spoke".into()
+    } else {
+        id
     }
 }
 

@@ -25,7 +25,8 @@ use process::{runtime, shutdown_signal, PidFile};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let node = match &cli.command {
-        Cmd::Hub { id, .. } | Cmd::Spoke { id, .. } => id.clone(),
+        Cmd::Hub { id, .. } | Cmd::Spoke { id: Some(id), .. } => id.clone(),
+        Cmd::Spoke { .. } => "spoke".to_string(),
         _ => "nave".to_string(),
     };
     process::init_logging(cli.log_json, &node);
@@ -40,6 +41,13 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(nave_hub::run(config, id, shutdown_signal()))
         }
         Cmd::Spoke { config, id, join } => {
+            // A joining spoke is named after its host unless told; one that joined before
+            // is found in its data directory.
+            let id = match id {
+                Some(id) => id,
+                None if join.join.is_some() => cli::host_spoke_id(),
+                None => joined_spoke_id(&join.data_dir)?,
+            };
             let joined_dir = nave_spoke::join::node_dir(&join.data_dir, &id);
             if join.join.is_some() || joined_dir.join("joined.json").exists() {
                 let spec = join.spec(&id)?;
@@ -120,5 +128,25 @@ fn main() -> anyhow::Result<()> {
         Cmd::Chat { url, model, key, max_tokens, prompt } => {
             runtime()?.block_on(client::chat(url, model, client::default_key(key)?, max_tokens, prompt))
         }
+    }
+}
+
+/// The id of the one spoke that joined before into `data_dir` (its `<id>/joined.json`).
+fn joined_spoke_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut found: Vec<String> = std::fs::read_dir(data_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("joined.json").exists())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => anyhow::bail!(
+            "--id is needed: {} holds no joined spoke (join with --join HUB_QUIC_ADDR --token TOKEN, or name a spoke of cluster.toml)",
+            data_dir.display()
+        ),
+        _ => anyhow::bail!("{} holds several joined spokes ({}): pick one with --id", data_dir.display(), found.join(", ")),
     }
 }

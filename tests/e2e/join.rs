@@ -181,4 +181,33 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     wait_state(&http, &hub, &key, "s9", None);
     let r = http.delete(format!("{hub}/admin/v1/spokes/s1")).bearer_auth(&key).send().expect("sent");
     assert_eq!(r.status(), 409, "a config spoke is removed in cluster.toml");
+
+    // A join with nothing but the hub, the token and a data directory: the id is the host
+    // name, the listeners free ports on the address that reaches the hub; it restarts with
+    // only its data directory.
+    let r =
+        http.post(format!("{hub}/admin/v1/tokens")).bearer_auth(&key).json(&json!({"uses": 1})).send().expect("sent");
+    let token = r.json::<Value>().expect("json")["token"].as_str().expect("token").to_string();
+    let bare_dir = c.dir.path().join("bare");
+    let bare = |join: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nave"));
+        cmd.args(["spoke", "--models", model, "--kv-pool", "64MiB", "--threads", "1", "--data-dir"]).arg(&bare_dir);
+        if join {
+            cmd.args(["--join", &c.hub_quic[0], "--token", &token]);
+        }
+        Process(cmd.stdout(Stdio::null()).spawn().expect("spawn"))
+    };
+    let spoke = bare(true);
+    let id = crate::common::wait_until(Duration::from_secs(90), "the bare join", || {
+        let v: Value =
+            http.get(format!("{hub}/admin/v1/status")).bearer_auth(&key).send().expect("sent").json().expect("json");
+        let found = v["spokes"].as_array().into_iter().flatten().find(|s| s["id"] != "s1" && s["state"] == "active");
+        found.and_then(|s| s["id"].as_str().map(String::from)).ok_or(v)
+    });
+    assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{id}");
+    assert!(bare_dir.join(&id).join("joined.json").exists(), "kept under <data-dir>/<id>");
+    drop(spoke);
+    wait_state(&http, &hub, &key, &id, Some("down"));
+    let _spoke = bare(false);
+    wait_state(&http, &hub, &key, &id, Some("active"));
 }
