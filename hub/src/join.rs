@@ -3,7 +3,10 @@
 //! certificate request, and consume the token while registering the spoke in one
 //! consensus write. A refused join changes nothing and says why.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use nave_consensus::frame::{read_frame, write_frame};
 use nave_consensus::state::{Command, CommandResult};
@@ -12,9 +15,62 @@ use nave_spoke::protocol::{JoinReply, JoinRequest, JoinToken, MAX_JOIN_FRAME};
 
 use crate::Hub;
 
+/// Failed joins one address may make per window before its joins are refused unread.
+const FAILURES_PER_WINDOW: u32 = 10;
+const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most (the oldest windows are dropped first).
+const ADDRESSES: usize = 10_000;
+
+/// Failed joins by source address, so a stranger guessing tokens is slowed to
+/// [`FAILURES_PER_WINDOW`] tries a minute and costs the hub nothing beyond.
+#[derive(Default)]
+struct FailedJoins {
+    by_ip: HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl FailedJoins {
+    /// `Some(seconds to wait)` when `ip` used up its failures in the current window.
+    fn refused(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let (count, since) = *self.by_ip.get(&ip)?;
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= WINDOW {
+            self.by_ip.remove(&ip);
+            return None;
+        }
+        (count >= FAILURES_PER_WINDOW).then(|| (WINDOW - elapsed).as_secs().max(1))
+    }
+
+    fn failed(&mut self, ip: IpAddr, now: Instant) {
+        if self.by_ip.len() >= ADDRESSES {
+            self.by_ip.retain(|_, (_, since)| now.saturating_duration_since(*since) < WINDOW);
+            if self.by_ip.len() >= ADDRESSES {
+                if let Some(oldest) = self.by_ip.iter().min_by_key(|(_, (_, since))| *since).map(|(ip, _)| *ip) {
+                    self.by_ip.remove(&oldest);
+                }
+            }
+        }
+        let entry = self.by_ip.entry(ip).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+}
+
+fn failed_joins() -> &'static Mutex<FailedJoins> {
+    static FAILED: OnceLock<Mutex<FailedJoins>> = OnceLock::new();
+    FAILED.get_or_init(Default::default)
+}
+
 /// Serves one joining connection: one stream, one request, one answer.
 pub async fn serve(hub: Arc<Hub>, conn: quinn::Connection) {
     let peer = conn.remote_address();
+    let refused = nave_consensus::sync::lock(failed_joins()).refused(peer.ip(), Instant::now());
+    if let Some(wait) = refused {
+        hub.metrics.refusal("join");
+        let why = format!("too many failed joins from {}; retry in {wait} s", peer.ip());
+        return conn.close(5u32.into(), why.as_bytes());
+    }
     let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await
     else {
         return conn.close(2u32.into(), b"no join request");
@@ -33,6 +89,7 @@ pub async fn serve(hub: Arc<Hub>, conn: quinn::Connection) {
     match &reply {
         JoinReply::Accepted { .. } => tracing::info!(%peer, "spoke joined"),
         JoinReply::Refused(why) => {
+            nave_consensus::sync::lock(failed_joins()).failed(peer.ip(), Instant::now());
             hub.metrics.refusal("join");
             tracing::warn!(%peer, %why, "join refused");
         }
@@ -108,4 +165,23 @@ fn check(hub: &Hub, request: &JoinRequest) -> Result<(), String> {
         return Err("malformed join token".into());
     }
     s.check()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_ten_failed_joins_a_minute() {
+        let mut f = FailedJoins::default();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let t0 = Instant::now();
+        for i in 0..FAILURES_PER_WINDOW {
+            assert_eq!(f.refused(a, t0), None, "try {i}");
+            f.failed(a, t0);
+        }
+        assert_eq!(f.refused(a, t0 + Duration::from_secs(1)), Some(59));
+        assert_eq!(f.refused(b, t0), None, "other addresses are not affected");
+        assert_eq!(f.refused(a, t0 + WINDOW), None, "a new window");
+    }
 }
