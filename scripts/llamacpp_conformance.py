@@ -12,8 +12,12 @@ It writes the models first with
 `cargo test -p nave-inference --test conformance -- --ignored write_family_models_for_llama_cpp`
 (into a temporary folder, or NAVE_CONFORMANCE_DIR if set and already filled).
 """
-import hashlib, json, math, os, subprocess, sys, tempfile, time, urllib.request
+import hashlib, json, math, os, subprocess, sys, tempfile
+
 import xllamacpp as xl
+
+import llamacpp_server
+from llamacpp_server import post
 
 FAMILIES = ["llama3", "llama-linear", "llama-yarn", "mistral", "qwen2", "qwen3", "phi3", "gemma2"]
 if os.environ.get("FAMILIES"):
@@ -29,36 +33,13 @@ if not all(os.path.exists(os.path.join(folder, f + ".gguf")) for f in FAMILIES):
                    env=dict(os.environ, NAVE_CONFORMANCE_DIR=folder), stdout=sys.stderr)
 
 
-def post(base, path, body):
-    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=600))
-
-
 out = {"source": f"llama.cpp via xllamacpp {xl.__version__ if hasattr(xl, '__version__') else ''}".strip() +
        ", f32 KV cache, flash attention off, greedy (top_k 1), n_probs 5 before sampling",
        "steps": STEPS, "families": {}}
 for i, family in enumerate(FAMILIES):
     path = os.path.join(folder, family + ".gguf")
     port = 18500 + i
-    p = xl.CommonParams()
-    p.model.path = path
-    p.hostnames = ["127.0.0.1"]
-    p.port = port
-    p.cpuparams.n_threads = os.cpu_count() or 2
-    p.cpuparams_batch.n_threads = os.cpu_count() or 2
-    p.n_parallel = 1
-    p.n_ctx = 512
-    p.cache_type_k = xl.ggml_type.GGML_TYPE_F32
-    p.cache_type_v = xl.ggml_type.GGML_TYPE_F32
-    p.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    srv = xl.Server(p)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.2)
+    srv, base = llamacpp_server.start(path, port, 512, f32_kv=True)
     cases = []
     for q in PROMPTS:
         prompt = post(base, "/tokenize", {"content": q, "add_special": True, "parse_special": True})["tokens"]

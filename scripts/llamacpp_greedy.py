@@ -7,8 +7,9 @@ when the model file or the prompts change:
 
     python3 scripts/llamacpp_greedy.py [MODEL.gguf] > inference/tests/data/smollm2_greedy_llamacpp.json
 """
-import json, math, os, sys, time, urllib.request
-import xllamacpp as xl
+import json, math, os, sys
+
+import llamacpp_server
 
 model = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/nave/models/smollm2-135m.gguf")
 PROMPTS = [
@@ -26,33 +27,13 @@ PROMPTS = [
 SYSTEM = "You are a helpful assistant."
 PORT = 18433
 
-p = xl.CommonParams()
-p.model.path = model
-p.hostnames = ["127.0.0.1"]
-p.port = PORT
-p.cpuparams.n_threads = os.cpu_count() or 2
-p.cpuparams_batch.n_threads = os.cpu_count() or 2
-p.n_parallel = 1
-p.n_ctx = 2048
 # NAVE_REF_F32_KV=1: llama.cpp with an f32 KV cache and flash attention off, the
 # configuration that computes attention in f32 as Nave does.
-if os.environ.get("NAVE_REF_F32_KV"):
-    p.cache_type_k = xl.ggml_type.GGML_TYPE_F32
-    p.cache_type_v = xl.ggml_type.GGML_TYPE_F32
-    p.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
-srv = xl.Server(p)
-base = f"http://127.0.0.1:{PORT}"
-for _ in range(300):
-    try:
-        urllib.request.urlopen(base + "/health", timeout=1)
-        break
-    except Exception:
-        time.sleep(0.2)
+srv, base = llamacpp_server.start(model, PORT, 2048, f32_kv=bool(os.environ.get("NAVE_REF_F32_KV")))
 
 
 def post(path, body):
-    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=600))
+    return llamacpp_server.post(base, path, body)
 
 
 cases = []

@@ -6,10 +6,10 @@ tokenize); this runs llama.cpp's server (PyPI xllamacpp) on each and asks `/toke
 
     python3 scripts/pretokenizer_reference.py > inference/tests/data/pretokenizers_llamacpp.json
 """
-import json, os, subprocess, sys, tempfile, time, urllib.request
-import xllamacpp as xl
+import json, os, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llamacpp_server
 PRES = ["llama-bpe", "qwen2", "smollm", "deepseek-coder", "deepseek-v3", "gpt-2", "starcoder", "falcon", "tekken",
         "bloom", "default"]
 if os.environ.get("PRES"):
@@ -40,24 +40,11 @@ out = {"source": "llama.cpp server /tokenize (xllamacpp), add_special=false, par
        "strings": STRINGS, "pre": {}}
 for i, pre in enumerate(PRES):
     port = 18700 + i
-    p = xl.CommonParams()
-    p.model.path = os.path.join(folder, pre + ".gguf")
-    p.hostnames = ["127.0.0.1"]
-    p.port = port
-    p.n_ctx = 512
-    srv = xl.Server(p)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.2)
+    srv, base = llamacpp_server.start(os.path.join(folder, pre + ".gguf"), port, 512, threads=False)
     ids = []
     for s in STRINGS:
-        req = urllib.request.Request(base + "/tokenize", data=json.dumps({"content": s, "add_special": False, "parse_special": True}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        ids.append(json.load(urllib.request.urlopen(req, timeout=30))["tokens"])
+        body = {"content": s, "add_special": False, "parse_special": True}
+        ids.append(llamacpp_server.post(base, "/tokenize", body, timeout=30)["tokens"])
     out["pre"][pre] = ids
     print(f"{pre}: {len(ids)} strings", file=sys.stderr)
     del srv

@@ -41,9 +41,23 @@ async fn call<T: DeserializeOwned>(
     body: Option<&impl Serialize>,
     timeout: Duration,
 ) -> anyhow::Result<T> {
+    let body = body.map(serde_json::to_vec).transpose()?.map(|b| ("application/json", b));
+    let bytes = call_bytes(url, key, method, path, body, timeout).await?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{path}: an answer this client does not understand"))
+}
+
+/// One call with a body of `(content type, bytes)`: the answer's bytes, or its error.
+async fn call_bytes(
+    url: &str,
+    key: String,
+    method: Method,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
     let mut req = reqwest::Client::new().request(method, format!("{url}{path}")).bearer_auth(key).timeout(timeout);
-    if let Some(b) = body {
-        req = req.json(b);
+    if let Some((content_type, b)) = body {
+        req = req.header("content-type", content_type).body(b);
     }
     let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
     let code = resp.status();
@@ -51,7 +65,7 @@ async fn call<T: DeserializeOwned>(
     if !code.is_success() {
         anyhow::bail!("{code}: {}", error_message(&bytes).as_deref().unwrap_or("no detail"));
     }
-    serde_json::from_slice(&bytes).with_context(|| format!("{path}: an answer this client does not understand"))
+    Ok(bytes.into())
 }
 
 async fn admin<T: DeserializeOwned>(
@@ -84,18 +98,8 @@ pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
         }
         AdminCmd::Backup { file, conn } => {
             let key = default_key(conn.key)?;
-            let resp = reqwest::Client::new()
-                .get(format!("{}/admin/v1/backup", conn.url))
-                .bearer_auth(key)
-                .timeout(Duration::from_secs(300))
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {}", conn.url))?;
-            let code = resp.status();
-            let bytes = resp.bytes().await?;
-            if !code.is_success() {
-                anyhow::bail!("{code}: {}", error_message(&bytes).as_deref().unwrap_or("no detail"));
-            }
+            let bytes =
+                call_bytes(&conn.url, key, Method::GET, "/admin/v1/backup", None, Duration::from_secs(300)).await?;
             let (header, _) = nave_consensus::backup::decode(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
             nave_consensus::files::write_private(&file, &bytes)
                 .with_context(|| format!("writing {}", file.display()))?;
@@ -115,20 +119,8 @@ pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
             let (header, _) =
                 nave_consensus::backup::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let key = default_key(conn.key)?;
-            let resp = reqwest::Client::new()
-                .post(format!("{}/admin/v1/restore", conn.url))
-                .bearer_auth(key)
-                .header("content-type", "application/octet-stream")
-                .body(bytes)
-                .timeout(Duration::from_secs(600))
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {}", conn.url))?;
-            let code = resp.status();
-            let body = resp.bytes().await?;
-            if !code.is_success() {
-                anyhow::bail!("{code}: {}", error_message(&body).as_deref().unwrap_or("no detail"));
-            }
+            let body = Some(("application/octet-stream", bytes));
+            call_bytes(&conn.url, key, Method::POST, "/admin/v1/restore", body, Duration::from_secs(600)).await?;
             println!(
                 "restored the state of cluster {:?} (log index {}): {} keys, {} spokes",
                 header.cluster, header.log_index, header.keys, header.spokes

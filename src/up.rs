@@ -381,38 +381,61 @@ fn signal_hook_flag(sig: i32, flag: std::sync::Arc<std::sync::atomic::AtomicBool
 }
 
 mod probe {
-    //! A tiny blocking HTTP GET for readiness polls (std only; loopback, tiny responses).
+    //! Tiny blocking HTTP/1.1 exchanges with a hub on loopback (std only): readiness polls
+    //! and the app key `nave up` makes.
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::Duration;
+
+    /// One request to `host` (`IP:port`), each of connecting and answering within
+    /// `timeout`: the answer's status and body.
+    fn exchange(
+        host: &str,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        json: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<(u16, String)> {
+        let addr: std::net::SocketAddr = host.parse()?;
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        if let Some(k) = key {
+            request.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        let body = json.unwrap_or("");
+        if json.is_some() {
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        s.write_all(request.as_bytes())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        let status = answer.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+        Ok((status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    }
 
     /// The key in `path`, or a new ordinary key (`app`, or `app-2`... if taken) created
     /// through the hub at `host` with the admin key and written to `path` (0600).
     pub fn ensure_app_key(host: &str, admin: &str, path: &std::path::Path) -> anyhow::Result<String> {
         let saved = std::fs::read_to_string(path).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
+        let status = |k: &str| exchange(host, "GET", "/v1/models", Some(k), None, Duration::from_secs(10));
         // A saved key the cluster no longer knows (a restore replaced the state) is replaced.
-        if let Some(k) = saved.filter(|k| get_status(host, "/v1/models", k).is_ok_and(|s| s != 401)) {
+        if let Some(k) = saved.filter(|k| status(k).is_ok_and(|(s, _)| s != 401)) {
             return Ok(k);
         }
         for n in 1..=20 {
             let name = if n == 1 { "app".to_string() } else { format!("app-{n}") };
             let body = format!("{{\"name\":\"{name}\"}}");
-            let request = format!(
-                "POST /admin/v1/keys HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let addr: std::net::SocketAddr = host.parse()?;
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(request.as_bytes())?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            if answer.starts_with("HTTP/1.1 409") {
+            let (status, answer) =
+                exchange(host, "POST", "/admin/v1/keys", Some(admin), Some(&body), Duration::from_secs(10))?;
+            if status == 409 {
                 continue;
             }
-            anyhow::ensure!(answer.starts_with("HTTP/1.1 201"), "{}", answer.lines().next().unwrap_or("no answer"));
-            let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-            let v: serde_json::Value = serde_json::from_str(json)?;
+            anyhow::ensure!(status == 201, "{status}: {answer}");
+            let v: serde_json::Value = serde_json::from_str(&answer)?;
             let key = v["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key in the answer"))?.to_string();
             nave_consensus::files::write_private(path, key.as_bytes())?;
             return Ok(key);
@@ -420,35 +443,12 @@ mod probe {
         anyhow::bail!("keys app..app-20 exist already")
     }
 
-    /// The HTTP status of `GET path` with `key`.
-    fn get_status(host: &str, path: &str, key: &str) -> anyhow::Result<u16> {
-        let addr: std::net::SocketAddr = host.parse()?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf)?;
-        Ok(std::str::from_utf8(&buf[9..12])?.parse()?)
-    }
-
+    /// Whether `GET url` answers 200.
     pub fn blocking_client() -> impl Fn(&str) -> bool {
         |url: &str| {
             let Some(rest) = url.strip_prefix("http://") else { return false };
             let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-            let Ok(addr) = host.parse::<std::net::SocketAddr>() else { return false };
-            let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-                .is_err()
-            {
-                return false;
-            }
-            let mut buf = [0u8; 32];
-            let n = s.read(&mut buf).unwrap_or(0);
-            buf[..n].starts_with(b"HTTP/1.1 200")
+            exchange(host, "GET", &path, None, None, Duration::from_secs(2)).is_ok_and(|(s, _)| s == 200)
         }
     }
 }

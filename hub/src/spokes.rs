@@ -282,30 +282,23 @@ impl SpokeSet {
         out
     }
 
-    /// The longest context any connected spoke serves `model` (or its base model) with.
-    pub fn context(&self, model: &str) -> Option<usize> {
+    /// What `f` reads from each connected spoke's heartbeat entry for `model`'s base model.
+    fn model_facts<T>(&self, model: &str, f: impl Fn(&nave_spoke::protocol::ModelLoad) -> Option<T>) -> Vec<T> {
         let (base, _) = nave_spoke::protocol::split_model(model);
         self.all()
             .iter()
-            .filter_map(|s| {
-                let g = lock(s);
-                let hb = g.heartbeat.as_ref()?;
-                hb.models.iter().find(|m| m.model == base).map(|m| m.context).filter(|&c| c > 0)
-            })
-            .max()
+            .filter_map(|s| lock(s).heartbeat.as_ref()?.models.iter().find(|m| m.model == base).and_then(&f))
+            .collect()
+    }
+
+    /// The longest context any connected spoke serves `model` (or its base model) with.
+    pub fn context(&self, model: &str) -> Option<usize> {
+        self.model_facts(model, |m| Some(m.context).filter(|&c| c > 0)).into_iter().max()
     }
 
     /// The largest template overhead any connected spoke reports for `model`'s base.
     pub fn prompt_overhead(&self, model: &str) -> Option<(usize, usize)> {
-        let (base, _) = nave_spoke::protocol::split_model(model);
-        self.all()
-            .iter()
-            .filter_map(|s| {
-                let g = lock(s);
-                let hb = g.heartbeat.as_ref()?;
-                hb.models.iter().find(|m| m.model == base).and_then(|m| m.prompt_overhead)
-            })
-            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+        self.model_facts(model, |m| m.prompt_overhead).into_iter().reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
     }
 
     /// Whether some connected spoke serves `model` (a `base:adapter` name included).

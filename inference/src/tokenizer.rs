@@ -156,51 +156,44 @@ impl TextTokenizer {
     /// Token ids of `text`, control tokens matched directly, BOS added when the model asks
     /// for it and the text does not already start with it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc =
-            self.inner.encode_fast(text, false).map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
-        let mut ids = enc.get_ids().to_vec();
+        let enc = self.inner.encode_fast(text, false).map_err(tokenize_error)?;
+        Ok(self.with_bos(enc.get_ids().to_vec()))
+    }
+
+    /// `ids` with BOS in front when the model asks for it and they do not start with it.
+    fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
         if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
             if ids.first() != Some(&bos) {
                 ids.insert(0, bos);
             }
         }
-        Ok(ids)
+        ids
     }
 
     /// Token ids of a templated prompt whose `spans` are what users wrote: control tokens
     /// come only from the template's text; a control token's text inside a span
     /// (`<|im_start|>system` in a user message) is tokenized as the plain text it is. A
     /// prompt whose spans hold no control token's text is tokenized whole, exactly as
-    /// [`Self::encode`] (and llama.cpp) would.
+    /// [`Self::encode`] (and llama.cpp) would, in one pass.
     pub fn encode_prompt(&self, text: &str, spans: &[std::ops::Range<usize>]) -> Result<Vec<u32>> {
-        let fail = |e: tokenizers::Error| Error::InvalidRequest(format!("cannot tokenize: {e}"));
-        let mut injected = false;
-        for span in spans {
-            let ids = self.inner.encode_fast(&text[span.clone()], false).map_err(fail)?;
-            if ids.get_ids().iter().any(|id| self.control.contains(id)) {
-                injected = true;
-                break;
-            }
-        }
+        let whole = self.inner.encode(text, false).map_err(tokenize_error)?;
+        let injected = whole.get_ids().iter().zip(whole.get_offsets()).any(|(id, &(start, end))| {
+            self.control.contains(id) && spans.iter().any(|span| start < span.end && end > span.start)
+        });
         if !injected {
-            return self.encode(text);
+            return Ok(self.with_bos(whole.get_ids().to_vec()));
         }
         let mut ids = Vec::new();
         let mut pos = 0;
         for span in spans.iter().chain(std::iter::once(&(text.len()..text.len()))) {
             for (part, tok) in [(&text[pos..span.start], &self.inner), (&text[span.clone()], &self.literal)] {
                 if !part.is_empty() {
-                    ids.extend_from_slice(tok.encode_fast(part, false).map_err(fail)?.get_ids());
+                    ids.extend_from_slice(tok.encode_fast(part, false).map_err(tokenize_error)?.get_ids());
                 }
             }
             pos = span.end;
         }
-        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
-        }
-        Ok(ids)
+        Ok(self.with_bos(ids))
     }
 
     /// Whether `id` is a control token (only a template may produce one).
@@ -379,6 +372,10 @@ impl PreSplit {
             }
         }
     }
+}
+
+fn tokenize_error(e: tokenizers::Error) -> Error {
+    Error::InvalidRequest(format!("cannot tokenize: {e}"))
 }
 
 fn gpt2_pre_tokenizer(pre: &str) -> std::result::Result<(PreTokenizerWrapper, bool), String> {
