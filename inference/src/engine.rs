@@ -32,11 +32,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::detok::{Detokenizer, Step};
 use crate::error::{Error, Result};
+use crate::grammar::{Grammars, Guide};
 use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
 use crate::ledger::{Ledger, Partition, Reservation};
 use crate::model::{Row, ServingAdapter};
 use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use crate::template::ChatMessage;
+use crate::tools::{Parsed, ToolCall, ToolParser};
 use crate::LoadedModel;
 
 /// Sizes of the engine's queues and pool.
@@ -83,6 +85,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length.
     Length,
+    /// The output called one or more tools.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -90,6 +94,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -112,6 +117,9 @@ pub enum Event {
     /// for them (`prompt_logprobs`): sent before the first `Delta`, one event per prefill
     /// chunk (so a frame stays bounded by the batch's token budget).
     Prompt { logprobs: Vec<TokenLogprob> },
+    /// Choice `choice` called a tool: the `index`-th call of its output, complete. Text
+    /// that was part of the call is not in any `Delta`.
+    ToolCall { choice: u32, index: u32, call: ToolCall },
     /// Choice `choice` ended; its usage counts the prompt and that choice's tokens. The
     /// stream ends after the `Done` of every choice.
     Done { choice: u32, finish: FinishReason, usage: Usage },
@@ -208,6 +216,7 @@ impl Engine {
             gauges: gauges.clone(),
             queued: queued.clone(),
             next_id: 0,
+            grammars: None,
             _reservations: [weights, pool_reservation],
         };
         let thread =
@@ -334,9 +343,53 @@ struct Sequence {
     prompt_logprobs: Option<usize>,
     /// The request's other choices, waiting until this one's prompt is computed.
     followers: Vec<Sequence>,
+    /// Where the output is in its grammar, when the request constrains it.
+    guide: Option<Guide>,
+    /// Reads tool calls out of the output, when the request offers tools.
+    tool_parser: Option<ToolParser>,
+    /// Calls made so far.
+    calls: u32,
 }
 
 impl Sequence {
+    /// Streams new output text with the tokens behind it: as it is, or through the tool
+    /// parser (text as deltas, complete calls as `ToolCall`s); `end` flushes the parser.
+    fn send_text(&mut self, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob>, end: bool) {
+        let choice = self.choice;
+        let Some(parser) = &mut self.tool_parser else {
+            if !text.is_empty() || !tokens.is_empty() {
+                let _ = self.tx.send(Event::Delta { choice, text, tokens, logprobs });
+            }
+            return;
+        };
+        let mut parsed = parser.push(&text);
+        if end {
+            parsed.extend(parser.finish());
+        }
+        let format = parser.format();
+        let mut plain = String::new();
+        let mut calls = Vec::new();
+        for p in parsed {
+            match p {
+                Parsed::Text(t) => plain.push_str(&t),
+                Parsed::Call { name, arguments } => calls.push((name, arguments)),
+            }
+        }
+        if !plain.is_empty() || !tokens.is_empty() {
+            let _ = self.tx.send(Event::Delta { choice, text: plain, tokens, logprobs });
+        }
+        let seed = self
+            .request_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64 ^ choice as u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        for (name, arguments) in calls {
+            let index = self.calls;
+            let call = ToolCall { id: format.call_id(seed, index as usize), name, arguments };
+            let _ = self.tx.send(Event::ToolCall { choice, index, call });
+            self.calls += 1;
+        }
+    }
+
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
@@ -358,6 +411,8 @@ struct Worker {
     gauges: Arc<EngineGauges>,
     queued: Arc<AtomicUsize>,
     next_id: u64,
+    /// The model's grammar compiler, built on the first constrained request.
+    grammars: Option<Grammars>,
     _reservations: [Reservation; 2],
 }
 
@@ -417,10 +472,21 @@ impl Worker {
                 let template = m.template.as_ref().ok_or_else(|| {
                     Error::InvalidRequest(format!("model {} has no chat template: use completions", m.name))
                 })?;
-                let (text, spans) = template.render_spans(&msgs)?;
+                let (text, spans) = template.render_spans_with(&msgs, req.params.tools.as_ref())?;
                 m.tokenizer.encode_prompt(&text, &spans)?
             }
         };
+        let tool_format = match (&req.params.tools, &m.template) {
+            (Some(_), Some(t)) => Some(t.tool_format()),
+            (Some(_), None) => return Err(Error::InvalidRequest("tools: the model has no chat template".into())),
+            (None, _) => None,
+        };
+        let mut params = req.params;
+        if let (Some(tools), Some(format)) = (&params.tools, tool_format) {
+            if let Some(forced) = format.grammar(tools, &m.tokenizer) {
+                params.constraint = Some(forced);
+            }
+        }
         let context = m.transformer.config.context;
         if tokens.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
@@ -441,18 +507,33 @@ impl Worker {
                 tokens.len()
             )));
         }
-        if let Some(&(bad, _)) = req.params.logit_bias.iter().find(|(t, _)| *t as usize >= m.transformer.config.vocab) {
+        if let Some(&(bad, _)) = params.logit_bias.iter().find(|(t, _)| *t as usize >= m.transformer.config.vocab) {
             return Err(Error::InvalidRequest(format!("logit_bias: token id {bad} is outside the vocabulary")));
         }
-        let max_tokens = req.params.max_tokens.min(context - tokens.len()).min(capacity - tokens.len());
+        let max_tokens = params.max_tokens.min(context - tokens.len()).min(capacity - tokens.len());
+        let mut guides = Vec::new();
+        if let Some(constraint) = &params.constraint {
+            if self.grammars.is_none() {
+                let started = Instant::now();
+                self.grammars = Some(Grammars::new(&self.model.tokenizer)?);
+                tracing::info!(model = %self.model.name, ms = elapsed_ms(started) as u64, "grammar compiler ready");
+            }
+            let grammars = self.grammars.as_ref().expect("set above");
+            for _ in 0..params.n.max(1) {
+                guides.push(grammars.matcher(constraint)?);
+            }
+        }
+        let mut guides = guides.into_iter();
         self.gauges.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
-        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), n = req.params.n, "queued");
-        let mut choices: Vec<Sequence> = (0..req.params.n.max(1) as u32)
+        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), n = params.n, "queued");
+        let mut choices: Vec<Sequence> = (0..params.n.max(1) as u32)
             .map(|choice| {
                 self.next_id += 1;
-                let params = SamplingParams {
-                    seed: req.params.seed.map(|s| s.wrapping_add(choice as u64)),
-                    ..req.params.clone()
+                let own = SamplingParams {
+                    seed: params.seed.map(|s| s.wrapping_add(choice as u64)),
+                    // A grammar ends with the end of the turn.
+                    ignore_eos: params.ignore_eos && params.constraint.is_none(),
+                    ..params.clone()
                 };
                 Sequence {
                     id: self.next_id,
@@ -466,15 +547,18 @@ impl Worker {
                     last_hash: adapter.as_ref().map_or(0, |a| a.hash_seed),
                     adapter: adapter.clone(),
                     max_tokens,
-                    detok: Detokenizer::new(req.params.stop.clone()),
-                    sampler: Sampler::new(params, &tokens, self.next_id),
+                    detok: Detokenizer::new(params.stop.clone()),
+                    sampler: Sampler::new(own, &tokens, self.next_id),
                     tx: tx.clone(),
                     cached_tokens: 0,
                     choice,
                     // The prompt's log-probabilities are the same for every choice: the
                     // first sends them.
-                    prompt_logprobs: (choice == 0 && req.params.prompt_logprobs).then_some(0),
+                    prompt_logprobs: (choice == 0 && params.prompt_logprobs).then_some(0),
                     followers: Vec::new(),
+                    guide: guides.next(),
+                    tool_parser: tool_format.map(ToolParser::new),
+                    calls: 0,
                 }
             })
             .collect();
@@ -619,6 +703,7 @@ impl Worker {
 
         let mut logits = logits.into_iter();
         let mut finished = Vec::new();
+        let mut failed = Vec::new();
         for (id, take) in plan {
             let Some(idx) = self.running.iter().position(|s| s.id == id) else { continue };
             let bs = self.pool.block_size();
@@ -672,7 +757,17 @@ impl Worker {
                 }
             }
             let s = &mut self.running[idx];
+            if let Some(g) = &mut s.guide {
+                if let Err(e) = g.mask(&mut l) {
+                    failed.push((id, e));
+                    continue;
+                }
+            }
             let token = s.sampler.sample(&mut l);
+            if let Some(Err(e)) = s.guide.as_mut().map(|g| g.advance(token)) {
+                failed.push((id, e));
+                continue;
+            }
             let lp = s.sampler.params().logprobs.map(|k| {
                 let tok = &self.model.tokenizer;
                 logprobs(&l, token, k, |t| tok.token_bytes(t))
@@ -684,13 +779,22 @@ impl Worker {
                 finished.push((id, reason));
             }
         }
+        for (id, e) in failed {
+            if let Some(idx) = self.running.iter().position(|s| s.id == id) {
+                let s = self.running.remove(idx);
+                tracing::error!(request_id = %s.request_id, error = %e, "constrained decoding failed");
+                let _ = s.tx.send(Event::Error { message: e.to_string(), client: false });
+                self.free(s);
+            }
+        }
         for (id, reason) in finished {
             if let Some(idx) = self.running.iter().position(|s| s.id == id) {
                 let mut s = self.running.remove(idx);
-                let tail = s.detok.finish();
-                if reason == FinishReason::Length && !tail.is_empty() {
-                    let _ = s.tx.send(Event::Delta { choice: s.choice, text: tail, tokens: vec![], logprobs: vec![] });
+                if reason == FinishReason::Length {
+                    let tail = s.detok.finish();
+                    s.send_text(tail, vec![], vec![], true);
                 }
+                let reason = if s.calls > 0 && reason == FinishReason::Stop { FinishReason::ToolCalls } else { reason };
                 let usage = Usage {
                     prompt_tokens: s.prompt_len,
                     completion_tokens: s.generated(),
@@ -709,22 +813,24 @@ impl Worker {
     fn emit(&mut self, idx: usize, token: u32, lp: Option<TokenLogprob>) -> Option<FinishReason> {
         let s = &mut self.running[idx];
         let tok = &self.model.tokenizer;
-        let choice = s.choice;
         if !s.sampler.params().ignore_eos && tok.stop_ids().contains(&token) {
             let held = s.detok.finish();
-            if !held.is_empty() {
-                let _ = s.tx.send(Event::Delta { choice, text: held, tokens: vec![], logprobs: vec![] });
-            }
+            s.send_text(held, vec![], vec![], true);
             return Some(FinishReason::Stop);
         }
+        // A control token of the call syntax is not text, but the tool parser reads it.
+        let marker = match (&s.tool_parser, tok.is_control(token)) {
+            (Some(p), true) => tok.token_text(token).filter(|t| p.format().marker(t)).unwrap_or(""),
+            _ => "",
+        };
         let logprobs = lp.into_iter().collect();
         match s.detok.push(tok, token) {
             Step::Stopped(text) => {
-                let _ = s.tx.send(Event::Delta { choice, text, tokens: vec![token], logprobs });
+                s.send_text(format!("{marker}{text}"), vec![token], logprobs, true);
                 Some(FinishReason::Stop)
             }
             Step::Text(text) => {
-                let _ = s.tx.send(Event::Delta { choice, text, tokens: vec![token], logprobs });
+                s.send_text(format!("{marker}{text}"), vec![token], logprobs, false);
                 (s.generated() >= s.max_tokens).then_some(FinishReason::Length)
             }
         }
@@ -745,8 +851,23 @@ pub struct Collected {
     pub text: String,
     pub tokens: Vec<u32>,
     pub logprobs: Vec<TokenLogprob>,
+    /// The tools it called, in order.
+    pub tool_calls: Vec<ToolCall>,
     pub finish: FinishReason,
     pub usage: Usage,
+}
+
+impl Collected {
+    fn empty() -> Self {
+        Self {
+            text: String::new(),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            tool_calls: Vec::new(),
+            finish: FinishReason::Stop,
+            usage: Usage::default(),
+        }
+    }
 }
 
 /// Runs a request to the end: the prompt's log-probabilities (if asked for) and every
@@ -759,26 +880,17 @@ pub fn collect_all(mut stream: EventStream) -> Result<(Vec<TokenLogprob>, Vec<Co
     while let Some(ev) = stream.blocking_recv() {
         match ev {
             Event::Delta { choice, text, tokens, logprobs } => {
-                let c = open.entry(choice).or_insert_with(|| Collected {
-                    text: String::new(),
-                    tokens: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish: FinishReason::Stop,
-                    usage: Usage::default(),
-                });
+                let c = open.entry(choice).or_insert_with(Collected::empty);
                 c.text.push_str(&text);
                 c.tokens.extend(tokens);
                 c.logprobs.extend(logprobs);
             }
+            Event::ToolCall { choice, call, .. } => {
+                open.entry(choice).or_insert_with(Collected::empty).tool_calls.push(call)
+            }
             Event::Prompt { logprobs } => prompt.extend(logprobs),
             Event::Done { choice, finish, usage } => {
-                let mut c = open.remove(&choice).unwrap_or(Collected {
-                    text: String::new(),
-                    tokens: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish,
-                    usage,
-                });
+                let mut c = open.remove(&choice).unwrap_or_else(Collected::empty);
                 (c.finish, c.usage) = (finish, usage);
                 done.push((choice, c));
             }
