@@ -10,6 +10,7 @@ pub mod ollama;
 pub mod openai;
 pub mod ops;
 pub mod responses;
+mod tools;
 pub mod types;
 
 use std::sync::Arc;
@@ -322,7 +323,13 @@ pub async fn generate(
         gen.params.max_tokens = gen.params.max_tokens.min(context);
     }
     let slot = hub.take_slot()?;
-    let prompt_bound = crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model));
+    // Offered tools are rendered into the prompt: their JSON, and (for a template that
+    // knows none) Nave's instructions around them.
+    let tools = gen.params.tools.as_ref().map_or(0, |t| {
+        t.defs.iter().map(|d| d.name.len() + d.description.len() + d.parameters.len() + 64).sum::<usize>() + 1024
+    });
+    let prompt_bound =
+        crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model)).saturating_add(tools);
     // Every choice may use all of max_tokens.
     let reserve = prompt_bound.saturating_add(gen.params.max_tokens.saturating_mul(gen.params.n.max(1)));
     let admission = hub.write_admission(caller, &ctx.request_id, model, reserve, prompt_bound).await?;
@@ -445,9 +452,15 @@ mod tests {
             br#"{"model":"m","messages":[],"logprobs":true,"top_logprobs":21}"#,
             br#"{"model":"m","messages":[],"logit_bias":{"x":1}}"#,
             br#"{"model":"m","messages":[],"logit_bias":{"5":101}}"#,
-            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"retrieval","function":{"name":"f"}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"bad name"}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":[]}}]}"#,
             br#"{"model":"m","messages":[],"tool_choice":"required"}"#,
-            br#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"xml"}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"name":"x"}}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"schema":{}}},"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"}"#,
+            br#"{"model":"m","messages":[],"functions":[{"name":"f"}]}"#,
         ] {
             let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
             assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
@@ -455,13 +468,16 @@ mod tests {
         for good in [
             &br#"{"model":"m","messages":[],"n":8,"logprobs":true,"top_logprobs":20,"logit_bias":{"5":-100}}"#[..],
             br#"{"model":"m","messages":[],"response_format":{"type":"text"},"user":"u-1","tools":[],"tool_choice":"none"}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"},"strict":true}}}"#,
         ] {
             assert!(validate_body("/v1/chat/completions", good).is_ok(), "{}", String::from_utf8_lossy(good));
         }
         let named = |route: &str, body: &[u8]| validate_body(route, body).err().and_then(|e| e.param);
         assert_eq!(
             named("/v1/chat/completions", br#"{"model":"m","messages":[],"tools":[{}]}"#).as_deref(),
-            Some("tools")
+            Some("tools[0]")
         );
         assert_eq!(
             named("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":30}"#).as_deref(),
