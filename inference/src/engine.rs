@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::grammar::{Grammars, Guide};
 use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
 use crate::ledger::{Ledger, Partition, Reservation};
-use crate::model::{Row, ServingAdapter};
+use crate::model::{Pooling, Row, ServingAdapter};
 use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use crate::template::ChatMessage;
 use crate::tools::{Parsed, ToolCall, ToolParser};
@@ -117,6 +117,8 @@ pub enum Event {
     /// for them (`prompt_logprobs`): sent before the first `Delta`, one event per prefill
     /// chunk (so a frame stays bounded by the batch's token budget).
     Prompt { logprobs: Vec<TokenLogprob> },
+    /// The prompt's embedding (`SamplingParams::embed`), sent before its `Done`.
+    Embedding { vector: Vec<f32> },
     /// Choice `choice` called a tool: the `index`-th call of its output, complete. Text
     /// that was part of the call is not in any `Delta`.
     ToolCall { choice: u32, index: u32, call: ToolCall },
@@ -349,6 +351,8 @@ struct Sequence {
     tool_parser: Option<ToolParser>,
     /// Calls made so far.
     calls: u32,
+    /// An embedding's pooled hidden states so far (the sum, for mean pooling).
+    embedding: Option<Vec<f64>>,
 }
 
 impl Sequence {
@@ -559,6 +563,7 @@ impl Worker {
                     guide: guides.next(),
                     tool_parser: tool_format.map(ToolParser::new),
                     calls: 0,
+                    embedding: params.embed.then(Vec::new),
                 }
             })
             .collect();
@@ -625,7 +630,11 @@ impl Worker {
             let hashes = prefix_hashes(&seq.tokens[..seq.tokens.len() - 1], bs, seq.hash_seed);
             // A prompt whose log-probabilities are wanted is computed whole: every
             // position's logits are needed.
-            let cached = if seq.prompt_logprobs.is_some() { Vec::new() } else { self.pool.take_prefix(&hashes) };
+            let cached = if seq.prompt_logprobs.is_some() || seq.embedding.is_some() {
+                Vec::new()
+            } else {
+                self.pool.take_prefix(&hashes)
+            };
             let need = seq.tokens.len().div_ceil(bs) - cached.len();
             if self.pool.num_free() < need {
                 cached.into_iter().for_each(|b| self.pool.release(b));
@@ -684,14 +693,17 @@ impl Worker {
         }
 
         let mut rows = Vec::new();
+        let pooling = self.model.transformer.config.pooling;
         for (id, take) in &plan {
             let s = self.running.iter().find(|s| s.id == *id).expect("planned sequences are running");
             for p in s.computed..s.computed + take {
+                let hidden = s.embedding.is_some() && pooled(pooling, p, s.tokens.len());
                 rows.push(Row {
                     token: s.tokens[p],
                     pos: p,
                     blocks: &s.blocks,
-                    logits: p + 1 == s.tokens.len() || s.wants_prompt_logits(p),
+                    logits: !hidden && s.embedding.is_none() && (p + 1 == s.tokens.len() || s.wants_prompt_logits(p)),
+                    hidden,
                     adapter: s.adapter.as_deref(),
                 });
             }
@@ -716,6 +728,25 @@ impl Worker {
                 s.registered += 1;
             }
             let start = s.computed - take;
+            if let Some(sum) = &mut s.embedding {
+                for p in start..s.computed {
+                    if !pooled(pooling, p, s.tokens.len()) {
+                        continue;
+                    }
+                    let Some(h) = logits.next() else { break };
+                    if sum.is_empty() {
+                        sum.resize(h.len(), 0.0);
+                    }
+                    sum.iter_mut().zip(&h).for_each(|(a, &b)| *a += b as f64);
+                }
+                if s.computed == s.tokens.len() {
+                    let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                    let vector = sum.iter().map(|x| (x / norm) as f32).collect();
+                    let _ = s.tx.send(Event::Embedding { vector });
+                    finished.push((id, FinishReason::Stop));
+                }
+                continue;
+            }
             if let Some(sent) = s.prompt_logprobs {
                 // Row p's logits predict token p + 1; the first token has no logprob.
                 let tok = &self.model.tokenizer;
@@ -837,6 +868,15 @@ impl Worker {
     }
 }
 
+/// Whether position `p` of a text of `len` tokens goes into its embedding.
+fn pooled(pooling: Pooling, p: usize, len: usize) -> bool {
+    match pooling {
+        Pooling::Mean => true,
+        Pooling::First => p == 0,
+        Pooling::Last => p + 1 == len,
+    }
+}
+
 /// Runs a request of one choice to the end and returns its text, finish reason and usage
 /// (for tools, tests and the benchmark; servers stream instead).
 pub fn collect(stream: EventStream) -> Result<(String, Vec<u32>, FinishReason, Usage)> {
@@ -853,6 +893,8 @@ pub struct Collected {
     pub logprobs: Vec<TokenLogprob>,
     /// The tools it called, in order.
     pub tool_calls: Vec<ToolCall>,
+    /// The prompt's embedding, when that was asked for.
+    pub embedding: Option<Vec<f32>>,
     pub finish: FinishReason,
     pub usage: Usage,
 }
@@ -864,6 +906,7 @@ impl Collected {
             tokens: Vec::new(),
             logprobs: Vec::new(),
             tool_calls: Vec::new(),
+            embedding: None,
             finish: FinishReason::Stop,
             usage: Usage::default(),
         }
@@ -888,6 +931,7 @@ pub fn collect_all(mut stream: EventStream) -> Result<(Vec<TokenLogprob>, Vec<Co
             Event::ToolCall { choice, call, .. } => {
                 open.entry(choice).or_insert_with(Collected::empty).tool_calls.push(call)
             }
+            Event::Embedding { vector } => open.entry(0).or_insert_with(Collected::empty).embedding = Some(vector),
             Event::Prompt { logprobs } => prompt.extend(logprobs),
             Event::Done { choice, finish, usage } => {
                 let mut c = open.remove(&choice).unwrap_or_else(Collected::empty);

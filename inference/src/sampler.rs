@@ -55,6 +55,10 @@ pub struct SamplingParams {
     /// Functions the model may call (chat only): rendered into the template, calls parsed
     /// out of the output; "required" or a named function constrains the output to a call.
     pub tools: Option<crate::tools::Tools>,
+    /// The prompt's embedding instead of a completion: its final hidden states pooled as
+    /// the model says (mean, first or last token) and L2-normalized, sent as one
+    /// `Event::Embedding` before `Done`.
+    pub embed: bool,
 }
 
 /// The most completions one request may ask for.
@@ -91,6 +95,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             constraint: None,
             tools: None,
+            embed: false,
         }
     }
 }
@@ -141,6 +146,9 @@ impl SamplingParams {
         }
         if let Some(c) = &self.constraint {
             c.validate()?;
+        }
+        if self.embed && (self.n != 1 || self.constraint.is_some() || self.tools.is_some() || self.logprobs.is_some()) {
+            return bad("input", "an embedding takes no n, logprobs, tools or response format");
         }
         if let Some(t) = &self.tools {
             t.validate()?;

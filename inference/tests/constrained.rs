@@ -221,3 +221,41 @@ fn a_required_tool_call_matches_its_schema_and_its_result_goes_back() {
     let (_, c) = collect_all(e.submit(req).expect("queued")).expect("an answer");
     assert!(!c[0].text.trim().is_empty(), "{:?}", c[0]);
 }
+
+#[test]
+fn embeddings_are_normalized_deterministic_and_closer_for_closer_texts() {
+    let e = engine();
+    let embed = |text: &str| {
+        let params = SamplingParams { embed: true, ..Default::default() };
+        let req = GenerateRequest { request_id: "e".into(), prompt: Prompt::Text(text.into()), params };
+        let (_, c) = collect_all(e.submit(req).expect("queued")).expect("an embedding");
+        assert_eq!(c[0].usage.completion_tokens, 0);
+        assert!(c[0].usage.prompt_tokens > 0);
+        c[0].embedding.clone().expect("an embedding")
+    };
+    let cat = embed("The cat sat on the mat.");
+    assert_eq!(cat.len(), 576, "SmolLM2-135M's hidden size");
+    let norm: f32 = cat.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    assert_eq!(cat, embed("The cat sat on the mat."), "the same text, the same vector");
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let kitten = embed("A kitten was sitting on the rug.");
+    let tax = embed("Quarterly tax filings are due in April.");
+    assert!(dot(&cat, &kitten) > dot(&cat, &tax), "{} vs {}", dot(&cat, &kitten), dot(&cat, &tax));
+    // Many at once, batched with each other: the same vectors as alone.
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let params = SamplingParams { embed: true, ..Default::default() };
+            e.submit(GenerateRequest {
+                request_id: "b".into(),
+                prompt: Prompt::Text("The cat sat on the mat.".into()),
+                params,
+            })
+            .expect("queued")
+        })
+        .collect();
+    for s in streams {
+        let v = collect_all(s).expect("an embedding").1[0].embedding.clone().expect("a vector");
+        assert!(v.iter().zip(&cat).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+}

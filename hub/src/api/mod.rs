@@ -6,6 +6,7 @@
 //! in OpenAI's error shape (axum's extractor would answer 422 in its own words); unknown
 //! fields are ignored. Every body is a type of [`types`].
 
+pub mod embeddings;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
@@ -39,6 +40,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embed", post(embeddings::ollama))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/responses", post(responses::create))

@@ -208,7 +208,8 @@ async fn run(
                 return None;
             }
             let (out, end) = match d.next().await {
-                Some(Event::Prompt { .. }) => (Bytes::new(), false),
+                // Streams carry no embeddings (those are whole answers).
+                Some(Event::Prompt { .. } | Event::Embedding { .. }) => (Bytes::new(), false),
                 Some(Event::Delta { text, tokens, .. }) => {
                     held.admission.record(tokens.len());
                     (ndjson(&line(kind, &model, &text, None)), false)

@@ -498,6 +498,8 @@ fn sse_stream(
         };
         match st.d.next().await {
             Some(Event::Prompt { logprobs }) => st.prompt_logprobs.extend(logprobs),
+            // Streams carry no embeddings (those are whole answers).
+            Some(Event::Embedding { .. }) => {}
             Some(Event::Delta { choice, text, tokens, logprobs }) => {
                 st.held.admission.record(tokens.len());
                 let now = Instant::now();

@@ -302,7 +302,7 @@ fn event_stream(
         }
         match st.d.next().await {
             // The Responses API offers no tools to the engine (yet): no calls come.
-            Some(Event::Prompt { .. } | Event::ToolCall { .. }) => {}
+            Some(Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. }) => {}
             Some(Event::Delta { text, tokens, .. }) => {
                 if let Some(h) = &st.held {
                     h.admission.record(tokens.len());
