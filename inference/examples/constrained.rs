@@ -79,7 +79,10 @@ fn main() -> Result<()> {
             guide.advance(t)?;
         }
     }
-    println!("mask: {:.1} us per token (mean of {} masks)", total / (rounds * ids.len()) as f64 * 1e6, rounds * ids.len());
+    println!(
+        "mask: {:.1} us per token (mean of {} masks)",
+        total / (rounds * ids.len()) as f64 * 1e6,
+        rounds * ids.len()
+    );
     Ok(())
 }
-

@@ -4,7 +4,7 @@ completions with echo, enough to compute a perplexity), n choices, logit_bias's 
 and incomplete Responses, DELETE of a stored response, structured output (parse() with a
 Pydantic model, json_object, Ollama's format), tools (required, named, streamed, the result
 sent back; Ollama's from a Python function), embeddings (OpenAI's list, base64 and
-dimensions; Ollama's embed), model routes, Ollama's show, ps and generate, the JSON
+dimensions; Ollama's embed), model routes, Ollama's show, ps, pull and generate, the JSON
 404/405, and a 400 naming each field Nave does not implement.
 
 Usage: clients_api.py KEY URL; exits non-zero with a message on the first failure.
@@ -302,6 +302,25 @@ try:
     raise AssertionError("ollama format xml")
 except urllib.error.HTTPError as err:
     assert err.code == 400 and "format" in json.loads(err.read())["error"], err
+# Pull (admins only): the model is in this machine's store already, so the stream is
+# the manifest and success; an unknown model is a 404; an ordinary key a 403.
+steps = [p.status for p in o.pull(M, stream=True)]
+assert steps[0] == "pulling manifest" and steps[-1] == "success", steps
+assert o.pull(M).status == "success"
+for model, status in [("no-such-model", 404)]:
+    try:
+        o.pull(model)
+        raise AssertionError(f"pull {model}")
+    except ollama.ResponseError as err:
+        assert err.status_code == status, err
+made = urllib.request.Request(f"{url}/admin/v1/keys", method="POST", data=json.dumps({"name": "puller"}).encode(),
+                              headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+ordinary = json.loads(urllib.request.urlopen(made).read())["key"]
+try:
+    ollama.Client(host=url, headers={"Authorization": f"Bearer {ordinary}"}).pull(M)
+    raise AssertionError("an ordinary key pulled")
+except ollama.ResponseError as err:
+    assert err.status_code == 403, err
 try:
     o.show("no-such-model")
     raise AssertionError("ollama show of an unknown model")

