@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde::{Deserialize, Serialize};
 
@@ -139,22 +139,34 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(Error::InvalidRequest(format!("cannot compile the grammar: {e}")));
         }
-        Ok(Guide { matcher, stop_ids: self.stop_ids.clone(), eos: self.eos })
+        Ok(Guide::start(matcher, self.stop_ids.clone(), self.eos))
     }
 }
 
-/// One sequence's place in its grammar.
+/// A matcher and the mask it computed for the next token.
+type Computed = (Matcher, std::result::Result<SimpleVob, String>);
+
+/// One sequence's place in its grammar. The mask of the next token is computed on a
+/// background thread as soon as the last token is known, so it runs while the engine's
+/// forward pass does, and sampling only waits for what is left of it.
 pub struct Guide {
-    matcher: Matcher,
+    pending: std::sync::mpsc::Receiver<Computed>,
+    matcher: Option<Matcher>,
     stop_ids: Vec<u32>,
     eos: u32,
 }
 
 impl Guide {
+    fn start(matcher: Matcher, stop_ids: Vec<u32>, eos: u32) -> Self {
+        Self { pending: spawn_mask(matcher, None), matcher: None, stop_ids, eos }
+    }
+
     /// Sets the logits of every token the grammar does not allow next to minus infinity
     /// (the end-of-turn tokens count as the grammar's end).
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
-        let mask = self.matcher.compute_mask_or_eos().map_err(|e| Error::Engine(format!("grammar: {e}")))?;
+        let (matcher, mask) = self.pending.recv().map_err(|_| Error::Engine("grammar: the mask was lost".into()))?;
+        self.matcher = Some(matcher);
+        let mask = mask.map_err(|e| Error::Engine(format!("grammar: {e}")))?;
         let end = mask.is_allowed(self.eos);
         for (i, l) in logits.iter_mut().enumerate() {
             let allowed = (i < mask.len() && mask.is_allowed(i as u32)) || (end && self.stop_ids.contains(&(i as u32)));
@@ -165,12 +177,27 @@ impl Guide {
         Ok(())
     }
 
-    /// Moves past `token` (one the last mask allowed). An end-of-turn token ends the
-    /// sequence: the grammar has nothing to move past.
+    /// Moves past `token` (one the last mask allowed) and starts the next mask. An
+    /// end-of-turn token ends the sequence: the grammar has nothing to move past.
     pub fn advance(&mut self, token: u32) -> Result<()> {
         if self.stop_ids.contains(&token) {
             return Ok(());
         }
-        self.matcher.consume_token(token).map_err(|e| Error::Engine(format!("grammar: {e}")))
+        let matcher = self.matcher.take().ok_or_else(|| Error::Engine("grammar: advanced without a mask".into()))?;
+        self.pending = spawn_mask(matcher, Some(token));
+        Ok(())
     }
+}
+
+/// Consumes `token` (if any) and computes the next mask on rayon's pool.
+fn spawn_mask(mut matcher: Matcher, token: Option<u32>) -> std::sync::mpsc::Receiver<Computed> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    rayon::spawn(move || {
+        let mask = match token.map(|t| matcher.consume_token(t)) {
+            Some(Err(e)) => Err(e.to_string()),
+            _ => matcher.compute_mask_or_eos().map_err(|e| e.to_string()),
+        };
+        let _ = tx.send((matcher, mask));
+    });
+    rx
 }
