@@ -462,6 +462,17 @@ pub enum HubCmd {
 }
 
 #[derive(Subcommand)]
+pub enum CertCmd {
+    /// Gives NODE (a hub or spoke id; every node without one) a fresh key and certificate
+    /// now, signed by the cluster CA; the old certificate is no longer presented.
+    Rotate {
+        node: Option<String>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum AdminCmd {
     /// The voting hubs: add, remove.
     Hub {
@@ -503,6 +514,11 @@ pub enum AdminCmd {
         file: std::path::PathBuf,
         #[command(flatten)]
         conn: AdminConn,
+    },
+    /// Node certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCmd,
     },
     /// Tokens used by day, key and model.
     Usage {

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cli::{AdminCmd, AdminConn, HubCmd, KeyCmd, SpokeCmd, TokenCmd, TrainCmd};
+use crate::cli::{AdminCmd, AdminConn, CertCmd, HubCmd, KeyCmd, SpokeCmd, TokenCmd, TrainCmd};
 
 /// The key given, else `./.nave/admin.key` (written by `nave up`).
 pub fn default_key(key: Option<String>) -> anyhow::Result<String> {
@@ -125,6 +125,28 @@ pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
                 "restored the state of cluster {:?} (log index {}): {} keys, {} spokes",
                 header.cluster, header.log_index, header.keys, header.spokes
             );
+            Ok(())
+        }
+        AdminCmd::Cert { command: CertCmd::Rotate { node, conn } } => {
+            let body = serde_json::json!({ "node": node });
+            let answer: serde_json::Value = admin(conn, Method::POST, "/admin/v1/certs/rotate", Some(&body)).await?;
+            let rows = |k: &str| answer[k].as_array().cloned().unwrap_or_default();
+            for r in rows("rotated") {
+                println!(
+                    "{:<16}  renewed, valid until {}",
+                    r["node"].as_str().unwrap_or("?"),
+                    r["expires"].as_str().unwrap_or("?")
+                );
+            }
+            let failed = rows("failed");
+            for f in &failed {
+                println!(
+                    "{:<16}  NOT renewed: {}",
+                    f["node"].as_str().unwrap_or("?"),
+                    f["error"].as_str().unwrap_or("?")
+                );
+            }
+            anyhow::ensure!(failed.is_empty(), "{} certificate(s) not renewed", failed.len());
             Ok(())
         }
         AdminCmd::Usage { key, days, conn } => {
