@@ -16,6 +16,10 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "NAVE_LOG_JSON")]
     pub log_json: bool,
+    /// For https:// hub URLs: a PEM file of the certificates to trust (the hub's own
+    /// certificate, or the CA that signed it); no system roots are used.
+    #[arg(long, global = true, env = "NAVE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }

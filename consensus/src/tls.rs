@@ -217,8 +217,9 @@ fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Re
     let paths = IdentityPaths::new(dir);
     crate::files::private_dir(dir)?;
     write_public(&paths.ca, ca_pem)?;
+    // Both synced before either is renamed (the certificate is public; 0600 does no harm).
     write_private(&paths.next_key(), key_pem)?;
-    write_public(&paths.next_cert(), cert_pem)?;
+    write_private(&paths.next_cert(), cert_pem)?;
     paths.finish_renewal()
 }
 

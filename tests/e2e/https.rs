@@ -1,6 +1,7 @@
 //! HTTPS on the API: a hub given `tls_cert` / `tls_key` (here a self-signed certificate
 //! made by the test) serves its API over TLS, `nave up` reaches it that way (readiness,
-//! the app key), a client that trusts that certificate is answered, and a plain HTTP
+//! the app key), a client that trusts that certificate is answered (`nave admin` with
+//! `--ca-cert` too), one that trusts another is refused, and a plain HTTP
 //! request to the same port gets a 400 that says to use https. A hub whose key is not its
 //! certificate's refuses to start, and says so.
 
@@ -110,6 +111,18 @@ fn a_hub_with_a_certificate_serves_https_and_says_so_to_plain_http() {
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("other").cert.pem();
     let refused = https_get(&api, "/health", None, &other);
     assert!(refused.is_err(), "{refused:?}");
+
+    // The command's own client: with --ca-cert it speaks HTTPS; without, it says what to give.
+    let nave =
+        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_nave")).args(args).output().expect("nave runs");
+    let url = format!("https://{api}");
+    let cert_arg = cert.to_str().expect("utf-8");
+    let out = nave(&["--ca-cert", cert_arg, "admin", "key", "list", "--url", &url, "--key", &admin]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = nave(&["admin", "key", "list", "--url", &url, "--key", &admin]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-cert"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // Plain HTTP on the HTTPS port: a 400 that says what to do, not a hang or garbage.
     let answer = plain_get(&api, "/health");
