@@ -33,13 +33,17 @@ pub fn renew_own(hub: &Hub) -> anyhow::Result<Validity> {
     Ok(v)
 }
 
-/// Renews this hub's certificate whenever less than a third of its lifetime is left.
+/// Renews this hub's certificate whenever less than a third of its lifetime is left
+/// (the start renewed it already if it had to: [`nave_consensus::tls::ClusterCa::ensure_hub`]).
 pub async fn keep_renewed(hub: Arc<Hub>) {
+    let mut next = CHECK_EVERY;
     loop {
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(next).await;
+        next = CHECK_EVERY;
         if hub.identity.validity().needs_renewal(tls::unix_now(), hub.config.cluster.cert_lifetime()) {
             if let Err(e) = renew_own(&hub) {
-                tracing::warn!(error = %e, "certificate renewal failed; retrying in an hour");
+                tracing::warn!(error = %e, "certificate renewal failed; retrying in a minute");
+                next = Duration::from_secs(60);
             }
         }
     }

@@ -14,8 +14,11 @@ use nave_consensus::tls::{self, Validity};
 use crate::protocol::{RenewReply, RenewRequest, MAX_JOIN_FRAME};
 use crate::server::Spoke;
 
-/// How often a spoke looks at its certificate's expiry (and retries a failed renewal).
+/// How often a spoke looks at its certificate's expiry.
 pub const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// How soon a failed renewal is tried again (at start the replica may not know the hubs
+/// yet; a hub may be restarting).
+pub const RETRY_EVERY: Duration = Duration::from_secs(60);
 
 /// Renews the spoke's certificate through the first hub (of the membership its replica
 /// knows) that signs it; writes it into the node's directory and presents it from the
@@ -55,16 +58,20 @@ pub async fn renew(spoke: &Spoke) -> anyhow::Result<Validity> {
 }
 
 /// Renews the spoke's certificate whenever less than a third of its lifetime is left
-/// (the lifetime the hub that signed it chose), checking every [`CHECK_EVERY`].
+/// (the lifetime the hub that signed it chose), checking every [`CHECK_EVERY`], and
+/// every [`RETRY_EVERY`] while renewing fails.
 pub async fn keep_renewed(spoke: Arc<Spoke>) {
     loop {
         let v = spoke.identity.validity();
         let lifetime = Duration::from_secs(v.not_after.saturating_sub(v.not_before).max(0) as u64);
+        let mut next = CHECK_EVERY;
         if v.needs_renewal(tls::unix_now(), lifetime) {
             if let Err(e) = renew(&spoke).await {
-                tracing::warn!(error = %e, not_after = v.not_after, "certificate renewal failed; retrying in an hour");
+                let expires = tls::utc(v.not_after);
+                tracing::warn!(error = %e, %expires, "certificate renewal failed; retrying in a minute");
+                next = RETRY_EVERY;
             }
         }
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(next).await;
     }
 }
