@@ -368,3 +368,21 @@ fn an_expired_certificate_is_refused_with_a_clear_log_line() {
     let text = String::from_utf8_lossy(&log.0.lock().expect("log")).to_string();
     assert!(text.contains("refused the certificate of s7: it expired at"), "{text}");
 }
+
+/// A hub that starts with an expired certificate (or one about to expire) issues itself a
+/// new one from the CA it holds.
+#[test]
+fn a_hub_renews_an_expired_certificate_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let h1 = dir.path().join("h1");
+    // Issued an hour ago for one second: expired.
+    let expired = ca.ensure_hub(&h1, "h1", Duration::from_secs(1)).expect("expired identity");
+    assert!(expired.validity().not_after < tls::unix_now());
+    let again = ca.ensure_hub(&h1, "h1", MONTH).expect("renewed at start");
+    let v = again.validity();
+    assert!(v.not_after > tls::unix_now() + 29 * 86_400, "{v:?}");
+    assert_eq!(NodeIdentity::load(&h1, "h1").expect("on disk").validity(), v);
+    // One with most of its lifetime left is kept.
+    assert_eq!(ca.ensure_hub(&h1, "h1", MONTH).expect("kept").validity(), v);
+}

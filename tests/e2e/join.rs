@@ -161,11 +161,28 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
         assert_eq!(spoke_state(&http, &hub, &key, id), None, "{id} must not be registered");
     }
 
-    // The joined spoke starts again from its saved identity, without a token.
+    // The joined spoke starts again from its saved identity, without a token. Its
+    // certificate is made to expire soon first (5 of its 25 days left): the spoke renews
+    // it by itself, through a hub, as it starts.
     drop(spoke);
     wait_state(&http, &hub, &key, "s9", Some("down"));
+    let ca = nave_consensus::tls::ClusterCa::load(&c.data().join("ca")).expect("the cluster CA");
+    let (old_cert, old_key) = ca.issue_with("s9", -20 * 86_400, Duration::from_secs(25 * 86_400)).expect("issue");
+    std::fs::write(joined_dir.join("s9/node.pem"), &old_cert).expect("write cert");
+    std::fs::write(joined_dir.join("s9/node.key"), &old_key).expect("write key");
     let _spoke = Process(joiner.command("s9", None, quic, port).stdout(Stdio::null()).spawn().expect("spawn"));
     wait_state(&http, &hub, &key, "s9", Some("active"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    crate::common::wait_until(Duration::from_secs(90), "s9 renewed its certificate", || {
+        let pem = std::fs::read_to_string(joined_dir.join("s9/node.pem")).map_err(|e| e.to_string())?;
+        let der = rustls_pemfile::certs(&mut pem.as_bytes()).next().ok_or("no cert")?.map_err(|e| e.to_string())?;
+        let v = nave_consensus::tls::validity(&der).map_err(|e| e.to_string())?;
+        if v.not_after > now + 20 * 86_400 {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    });
 
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
