@@ -683,7 +683,8 @@ pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
 /// signed by that CA and names [`HUB_NAME`].
 pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedCa { fingerprint: ca_fingerprint.to_ascii_lowercase(), provider: provider.clone() });
+    let pin = Pin::CaFingerprint(ca_fingerprint.to_ascii_lowercase());
+    let verifier = Arc::new(Pinned { what: pin, provider: provider.clone() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
@@ -697,14 +698,24 @@ pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig> {
     Ok(client)
 }
 
-/// Trusts the one CA certificate, among those the server sent, with the pinned digest.
+/// A server certificate check for clients that trust one thing they were given rather
+/// than a root store: a join token's CA, or a hub's own HTTPS certificate.
 #[derive(Debug)]
-struct PinnedCa {
-    fingerprint: String,
+struct Pinned {
+    what: Pin,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+#[derive(Debug)]
+enum Pin {
+    /// The one CA certificate, among those the server sent, with this sha256 (hex): the
+    /// server's certificate must be signed by it.
+    CaFingerprint(String),
+    /// Exactly this end-entity certificate, byte for byte, whatever names it carries.
+    Leaf(CertificateDer<'static>),
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -713,16 +724,25 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
-            .ok_or_else(|| rustls::Error::General("the server's CA is not the one the join token names".into()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+        match &self.what {
+            Pin::Leaf(leaf) if end_entity.as_ref() == leaf.as_ref() => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Pin::Leaf(_) => Err(rustls::Error::General("the hub serves another certificate than its tls_cert".into())),
+            Pin::CaFingerprint(fingerprint) => {
+                let ca =
+                    intermediates.iter().find(|c| hex::encode(Sha256::digest(c.as_ref())) == *fingerprint).ok_or_else(
+                        || rustls::Error::General("the server's CA is not the one the join token names".into()),
+                    )?;
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.clone().into_owned())?;
+                let inner =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                        .build()
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -801,58 +821,11 @@ pub fn pinned_https_client(cert_path: &Path) -> Result<rustls::ClientConfig> {
         .ok_or_else(|| tls(format!("{} holds no PEM certificate", cert_path.display())))?
         .map_err(tls)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedLeaf { leaf, provider: provider.clone() });
+    let verifier = Arc::new(Pinned { what: Pin::Leaf(leaf), provider: provider.clone() });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
-}
-
-/// Trusts one end-entity certificate, byte for byte (and the handshake's signatures by
-/// its key).
-#[derive(Debug)]
-struct PinnedLeaf {
-    leaf: CertificateDer<'static>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedLeaf {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.leaf.as_ref() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("the hub serves another certificate than its tls_cert".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }

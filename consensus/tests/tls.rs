@@ -14,8 +14,12 @@ fn identity(ca: &ClusterCa, name: &str, start_offset: i64, validity: Duration) -
 
 /// A server for node "h1" that answers one byte on each stream it accepts.
 fn server(ca: &ClusterCa) -> (quinn::Endpoint, std::net::SocketAddr) {
-    let id = identity(ca, "h1", -60, Duration::from_secs(3600));
-    let ep = tls::endpoint(&id, "127.0.0.1:0".parse().expect("addr"), &[ALPN_RAFT]).expect("endpoint");
+    serve_as(&identity(ca, "h1", -60, Duration::from_secs(3600)), ALPN_RAFT)
+}
+
+/// A server presenting `id` on protocol `alpn` that answers one byte on each stream.
+fn serve_as(id: &NodeIdentity, alpn: &[u8]) -> (quinn::Endpoint, std::net::SocketAddr) {
+    let ep = tls::endpoint(id, "127.0.0.1:0".parse().expect("addr"), &[alpn]).expect("endpoint");
     let addr = ep.local_addr().expect("addr");
     let e = ep.clone();
     tokio::spawn(async move {
@@ -250,21 +254,7 @@ async fn a_renewed_certificate_is_presented_and_accepted() {
     let s1 = ca.ensure_node(&node_dir, "s1", MONTH).expect("identity");
     let before = s1.validity();
     assert!(before.not_after - before.not_before <= MONTH.as_secs() as i64 + 3600, "{before:?}");
-    let ep = tls::endpoint(&s1, "127.0.0.1:0".parse().expect("addr"), &[ALPN_SPOKE]).expect("endpoint");
-    let addr = ep.local_addr().expect("addr");
-    let e = ep.clone();
-    tokio::spawn(async move {
-        while let Some(inc) = e.accept().await {
-            tokio::spawn(async move {
-                if let Ok(conn) = inc.await {
-                    while let Ok((mut send, _recv)) = conn.accept_bi().await {
-                        let _ = send.write_all(b"k").await;
-                        let _ = send.finish();
-                    }
-                }
-            });
-        }
-    });
+    let (_ep, addr) = serve_as(&s1, ALPN_SPOKE);
     let hub = ca.ensure_hub(&dir.path().join("h1"), "h1", MONTH).expect("hub");
     let client = tls::client_endpoint().expect("client");
     let dial = |cfg: quinn::ClientConfig| {

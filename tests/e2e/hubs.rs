@@ -142,11 +142,18 @@ fn only_hubs_speak_raft() {
     assert!(!ping("s1", spoke_quic(1), "s2"), "nor with another spoke's replica");
 }
 
-/// Whether node `who` (its identity in `data/<who>`) gets a Raft `Pong` from the node named
-/// `target_name` at `target`.
-pub(crate) fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+/// Node `who` (its identity in `data/<who>`) sends `request` on a new stream of protocol
+/// `alpn` to the node named `target_name` at `target`: its one answer, if one came within
+/// 5 s.
+fn exchange<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    data: &std::path::Path,
+    who: &str,
+    (target, target_name): (&str, &str),
+    alpn: &[u8],
+    request: &Q,
+    max_frame: u32,
+) -> Option<A> {
     use nave_consensus::frame::{read_frame, write_frame};
-    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
     use nave_consensus::tls::{self, NodeIdentity};
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -155,41 +162,32 @@ pub(crate) fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_
         let endpoint = tls::client_endpoint().expect("endpoint");
         let exchange = async {
             let conn = endpoint
-                .connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, target_name)
+                .connect_with(identity.client_config(alpn).ok()?, target.parse().ok()?, target_name)
                 .ok()?
                 .await
                 .ok()?;
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            write_frame(&mut send, &RaftRpc::Ping).await.ok()?;
+            write_frame(&mut send, request).await.ok()?;
             send.finish().ok()?;
-            read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.ok()?
+            read_frame::<A, _>(&mut recv, max_frame).await.ok()?
         };
-        matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong(_))))
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
     })
 }
 
-/// Whether node `who` (its identity in `data/<who>`) is answered on the spokes' inference
-/// protocol (`nave-spoke/1`, a `Jobs` request) by the spoke named `target_name` at `target`.
-pub(crate) fn spoke_answers(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
-    use nave_consensus::frame::{read_frame, write_frame};
-    use nave_consensus::tls::{self, NodeIdentity};
-    use nave_spoke::protocol::{HubToSpoke, SpokeToHub, MAX_FRAME};
+/// Whether node `who` gets a Raft `Pong` from the node named `target_name` at `target`.
+pub(crate) fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
+    let reply =
+        exchange(data, who, (target, target_name), nave_consensus::tls::ALPN_RAFT, &RaftRpc::Ping, MAX_RAFT_FRAME);
+    matches!(reply, Some(RaftReply::Pong(_)))
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let identity = NodeIdentity::load(&data.join(who), who).expect("identity");
-    runtime.block_on(async move {
-        let endpoint = tls::client_endpoint().expect("endpoint");
-        let exchange = async {
-            let conn = endpoint
-                .connect_with(identity.client_config(tls::ALPN_SPOKE).ok()?, target.parse().ok()?, target_name)
-                .ok()?
-                .await
-                .ok()?;
-            let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            write_frame(&mut send, &HubToSpoke::Jobs).await.ok()?;
-            send.finish().ok()?;
-            read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await.ok()?
-        };
-        matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(SpokeToHub::Jobs(_))))
-    })
+/// Whether node `who` is answered on the spokes' inference protocol (`nave-spoke/1`, a
+/// `Jobs` request) by the spoke named `target_name` at `target`.
+pub(crate) fn spoke_answers(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+    use nave_spoke::protocol::{HubToSpoke, SpokeToHub, MAX_FRAME};
+    let reply =
+        exchange(data, who, (target, target_name), nave_consensus::tls::ALPN_SPOKE, &HubToSpoke::Jobs, MAX_FRAME);
+    matches!(reply, Some(SpokeToHub::Jobs(_)))
 }
