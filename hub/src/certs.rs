@@ -49,7 +49,8 @@ pub async fn keep_renewed(hub: Arc<Hub>) {
     }
 }
 
-/// Serves one `nave-renew/1` connection: one request, one answer, within 20 s.
+/// Serves one `nave-renew/1` connection: one request, one answer, within 20 s (and 5 s
+/// more for the node to close the connection once it has the answer).
 pub async fn serve_renewal(hub: Arc<Hub>, conn: quinn::Connection) {
     if !tls::has_certificate(&conn) {
         return conn.close(3u32.into(), b"renewing needs the certificate being renewed");
@@ -66,12 +67,15 @@ pub async fn serve_renewal(hub: Arc<Hub>, conn: quinn::Connection) {
             tracing::warn!(node = %name, %why, "certificate renewal refused");
         }
         write_frame(&mut send, &reply).await.ok()?;
-        send.finish().ok()?;
-        conn.closed().await;
-        Some(())
+        send.finish().ok()
     };
-    if tokio::time::timeout(Duration::from_secs(20), exchange).await.is_err() {
-        conn.close(2u32.into(), b"the renewal took too long");
+    match tokio::time::timeout(Duration::from_secs(20), exchange).await {
+        // The answer is on its way: the node closes the connection once it has read it.
+        Ok(Some(())) => {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        }
+        Ok(None) => {}
+        Err(_) => conn.close(2u32.into(), b"the renewal took too long"),
     }
 }
 
