@@ -16,6 +16,10 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "NAVE_LOG_JSON")]
     pub log_json: bool,
+    /// For https:// hub URLs: a PEM file of the certificates to trust (the hub's own
+    /// certificate, or the CA that signed it); no system roots are used.
+    #[arg(long, global = true, env = "NAVE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -462,6 +466,17 @@ pub enum HubCmd {
 }
 
 #[derive(Subcommand)]
+pub enum CertCmd {
+    /// Gives NODE (a hub or spoke id; every node without one) a fresh key and certificate
+    /// now, signed by the cluster CA; the old certificate is no longer presented.
+    Rotate {
+        node: Option<String>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum AdminCmd {
     /// The voting hubs: add, remove.
     Hub {
@@ -503,6 +518,11 @@ pub enum AdminCmd {
         file: std::path::PathBuf,
         #[command(flatten)]
         conn: AdminConn,
+    },
+    /// Node certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCmd,
     },
     /// Tokens used by day, key and model.
     Usage {

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cli::{AdminCmd, AdminConn, HubCmd, KeyCmd, SpokeCmd, TokenCmd, TrainCmd};
+use crate::cli::{AdminCmd, AdminConn, CertCmd, HubCmd, KeyCmd, SpokeCmd, TokenCmd, TrainCmd};
 
 /// The key given, else `./.nave/admin.key` (written by `nave up`).
 pub fn default_key(key: Option<String>) -> anyhow::Result<String> {
@@ -46,6 +46,40 @@ async fn call<T: DeserializeOwned>(
     serde_json::from_slice(&bytes).with_context(|| format!("{path}: an answer this client does not understand"))
 }
 
+/// The trust for `https://` hub URLs (`--ca-cert`), set once at start.
+static CA_CERT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets the PEM file whose certificates `https://` calls trust.
+pub fn set_ca_cert(path: Option<std::path::PathBuf>) {
+    let _ = CA_CERT.set(path);
+}
+
+/// An HTTP client for a hub at `url`: plain for `http://`; for `https://`, one that trusts
+/// exactly the certificates of `--ca-cert` (a hub's TLS is its own: a self-signed
+/// certificate, or a private CA's).
+fn http_client(url: &str) -> anyhow::Result<reqwest::Client> {
+    if !url.starts_with("https://") {
+        return Ok(reqwest::Client::new());
+    }
+    let Some(path) = CA_CERT.get().cloned().flatten() else {
+        anyhow::bail!("{url} is HTTPS: give --ca-cert FILE (or NAVE_CA_CERT), the hub's certificate or its CA, PEM");
+    };
+    let pem = std::fs::read(&path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+        roots.add(cert).with_context(|| format!("{}: a certificate rustls cannot use", path.display()))?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{} holds no PEM certificate", path.display());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls).build()?)
+}
+
 /// One call with a body of `(content type, bytes)`: the answer's bytes, or its error.
 async fn call_bytes(
     url: &str,
@@ -55,7 +89,7 @@ async fn call_bytes(
     body: Option<(&str, Vec<u8>)>,
     timeout: Duration,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut req = reqwest::Client::new().request(method, format!("{url}{path}")).bearer_auth(key).timeout(timeout);
+    let mut req = http_client(url)?.request(method, format!("{url}{path}")).bearer_auth(key).timeout(timeout);
     if let Some((content_type, b)) = body {
         req = req.header("content-type", content_type).body(b);
     }
@@ -125,6 +159,28 @@ pub async fn admin_command(command: AdminCmd) -> anyhow::Result<()> {
                 "restored the state of cluster {:?} (log index {}): {} keys, {} spokes",
                 header.cluster, header.log_index, header.keys, header.spokes
             );
+            Ok(())
+        }
+        AdminCmd::Cert { command: CertCmd::Rotate { node, conn } } => {
+            let body = serde_json::json!({ "node": node });
+            let answer: serde_json::Value = admin(conn, Method::POST, "/admin/v1/certs/rotate", Some(&body)).await?;
+            let rows = |k: &str| answer[k].as_array().cloned().unwrap_or_default();
+            for r in rows("rotated") {
+                println!(
+                    "{:<16}  renewed, valid until {}",
+                    r["node"].as_str().unwrap_or("?"),
+                    r["expires"].as_str().unwrap_or("?")
+                );
+            }
+            let failed = rows("failed");
+            for f in &failed {
+                println!(
+                    "{:<16}  NOT renewed: {}",
+                    f["node"].as_str().unwrap_or("?"),
+                    f["error"].as_str().unwrap_or("?")
+                );
+            }
+            anyhow::ensure!(failed.is_empty(), "{} certificate(s) not renewed", failed.len());
             Ok(())
         }
         AdminCmd::Usage { key, days, conn } => {
@@ -370,7 +426,7 @@ pub async fn chat(
         sampling: Sampling { max_tokens, ..Default::default() },
         unsupported: Default::default(),
     };
-    let resp = reqwest::Client::new()
+    let resp = http_client(&url)?
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(key)
         .json(&body)

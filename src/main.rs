@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         _ => "nave".to_string(),
     };
     process::init_logging(cli.log_json, &node);
+    client::set_ca_cert(cli.ca_cert.clone());
     match cli.command {
         Cmd::Up { config, only } => {
             let config = up::config_for_up(config.as_deref(), &std::env::current_dir()?)?;

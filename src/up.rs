@@ -213,9 +213,9 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
     for id in config.hubs.iter().map(|h| &h.id).chain(config.spokes.iter().map(|s| &s.id)) {
         if config.hubs.iter().any(|h| &h.id == id) {
-            ca.ensure_hub(&config.node_dir(id), id)?;
+            ca.ensure_hub(&config.node_dir(id), id, config.cluster.cert_lifetime())?;
         } else {
-            ca.ensure_node(&config.node_dir(id), id)?;
+            ca.ensure_node(&config.node_dir(id), id, config.cluster.cert_lifetime())?;
         }
     }
     let admin = nave_hub::ensure_admin_key(data)?;
@@ -244,7 +244,8 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     }
 
     let local_hubs: Vec<_> = config.hubs.iter().filter(|h| here(&h.id)).collect();
-    let http = local_hubs.first().map_or(config.hubs[0].http, |h| h.http);
+    let api_hub = local_hubs.first().copied().unwrap_or(&config.hubs[0]);
+    let http = api_hub.http;
     // A hub with `join = true` is ready only once an admin has added it.
     let founders: Vec<_> = local_hubs.iter().copied().filter(|h| !h.join).collect();
     let ready = wait_ready(&founders, &config.cluster.data_dir, &mut nodes);
@@ -263,7 +264,8 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         config.served_models().join(", ")
     );
     println!(
-        "  API:       http://{http}/v1  (any hub: {})",
+        "  API:       {}://{http}/v1  (any hub: {})",
+        api_hub.scheme(),
         config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", ")
     );
     println!(
@@ -272,10 +274,11 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     );
     // Apps get an ordinary key (its limits and usage are its own), made once.
     let app_key = data.join("app.key");
-    match probe::ensure_app_key(&http.to_string(), &admin, &app_key) {
+    match probe::Api::of(api_hub).and_then(|api| probe::ensure_app_key(&api, &admin, &app_key)) {
         Ok(key) => {
             println!("  app key:   {key}  (also in {}; nave admin key create makes more)", app_key.display());
-            println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
+            println!("  try:       curl {}{}://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
+                api_hub.tls_cert.as_ref().map(|c| format!("--cacert {} ", c.display())).unwrap_or_default(), api_hub.scheme(),
                 app_key.display(), config.served_models().first().map(String::as_str).unwrap_or("smollm2-135m"));
         }
         Err(e) => println!("  app key:   not created ({e}); make one with nave admin key create --name app"),
@@ -340,7 +343,7 @@ fn supervise(n: &mut Node) {
 
 fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, nodes: &mut [Node]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
-    let client = probe::blocking_client();
+    let apis = hubs.iter().map(|h| probe::Api::of(h)).collect::<anyhow::Result<Vec<_>>>()?;
     loop {
         for n in nodes.iter_mut() {
             if let Ok(Some(status)) = n.child.try_wait() {
@@ -352,7 +355,7 @@ fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, node
                 );
             }
         }
-        let ready = hubs.iter().all(|h| client(&format!("http://{}/ready", h.http)));
+        let ready = apis.iter().all(|api| api.answers_200("/ready"));
         if ready {
             return Ok(());
         }
@@ -381,47 +384,90 @@ fn signal_hook_flag(sig: i32, flag: std::sync::Arc<std::sync::atomic::AtomicBool
 }
 
 mod probe {
-    //! Tiny blocking HTTP/1.1 exchanges with a hub on loopback (std only): readiness polls
-    //! and the app key `nave up` makes.
+    //! Tiny blocking HTTP/1.1 exchanges with a hub on loopback (std and rustls only):
+    //! readiness polls and the app key `nave up` makes. A hub with `tls_cert` is spoken to
+    //! over TLS, trusting exactly that certificate.
     use std::io::{Read, Write};
     use std::net::TcpStream;
+    use std::sync::Arc;
     use std::time::Duration;
 
-    /// One request to `host` (`IP:port`), each of connecting and answering within
-    /// `timeout`: the answer's status and body.
-    fn exchange(
-        host: &str,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        json: Option<&str>,
-        timeout: Duration,
-    ) -> anyhow::Result<(u16, String)> {
-        let addr: std::net::SocketAddr = host.parse()?;
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-        if let Some(k) = key {
-            request.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    /// A hub's API as `nave up` reaches it.
+    pub struct Api {
+        addr: std::net::SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    }
+
+    impl Api {
+        pub fn of(hub: &nave_consensus::config::HubConfig) -> anyhow::Result<Self> {
+            let tls = match &hub.tls_cert {
+                Some(cert) => Some(Arc::new(nave_consensus::tls::pinned_https_client(cert)?)),
+                None => None,
+            };
+            Ok(Self { addr: hub.http, tls })
         }
-        let body = json.unwrap_or("");
-        if json.is_some() {
-            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+
+        /// One request, each of connecting and answering within `timeout`: the answer's
+        /// status and body.
+        fn exchange(
+            &self,
+            method: &str,
+            path: &str,
+            key: Option<&str>,
+            json: Option<&str>,
+            timeout: Duration,
+        ) -> anyhow::Result<(u16, String)> {
+            let host = self.addr;
+            let s = TcpStream::connect_timeout(&host, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+            if let Some(k) = key {
+                request.push_str(&format!("Authorization: Bearer {k}\r\n"));
+            }
+            let body = json.unwrap_or("");
+            if json.is_some() {
+                request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            }
+            request.push_str("\r\n");
+            request.push_str(body);
+            let mut answer = String::new();
+            match &self.tls {
+                None => {
+                    let mut s = s;
+                    s.write_all(request.as_bytes())?;
+                    s.read_to_string(&mut answer)?;
+                }
+                Some(tls) => {
+                    let name = rustls::pki_types::ServerName::from(host.ip());
+                    let conn = rustls::ClientConnection::new(tls.clone(), name)?;
+                    let mut s = rustls::StreamOwned::new(conn, s);
+                    s.write_all(request.as_bytes())?;
+                    s.flush()?;
+                    // A hub that closes without TLS's close_notify still gave its answer.
+                    match s.read_to_string(&mut answer) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            let status =
+                answer.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+            Ok((status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
         }
-        request.push_str("\r\n");
-        request.push_str(body);
-        s.write_all(request.as_bytes())?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer)?;
-        let status = answer.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
-        Ok((status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+
+        /// Whether `GET path` answers 200.
+        pub fn answers_200(&self, path: &str) -> bool {
+            self.exchange("GET", path, None, None, Duration::from_secs(2)).is_ok_and(|(s, _)| s == 200)
+        }
     }
 
     /// The key in `path`, or a new ordinary key (`app`, or `app-2`... if taken) created
-    /// through the hub at `host` with the admin key and written to `path` (0600).
-    pub fn ensure_app_key(host: &str, admin: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    /// through the hub `api` with the admin key and written to `path` (0600).
+    pub fn ensure_app_key(api: &Api, admin: &str, path: &std::path::Path) -> anyhow::Result<String> {
         let saved = std::fs::read_to_string(path).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
-        let status = |k: &str| exchange(host, "GET", "/v1/models", Some(k), None, Duration::from_secs(10));
+        let status = |k: &str| api.exchange("GET", "/v1/models", Some(k), None, Duration::from_secs(10));
         // A saved key the cluster no longer knows (a restore replaced the state) is replaced.
         if let Some(k) = saved.filter(|k| status(k).is_ok_and(|(s, _)| s != 401)) {
             return Ok(k);
@@ -430,7 +476,7 @@ mod probe {
             let name = if n == 1 { "app".to_string() } else { format!("app-{n}") };
             let body = format!("{{\"name\":\"{name}\"}}");
             let (status, answer) =
-                exchange(host, "POST", "/admin/v1/keys", Some(admin), Some(&body), Duration::from_secs(10))?;
+                api.exchange("POST", "/admin/v1/keys", Some(admin), Some(&body), Duration::from_secs(10))?;
             if status == 409 {
                 continue;
             }
@@ -441,15 +487,6 @@ mod probe {
             return Ok(key);
         }
         anyhow::bail!("keys app..app-20 exist already")
-    }
-
-    /// Whether `GET url` answers 200.
-    pub fn blocking_client() -> impl Fn(&str) -> bool {
-        |url: &str| {
-            let Some(rest) = url.strip_prefix("http://") else { return false };
-            let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-            exchange(host, "GET", &path, None, None, Duration::from_secs(2)).is_ok_and(|(s, _)| s == 200)
-        }
     }
 }
 

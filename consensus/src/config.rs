@@ -107,6 +107,16 @@ pub struct ClusterSection {
     /// The replicated state's snapshot may grow to this; a warning is logged from 80%
     /// on, and stored responses are refused beyond it.
     pub max_snapshot_bytes: ByteSize,
+    /// Node certificates the cluster CA signs are valid this many days; every node renews
+    /// its own once less than a third of that is left (checked hourly).
+    pub cert_lifetime_days: u32,
+}
+
+impl ClusterSection {
+    /// [`ClusterSection::cert_lifetime_days`] as a duration.
+    pub fn cert_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.cert_lifetime_days) * 86_400)
+    }
 }
 
 impl Default for ClusterSection {
@@ -128,6 +138,7 @@ impl Default for ClusterSection {
             stored_bytes_per_key: ByteSize(16 << 20),
             max_stored_response_bytes: ByteSize(1 << 20),
             max_snapshot_bytes: ByteSize(128 << 20),
+            cert_lifetime_days: 30,
         }
     }
 }
@@ -142,6 +153,23 @@ pub struct HubConfig {
     /// that founded it: it never initializes a cluster of its own, and waits to be added.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub join: bool,
+    /// HTTPS on the API: the PEM certificate chain (the hub's certificate first) and its
+    /// PEM private key; both or neither. Without them the API is plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl HubConfig {
+    /// `https` when the hub serves its API with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,6 +342,21 @@ impl ClusterConfig {
                 }
             }
         }
+        for h in &self.hubs {
+            match (&h.tls_cert, &h.tls_key) {
+                (Some(_), None) => {
+                    return Err(invalid(format!("hub[{}].tls_key", h.id), "", "tls_cert is set: give its key too"))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        format!("hub[{}].tls_cert", h.id),
+                        "",
+                        "tls_key is set: give its certificate too",
+                    ))
+                }
+                _ => {}
+            }
+        }
         for s in &self.spokes {
             let f = |name: &str| format!("spoke[{}].{name}", s.id);
             if s.models.is_empty() {
@@ -376,6 +419,13 @@ impl ClusterConfig {
                 "cluster.max_snapshot_bytes",
                 c.max_snapshot_bytes.0,
                 "must be between 1 MiB and 192 MiB (a snapshot is decoded with a 256 MiB limit)",
+            ));
+        }
+        if !(1..=397).contains(&c.cert_lifetime_days) {
+            return Err(invalid(
+                "cluster.cert_lifetime_days",
+                c.cert_lifetime_days,
+                "from 1 to 397 days (node certificates are renewed while the nodes run)",
             ));
         }
         if c.max_concurrent_requests == 0 {
@@ -467,6 +517,10 @@ mod tests {
         assert!(e.contains("spoke[s1].kv_pool") && e.contains("serving_reserve"), "{e}");
         assert!(err(&format!("{base}{spoke}kv_pool = \"12 parsecs\"\n")).contains("unknown unit"));
         assert!(err(&format!("{base}bogus = 1\n")).contains("unknown field"));
+        let e = err(&format!("{base}tls_cert = \"c.pem\"\n"));
+        assert!(e.contains("hub[h1].tls_key") && e.contains("give its key"), "{e}");
+        let e = err(&format!("{base}tls_key = \"k.pem\"\n"));
+        assert!(e.contains("hub[h1].tls_cert"), "{e}");
         assert!(err("[[hub]]\nid = \"h 1\"\nhttp = \"127.0.0.1:1\"\nquic = \"127.0.0.1:2\"\n").contains("hub.id"));
     }
 

@@ -42,6 +42,9 @@ pub enum RaftRpc {
     Ping,
     /// A change of the voting hubs, forwarded to the leader.
     Hubs(crate::node::HubChange),
+    /// Renew your node certificate now (`nave admin cert rotate`, asked of one hub by
+    /// another); answered with the new certificate's expiry (Unix seconds).
+    RotateCert,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +64,7 @@ pub enum RaftReply {
     /// This node's last log id (a hub runs for leader only if a majority's is no newer).
     Pong(Option<LogId>),
     Hubs(Result<(), Redirect>),
+    Rotated(Result<i64, String>),
 }
 
 /// A node's address in the membership: `name@ip:port` (the name is what its certificate

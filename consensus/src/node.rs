@@ -114,6 +114,10 @@ pub struct ConsensusFigures {
     pub lag: BTreeMap<NodeId, u64>,
 }
 
+/// How a hub renews its own certificate when another hub asks it to (see
+/// [`ConsensusNode::on_rotate`]): the new certificate's expiry, Unix seconds.
+pub type RotateHook = Arc<dyn Fn() -> std::result::Result<i64, String> + Send + Sync>;
+
 pub struct ConsensusNode {
     pub id: NodeId,
     pub raft: Raft,
@@ -124,6 +128,7 @@ pub struct ConsensusNode {
     last_log: LastLog,
     /// What this node led with when it started, if it did: see [`Restored`].
     restored: Option<Restored>,
+    rotate: std::sync::OnceLock<RotateHook>,
 }
 
 /// A node that was leader when it stopped is leader again as soon as it starts, in the
@@ -230,7 +235,17 @@ impl ConsensusNode {
             tokio::spawn(run_elections(raft.clone(), net.clone(), id, times, guard_log, last_log.clone()));
         }
         let (batcher, waiting) = tokio::sync::mpsc::unbounded_channel();
-        let node = Arc::new(Self { id, raft, state, net, nodes: voters, batcher, last_log, restored });
+        let node = Arc::new(Self {
+            id,
+            raft,
+            state,
+            net,
+            nodes: voters,
+            batcher,
+            last_log,
+            restored,
+            rotate: std::sync::OnceLock::new(),
+        });
         tokio::spawn(batch_proposals(Arc::downgrade(&node), waiting));
         Ok(node)
     }
@@ -348,6 +363,27 @@ impl ConsensusNode {
                 None => (id, id.to_string(), String::new()),
             })
             .collect()
+    }
+
+    /// Sets what this hub does when another hub asks it to renew its certificate.
+    pub fn on_rotate(&self, hook: RotateHook) {
+        let _ = self.rotate.set(hook);
+    }
+
+    /// Asks the voting hub named `name` to renew its certificate now; its new expiry.
+    pub async fn rotate_hub(&self, name: &str) -> Result<i64> {
+        let (rid, _, _) = self
+            .hubs()
+            .into_iter()
+            .find(|(_, n, _)| n == name)
+            .ok_or_else(|| Error::Unreachable(format!("no voting hub named {name}")))?;
+        let node = self.member(rid).ok_or_else(|| Error::Unreachable(format!("hub {name} has no address")))?;
+        match self.net.call(rid, &node, &RaftRpc::RotateCert, Duration::from_secs(10)).await {
+            Ok(RaftReply::Rotated(Ok(not_after))) => Ok(not_after),
+            Ok(RaftReply::Rotated(Err(e))) => Err(Error::Tls(format!("hub {name}: {e}"))),
+            Ok(other) => Err(Error::Unreachable(format!("hub {name}: unexpected reply {other:?}"))),
+            Err(e) => Err(Error::Unreachable(format!("hub {name}: {e}"))),
+        }
     }
 
     /// Adds a hub as a voter or removes one, from any hub (the leader makes the change).
@@ -552,6 +588,10 @@ impl ConsensusNode {
                     RaftRpc::ReadIndex => RaftReply::ReadIndex(bounded(node.read_index_local()).await),
                     RaftRpc::Ping => RaftReply::Pong(*crate::sync::lock(&node.last_log)),
                     RaftRpc::Hubs(change) => RaftReply::Hubs(node.change_hubs_local(change).await),
+                    RaftRpc::RotateCert => RaftReply::Rotated(match node.rotate.get() {
+                        Some(renew) => renew(),
+                        None => Err("this node does not renew its certificate on request".into()),
+                    }),
                 };
                 if write_frame(&mut send, &reply).await.is_ok() {
                     let _ = send.finish();

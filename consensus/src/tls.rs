@@ -22,6 +22,9 @@ pub const ALPN_SPOKE: &[u8] = b"nave-spoke/1";
 /// A new machine joining with a token: the only protocol a client without a certificate
 /// may speak, on a hub's QUIC port.
 pub const ALPN_JOIN: &[u8] = b"nave-join/1";
+/// A node renewing its certificate with a hub, over a connection made with the
+/// certificate it has (so only a valid one can be renewed).
+pub const ALPN_RENEW: &[u8] = b"nave-renew/1";
 /// Every hub's certificate also names this, so a joining spoke (which knows the CA's
 /// fingerprint but not the hub's id) can check it reached a hub.
 pub const HUB_NAME: &str = "nave-hub";
@@ -146,24 +149,28 @@ impl ClusterCa {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// Signs a joining node's certificate request for node `name` (whatever names the
-    /// request asked for): the node keeps its private key, the hub never sees it.
-    pub fn sign_request(&self, csr_pem: &str, name: &str) -> Result<String> {
+    /// Signs a node's certificate request for node `name` (whatever names the request
+    /// asked for), valid for `lifetime`: the node keeps its private key, the hub never sees
+    /// it. Joining spokes get their first certificate this way, and renew it this way.
+    pub fn sign_request(&self, csr_pem: &str, name: &str, lifetime: Duration) -> Result<String> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| tls(format!("bad certificate request: {e}")))?;
-        csr.params = Self::node_params(&[name], -3600, NODE_VALIDITY)?;
+        csr.params = Self::node_params(&[name], -3600, lifetime)?;
         Ok(csr.signed_by(&self.issuer()?).map_err(tls)?.pem())
     }
 
-    /// Writes a node identity for `name` into `dir` unless one is there already.
-    pub fn ensure_node(&self, dir: &Path, name: &str) -> Result<NodeIdentity> {
-        self.ensure_node_named(dir, &[name])
+    /// Writes a node identity for `name`, valid for `lifetime`, into `dir` unless one is
+    /// there that needs no renewal (see [`Validity::needs_renewal`]).
+    pub fn ensure_node(&self, dir: &Path, name: &str, lifetime: Duration) -> Result<NodeIdentity> {
+        self.ensure_node_named(dir, &[name], lifetime)
     }
 
     /// A hub's identity: its id, and [`HUB_NAME`] for joining spokes. A hub certificate
-    /// made before hubs carried that name is issued again.
-    pub fn ensure_hub(&self, dir: &Path, name: &str) -> Result<NodeIdentity> {
+    /// made before hubs carried that name is issued again, as is one that expired or
+    /// expires soon: a hub holds the CA, so it renews its own.
+    pub fn ensure_hub(&self, dir: &Path, name: &str, lifetime: Duration) -> Result<NodeIdentity> {
         let paths = IdentityPaths::new(dir);
+        paths.finish_renewal()?;
         if let Ok(pem) = std::fs::read_to_string(&paths.cert) {
             let der = pem_certs(&pem)?.into_iter().next().ok_or_else(|| tls("empty node certificate"))?;
             if !names(&der)?.iter().any(|n| n == HUB_NAME) {
@@ -171,21 +178,49 @@ impl ClusterCa {
                 std::fs::remove_file(&paths.cert)?;
             }
         }
-        self.ensure_node_named(dir, &[name, HUB_NAME])
+        self.ensure_node_named(dir, &[name, HUB_NAME], lifetime)
     }
 
-    fn ensure_node_named(&self, dir: &Path, names: &[&str]) -> Result<NodeIdentity> {
+    fn ensure_node_named(&self, dir: &Path, names: &[&str], lifetime: Duration) -> Result<NodeIdentity> {
         let name = names[0];
         let paths = IdentityPaths::new(dir);
-        if !(paths.cert.exists() && paths.key.exists() && paths.ca.exists()) {
-            crate::files::private_dir(dir)?;
-            let (cert, key) = self.issue(names, -3600, NODE_VALIDITY)?;
-            write_private(&paths.key, &key)?;
-            write_public(&paths.cert, &cert)?;
-            write_public(&paths.ca, &self.cert_pem)?;
+        paths.finish_renewal()?;
+        if paths.cert.exists() && paths.key.exists() && paths.ca.exists() {
+            let identity = NodeIdentity::load(dir, name)?;
+            if !identity.validity().needs_renewal(unix_now(), lifetime) {
+                return Ok(identity);
+            }
+            tracing::info!(node = name, "the node's certificate expires soon or lasts too long: issuing a new one");
         }
+        crate::files::private_dir(dir)?;
+        let (cert, key) = self.issue(names, -3600, lifetime)?;
+        write_identity(dir, &self.cert_pem, &cert, &key)?;
         NodeIdentity::load(dir, name)
     }
+
+    /// Gives node `identity` (a hub, when `hub`) a fresh key and certificate valid for
+    /// `lifetime`, written into `dir` and presented from the next handshake on.
+    pub fn renew(&self, dir: &Path, identity: &NodeIdentity, hub: bool, lifetime: Duration) -> Result<Validity> {
+        let names: &[&str] = if hub { &[&identity.name, HUB_NAME] } else { &[&identity.name] };
+        let (cert, key) = self.issue(names, -3600, lifetime)?;
+        write_identity(dir, &self.cert_pem, &cert, &key)?;
+        identity.replace(&cert, &key)?;
+        Ok(identity.validity())
+    }
+}
+
+/// Writes a node's key and certificate (and the CA) into `dir` so that a crash at any
+/// point leaves the old pair or the new one, never a key with another key's certificate:
+/// both go to `.next` files first, then the key and the certificate are renamed over the
+/// old ones, and [`IdentityPaths::finish_renewal`] completes a renaming a crash cut short.
+fn write_identity(dir: &Path, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+    let paths = IdentityPaths::new(dir);
+    crate::files::private_dir(dir)?;
+    write_public(&paths.ca, ca_pem)?;
+    // Both synced before either is renamed (the certificate is public; 0600 does no harm).
+    write_private(&paths.next_key(), key_pem)?;
+    write_private(&paths.next_cert(), cert_pem)?;
+    paths.finish_renewal()
 }
 
 /// The DNS names a certificate carries.
@@ -196,8 +231,6 @@ fn names(der: &[u8]) -> Result<Vec<String>> {
     let names = san.iter().flat_map(|s| s.value.general_names.iter());
     Ok(names.filter_map(|n| if let GeneralName::DNSName(d) = n { Some(d.to_string()) } else { None }).collect())
 }
-
-const NODE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
 
 /// A new node's key and a certificate request for `name` (PEM both).
 pub fn new_request(name: &str) -> Result<(String, String)> {
@@ -212,12 +245,18 @@ pub fn new_request(name: &str) -> Result<(String, String)> {
 /// CA) into `dir`.
 pub fn save_identity(dir: &Path, name: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<NodeIdentity> {
     let identity = NodeIdentity::from_pem(name, ca_pem, cert_pem, key_pem)?;
-    let paths = IdentityPaths::new(dir);
-    crate::files::private_dir(dir)?;
-    write_private(&paths.key, key_pem)?;
-    write_public(&paths.ca, ca_pem)?;
-    write_public(&paths.cert, cert_pem)?;
+    write_identity(dir, ca_pem, cert_pem, key_pem)?;
     Ok(identity)
+}
+
+/// Writes a renewed certificate (and the key it was requested with) into `dir` and
+/// presents it from the next handshake on.
+pub fn save_renewal(dir: &Path, identity: &NodeIdentity, cert_pem: &str, key_pem: &str) -> Result<Validity> {
+    let ca_pem = std::fs::read_to_string(IdentityPaths::new(dir).ca)?;
+    NodeIdentity::from_pem(&identity.name, &ca_pem, cert_pem, key_pem)?;
+    write_identity(dir, &ca_pem, cert_pem, key_pem)?;
+    identity.replace(cert_pem, key_pem)?;
+    Ok(identity.validity())
 }
 
 /// sha256 of a PEM certificate's DER, hex.
@@ -239,43 +278,121 @@ impl IdentityPaths {
     fn new(dir: &Path) -> Self {
         Self { ca: dir.join("ca.pem"), cert: dir.join("node.pem"), key: dir.join("node.key") }
     }
+
+    fn next_key(&self) -> PathBuf {
+        self.key.with_extension("key.next")
+    }
+
+    fn next_cert(&self) -> PathBuf {
+        self.cert.with_extension("pem.next")
+    }
+
+    /// Completes a renewal: the key first, then the certificate. A `.next` key without
+    /// its certificate was cut short before the certificate was written: dropped.
+    fn finish_renewal(&self) -> Result<()> {
+        let (key, cert) = (self.next_key(), self.next_cert());
+        match (key.exists(), cert.exists()) {
+            (true, true) => {
+                std::fs::rename(&key, &self.key)?;
+                std::fs::rename(&cert, &self.cert)?;
+            }
+            (false, true) => std::fs::rename(&cert, &self.cert)?,
+            (true, false) => std::fs::remove_file(&key)?,
+            (false, false) => {}
+        }
+        Ok(())
+    }
 }
 
 fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     rustls_pemfile::certs(&mut pem.as_bytes()).collect::<std::result::Result<Vec<_>, _>>().map_err(tls)
 }
 
-/// A node's certificate, key and the cluster CA it trusts.
+/// A node's certificate, key and the cluster CA it trusts. Clones share the certificate:
+/// [`NodeIdentity::replace`] (a renewal) changes what every endpoint and client config
+/// made from it presents at its next handshake; established connections are unaffected.
 #[derive(Clone)]
 pub struct NodeIdentity {
     pub name: String,
     ca: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key_der: Vec<u8>,
+    current: Arc<std::sync::RwLock<Current>>,
+}
+
+/// What a node presents: as a client its certificate; as a server its certificate and the
+/// CA after it (a joining node pins the CA from that chain).
+struct Current {
+    client: Arc<rustls::sign::CertifiedKey>,
+    server: Arc<rustls::sign::CertifiedKey>,
+    validity: Validity,
+}
+
+/// A certificate's validity window, in seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// Whether a certificate valid in this window should be renewed at `now` for a
+    /// `lifetime`: once less than a third of the lifetime is left (a node that checks
+    /// hourly has many tries before it expires), or when it was issued for longer than the
+    /// lifetime (a certificate from before lifetimes were bounded).
+    pub fn needs_renewal(&self, now: i64, lifetime: Duration) -> bool {
+        let lifetime = lifetime.as_secs() as i64;
+        let left = self.not_after.saturating_sub(now);
+        left < lifetime / 3 || self.not_after.saturating_sub(self.not_before) > lifetime.saturating_add(2 * 3600)
+    }
+}
+
+/// The validity window of a DER certificate.
+pub fn validity(der: &[u8]) -> Result<Validity> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(tls)?;
+    let v = cert.validity();
+    Ok(Validity { not_before: v.not_before.timestamp(), not_after: v.not_after.timestamp() })
+}
+
+/// A Unix time in seconds as UTC (`2027-01-01 0:00:00.0 +00:00:00`).
+pub fn utc(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix).map(|t| t.to_string()).unwrap_or_else(|_| unix.to_string())
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    time_now().unix_timestamp()
 }
 
 impl NodeIdentity {
     pub fn load(dir: &Path, name: &str) -> Result<Self> {
         let paths = IdentityPaths::new(dir);
+        paths.finish_renewal()?;
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| tls(format!("{}: {e}", p.display())));
         Self::from_pem(name, &read(&paths.ca)?, &read(&paths.cert)?, &read(&paths.key)?)
     }
 
     pub fn from_pem(name: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self> {
         let ca = pem_certs(ca_pem)?.into_iter().next().ok_or_else(|| tls("no CA certificate"))?;
-        let chain = pem_certs(cert_pem)?;
-        if chain.is_empty() {
-            return Err(tls("no node certificate"));
-        }
-        let key = rustls_pemfile::pkcs8_private_keys(&mut key_pem.as_bytes())
-            .next()
-            .ok_or_else(|| tls("no private key"))?
-            .map_err(tls)?;
-        Ok(Self { name: name.into(), ca, chain, key_der: key.secret_pkcs8_der().to_vec() })
+        let current = Current::from_pem(&ca, cert_pem, key_pem)?;
+        Ok(Self { name: name.into(), ca, current: Arc::new(std::sync::RwLock::new(current)) })
     }
 
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    /// Presents `cert_pem` (with its key `key_pem`) from the next handshake on, in every
+    /// endpoint and client config made from this identity or its clones. The certificate
+    /// must be the same CA's and name this node.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let next = Current::from_pem(&self.ca, cert_pem, key_pem)?;
+        let leaf = next.client.cert.first().ok_or_else(|| tls("no node certificate"))?;
+        if !names(leaf)?.contains(&self.name) {
+            return Err(tls(format!("the new certificate does not name {}", self.name)));
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    /// The validity window of the certificate this node presents now.
+    pub fn validity(&self) -> Validity {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).validity
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore> {
@@ -297,19 +414,18 @@ impl NodeIdentity {
         let builder =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone());
         let verifier = if anonymous { builder.allow_unauthenticated() } else { builder }.build().map_err(tls)?;
-        // The CA travels after the node's certificate so that a joining node can pin it.
-        let mut chain = self.chain.clone();
-        chain.push(self.ca.clone());
+        let verifier = Arc::new(LoggedVerifier { inner: verifier });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, self.key())
-            .map_err(tls)?;
+            .with_cert_resolver(Arc::new(Presented { current: self.current.clone(), server: true }));
         cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
         let crypto = QuicServerConfig::try_from(cfg).map_err(tls)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport());
+        // Where strangers get through the handshake, every connection starts with a
+        // stranger's limits; [`accept`] gives a peer that showed a certificate the full ones.
+        server.transport_config(if anonymous { anonymous_transport() } else { transport() });
         Ok(server)
     }
 
@@ -320,13 +436,150 @@ impl NodeIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.key())
-            .map_err(tls)?;
+            .with_client_cert_resolver(Arc::new(Presented { current: self.current.clone(), server: false }));
         cfg.alpn_protocols = vec![alpn.to_vec()];
         let crypto = QuicClientConfig::try_from(cfg).map_err(tls)?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(transport());
         Ok(client)
+    }
+}
+
+impl Current {
+    fn from_pem(ca: &CertificateDer<'static>, cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let chain = pem_certs(cert_pem)?;
+        let leaf = chain.first().ok_or_else(|| tls("no node certificate"))?;
+        let validity = validity(leaf)?;
+        let key = rustls_pemfile::pkcs8_private_keys(&mut key_pem.as_bytes())
+            .next()
+            .ok_or_else(|| tls("no private key"))?
+            .map_err(tls)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.secret_pkcs8_der().to_vec()));
+        let provider = rustls::crypto::ring::default_provider();
+        let client = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+            .map_err(|e| tls(format!("the node's key and certificate do not belong together: {e}")))?;
+        // The CA travels after the node's certificate so that a joining node can pin it.
+        let mut server = client.clone();
+        server.cert.push(ca.clone());
+        Ok(Self { client: Arc::new(client), server: Arc::new(server), validity })
+    }
+}
+
+/// The certificate a node presents now (see [`NodeIdentity::replace`]).
+#[derive(Debug)]
+struct Presented {
+    current: Arc<std::sync::RwLock<Current>>,
+    server: bool,
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current").field("validity", &self.validity).finish()
+    }
+}
+
+impl Presented {
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        if self.server {
+            current.server.clone()
+        } else {
+            current.client.clone()
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Presented {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Presented {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Checks client certificates as rustls does, and says in the log why one was refused:
+/// whose it was and, for an expired one, since when (a refused handshake is otherwise
+/// only a TLS alert on the other side).
+#[derive(Debug)]
+struct LoggedVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+/// Why a node's certificate `der` was refused by `err`, for the log.
+pub fn refusal(der: &[u8], err: &rustls::Error) -> String {
+    let name = names(der).ok().and_then(|n| n.into_iter().next()).unwrap_or_else(|| "an unnamed node".into());
+    let expired = matches!(
+        err,
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. }
+        )
+    );
+    if expired {
+        let when = validity(der).map(|v| utc(v.not_after)).unwrap_or_else(|_| "an unknown time".into());
+        format!(
+            "refused the certificate of {name}: it expired at {when} (a hub renews its own at start; a spoke must join again with a token)"
+        )
+    } else {
+        format!("refused the certificate of {name}: {err}")
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for LoggedVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| tracing::warn!("{}", refusal(end_entity.as_ref(), e)))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -336,8 +589,46 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(3_000))));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(NODE_BIDI_STREAMS));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(NODE_UNI_STREAMS));
     Arc::new(t)
+}
+
+/// Streams a peer may have open at once on a connection: the full figure for nodes, and
+/// what a connection without a certificate (a joining machine, or a stranger) gets: a join
+/// is one stream, so 4 leave room for a retry and none for hoarding; no unidirectional
+/// streams at all.
+const NODE_BIDI_STREAMS: u32 = 1024;
+const NODE_UNI_STREAMS: u32 = 100;
+pub const ANONYMOUS_BIDI_STREAMS: u32 = 4;
+/// Bytes a connection without a certificate may have in flight towards this node over all
+/// its streams (quinn's default is unlimited): twice the largest join request, so a join
+/// needs no extra round trip, and a stranger's connection pins at most this much memory.
+pub const ANONYMOUS_RECEIVE_WINDOW: u32 = 128 << 10;
+
+/// A stranger's limits: few streams, a small receive window; the same keep-alive and 3 s
+/// idle timeout (and the join path's own deadlines on top, see the hub's `join`).
+fn anonymous_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(3_000))));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(ANONYMOUS_BIDI_STREAMS));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.receive_window(quinn::VarInt::from_u32(ANONYMOUS_RECEIVE_WINDOW));
+    Arc::new(t)
+}
+
+/// Completes an incoming connection's handshake. On a port that lets strangers through
+/// ([`hub_endpoint`]), a peer that showed a certificate (one of the cluster CA's: rustls
+/// checked it) is then given a node's limits; one without keeps a stranger's.
+pub async fn accept(incoming: quinn::Incoming) -> std::result::Result<quinn::Connection, quinn::ConnectionError> {
+    let conn = incoming.await?;
+    if has_certificate(&conn) {
+        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(NODE_BIDI_STREAMS));
+        conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(NODE_UNI_STREAMS));
+        conn.set_receive_window(quinn::VarInt::MAX);
+    }
+    Ok(conn)
 }
 
 /// A QUIC endpoint bound to `addr` serving `alpns`, able to dial out as this node.
@@ -392,7 +683,8 @@ pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
 /// signed by that CA and names [`HUB_NAME`].
 pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedCa { fingerprint: ca_fingerprint.to_ascii_lowercase(), provider: provider.clone() });
+    let pin = Pin::CaFingerprint(ca_fingerprint.to_ascii_lowercase());
+    let verifier = Arc::new(Pinned { what: pin, provider: provider.clone() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
@@ -406,14 +698,24 @@ pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig> {
     Ok(client)
 }
 
-/// Trusts the one CA certificate, among those the server sent, with the pinned digest.
+/// A server certificate check for clients that trust one thing they were given rather
+/// than a root store: a join token's CA, or a hub's own HTTPS certificate.
 #[derive(Debug)]
-struct PinnedCa {
-    fingerprint: String,
+struct Pinned {
+    what: Pin,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+#[derive(Debug)]
+enum Pin {
+    /// The one CA certificate, among those the server sent, with this sha256 (hex): the
+    /// server's certificate must be signed by it.
+    CaFingerprint(String),
+    /// Exactly this end-entity certificate, byte for byte, whatever names it carries.
+    Leaf(CertificateDer<'static>),
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -422,16 +724,25 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
-            .ok_or_else(|| rustls::Error::General("the server's CA is not the one the join token names".into()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+        match &self.what {
+            Pin::Leaf(leaf) if end_entity.as_ref() == leaf.as_ref() => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Pin::Leaf(_) => Err(rustls::Error::General("the hub serves another certificate than its tls_cert".into())),
+            Pin::CaFingerprint(fingerprint) => {
+                let ca =
+                    intermediates.iter().find(|c| hex::encode(Sha256::digest(c.as_ref())) == *fingerprint).ok_or_else(
+                        || rustls::Error::General("the server's CA is not the one the join token names".into()),
+                    )?;
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.clone().into_owned())?;
+                let inner =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                        .build()
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -461,4 +772,60 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
 pub fn client_endpoint() -> Result<quinn::Endpoint> {
     let addr: std::net::SocketAddr = ([0, 0, 0, 0], 0).into();
     quinn::Endpoint::client(addr).map_err(Error::Io)
+}
+
+/// The rustls server configuration of a hub's HTTPS API, from a PEM certificate chain and
+/// its PEM private key (PKCS#8, PKCS#1 or SEC1). Every way these can be wrong is an error
+/// that names the file and what is wrong with it: unreadable, no certificate in it, no key
+/// in it, or a key that is not the certificate's.
+pub fn https_config(cert_path: &Path, key_path: &Path) -> Result<rustls::ServerConfig> {
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p).map_err(|e| tls(format!("cannot read the {what} {}: {e}", p.display())))
+    };
+    let (cert_pem, key_pem) = (read(cert_path, "TLS certificate")?, read(key_path, "TLS private key")?);
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls(format!("{} is not a PEM certificate file: {e}", cert_path.display())))?;
+    if chain.is_empty() {
+        return Err(tls(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert_path.display())));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| tls(format!("{} is not a PEM private key file: {e}", key_path.display())))?
+        .ok_or_else(|| tls(format!("{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => "the key is not the certificate's key".to_string(),
+            other => other.to_string(),
+        };
+        tls(format!("{} with {}: {why}", cert_path.display(), key_path.display()))
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A client of a hub's HTTPS API that trusts exactly the certificate in `cert_path` (the
+/// file the hub serves), whatever names it carries: for `nave up`, which starts the hub
+/// from the same config and reaches it on the configured address, whether or not the
+/// certificate names that address.
+pub fn pinned_https_client(cert_path: &Path) -> Result<rustls::ClientConfig> {
+    let pem = std::fs::read(cert_path)
+        .map_err(|e| tls(format!("cannot read the TLS certificate {}: {e}", cert_path.display())))?;
+    let leaf = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .ok_or_else(|| tls(format!("{} holds no PEM certificate", cert_path.display())))?
+        .map_err(tls)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned { what: Pin::Leaf(leaf), provider: provider.clone() });
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }

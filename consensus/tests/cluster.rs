@@ -35,7 +35,7 @@ async fn start_as(
     addr: std::net::SocketAddr,
     role: Role,
 ) -> Hub {
-    let identity = ca.ensure_hub(&dir.join(name), name).expect("identity");
+    let identity = ca.ensure_hub(&dir.join(name), name, std::time::Duration::from_secs(30 * 86400)).expect("identity");
     // A restarted node reuses its port; the stopped endpoint may hold it for a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let endpoint = loop {
@@ -274,7 +274,8 @@ async fn a_lagging_hub_and_a_new_learner_catch_up_from_a_snapshot() {
 
     // A learner added now (a spoke's replica): it catches up the same way and never votes.
     let name = "s-learner";
-    let identity = ca.ensure_node(&dir.path().join(name), name).expect("identity");
+    let identity =
+        ca.ensure_node(&dir.path().join(name), name, std::time::Duration::from_secs(30 * 86400)).expect("identity");
     let endpoint = tls::endpoint(&identity, free_udp(), &[tls::ALPN_RAFT]).expect("endpoint");
     let lid = nave_consensus::node::learner_id(name);
     let learner =

@@ -584,7 +584,16 @@ fn check(records: &[Record], finals: &BTreeMap<u64, Vec<(usize, u64)>>) -> Resul
 fn identities() -> Vec<NodeIdentity> {
     let ca = ClusterCa::generate("nave-sim", Duration::from_secs(86_400)).expect("CA");
     let dir = tempfile::tempdir().expect("temp dir");
-    (1..=HUBS).map(|id| ca.ensure_hub(&dir.path().join(id.to_string()), &format!("h{id}")).expect("identity")).collect()
+    (1..=HUBS)
+        .map(|id| {
+            ca.ensure_hub(
+                &dir.path().join(id.to_string()),
+                &format!("h{id}"),
+                std::time::Duration::from_secs(30 * 86400),
+            )
+            .expect("identity")
+        })
+        .collect()
 }
 
 /// Log lines stamped with the simulated time and the host.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use nave_consensus::tls::{self, ClusterCa, NodeIdentity, ALPN_JOIN, ALPN_RAFT, ALPN_SPOKE, HUB_NAME};
 
+const MONTH: Duration = Duration::from_secs(30 * 86400);
+
 fn identity(ca: &ClusterCa, name: &str, start_offset: i64, validity: Duration) -> NodeIdentity {
     let (cert, key) = ca.issue_with(name, start_offset, validity).expect("issue");
     NodeIdentity::from_pem(name, ca.cert_pem(), &cert, &key).expect("identity")
@@ -12,8 +14,12 @@ fn identity(ca: &ClusterCa, name: &str, start_offset: i64, validity: Duration) -
 
 /// A server for node "h1" that answers one byte on each stream it accepts.
 fn server(ca: &ClusterCa) -> (quinn::Endpoint, std::net::SocketAddr) {
-    let id = identity(ca, "h1", -60, Duration::from_secs(3600));
-    let ep = tls::endpoint(&id, "127.0.0.1:0".parse().expect("addr"), &[ALPN_RAFT]).expect("endpoint");
+    serve_as(&identity(ca, "h1", -60, Duration::from_secs(3600)), ALPN_RAFT)
+}
+
+/// A server presenting `id` on protocol `alpn` that answers one byte on each stream.
+fn serve_as(id: &NodeIdentity, alpn: &[u8]) -> (quinn::Endpoint, std::net::SocketAddr) {
+    let ep = tls::endpoint(id, "127.0.0.1:0".parse().expect("addr"), &[alpn]).expect("endpoint");
     let addr = ep.local_addr().expect("addr");
     let e = ep.clone();
     tokio::spawn(async move {
@@ -101,8 +107,8 @@ async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
     let dir = tempfile::tempdir().expect("dir");
     let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
     // A hub certificate from before hubs were named for joiners is issued again.
-    ca.ensure_node(&dir.path().join("h1"), "h1").expect("old identity");
-    let hub = ca.ensure_hub(&dir.path().join("h1"), "h1").expect("hub identity");
+    ca.ensure_node(&dir.path().join("h1"), "h1", MONTH).expect("old identity");
+    let hub = ca.ensure_hub(&dir.path().join("h1"), "h1", MONTH).expect("hub identity");
     let ep = tls::hub_endpoint(&hub, "127.0.0.1:0".parse().expect("addr"), &[ALPN_RAFT, ALPN_JOIN]).expect("endpoint");
     let addr = ep.local_addr().expect("addr");
     let e = ep.clone();
@@ -145,13 +151,13 @@ async fn anonymous_clients_may_only_join_and_joiners_pin_the_ca() {
 
     // A certificate signed from a request names exactly the node the hub chose.
     let (csr, key) = tls::new_request("asked-for").expect("request");
-    let cert = ca.sign_request(&csr, "s3").expect("signed");
+    let cert = ca.sign_request(&csr, "s3", MONTH).expect("signed");
     let joined = NodeIdentity::from_pem("s3", ca.cert_pem(), &cert, &key).expect("identity");
     assert!(
         talks(joined.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await,
         "the signed certificate is the cluster's"
     );
-    assert!(ca.sign_request("garbage", "s3").is_err());
+    assert!(ca.sign_request("garbage", "s3", MONTH).is_err());
 }
 
 /// Nodes that start together on one data directory end up with one CA.
@@ -167,4 +173,206 @@ fn nodes_starting_together_agree_on_one_ca() {
     });
     assert!(prints.iter().all(|p| *p == prints[0]), "{prints:?}");
     assert_eq!(ClusterCa::load_or_create(&ca_dir).expect("ca").fingerprint().expect("fp"), prints[0]);
+}
+
+/// On a hub's port, a connection without a certificate keeps a stranger's limits (4
+/// streams at once, no unidirectional ones, a small receive window); one with a cluster
+/// certificate is given a node's (1,024 streams) once its handshake completes.
+#[tokio::test]
+async fn strangers_get_few_streams_and_nodes_many() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let hub = ca.ensure_hub(&dir.path().join("h1"), "h1", MONTH).expect("hub identity");
+    let ep = tls::hub_endpoint(&hub, "127.0.0.1:0".parse().expect("addr"), &[ALPN_RAFT, ALPN_JOIN]).expect("endpoint");
+    let addr = ep.local_addr().expect("addr");
+    let e = ep.clone();
+    // Accepts connections and never their streams: every stream a client opens stays open.
+    tokio::spawn(async move {
+        while let Some(inc) = e.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = tls::accept(inc).await {
+                    conn.closed().await;
+                }
+            });
+        }
+    });
+    /// How many streams a client gets open (each with a byte sent), up to `want`, giving
+    /// each open 1 s.
+    async fn open_streams(config: quinn::ClientConfig, addr: std::net::SocketAddr, name: &str, want: u32) -> u32 {
+        let ep = tls::client_endpoint().expect("client endpoint");
+        let conn = ep.connect_with(config, addr, name).expect("connect").await.expect("handshake");
+        let mut streams = Vec::new();
+        for _ in 0..want {
+            match tokio::time::timeout(Duration::from_secs(1), conn.open_bi()).await {
+                Ok(Ok((mut send, recv))) => {
+                    send.write_all(b"x").await.expect("write");
+                    streams.push((send, recv));
+                }
+                _ => break,
+            }
+        }
+        let uni = tokio::time::timeout(Duration::from_millis(300), conn.open_uni()).await;
+        assert!(uni.is_err(), "a stranger gets no unidirectional stream");
+        streams.len() as u32
+    }
+    let fingerprint = ca.fingerprint().expect("fingerprint");
+    let stranger = open_streams(tls::join_client_config(&fingerprint).expect("cfg"), addr, HUB_NAME, 10).await;
+    assert_eq!(stranger, tls::ANONYMOUS_BIDI_STREAMS, "a connection without a certificate");
+
+    let node = identity(&ca, "h2", -60, Duration::from_secs(3600));
+    let ep2 = tls::client_endpoint().expect("client endpoint");
+    let conn = ep2
+        .connect_with(node.client_config(ALPN_RAFT).expect("cfg"), addr, "h1")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let mut streams = Vec::new();
+    for i in 0..100 {
+        let opened = tokio::time::timeout(Duration::from_secs(5), conn.open_bi()).await;
+        let (mut send, recv) = opened.unwrap_or_else(|_| panic!("stream {i} of a node")).expect("stream");
+        send.write_all(b"x").await.expect("write");
+        streams.push((send, recv));
+    }
+    assert_eq!(streams.len(), 100, "a node's connection is not held to a stranger's limits");
+}
+
+/// The certificate a server presented on `conn` (DER).
+fn presented(conn: &quinn::Connection) -> Vec<u8> {
+    conn.peer_identity()
+        .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|c| c.first().map(|c| c.to_vec()))
+        .expect("a certificate")
+}
+
+/// A renewed certificate is presented from the next handshake on, by the server and by
+/// the client made from the same identity, and peers accept it; the files hold it too.
+#[tokio::test]
+async fn a_renewed_certificate_is_presented_and_accepted() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let node_dir = dir.path().join("s1");
+    let s1 = ca.ensure_node(&node_dir, "s1", MONTH).expect("identity");
+    let before = s1.validity();
+    assert!(before.not_after - before.not_before <= MONTH.as_secs() as i64 + 3600, "{before:?}");
+    let (_ep, addr) = serve_as(&s1, ALPN_SPOKE);
+    let hub = ca.ensure_hub(&dir.path().join("h1"), "h1", MONTH).expect("hub");
+    let client = tls::client_endpoint().expect("client");
+    let dial = |cfg: quinn::ClientConfig| {
+        let client = client.clone();
+        async move { client.connect_with(cfg, addr, "s1").expect("connect").await.expect("handshake") }
+    };
+    let old_conn = dial(hub.client_config(ALPN_SPOKE).expect("cfg")).await;
+    let old_cert = presented(&old_conn);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later not_before
+    let after = ca.renew(&node_dir, &s1, false, MONTH).expect("renew");
+    assert!(after.not_before > before.not_before, "{before:?} -> {after:?}");
+    let new_conn = dial(hub.client_config(ALPN_SPOKE).expect("cfg")).await;
+    let new_cert = presented(&new_conn);
+    assert_ne!(old_cert, new_cert, "the server presents the renewed certificate");
+    assert_eq!(tls::validity(&new_cert).expect("validity"), after);
+    assert!(talks(hub.client_config(ALPN_SPOKE).expect("cfg"), addr, "s1").await, "peers accept it");
+    // The connection made before the renewal goes on.
+    let (mut send, mut recv) = old_conn.open_bi().await.expect("old connection still open");
+    send.write_all(b"x").await.expect("write");
+    let mut b = [0u8; 1];
+    recv.read_exact(&mut b).await.expect("old connection answers");
+    // On disk too: the node starts again with it.
+    let reloaded = NodeIdentity::load(&node_dir, "s1").expect("reload");
+    assert_eq!(reloaded.validity(), after);
+
+    // As a client: the renewed identity's client config presents the new certificate to a
+    // hub, which accepts it.
+    let (_server, hub_addr) = server(&ca);
+    assert!(talks(s1.client_config(ALPN_RAFT).expect("cfg"), hub_addr, "h1").await);
+
+    // A certificate for another node is never taken as this node's.
+    let (other, other_key) = ca.issue_with("s2", -60, MONTH).expect("issue");
+    assert!(s1.replace(&other, &other_key).is_err());
+}
+
+/// A renewal cut short by a crash leaves the old pair or the new one, never a key with
+/// another key's certificate.
+#[test]
+fn a_renewal_cut_short_leaves_a_matching_pair() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let node_dir = dir.path().join("s1");
+    let s1 = ca.ensure_node(&node_dir, "s1", MONTH).expect("identity");
+    let old = s1.validity();
+    let (cert, key) = ca.issue_with("s1", -60, MONTH).expect("issue");
+    let new = tls::validity(&rustls_pemfile::certs(&mut cert.as_bytes()).next().expect("cert").expect("der"))
+        .expect("validity");
+    // The key renamed into place, the certificate still waiting: loading finishes it.
+    std::fs::write(node_dir.join("node.key"), &key).expect("key");
+    std::fs::write(node_dir.join("node.pem.next"), &cert).expect("next cert");
+    assert_eq!(NodeIdentity::load(&node_dir, "s1").expect("loads").validity(), new);
+    // A new key written, its certificate not yet: the old pair stays.
+    let (_, key2) = ca.issue_with("s1", -60, MONTH).expect("issue");
+    std::fs::write(node_dir.join("node.key.next"), &key2).expect("next key");
+    assert_eq!(NodeIdentity::load(&node_dir, "s1").expect("loads").validity(), new);
+    assert!(!node_dir.join("node.key.next").exists());
+    assert_ne!(old, new);
+}
+
+#[test]
+fn certificates_are_renewed_when_a_third_of_their_lifetime_is_left() {
+    let day = 86_400;
+    let v = tls::Validity { not_before: 0, not_after: 30 * day };
+    assert!(!v.needs_renewal(day, MONTH), "fresh");
+    assert!(!v.needs_renewal(19 * day, MONTH), "11 days left");
+    assert!(v.needs_renewal(21 * day, MONTH), "9 days left");
+    assert!(v.needs_renewal(31 * day, MONTH), "expired");
+    let old = tls::Validity { not_before: 0, not_after: 5 * 365 * day };
+    assert!(old.needs_renewal(day, MONTH), "issued for longer than the lifetime");
+}
+
+/// A node whose certificate expired is refused at the handshake, and the refusing node's
+/// log says whose certificate it was and that it expired.
+#[test]
+fn an_expired_certificate_is_refused_with_a_clear_log_line() {
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // One thread: the handshake's tasks log into this thread's subscriber.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+        let (_server, addr) = server(&ca);
+        let expired = identity(&ca, "s7", -7200, Duration::from_secs(3600));
+        assert!(!talks(expired.client_config(ALPN_RAFT).expect("cfg"), addr, "h1").await, "expired certificate");
+    });
+    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).to_string();
+    assert!(text.contains("refused the certificate of s7: it expired at"), "{text}");
+}
+
+/// A hub that starts with an expired certificate (or one about to expire) issues itself a
+/// new one from the CA it holds.
+#[test]
+fn a_hub_renews_an_expired_certificate_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ClusterCa::load_or_create(&dir.path().join("ca")).expect("ca");
+    let h1 = dir.path().join("h1");
+    // Issued an hour ago for one second: expired.
+    let expired = ca.ensure_hub(&h1, "h1", Duration::from_secs(1)).expect("expired identity");
+    assert!(expired.validity().not_after < tls::unix_now());
+    let again = ca.ensure_hub(&h1, "h1", MONTH).expect("renewed at start");
+    let v = again.validity();
+    assert!(v.not_after > tls::unix_now() + 29 * 86_400, "{v:?}");
+    assert_eq!(NodeIdentity::load(&h1, "h1").expect("on disk").validity(), v);
+    // One with most of its lifetime left is kept.
+    assert_eq!(ca.ensure_hub(&h1, "h1", MONTH).expect("kept").validity(), v);
 }

@@ -31,6 +31,8 @@ pub struct Hub {
     pub consensus: Arc<ConsensusNode>,
     /// Signs the certificates of joining spokes.
     pub ca: ClusterCa,
+    /// The certificate this hub presents (renewed in place, see [`crate::certs`]).
+    pub identity: nave_consensus::tls::NodeIdentity,
 }
 
 impl Hub {

@@ -57,13 +57,36 @@ impl FailedJoins {
     }
 }
 
+/// Joining connections served at once (each holds a stream, a consensus read and write
+/// for a moment); a connection beyond them is closed at once, and a real machine retries.
+const JOINING_AT_ONCE: usize = 32;
+/// A joining connection is closed after this, whatever it is doing: a stranger cannot
+/// keep one open with keep-alives.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+
+fn joining() -> &'static tokio::sync::Semaphore {
+    static JOINING: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    JOINING.get_or_init(|| tokio::sync::Semaphore::new(JOINING_AT_ONCE))
+}
+
 fn failed_joins() -> &'static Mutex<FailedJoins> {
     static FAILED: OnceLock<Mutex<FailedJoins>> = OnceLock::new();
     FAILED.get_or_init(Default::default)
 }
 
-/// Serves one joining connection: one stream, one request, one answer.
+/// Serves one joining connection: one stream, one request, one answer, within
+/// [`JOIN_DEADLINE`], at most [`JOINING_AT_ONCE`] at a time.
 pub async fn serve(hub: Arc<Hub>, conn: quinn::Connection) {
+    let Ok(_permit) = joining().try_acquire() else {
+        hub.metrics.refusal("join");
+        return conn.close(6u32.into(), b"too many joins at once; retry in a few seconds");
+    };
+    if tokio::time::timeout(JOIN_DEADLINE, serve_join(&hub, &conn)).await.is_err() {
+        conn.close(7u32.into(), b"the join took too long");
+    }
+}
+
+async fn serve_join(hub: &Arc<Hub>, conn: &quinn::Connection) {
     let peer = conn.remote_address();
     let refused = nave_consensus::sync::lock(failed_joins()).refused(peer.ip(), Instant::now());
     if let Some(wait) = refused {
@@ -81,7 +104,7 @@ pub async fn serve(hub: Arc<Hub>, conn: quinn::Connection) {
     )
     .await
     {
-        Ok(Ok(Some(request))) => answer(&hub, request).await,
+        Ok(Ok(Some(request))) => answer(hub, request).await,
         Ok(Ok(None)) => JoinReply::Refused("empty join request".into()),
         Ok(Err(e)) => JoinReply::Refused(format!("malformed join request: {e}")),
         Err(_) => JoinReply::Refused("the join request did not arrive within 10 s".into()),
@@ -124,7 +147,7 @@ async fn answer(hub: &Hub, request: JoinRequest) -> JoinReply {
         Err(e) => return JoinReply::Refused(format!("the cluster state is not available ({e}); try again shortly")),
     }
     // Signing next: a request that cannot be signed must not spend the token.
-    let cert_pem = match hub.ca.sign_request(&request.csr_pem, &spoke.id) {
+    let cert_pem = match hub.ca.sign_request(&request.csr_pem, &spoke.id, hub.config.cluster.cert_lifetime()) {
         Ok(c) => c,
         Err(e) => return JoinReply::Refused(e.to_string()),
     };

@@ -14,7 +14,9 @@
 //! - [`auth`]: who is calling (the bearer key); [`admission`]: the Raft write that checks
 //!   a key's limits and reserves its tokens, and the settlement when the request ends.
 //! - [`admin`]: the admin API (keys, tokens, spokes, hubs, status); [`train`]: fine-tuning
-//!   jobs; [`join`]: spokes joining with a token (`nave-join/1` on the QUIC port).
+//!   jobs; [`join`]: spokes joining with a token (`nave-join/1` on the QUIC port);
+//!   [`certs`]: node certificates renewed before they expire (`nave-renew/1`) and rotated
+//!   on request.
 //! - [`route`]: sending a request to a spoke, retrying before the first token.
 //! - [`policy`]: routing policies behind one trait (least-loaded, session affinity,
 //!   cost-aware); [`circuit`]: the per-spoke circuit breaker (pure).
@@ -34,6 +36,7 @@ pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod circuit;
 pub mod error;
 pub mod hub;

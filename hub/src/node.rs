@@ -19,13 +19,16 @@ use tokio::sync::Semaphore;
 use crate::spokes::SpokeSet;
 use crate::{auth, join, metrics, raft_id, serve, Hub};
 
-/// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`, certificate required)
-/// and joining spokes (`nave-join/1`, the only protocol open without one).
+/// Serves the hub's QUIC port: Raft peers (ALPN `nave-raft/1`, certificate required),
+/// spokes renewing their certificates (`nave-renew/1`, certificate required) and joining
+/// spokes (`nave-join/1`, the only protocol open without one).
 async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
     while let Some(incoming) = endpoint.accept().await {
         let hub = hub.clone();
         tokio::spawn(async move {
-            let conn = match incoming.await {
+            // A peer with a certificate gets a node's stream limits; a stranger keeps the
+            // small ones it started with.
+            let conn = match tls::accept(incoming).await {
                 Ok(c) => c,
                 Err(e) => return tracing::debug!(error = %e, "peer handshake refused"),
             };
@@ -33,6 +36,8 @@ async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
                 // Refuses peers without a hub's certificate.
                 Some(tls::ALPN_RAFT) => hub.consensus.clone().serve_connection(conn).await,
                 Some(tls::ALPN_JOIN) => join::serve(hub, conn).await,
+                // Refuses peers without a certificate.
+                Some(tls::ALPN_RENEW) => crate::certs::serve_renewal(hub, conn).await,
                 _ => conn.close(1u32.into(), b"unsupported protocol"),
             }
         });
@@ -108,12 +113,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let spec = config.hub(&id)?.clone();
+    // HTTPS first: a certificate that cannot serve stops the hub before it joins anything.
+    let https = match (&spec.tls_cert, &spec.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::https_config(cert, key).with_context(|| format!("hub {id}: tls_cert / tls_key in the config"))?,
+        )),
+        _ => None,
+    };
     let dir = config.node_dir(&id);
     nave_consensus::files::private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
-    let identity = ca.ensure_hub(&dir, &id)?;
+    let identity = ca.ensure_hub(&dir, &id, config.cluster.cert_lifetime())?;
     let admin = auth::ensure_admin_key(&config.cluster.data_dir)?;
-    let endpoint = tls::hub_endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_JOIN])?;
+    let endpoint = tls::hub_endpoint(&identity, spec.quic, &[tls::ALPN_RAFT, tls::ALPN_JOIN, tls::ALPN_RENEW])?;
     let role = if spec.join {
         Role::Added
     } else {
@@ -143,13 +155,22 @@ pub async fn run(
         config: config.clone(),
         consensus: consensus.clone(),
         ca,
+        identity: identity.clone(),
     });
+    // Another hub may ask this one to renew its certificate (`nave admin cert rotate`).
+    let weak = Arc::downgrade(&hub);
+    consensus.on_rotate(Arc::new(move || {
+        let hub = weak.upgrade().ok_or_else(|| "the hub is stopping".to_string())?;
+        crate::certs::renew_own(&hub).map(|v| v.not_after).map_err(|e| format!("{e:#}"))
+    }));
     tokio::spawn(accept_peers(endpoint.clone(), hub.clone()));
     tokio::spawn(follow_registry(hub.clone()));
     tokio::spawn(keep_learners(hub.clone()));
+    tokio::spawn(crate::certs::keep_renewed(hub.clone()));
     let listener =
         tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
-    tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");
+    let scheme = if https.is_some() { "https" } else { "http" };
+    tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, scheme, "hub serving");
     let flag = hub.clone();
     let graceful = async move {
         shutdown.await;
@@ -158,7 +179,7 @@ pub async fn run(
     };
     let header_timeout = Duration::from_millis(c.header_timeout_ms);
     let drain = Duration::from_millis(c.request_timeout_ms);
-    serve::serve(listener, crate::api::router(hub), header_timeout, drain, graceful).await;
+    serve::serve(listener, crate::api::router(hub), header_timeout, drain, https, graceful).await;
     consensus.shutdown().await;
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -174,9 +174,9 @@ async fn attempt(hub: &Hub, id: &str, model: &str, request: &GenerateRequest, de
                 deadline,
                 _counted: counted,
             }),
-            Ok(Some(SpokeToHub::Accepted | SpokeToHub::Heartbeat(_) | SpokeToHub::Jobs(_))) => {
-                Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true }
-            }
+            Ok(Some(
+                SpokeToHub::Accepted | SpokeToHub::Heartbeat(_) | SpokeToHub::Jobs(_) | SpokeToHub::Renewed { .. },
+            )) => Attempt::Retry { message: format!("spoke {id} answered out of turn"), count: true },
         };
     }
 }

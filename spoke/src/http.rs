@@ -38,7 +38,7 @@ pub async fn serve(listener: tokio::net::TcpListener, spoke: Arc<Spoke>) {
         .route("/cluster", get(cluster))
         .with_state(spoke);
     let timeout = std::time::Duration::from_secs(10);
-    crate::serve::serve(listener, app, timeout, timeout, std::future::pending()).await;
+    crate::serve::serve(listener, app, timeout, timeout, None, std::future::pending()).await;
 }
 
 /// `GET /cluster`: what this spoke's replica knows of the cluster, from its own copy of

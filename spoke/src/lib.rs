@@ -9,11 +9,13 @@
 //! - [`http`]: `/health` and `/metrics` on the spoke's HTTP port.
 //! - [`train`]: fine-tuning jobs in the training partition, behind serving.
 //! - [`join`]: joining a running cluster with a token, and starting again from it.
+//! - [`certs`]: renewing the spoke's certificate through a hub before it expires.
 //!
 //! A request arrives as a `Generate` frame on a new stream, is submitted to the engine of
 //! its model, and every engine event goes back as a frame until `Done` or `Error`; a hub
 //! that stops the stream cancels the sequence.
 
+pub mod certs;
 pub mod http;
 pub mod join;
 pub mod protocol;

@@ -29,6 +29,9 @@ pub enum HubToSpoke {
     Jobs,
     /// Cancel the job of this name; answered with `Jobs`.
     CancelJob(String),
+    /// Renew your certificate now (`nave admin cert rotate`), through any hub; answered
+    /// with `Renewed` or `Refused`.
+    RotateCert,
 }
 
 /// A fine-tuning job as submitted.
@@ -80,6 +83,10 @@ pub enum SpokeToHub {
         retryable: bool,
     },
     Jobs(Vec<JobStatus>),
+    /// The spoke presents a new certificate, valid until this time (Unix seconds).
+    Renewed {
+        not_after: i64,
+    },
 }
 
 /// A spoke's load and health, sent to every hub that subscribes.
@@ -141,6 +148,20 @@ pub struct JoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum JoinReply {
     Accepted { cert_pem: String, ca_pem: String, heartbeat_interval_ms: u64 },
+    Refused(String),
+}
+
+/// The one frame a node sends on `nave-renew/1`, over a connection made with its current
+/// (valid) certificate: a request for a fresh certificate for the same name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A certificate request; the new key stays on the node.
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RenewReply {
+    Renewed { cert_pem: String },
     Refused(String),
 }
 

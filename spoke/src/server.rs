@@ -30,6 +30,11 @@ pub struct Spoke {
     pub draining: AtomicBool,
     /// The spoke's read-only replica of the cluster state (a Raft learner).
     pub replica: Arc<nave_consensus::node::ConsensusNode>,
+    /// The certificate it presents (renewed in place, see [`crate::certs`]), where it
+    /// keeps it, and the endpoint it dials hubs from.
+    pub identity: NodeIdentity,
+    pub node_dir: std::path::PathBuf,
+    pub endpoint: quinn::Endpoint,
     heartbeat_every: Duration,
     rate: Mutex<RateWindow>,
 }
@@ -76,11 +81,20 @@ impl Spoke {
 /// creates the CA), or already present (a joined machine).
 pub fn identity(config: &ClusterConfig, id: &str) -> anyhow::Result<NodeIdentity> {
     let dir = config.node_dir(id);
+    let lifetime = config.cluster.cert_lifetime();
     if dir.join("node.pem").exists() {
-        return Ok(NodeIdentity::load(&dir, id)?);
+        let identity = NodeIdentity::load(&dir, id)?;
+        // With the CA at hand (`nave up` on one machine) an old certificate is renewed
+        // now; elsewhere the running spoke renews it through a hub.
+        if identity.validity().needs_renewal(tls::unix_now(), lifetime) {
+            if let Ok(ca) = ClusterCa::load(&config.ca_dir()) {
+                return Ok(ca.ensure_node(&dir, id, lifetime)?);
+            }
+        }
+        return Ok(identity);
     }
     let ca = ClusterCa::load_or_create(&config.ca_dir())?;
-    Ok(ca.ensure_node(&dir, id)?)
+    Ok(ca.ensure_node(&dir, id, lifetime)?)
 }
 
 /// Loads every model of the spoke (pulling missing ones) and starts its engines.
@@ -170,6 +184,9 @@ pub async fn serve(
         ledger,
         draining: AtomicBool::new(false),
         replica,
+        identity,
+        node_dir,
+        endpoint: endpoint.clone(),
         heartbeat_every,
         rate: Mutex::new(RateWindow { at: Instant::now(), tokens: 0, rate: 0.0 }),
     });
@@ -177,6 +194,7 @@ pub async fn serve(
     let http =
         tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     let http_task = tokio::spawn(crate::http::serve(http, spoke.clone()));
+    let renew_task = tokio::spawn(crate::certs::keep_renewed(spoke.clone()));
     tracing::info!(spoke = %id, quic = %spec.quic, http = %spec.http, "spoke serving");
 
     let accept = {
@@ -220,12 +238,22 @@ pub async fn serve(
     endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     http_task.abort();
+    renew_task.abort();
     Ok(())
 }
 
+/// Serves one hub's inference streams. A hub whose certificate the replicated state
+/// revokes (a removed hub) is refused, on every stream: from the moment this spoke's
+/// replica applies the revocation, even on a connection it already held.
 async fn serve_connection(conn: quinn::Connection, spoke: Arc<Spoke>) {
+    let peer = tls::peer_names(&conn).into_iter().next().unwrap_or_default();
     loop {
         match conn.accept_bi().await {
+            Ok(_) if spoke.replica.is_revoked(&peer) => {
+                tracing::warn!(%peer, "a revoked hub's certificate; closing its connection");
+                conn.close(4u32.into(), b"this node's certificate is revoked");
+                return;
+            }
             Ok((send, recv)) => {
                 let spoke = spoke.clone();
                 tokio::spawn(async move {
@@ -331,6 +359,14 @@ async fn serve_stream(
             let reply = match spoke.jobs.cancel(&name) {
                 Ok(()) => SpokeToHub::Jobs(spoke.jobs.statuses()),
                 Err(message) => SpokeToHub::Refused { message, retryable: false },
+            };
+            write_frame(&mut send, &reply).await?;
+            send.finish()?;
+        }
+        HubToSpoke::RotateCert => {
+            let reply = match crate::certs::renew(&spoke).await {
+                Ok(v) => SpokeToHub::Renewed { not_after: v.not_after },
+                Err(e) => SpokeToHub::Refused { message: format!("{e:#}"), retryable: false },
             };
             write_frame(&mut send, &reply).await?;
             send.finish()?;

@@ -90,6 +90,9 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
     assert_eq!(status["hubs"].as_array().map(Vec::len), Some(4), "{status}");
     let data = c.dir.path().join("data");
     assert!(raft_ping(&data, "h4", &c.hub_quic[0], "h1"), "a member hub's certificate speaks Raft");
+    let config = nave_consensus::ClusterConfig::load(&c.config).expect("config");
+    let s1_quic = config.spokes[0].quic.to_string();
+    assert!(spoke_answers(&data, "h4", &s1_quic, "s1"), "and is served by the spoke");
 
     let r = http.delete(format!("{}/admin/v1/hubs/h4", c.hubs[2])).bearer_auth(&c.key).send().expect("sent");
     assert_eq!(r.status(), 200, "{:?}", r.text());
@@ -107,6 +110,15 @@ fn a_hub_is_added_and_removed_through_the_admin_api() {
             }
         });
     }
+    // The spoke's inference protocol refuses it too (the spoke's replica has the revocation).
+    wait_until(Duration::from_secs(10), "h4 refused by s1", || {
+        if spoke_answers(&data, "h4", &s1_quic, "s1") {
+            Err("answered")
+        } else {
+            Ok(())
+        }
+    });
+    assert!(spoke_answers(&data, "h1", &s1_quic, "s1"), "while member hubs are served");
     let r = http
         .post(format!("{}/admin/v1/keys", c.hubs[1]))
         .bearer_auth(&c.key)
@@ -130,11 +142,18 @@ fn only_hubs_speak_raft() {
     assert!(!ping("s1", spoke_quic(1), "s2"), "nor with another spoke's replica");
 }
 
-/// Whether node `who` (its identity in `data/<who>`) gets a Raft `Pong` from the node named
-/// `target_name` at `target`.
-fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+/// Node `who` (its identity in `data/<who>`) sends `request` on a new stream of protocol
+/// `alpn` to the node named `target_name` at `target`: its one answer, if one came within
+/// 5 s.
+fn exchange<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    data: &std::path::Path,
+    who: &str,
+    (target, target_name): (&str, &str),
+    alpn: &[u8],
+    request: &Q,
+    max_frame: u32,
+) -> Option<A> {
     use nave_consensus::frame::{read_frame, write_frame};
-    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
     use nave_consensus::tls::{self, NodeIdentity};
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -143,15 +162,32 @@ fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_name: &str)
         let endpoint = tls::client_endpoint().expect("endpoint");
         let exchange = async {
             let conn = endpoint
-                .connect_with(identity.client_config(tls::ALPN_RAFT).ok()?, target.parse().ok()?, target_name)
+                .connect_with(identity.client_config(alpn).ok()?, target.parse().ok()?, target_name)
                 .ok()?
                 .await
                 .ok()?;
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            write_frame(&mut send, &RaftRpc::Ping).await.ok()?;
+            write_frame(&mut send, request).await.ok()?;
             send.finish().ok()?;
-            read_frame::<RaftReply, _>(&mut recv, MAX_RAFT_FRAME).await.ok()?
+            read_frame::<A, _>(&mut recv, max_frame).await.ok()?
         };
-        matches!(tokio::time::timeout(Duration::from_secs(5), exchange).await, Ok(Some(RaftReply::Pong(_))))
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
     })
+}
+
+/// Whether node `who` gets a Raft `Pong` from the node named `target_name` at `target`.
+pub(crate) fn raft_ping(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+    use nave_consensus::network::{RaftReply, RaftRpc, MAX_RAFT_FRAME};
+    let reply =
+        exchange(data, who, (target, target_name), nave_consensus::tls::ALPN_RAFT, &RaftRpc::Ping, MAX_RAFT_FRAME);
+    matches!(reply, Some(RaftReply::Pong(_)))
+}
+
+/// Whether node `who` is answered on the spokes' inference protocol (`nave-spoke/1`, a
+/// `Jobs` request) by the spoke named `target_name` at `target`.
+pub(crate) fn spoke_answers(data: &std::path::Path, who: &str, target: &str, target_name: &str) -> bool {
+    use nave_spoke::protocol::{HubToSpoke, SpokeToHub, MAX_FRAME};
+    let reply =
+        exchange(data, who, (target, target_name), nave_consensus::tls::ALPN_SPOKE, &HubToSpoke::Jobs, MAX_FRAME);
+    matches!(reply, Some(SpokeToHub::Jobs(_)))
 }

@@ -1,6 +1,8 @@
 //! A spoke joins a running cluster with a token while requests flow: it serves, the token
 //! cannot be used twice, bad tokens are refused with a clear message and register
-//! nothing, the joined spoke starts again from its saved identity, and removal forgets it.
+//! nothing, the joined spoke starts again from its saved identity, its certificate is
+//! rotated on request (renewed through a hub with the one it has), a stranger's QUIC
+//! connection gets 4 streams, and removal forgets it (its certificate renews nothing).
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -159,11 +161,28 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
         assert_eq!(spoke_state(&http, &hub, &key, id), None, "{id} must not be registered");
     }
 
-    // The joined spoke starts again from its saved identity, without a token.
+    // The joined spoke starts again from its saved identity, without a token. Its
+    // certificate is made to expire soon first (5 of its 25 days left): the spoke renews
+    // it by itself, through a hub, as it starts.
     drop(spoke);
     wait_state(&http, &hub, &key, "s9", Some("down"));
+    let ca = nave_consensus::tls::ClusterCa::load(&c.data().join("ca")).expect("the cluster CA");
+    let (old_cert, old_key) = ca.issue_with("s9", -20 * 86_400, Duration::from_secs(25 * 86_400)).expect("issue");
+    std::fs::write(joined_dir.join("s9/node.pem"), &old_cert).expect("write cert");
+    std::fs::write(joined_dir.join("s9/node.key"), &old_key).expect("write key");
     let _spoke = Process(joiner.command("s9", None, quic, port).stdout(Stdio::null()).spawn().expect("spawn"));
     wait_state(&http, &hub, &key, "s9", Some("active"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    crate::common::wait_until(Duration::from_secs(90), "s9 renewed its certificate", || {
+        let pem = std::fs::read_to_string(joined_dir.join("s9/node.pem")).map_err(|e| e.to_string())?;
+        let der = rustls_pemfile::certs(&mut pem.as_bytes()).next().ok_or("no cert")?.map_err(|e| e.to_string())?;
+        let v = nave_consensus::tls::validity(&der).map_err(|e| e.to_string())?;
+        if v.not_after > now + 20 * 86_400 {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    });
 
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
@@ -175,10 +194,29 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     );
     assert!(ok.load(Ordering::Relaxed) > 0);
 
+    // A joined spoke's certificate is rotated on request: it renews through a hub with the
+    // certificate it has, and serves on with the new one.
+    let s9_cert = std::fs::read_to_string(joined_dir.join("s9/node.pem")).expect("s9 cert");
+    let r = http
+        .post(format!("{hub}/admin/v1/certs/rotate"))
+        .bearer_auth(&key)
+        .json(&json!({"node": "s9"}))
+        .send()
+        .expect("sent");
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_ne!(std::fs::read_to_string(joined_dir.join("s9/node.pem")).expect("s9 cert"), s9_cert);
+    assert!(renew_as(&joined_dir.join("s9"), "s9", &c.hub_quic[0]).is_ok(), "a member renews");
+
+    // A stranger's connection to the hub's QUIC port gets no more than 4 streams.
+    assert_eq!(stranger_streams(&c.hub_quic[0], &joined_dir.join("s9")), 4);
+
     // Removal: the hubs forget it.
     let r = http.delete(format!("{hub}/admin/v1/spokes/s9")).bearer_auth(&key).send().expect("sent");
     assert_eq!(r.status(), 200);
     wait_state(&http, &hub, &key, "s9", None);
+    // Its certificate renews nothing any more: the name is revoked.
+    let refused = renew_as(&joined_dir.join("s9"), "s9", &c.hub_quic[0]);
+    assert!(refused.as_ref().is_err_and(|e| e.contains("revoked")), "{refused:?}");
     let r = http.delete(format!("{hub}/admin/v1/spokes/s1")).bearer_auth(&key).send().expect("sent");
     assert_eq!(r.status(), 409, "a config spoke is removed in cluster.toml");
 
@@ -210,4 +248,66 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     wait_state(&http, &hub, &key, &id, Some("down"));
     let _spoke = bare(false);
     wait_state(&http, &hub, &key, &id, Some("active"));
+}
+
+/// Asks the hub at `hub_quic` on `nave-renew/1`, as node `name` (its identity in `dir`),
+/// for a new certificate: the certificate, or the hub's refusal.
+fn renew_as(dir: &std::path::Path, name: &str, hub_quic: &str) -> Result<String, String> {
+    use nave_consensus::frame::{read_frame, write_frame};
+    use nave_consensus::tls::{self, NodeIdentity};
+    use nave_spoke::protocol::{RenewReply, RenewRequest, MAX_JOIN_FRAME};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let identity = NodeIdentity::load(dir, name).expect("identity");
+    runtime.block_on(async move {
+        let endpoint = tls::client_endpoint().map_err(|e| e.to_string())?;
+        let (csr_pem, _key) = tls::new_request(name).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let cfg = identity.client_config(tls::ALPN_RENEW).map_err(|e| e.to_string())?;
+            let addr = hub_quic.parse().map_err(|e| format!("{e}"))?;
+            let conn = endpoint.connect_with(cfg, addr, tls::HUB_NAME).map_err(|e| e.to_string())?;
+            let conn = conn.await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, &RenewRequest { csr_pem }).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            match read_frame::<RenewReply, _>(&mut recv, MAX_JOIN_FRAME).await.map_err(|e| e.to_string())? {
+                Some(RenewReply::Renewed { cert_pem }) => Ok(cert_pem),
+                Some(RenewReply::Refused(why)) => Err(why),
+                None => Err("no answer".into()),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "timed out".to_string())?
+    })
+}
+
+/// How many streams a client without a certificate gets open on the hub at `hub_quic`
+/// (up to 10; each open given 1 s). `dir` holds a node identity whose CA it pins.
+fn stranger_streams(hub_quic: &str, dir: &std::path::Path) -> usize {
+    use nave_consensus::tls;
+
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    let fingerprint = tls::fingerprint_pem(&ca).expect("fingerprint");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async move {
+        let endpoint = tls::client_endpoint().expect("endpoint");
+        let cfg = tls::join_client_config(&fingerprint).expect("config");
+        let conn = endpoint
+            .connect_with(cfg, hub_quic.parse().expect("addr"), tls::HUB_NAME)
+            .expect("connect")
+            .await
+            .expect("a stranger completes the handshake");
+        let mut open = Vec::new();
+        for _ in 0..10 {
+            match tokio::time::timeout(Duration::from_secs(1), conn.open_bi()).await {
+                Ok(Ok((mut send, recv))) => {
+                    if send.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                    open.push((send, recv));
+                }
+                _ => break,
+            }
+        }
+        open.len()
+    })
 }

@@ -10,13 +10,16 @@
 mod common;
 
 mod backup;
+mod certs;
 mod chaos;
 mod clients_real_model;
 mod cluster_tiny;
 mod crash_durability;
+mod https;
 mod hubs;
 mod join;
 mod limits;
 mod misbehaving_spokes;
+mod prometheus;
 mod replicas;
 mod train;

@@ -66,6 +66,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/usage", get(admin::usage))
         .route("/v1/usage", get(admin::own_usage))
         .route("/admin/v1/backup", get(admin::backup))
+        .route("/admin/v1/certs/rotate", post(crate::certs::rotate))
         // Layers run outside in: the key is checked before a byte of the body is read, so
         // a stranger's slow or large body holds nothing.
         .route_layer(middleware::from_fn_with_state(body_limits, serve::read_body))
