@@ -5,10 +5,11 @@ import json, os, time, urllib.request
 import xllamacpp as xl
 
 
-def start(model, port, n_ctx, threads=True, f32_kv=False):
+def start(model, port, n_ctx, threads=True, f32_kv=False, parallel=1):
     """A running server on `model` (keep the returned object alive) and its base URL.
     `threads`: all cores for prompt and generation; `f32_kv`: the KV cache in f32 with
-    flash attention off, the configuration that computes attention as Nave does."""
+    flash attention off, the configuration that computes attention as Nave does;
+    `parallel`: slots (concurrent sequences), each with `n_ctx / parallel` of the context."""
     p = xl.CommonParams()
     p.model.path = model
     p.hostnames = ["127.0.0.1"]
@@ -16,7 +17,7 @@ def start(model, port, n_ctx, threads=True, f32_kv=False):
     if threads:
         p.cpuparams.n_threads = os.cpu_count() or 2
         p.cpuparams_batch.n_threads = os.cpu_count() or 2
-        p.n_parallel = 1
+        p.n_parallel = parallel
     p.n_ctx = n_ctx
     if f32_kv:
         p.cache_type_k = xl.ggml_type.GGML_TYPE_F32

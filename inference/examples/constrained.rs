@@ -12,14 +12,8 @@ use nave_inference::grammar::{Constraint, Grammars};
 use nave_inference::store::ModelStore;
 use nave_inference::*;
 
-const SCHEMA: &str = r#"{"type":"object","properties":{
-  "name":{"type":"string","maxLength":24},"age":{"type":"integer","minimum":0,"maximum":150},
-  "role":{"enum":["admin","user","guest"]},
-  "address":{"type":"object","properties":{"city":{"type":"string","maxLength":20},
-    "zip":{"type":"string","pattern":"^[0-9]{5}$"}},"required":["city","zip"],"additionalProperties":false},
-  "tags":{"type":"array","items":{"enum":["red","green","blue"]},"minItems":1,"maxItems":3},
-  "active":{"type":"boolean"}},
-  "required":["name","age","role","address","tags","active"],"additionalProperties":false}"#;
+/// The schema, shared with the llama.cpp script (scripts/llamacpp_constrained.py).
+const SCHEMA: &str = include_str!("constrained_schema.json");
 
 fn main() -> Result<()> {
     let threads: Option<usize> = std::env::args().nth(1).and_then(|t| t.parse().ok());
