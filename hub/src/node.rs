@@ -143,10 +143,12 @@ pub async fn run(
         config: config.clone(),
         consensus: consensus.clone(),
         ca,
+        history: Default::default(),
     });
     tokio::spawn(accept_peers(endpoint.clone(), hub.clone()));
     tokio::spawn(follow_registry(hub.clone()));
     tokio::spawn(keep_learners(hub.clone()));
+    tokio::spawn(crate::history::sample(hub.clone()));
     let listener =
         tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     tracing::info!(hub = %id, http = %spec.http, quic = %spec.quic, "hub serving");

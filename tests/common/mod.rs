@@ -2,6 +2,7 @@
 //! ports in a temporary directory, `nave up` as a child, stopped with SIGTERM on drop.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mock_spoke;
 
 use std::io::{BufRead, BufReader};

@@ -13,6 +13,7 @@ mod backup;
 mod chaos;
 mod clients_real_model;
 mod cluster_tiny;
+mod console;
 mod crash_durability;
 mod hubs;
 mod join;

@@ -61,6 +61,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/usage", get(admin::usage))
         .route("/v1/usage", get(admin::own_usage))
         .route("/admin/v1/backup", get(admin::backup))
+        .route("/admin/v1/history", get(crate::history::endpoint))
         // Layers run outside in: the key is checked before a byte of the body is read, so
         // a stranger's slow or large body holds nothing.
         .route_layer(middleware::from_fn_with_state(body_limits, serve::read_body))
@@ -76,6 +77,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .merge(protected)
         .merge(restore)
+        .merge(crate::console::routes())
         .route("/api/version", get(ollama::version))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
