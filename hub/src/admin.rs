@@ -166,7 +166,11 @@ pub async fn drain_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>, bo
 
 /// `POST /admin/v1/tokens` (`{"ttl_s": 3600, "uses": 1}`): a join token for new spokes.
 /// It is shown once; the state keeps the digest of its secret.
-pub async fn create_token(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<CreatedToken> {
+pub async fn create_token(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Created<CreatedToken> {
     let req: NewToken = body_or_default(&body, "token")?;
     if !(1..=30 * 86_400).contains(&req.ttl_s) {
         return Err(ApiError::bad_request("ttl_s: from 1 s to 30 days").with_param("ttl_s"));
@@ -180,10 +184,33 @@ pub async fn create_token(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<C
     let token = nave_spoke::protocol::JoinToken { secret, ca_fingerprint: fingerprint };
     let digest = nave_spoke::protocol::JoinToken::digest(&token.secret);
     done(hub.consensus.write(Command::CreateJoinToken { digest, ttl_ms: req.ttl_s * 1000, uses: req.uses }).await)?;
-    let quic = hub.config.hub(&hub.id).map(|h| h.quic.to_string()).unwrap_or_default();
-    let join = format!("nave spoke --join {quic} --token {token} --id NEW_ID --quic IP:PORT --http IP:PORT");
+    let quic = hub
+        .config
+        .hub(&hub.id)
+        .map(|h| h.quic)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok());
+    let quic = reachable_quic(quic, host).to_string();
+    let join = format!("nave spoke --join {quic} --token {token}");
     let created = CreatedToken { token: token.to_string(), ttl_s: req.ttl_s, uses: req.uses, hub_quic: quic, join };
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The hub's QUIC address as a new machine dials it: the configured one, unless it is
+/// the unspecified address (listening on every interface), which no one can dial; then the
+/// IP the admin reached this hub's HTTP at (the `Host` of the request), if it is one.
+fn reachable_quic(quic: std::net::SocketAddr, host: Option<&str>) -> std::net::SocketAddr {
+    if !quic.ip().is_unspecified() {
+        return quic;
+    }
+    let ip = host.and_then(|h| {
+        let h = h.rsplit_once(':').map_or(h, |(ip, port)| if port.parse::<u16>().is_ok() { ip } else { h });
+        h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok()
+    });
+    match ip {
+        Some(ip) => std::net::SocketAddr::new(ip, quic.port()),
+        None => quic,
+    }
 }
 
 /// `DELETE /admin/v1/spokes/{id}`: forgets a spoke that joined with a token (hubs stop
@@ -377,4 +404,18 @@ pub async fn restore(State(hub): State<Arc<Hub>>, body: Bytes) -> Answer<crate::
         keys: header.keys,
         spokes: header.spokes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_join_command_names_an_address_a_machine_can_dial() {
+        let any: std::net::SocketAddr = "0.0.0.0:7001".parse().expect("addr");
+        let given: std::net::SocketAddr = "10.0.0.5:7001".parse().expect("addr");
+        assert_eq!(super::reachable_quic(given, Some("192.168.1.9:8080")), given, "a configured address stays");
+        assert_eq!(super::reachable_quic(any, Some("192.168.1.9:8080")).to_string(), "192.168.1.9:7001");
+        assert_eq!(super::reachable_quic(any, Some("[fd00::5]:8080")).to_string(), "[fd00::5]:7001");
+        assert_eq!(super::reachable_quic(any, Some("hub.example")), any, "a name is not an IP");
+        assert_eq!(super::reachable_quic(any, None), any);
+    }
 }

@@ -134,13 +134,23 @@ pub struct JoinRequest {
     /// The token's secret (the hub compares its digest with the replicated one).
     pub secret: String,
     pub spoke: nave_consensus::state::SpokeRecord,
-    /// A certificate request for the spoke's id; the key stays on the spoke.
+    /// A certificate request; the key stays on the spoke. (The certificate names the id
+    /// the hub answers with.)
     pub csr_pem: String,
+    /// The id is this machine's host name, not one the admin chose: if another node holds
+    /// it, the hub picks a free one (`id-2`, `id-3`...) instead of refusing the join.
+    pub rename_if_taken: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum JoinReply {
-    Accepted { cert_pem: String, ca_pem: String, heartbeat_interval_ms: u64 },
+    /// `id` is the spoke's id in the cluster (the one asked for, or a free one beside it).
+    Accepted {
+        id: String,
+        cert_pem: String,
+        ca_pem: String,
+        heartbeat_interval_ms: u64,
+    },
     Refused(String),
 }
 
