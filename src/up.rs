@@ -266,6 +266,7 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         "  API:       http://{http}/v1  (any hub: {})",
         config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", ")
     );
+    println!("  console:   http://{http}/ui  (sign in with the admin key; an app key sees its usage)");
     println!(
         "  admin key: in {} (manages keys and the cluster: keep it out of apps)",
         data.join("admin.key").display()

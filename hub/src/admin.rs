@@ -38,8 +38,83 @@ fn secret(n: usize) -> Result<String, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading /dev/urandom: {e}")))
 }
 
+/// Query of `/admin/v1/status`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct StatusQuery {
+    /// `leader`: on a follower, the replication lags (which only the leader knows) come
+    /// from the leader's own status, one call with the caller's key, at most a second.
+    pub lag: Option<String>,
+}
+
 /// `GET /admin/v1/status`: hubs (from the Raft membership), spokes, models.
-pub async fn status(State(hub): State<Arc<Hub>>) -> Json<ClusterStatus> {
+pub async fn status(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let mut own = own_status(&hub);
+    match q.lag.as_deref() {
+        None => {}
+        Some("leader") => {
+            let leader_http = own
+                .hubs
+                .iter()
+                .find(|h| h.role == "leader" && h.id != hub.id)
+                .and_then(|h| h.http.as_deref()?.parse::<std::net::SocketAddr>().ok())
+                .filter(|a| !a.ip().is_unspecified());
+            let auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
+            if let (Some(addr), Some(auth)) = (leader_http, auth) {
+                match leader_status(addr, auth).await {
+                    Ok(leader) => take_lags(&mut own, &leader),
+                    Err(e) => tracing::debug!(error = %e, %addr, "the leader's lags are not known here"),
+                }
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("lag={other:?}: the only value is \"leader\"")).with_param("lag"))
+        }
+    }
+    Ok(Json(own))
+}
+
+/// The lags the leader reported, on this hub's rows (the rest is this hub's own view).
+fn take_lags(own: &mut ClusterStatus, leader: &ClusterStatus) {
+    for h in &mut own.hubs {
+        if let Some(l) = leader.hubs.iter().find(|l| l.id == h.id) {
+            h.lag = l.lag;
+        }
+    }
+    for s in &mut own.spokes {
+        if let Some(l) = leader.spokes.iter().find(|l| l.id == s.id) {
+            s.replica_lag = l.replica_lag;
+        }
+    }
+}
+
+/// `GET /admin/v1/status` of the hub at `addr` (the leader), with the caller's key.
+async fn leader_status(addr: std::net::SocketAddr, auth: axum::http::HeaderValue) -> anyhow::Result<ClusterStatus> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/admin/v1/status")
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::AUTHORIZATION, auth)
+            .body(Empty::<Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        anyhow::ensure!(resp.status() == StatusCode::OK, "the leader answered {}", resp.status());
+        // A status is a few KiB per node: 4 MiB is far beyond any cluster's.
+        let body = Limited::new(resp.into_body(), 4 << 20).collect().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::from_slice(&body.to_bytes())?)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 1 s"))?
+}
+
+fn own_status(hub: &Hub) -> ClusterStatus {
     let f = hub.consensus.figures();
     let voting = hub.consensus.hubs();
     let leader = f.leader.and_then(|l| voting.iter().find(|h| h.0 == l)).map(|h| h.1.clone());
@@ -94,7 +169,7 @@ pub async fn status(State(hub): State<Arc<Hub>>) -> Json<ClusterStatus> {
             joined: v.joined,
         })
         .collect();
-    Json(ClusterStatus {
+    ClusterStatus {
         hub: hub.id.clone(),
         leader,
         term: f.term,
@@ -103,7 +178,7 @@ pub async fn status(State(hub): State<Arc<Hub>>) -> Json<ClusterStatus> {
         hubs,
         spokes,
         models,
-    })
+    }
 }
 
 /// `POST /admin/v1/keys`: a new API key, shown this once.

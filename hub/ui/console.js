@@ -163,20 +163,22 @@ function stateBadge(s) {
 }
 
 async function refreshCluster() {
-  const s = await api("GET", "/admin/v1/status");
+  // Replication lags are the leader's to know: a follower asks it for them.
+  const s = await api("GET", "/admin/v1/status?lag=leader");
   $("summary").textContent = "admin · leader " + (s.leader || "none") + " · term " + s.term;
   const own = s.hubs.find((h) => h.id === s.hub) || {};
   const line = $("raft-line");
   line.replaceChildren("Answered by " + s.hub + " (" + (own.raft_state || "?") + "), term " + s.term + ", applied index " +
     num(s.applied_index) + ", snapshot " + num(s.snapshot_index) + ".");
   const leaderRow = s.hubs.find((h) => h.role === "leader");
-  if (s.leader !== s.hub && leaderRow) {
+  const lagKnown = s.hubs.some((h) => h.role !== "leader" && h.lag !== null && h.lag !== undefined);
+  if (s.leader !== s.hub && leaderRow && !lagKnown) {
     // Only the leader knows how far behind each replica is.
-    line.append(" Replication lag is known on the leader: ");
+    line.append(" The leader did not tell its replication lags: ");
     line.append(leaderRow.http ? el("a", { href: location.protocol + "//" + leaderRow.http + "/ui" }, "open the console on " + leaderRow.id) : leaderRow.id);
     line.append(".");
   }
-  fillRows("hubs", s.hubs.map((h) => el("tr", { data: { hub: h.id, role: h.role } },
+  fillRows("hubs", s.hubs.map((h) => el("tr", { data: { hub: h.id, role: h.role, lag: h.lag === null || h.lag === undefined ? "" : String(h.lag) } },
     el("td", {}, el("b", {}, h.id), h.id === s.hub ? " (this hub)" : ""),
     el("td", {}, h.role === "leader" ? badge("leader", "leader") : badge(h.role)),
     el("td", {}, h.http || "–"),

@@ -51,6 +51,8 @@ fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
         assert!(r.headers().contains_key("content-security-policy"), "{asset}");
     }
     assert_eq!(http.get(format!("{hub}/admin/v1/history")).send().expect("sent").status(), 401);
+    let bad = http.get(format!("{hub}/admin/v1/status?lag=everyone")).bearer_auth(&c.key).send().expect("sent");
+    assert_eq!(bad.status(), 400, "an unknown lag source is refused");
 
     let shots = if std::env::var("NAVE_UI_SCREENSHOTS").is_ok_and(|v| v == "1") {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
@@ -93,6 +95,12 @@ fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
     let now_leader: Value =
         http.get(format!("{hub}/admin/v1/status")).bearer_auth(&c.key).send().expect("status").json().expect("json");
     assert_eq!(shown_leader.as_deref(), now_leader["leader"].as_str(), "the page names the API's leader: {shown:?}");
+    // The page is on a follower; the replication lags come from the leader.
+    b.wait_for(
+        "the followers' replication lags",
+        STEP,
+        "[...document.querySelectorAll('#hubs tbody tr[data-role=\"follower\"]')].every(r => r.dataset.lag !== '')",
+    );
     let mut ids: Vec<&str> = shown.iter().map(|(h, _)| h.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["h1", "h2", "h3"]);
