@@ -197,11 +197,12 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
     if json {
         // Printed as the hub sent it, fields this client does not know included.
         let v: serde_json::Value =
-            call(&url, key, Method::GET, "/admin/v1/status", NO_BODY, Duration::from_secs(10)).await?;
+            call(&url, key, Method::GET, "/admin/v1/status?lag=leader", NO_BODY, Duration::from_secs(10)).await?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let s: ClusterStatus = call(&url, key, Method::GET, "/admin/v1/status", NO_BODY, Duration::from_secs(10)).await?;
+    let s: ClusterStatus =
+        call(&url, key, Method::GET, "/admin/v1/status?lag=leader", NO_BODY, Duration::from_secs(10)).await?;
     println!(
         "HUBS (leader {}, term {}, answered by {} at applied index {})",
         s.leader.as_deref().unwrap_or("none"),

@@ -199,9 +199,10 @@ async fn exchange(
         Err(quinn::ConnectionError::TransportError(t)) if (0x100..0x200).contains(&u64::from(t.code)) => {
             return Err(fatal(anyhow::anyhow!(
                 "the node at {hub} is not a hub of the token's cluster: its certificate is not signed by the CA \
-                 the token pins (sha256 {}…). Check the --join address, or ask the admin of that cluster for a new \
-                 token ({})",
-                &token.ca_fingerprint[..16],
+                 the token pins (sha256 {}, the token's last part). The token was mistyped (copy it again from \
+                 `nave admin token create`), or it is another cluster's, or --join names a node of another \
+                 cluster ({})",
+                token.ca_fingerprint,
                 t.reason
             )))
         }
@@ -224,7 +225,14 @@ async fn exchange(
     };
     match tokio::time::timeout(Duration::from_secs(30), reply).await {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(fatal(e.context(format!("the join exchange with {hub} failed")))),
+        // The hub may close the connection with its reason before reading (too many
+        // failed joins from this address).
+        Ok(Err(e)) => match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                Err(fatal(anyhow::anyhow!("the hub at {hub} closed the join: {}", String::from_utf8_lossy(&c.reason))))
+            }
+            _ => Err(fatal(e.context(format!("the join exchange with {hub} failed")))),
+        },
         Err(_) => Err(fatal(anyhow::anyhow!("the hub at {hub} did not answer the join within 30 s; try again"))),
     }
 }

@@ -156,7 +156,7 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     assert!(joiner.refused("s11", "nave-join.1234").contains("looks like"));
     let foreign = format!("nave-join.{}.{}", "ab".repeat(16), "cd".repeat(32));
     let err = joiner.refused("s12", &foreign);
-    assert!(err.contains("is not a hub of the token's cluster") && err.contains("--join address"), "{err}");
+    assert!(err.contains("is not a hub of the token's cluster") && err.contains("mistyped"), "{err}");
     for id in ["s10", "s11", "s12"] {
         assert_eq!(spoke_state(&http, &hub, &key, id), None, "{id} must not be registered");
     }
@@ -268,6 +268,15 @@ fn two_spokes_joining_from_one_machine_get_distinct_ids() {
     };
     let (dir_a, dir_b) = (c.dir.path().join("machine-a"), c.dir.path().join("machine-b"));
 
+    // An id chosen with --id is not renamed: a taken one is refused, the token kept.
+    let taken = Command::new(env!("CARGO_BIN_EXE_nave"))
+        .args(["spoke", "--id", "s1", "--join", &c.hub_quic[0], "--token", &token, "--data-dir"])
+        .arg(c.dir.path().join("machine-x"))
+        .output()
+        .expect("runs");
+    let taken = String::from_utf8_lossy(&taken.stderr);
+    assert!(taken.contains("the spoke id \"s1\" is taken by another node: pick another --id"), "{taken}");
+
     let a = spoke(&dir_a, true, "spoke a");
     let signed_a = a.line("join: certificate signed for spoke ");
     let id_a = signed_a["join: certificate signed for spoke ".len()..].split(' ').next().expect("id").to_string();
@@ -295,4 +304,25 @@ fn two_spokes_joining_from_one_machine_get_distinct_ids() {
     let _b = spoke(&dir_b, false, "spoke b again");
     wait_state(&http, &hub, &key, &id_b, Some("active"));
     assert_eq!(spoke_state(&http, &hub, &key, &id_a).as_deref(), Some("active"));
+
+    // Tokens guessed from one address: after ten failures a minute, the hub closes the
+    // address's joins unread, and the join says so. (Last: loopback stays closed a minute.)
+    let mut guessed = token.clone();
+    guessed.replace_range(10..14, if &token[10..14] == "0000" { "1111" } else { "0000" });
+    let guess = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_nave"))
+            .args(["spoke", "--join", &c.hub_quic[0], "--token", &guessed, "--data-dir"])
+            .arg(c.dir.path().join("guesser"))
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The refused --id above was the first failure from this address.
+    for i in 1..10 {
+        let refused = guess();
+        assert!(refused.contains("the join token is not valid here"), "guess {i}: {refused}");
+    }
+    let closed = guess();
+    assert!(closed.contains("closed the join: too many failed joins from 127.0.0.1; retry in"), "{closed}");
 }
