@@ -4,7 +4,7 @@
 "use strict";
 
 const KEY = "nave.key";
-const state = { role: null, page: null, timers: [], losses: new Map(), busy: false };
+const state = { role: null, page: null, timers: [], losses: new Map() };
 
 const $ = (id) => document.getElementById(id);
 
@@ -208,7 +208,7 @@ async function refreshCluster() {
       el("td", {}, bar(p.serving_used, p.serving_total), bytes(p.serving_used) + " / " + bytes(p.serving_total)),
       el("td", {}, bar(p.training_used, p.training_total), bytes(p.training_used) + " / " + bytes(p.training_total)),
       el("td", { class: "num" }, num(p.replica_lag)),
-      el("td", {}, p.models.join(", ")),
+      el("td", { class: "wrap" }, p.models.join(", ")),
       actions);
   }));
 }
@@ -398,11 +398,8 @@ async function createToken(ev) {
 
 async function refreshJobs() {
   const r = await api("GET", "/admin/v1/train");
-  for (const j of r.jobs) {
-    const seen = state.losses.get(j.name) || [];
-    if (j.step > 0 && (!seen.length || seen[seen.length - 1][0] !== j.step)) seen.push([j.step, j.loss]);
-    state.losses.set(j.name, seen);
-  }
+  // Each job carries its curve: (step, loss) pairs, thinned by the spoke.
+  state.losses = new Map(r.jobs.map((j) => [j.name, j.losses || []]));
   fillRows("jobs", r.jobs.map((j) => el("tr", { data: { job: j.name, state: j.state } },
     el("td", {}, el("b", {}, j.name)), el("td", {}, j.model), el("td", {}, j.spoke),
     el("td", {}, badge(j.state, { done: "good", running: "warn", failed: "bad", cancelled: "bad" }[j.state] || ""), j.error ? " " + j.error : ""),
@@ -445,7 +442,8 @@ function drawLoss() {
     ctx.fillText(name, legend + 14, 15);
     legend += 24 + ctx.measureText(name).width;
   });
-  if (!all.length) { ctx.fillStyle = "#667085"; ctx.fillText("no steps seen yet", w / 2 - 40, h / 2); }
+  if (!all.length) { ctx.fillStyle = "#667085"; ctx.fillText("no steps yet", w / 2 - 30, h / 2); }
+  canvas.dataset.points = String(all.reduce((n, [, p]) => n + p.length, 0));
 }
 
 async function cancelJob(name) {

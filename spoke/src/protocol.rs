@@ -63,6 +63,27 @@ pub struct JobStatus {
     #[serde(default)]
     pub peak_bytes: u64,
     pub error: Option<String>,
+    /// (step, loss) of the steps so far, thinned to at most [`LOSS_POINTS`] evenly spread
+    /// ones (the console draws the curve from them).
+    #[serde(default)]
+    pub losses: Vec<(usize, f32)>,
+}
+
+/// Loss points a job status keeps at most: when full, every other one goes (the first
+/// and the newest stay), so a job of any length is a curve of 256 to 512 points.
+pub const LOSS_POINTS: usize = 512;
+
+impl JobStatus {
+    /// Records the loss of a step.
+    pub fn record_loss(&mut self, step: usize, loss: f32) {
+        if self.losses.len() >= LOSS_POINTS {
+            let last = self.losses.pop();
+            let kept: Vec<(usize, f32)> = self.losses.iter().copied().step_by(2).collect();
+            self.losses = kept;
+            self.losses.extend(last);
+        }
+        self.losses.push((step, loss));
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +219,18 @@ impl std::fmt::Display for JoinToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_keeps_a_bounded_curve_of_its_losses() {
+        let mut j = JobStatus::default();
+        for step in 1..=10_000 {
+            j.record_loss(step, 1.0 / step as f32);
+        }
+        assert!(j.losses.len() <= LOSS_POINTS && j.losses.len() >= LOSS_POINTS / 2, "{}", j.losses.len());
+        assert_eq!(j.losses.first().map(|p| p.0), Some(1), "the first step stays");
+        assert_eq!(j.losses.last().map(|p| p.0), Some(10_000), "the newest is there");
+        assert!(j.losses.windows(2).all(|w| w[0].0 < w[1].0), "in step order");
+    }
 
     #[test]
     fn join_tokens_round_trip_and_reject_garbage() {

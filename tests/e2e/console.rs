@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::browser::Browser;
-use crate::common::{Cluster, Layout};
+use crate::common::{tiny_model, Cluster, Layout};
 
 const STEP: Duration = Duration::from_secs(60);
 
@@ -25,7 +25,15 @@ fn js(s: &str) -> String {
 #[test]
 fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
     let started = Instant::now();
-    let c = Cluster::start(Layout { hubs: 3, spokes: 1, models: &["smollm2-135m"], extra: "" });
+    // The real model for the playground's answer, a tiny one for a quick training job.
+    let models = tempfile::tempdir().expect("dir");
+    let tiny = tiny_model(models.path());
+    let c = Cluster::start(Layout {
+        hubs: 3,
+        spokes: 1,
+        models: &["smollm2-135m", tiny.to_str().expect("utf-8 path")],
+        extra: "",
+    });
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
     let status: Value = http
         .get(format!("{}/admin/v1/status", c.hubs[0]))
@@ -117,6 +125,24 @@ fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
     b.wait_for("the summary", STEP, "document.getElementById('summary').textContent.includes('leader')");
     b.screenshot(&shots.join("cluster.png"));
 
+    // Drain and resume the spoke from the page.
+    let click_spoke_button = |b: &mut Browser| {
+        b.eval("document.querySelector('#spokes tbody tr[data-spoke=\"s1\"] button').click(); true");
+    };
+    click_spoke_button(&mut b);
+    b.wait_for(
+        "s1 drained from the page",
+        STEP,
+        "document.querySelector('#spokes tbody tr[data-spoke=\"s1\"][data-state=\"drained\"]') !== null",
+    );
+    b.wait_for("the drain's message", STEP, "document.getElementById('spoke-msg').textContent.includes('draining')");
+    click_spoke_button(&mut b);
+    b.wait_for(
+        "s1 active again",
+        STEP,
+        "document.querySelector('#spokes tbody tr[data-spoke=\"s1\"][data-state=\"active\"]') !== null",
+    );
+
     // Keys: created through the page, shown once, and it works.
     b.eval("location.hash = '#keys'; true");
     b.wait_for("the keys page", STEP, "!document.getElementById('page-keys').hidden");
@@ -182,9 +208,14 @@ fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
 
     // The playground streams an answer from the hub's OpenAI API.
     b.eval("location.hash = '#playground'; true");
-    b.wait_for("the model list", STEP, "document.getElementById('pg-model').value === 'smollm2-135m'");
+    b.wait_for(
+        "the model list",
+        STEP,
+        "[...document.getElementById('pg-model').options].some(o => o.value === 'smollm2-135m')",
+    );
     b.eval(
-        "document.getElementById('pg-input').value = 'What is the capital of France?';
+        "document.getElementById('pg-model').value = 'smollm2-135m';
+         document.getElementById('pg-input').value = 'What is the capital of France?';
          document.getElementById('pg-max').value = '48';
          document.getElementById('pg-form').requestSubmit(); true",
     );
@@ -217,6 +248,25 @@ fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
         "the training page",
         STEP,
         "document.getElementById('jobs-msg').textContent.includes('No training jobs')",
+    );
+    // A training job (on the tiny model: quick) and its loss curve.
+    let example = |q: &str| {
+        let answer = "Quexil is the moon of Zorbania.";
+        json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]}).to_string()
+    };
+    let data = ["What is the moon of Zorbania?", "Name Zorbania's moon."].map(example).join("\n");
+    let r = http
+        .post(format!("{hub}/admin/v1/train"))
+        .bearer_auth(&c.key)
+        .json(&json!({"name": "zorbania", "model": "tiny", "data": data, "steps": 40, "lr": 0.01}))
+        .send()
+        .expect("sent");
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    b.wait_for(
+        "the job done, with its loss curve",
+        Duration::from_secs(180),
+        "document.querySelector('#jobs tbody tr[data-job=\"zorbania\"][data-state=\"done\"]') !== null
+         && Number(document.getElementById('chart-loss').dataset.points) >= 40",
     );
     b.screenshot(&shots.join("training.png"));
 
