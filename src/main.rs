@@ -57,6 +57,17 @@ fn main() -> anyhow::Result<()> {
                 let spec = join.spec(&id)?;
                 process::engine_threads(spec.threads);
                 let with = join.join.zip(join.token.clone());
+                if !joined_dir.join("joined.json").exists() {
+                    // A mistyped token is said before anything is pulled.
+                    if let Some(t) = &join.token {
+                        nave_spoke::protocol::JoinToken::parse(t).map_err(anyhow::Error::msg)?;
+                    }
+                    // Before the join, with a progress bar: the models it will serve.
+                    let store = ModelStore::from_env();
+                    for name in spec.models.iter().filter(|m| !m.ends_with(".gguf")) {
+                        up::pull_with_progress(&store, name)?;
+                    }
+                }
                 return runtime()?.block_on(async {
                     let (joined, identity, dir) =
                         nave_spoke::join::prepare(&join.data_dir, spec, with, rename_if_taken, &cli::print_join_step)
