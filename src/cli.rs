@@ -435,6 +435,21 @@ pub enum KeyCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
+    /// Set a key's limits (those not given become no limit; --max-concurrent absent:
+    /// the cluster's key_max_concurrent, 0: no limit); its usage stays counted.
+    Limits {
+        name: String,
+        #[arg(long)]
+        rpm: Option<u32>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
     /// Revoke a key: every hub refuses it from the next request on.
     Revoke {
         name: String,

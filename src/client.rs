@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use nave_hub::api::types::{
     AddedHub, AuditList, ChatRequest, ChatStreamEvent, ClusterStatus, Content, CreatedKey, CreatedToken, Drained,
-    ErrorEnvelope, InMessage, JobAnswer, JobList, KeyList, NewHub, NewKey, NewToken, Sampling, TrainSubmit, UsageList,
+    ErrorEnvelope, InMessage, JobAnswer, JobList, KeyList, KeyView, NewHub, NewKey, NewToken, Sampling, TrainSubmit,
+    UsageList,
 };
 use nave_spoke::protocol::JobStatus;
 use reqwest::Method;
@@ -274,6 +275,19 @@ async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
                     k.total_tokens
                 );
             }
+        }
+        KeyCmd::Limits { name, rpm, tpm, daily_tokens, max_concurrent, conn } => {
+            let body = serde_json::json!({"rpm": rpm, "tpm": tpm, "daily_tokens": daily_tokens, "max_concurrent": max_concurrent});
+            let k: KeyView = admin(conn, Method::PUT, &format!("/admin/v1/keys/{name}/limits"), Some(&body)).await?;
+            let show = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |n| n.to_string());
+            println!(
+                "{name}: rpm {}, tpm {}, daily tokens {}, at once {} (used today {})",
+                show(k.limits.rpm.map(u64::from)),
+                show(k.limits.tpm),
+                show(k.limits.daily_tokens),
+                show(k.limits.max_concurrent.map(u64::from)),
+                k.tokens_today
+            );
         }
         KeyCmd::Revoke { name, conn } => {
             let _: Ignored = admin(conn, Method::DELETE, &format!("/admin/v1/keys/{name}"), NO_BODY).await?;

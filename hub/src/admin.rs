@@ -193,14 +193,47 @@ pub async fn create_key(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<Cre
     }
     let key = format!("nave-{}", secret(24)?);
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
-    let max_concurrent = match req.max_concurrent {
-        None => Some(hub.config.cluster.key_max_concurrent),
-        Some(0) => None,
-        Some(n) => Some(n),
-    };
-    let limits = Limits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens, max_concurrent };
+    let limits =
+        KeyLimits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens, max_concurrent: req.max_concurrent }
+            .limits(&hub);
     done(hub.consensus.write(Command::CreateKey { name: req.name.clone(), digest, limits: limits.clone() }).await)?;
     Ok((StatusCode::CREATED, Json(CreatedKey { name: req.name, key, limits })))
+}
+
+/// The limits of `POST /admin/v1/keys` and `PUT /admin/v1/keys/{name}/limits`; an absent
+/// one is no limit, but for `max_concurrent`: absent is the cluster's
+/// `key_max_concurrent`, 0 no limit.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyLimits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl KeyLimits {
+    fn limits(self, hub: &Hub) -> Limits {
+        let max_concurrent = match self.max_concurrent {
+            None => Some(hub.config.cluster.key_max_concurrent),
+            Some(0) => None,
+            Some(n) => Some(n),
+        };
+        Limits { rpm: self.rpm, tpm: self.tpm, daily_tokens: self.daily_tokens, max_concurrent }
+    }
+}
+
+/// `PUT /admin/v1/keys/{name}/limits` (`{"rpm": 600, "daily_tokens": 100000}`): the key's
+/// limits become these, on every hub from its next request; its usage stays counted.
+pub async fn set_limits(State(hub): State<Arc<Hub>>, Path(name): Path<String>, body: Bytes) -> Answer<KeyView> {
+    let req: KeyLimits =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid limits: {e}")))?;
+    let limits = req.limits(&hub);
+    done(hub.consensus.write(Command::SetLimits { name: name.clone(), limits }).await)?;
+    match hub.consensus.read(|a| a.state.key_by_name(&name).map(KeyView::from)).await? {
+        Some(k) => Ok(Json(k)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no key named {name:?}"))),
+    }
 }
 
 pub async fn list_keys(State(hub): State<Arc<Hub>>) -> Answer<KeyList> {
@@ -253,12 +286,6 @@ pub async fn create_token(
     if !(1..=1000).contains(&req.uses) {
         return Err(ApiError::bad_request("uses: from 1 to 1000").with_param("uses"));
     }
-    let secret = secret(16)?;
-    let fingerprint =
-        hub.ca.fingerprint().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let token = nave_spoke::protocol::JoinToken { secret, ca_fingerprint: fingerprint };
-    let digest = nave_spoke::protocol::JoinToken::digest(&token.secret);
-    done(hub.consensus.write(Command::CreateJoinToken { digest, ttl_ms: req.ttl_s * 1000, uses: req.uses }).await)?;
     let quic = hub
         .config
         .hub(&hub.id)
@@ -266,6 +293,12 @@ pub async fn create_token(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok());
     let quic = reachable_quic(quic, host).to_string();
+    let secret = secret(16)?;
+    let fingerprint =
+        hub.ca.fingerprint().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let token = nave_spoke::protocol::JoinToken { secret, ca_fingerprint: fingerprint };
+    let digest = nave_spoke::protocol::JoinToken::digest(&token.secret);
+    done(hub.consensus.write(Command::CreateJoinToken { digest, ttl_ms: req.ttl_s * 1000, uses: req.uses }).await)?;
     let join = format!("nave spoke --join {quic} --token {token}");
     let created = CreatedToken { token: token.to_string(), ttl_s: req.ttl_s, uses: req.uses, hub_quic: quic, join };
     Ok((StatusCode::CREATED, Json(created)))

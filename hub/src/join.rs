@@ -188,8 +188,8 @@ fn pick_id(wanted: &str, rename: bool, taken: impl Fn(&str) -> bool) -> Result<S
     }
     if !rename {
         return Err(format!(
-            "the spoke id {wanted:?} is taken by another node: pick another --id, or leave --id out and the hub \
-             picks a free one from the host name"
+            "the spoke id {wanted:?} is taken by another node (or was a removed node's, whose name stays revoked): \
+             pick another --id, or leave --id out and the hub picks a free one from the host name"
         ));
     }
     for n in 2..=MAX_SUFFIX {

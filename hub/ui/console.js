@@ -320,6 +320,7 @@ async function refreshKeys() {
     el("td", { class: "num" }, k.in_flight),
     el("td", {},
       el("button", { class: "small", type: "button", on: { click: () => keyUsage(k.name) } }, "Usage"), " ",
+      k.revoked ? "" : el("button", { class: "small", type: "button", on: { click: () => editLimits(k) } }, "Limits"), " ",
       k.revoked ? "" : el("button", { class: "small danger", type: "button", on: { click: () => revokeKey(k.name) } }, "Revoke")))));
 }
 
@@ -327,8 +328,42 @@ function optionalNumber(id) {
   const v = $(id).value.trim();
   if (v === "") return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new Error(id.replace("new-key-", "") + ": a whole number, or empty for none");
+  if (!Number.isInteger(n) || n < 0) throw new Error(id.replace(/^(new-key|limits)-/, "") + ": a whole number, or empty for none");
   return n;
+}
+
+// The four limit fields of a form whose inputs are PREFIX-rpm, -tpm, -daily, -conc.
+function limitsFrom(prefix) {
+  const body = {};
+  for (const [field, id] of [["rpm", "rpm"], ["tpm", "tpm"], ["daily_tokens", "daily"], ["max_concurrent", "conc"]]) {
+    const n = optionalNumber(prefix + "-" + id);
+    if (n !== undefined) body[field] = n;
+  }
+  return body;
+}
+
+function editLimits(k) {
+  $("limits-name").textContent = k.name;
+  $("limits-card").dataset.key = k.name;
+  const show = (v) => (v === null || v === undefined ? "" : String(v));
+  $("limits-rpm").value = show(k.limits.rpm);
+  $("limits-tpm").value = show(k.limits.tpm);
+  $("limits-daily").value = show(k.limits.daily_tokens);
+  $("limits-conc").value = k.limits.max_concurrent === null || k.limits.max_concurrent === undefined ? "0" : String(k.limits.max_concurrent);
+  $("limits-msg").textContent = "";
+  $("limits-card").hidden = false;
+}
+
+async function saveLimits(ev) {
+  ev.preventDefault();
+  const name = $("limits-card").dataset.key;
+  try {
+    await api("PUT", "/admin/v1/keys/" + encodeURIComponent(name) + "/limits", limitsFrom("limits"));
+    $("limits-card").hidden = true;
+  } catch (e) {
+    $("limits-msg").textContent = e.message;
+  }
+  refreshKeys().catch(() => {});
 }
 
 async function createKey(ev) {
@@ -337,11 +372,7 @@ async function createKey(ev) {
   $("created-key").hidden = true;
   let body;
   try {
-    body = { name: $("new-key-name").value.trim() };
-    for (const [field, id] of [["rpm", "new-key-rpm"], ["tpm", "new-key-tpm"], ["daily_tokens", "new-key-daily"], ["max_concurrent", "new-key-conc"]]) {
-      const n = optionalNumber(id);
-      if (n !== undefined) body[field] = n;
-    }
+    body = { name: $("new-key-name").value.trim(), ...limitsFrom("new-key") };
     const created = await api("POST", "/admin/v1/keys", body);
     $("created-key-name").textContent = created.name;
     $("created-key-value").textContent = created.key;
@@ -553,6 +584,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); showLogin(); });
   $("key-form").addEventListener("submit", createKey);
   $("token-form").addEventListener("submit", createToken);
+  $("limits-form").addEventListener("submit", saveLimits);
+  $("limits-cancel").addEventListener("click", () => { $("limits-card").hidden = true; });
   $("pg-form").addEventListener("submit", send);
   $("pg-stop").addEventListener("click", () => controller && controller.abort());
   window.addEventListener("hashchange", route);

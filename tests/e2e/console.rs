@@ -195,6 +195,42 @@ fn the_console_shows_the_cluster_makes_keys_and_streams_an_answer() {
     });
     b.eval("document.querySelector('#keys tbody tr[data-key=\"console-app\"] button').click(); true");
     b.wait_for("the key's usage by day", STEP, "!document.getElementById('key-usage-card').hidden && document.querySelectorAll('#key-usage tbody tr td').length >= 6");
+    // Its limits changed from the page hold in the replicated state.
+    b.eval(
+        "[...document.querySelectorAll('#keys tbody tr[data-key=\"console-app\"] button')].find(b => b.textContent === 'Limits').click(); true",
+    );
+    b.wait_for(
+        "the limits form",
+        STEP,
+        "!document.getElementById('limits-card').hidden && document.getElementById('limits-rpm').value === '600'",
+    );
+    b.eval(
+        "document.getElementById('limits-rpm').value = '1200';
+         document.getElementById('limits-form').requestSubmit(); true",
+    );
+    b.wait_for("the new limit in the list", STEP, "document.getElementById('limits-card').hidden && document.querySelector('#keys tbody tr[data-key=\"console-app\"]').textContent.includes('1200')");
+    let key: Value = http
+        .get(format!("{hub}/admin/v1/keys/console-app"))
+        .bearer_auth(&c.key)
+        .send()
+        .expect("key")
+        .json()
+        .expect("json");
+    assert_eq!(
+        (key["limits"]["rpm"].as_u64(), key["limits"]["daily_tokens"].as_u64()),
+        (Some(1200), Some(100000)),
+        "{key}"
+    );
+    let bad = http
+        .put(format!("{hub}/admin/v1/keys/console-app/limits"))
+        .bearer_auth(&c.key)
+        .json(&json!({"rpm": 10, "rpn": 5}))
+        .send()
+        .expect("sent");
+    assert_eq!(bad.status(), 400, "an unknown limit is refused");
+    let missing =
+        http.put(format!("{hub}/admin/v1/keys/nope/limits")).bearer_auth(&c.key).json(&json!({})).send().expect("sent");
+    assert_eq!(missing.status(), 404);
     b.screenshot(&shots.join("keys.png"));
 
     // A join token with the command to paste.

@@ -275,7 +275,10 @@ fn two_spokes_joining_from_one_machine_get_distinct_ids() {
         .output()
         .expect("runs");
     let taken = String::from_utf8_lossy(&taken.stderr);
-    assert!(taken.contains("the spoke id \"s1\" is taken by another node: pick another --id"), "{taken}");
+    assert!(
+        taken.contains("the spoke id \"s1\" is taken by another node") && taken.contains("pick another --id"),
+        "{taken}"
+    );
 
     let a = spoke(&dir_a, true, "spoke a");
     let signed_a = a.line("join: certificate signed for spoke ");

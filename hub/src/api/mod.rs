@@ -50,6 +50,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
+        .route("/admin/v1/keys/{name}/limits", axum::routing::put(admin::set_limits))
         .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
         .route("/admin/v1/spokes/{id}", delete(admin::remove_spoke))
         .route("/admin/v1/tokens", post(admin::create_token))
