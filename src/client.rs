@@ -430,3 +430,48 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// Says when a joined spoke serves (its HTTP port answers) and, after a join, when its
+/// replica of the state has applied the log as far as the hub had when it registered the
+/// spoke. Two minutes at most for each; it only watches, the spoke goes on either way.
+pub async fn announce_joined(spoke: nave_consensus::SpokeConfig, dir: std::path::PathBuf, caught_up_at: Option<u64>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build();
+    let Ok(http) = http else { return };
+    let base = format!("http://{}", spoke.http);
+    const WATCH: Duration = Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + WATCH;
+    loop {
+        if http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            eprintln!(
+                "join: serving as spoke {} (QUIC {}, HTTP {}; data in {})",
+                spoke.id,
+                spoke.quic,
+                spoke.http,
+                dir.display()
+            );
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("join: spoke {} does not answer on {} after 120 s; see its log", spoke.id, spoke.http);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(index) = caught_up_at else { return };
+    let deadline = tokio::time::Instant::now() + WATCH;
+    loop {
+        let applied =
+            async { http.get(format!("{base}/cluster")).send().await.ok()?.json::<serde_json::Value>().await.ok() };
+        if let Some(v) = applied.await {
+            if v["applied_index"].as_u64().is_some_and(|a| a >= index) {
+                eprintln!("join: replica caught up: this spoke holds the cluster's state as of log index {index}");
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("join: the replica has not reached log index {index} after 120 s; it goes on catching up");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -69,17 +69,12 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 return runtime()?.block_on(async {
-                    let (joined, identity, dir) =
+                    let p =
                         nave_spoke::join::prepare(&join.data_dir, spec, with, rename_if_taken, &cli::print_join_step)
                             .await?;
-                    let _pid = PidFile::create(dir.clone())?;
-                    let (quic, http) = (joined.spoke.quic, joined.spoke.http);
-                    eprintln!(
-                        "join: serving as spoke {} (QUIC {quic}, HTTP {http}; data in {})",
-                        joined.spoke.id,
-                        dir.display()
-                    );
-                    nave_spoke::join::serve(joined, identity, dir, shutdown_signal()).await
+                    let _pid = PidFile::create(p.dir.clone())?;
+                    tokio::spawn(client::announce_joined(p.joined.spoke.clone(), p.dir.clone(), p.caught_up_at));
+                    nave_spoke::join::serve(p.joined, p.identity, p.dir, shutdown_signal()).await
                 });
             }
             let config = ClusterConfig::load(&config)?;

@@ -137,6 +137,7 @@ async fn answer(hub: &Hub, request: JoinRequest) -> JoinReply {
                     cert_pem,
                     ca_pem: hub.ca.cert_pem().to_string(),
                     heartbeat_interval_ms: hub.config.cluster.heartbeat_interval_ms,
+                    log_index: hub.consensus.figures().applied_index.unwrap_or(0),
                 }
             }
             Ok(CommandResult::Invalid(why) | CommandResult::NotFound(why)) => {

@@ -92,6 +92,15 @@ enum Failed {
     Fatal(anyhow::Error),
 }
 
+/// A joined spoke ready to serve: its settings, identity and directory, and, right after
+/// a join, the log index its replica has caught up at.
+pub struct Prepared {
+    pub joined: Joined,
+    pub identity: NodeIdentity,
+    pub dir: PathBuf,
+    pub caught_up_at: Option<u64>,
+}
+
 /// Joins the cluster through the hub at `hub` with `token`; writes the identity and the
 /// join record into `<data_dir>/<id>` (the id the hub answered with) and returns them
 /// with that directory. `rename_if_taken`: the id came from the host name, so the hub may
@@ -103,7 +112,7 @@ pub async fn join(
     data_dir: &Path,
     rename_if_taken: bool,
     step: &(dyn Fn(JoinStep) + Sync),
-) -> anyhow::Result<(Joined, NodeIdentity, PathBuf)> {
+) -> anyhow::Result<Prepared> {
     join_tries(hub, token, spec, data_dir, rename_if_taken, step, JOIN_TRIES, FIRST_BACKOFF).await
 }
 
@@ -117,7 +126,7 @@ async fn join_tries(
     step: &(dyn Fn(JoinStep) + Sync),
     tries: u32,
     first_backoff: Duration,
-) -> anyhow::Result<(Joined, NodeIdentity, PathBuf)> {
+) -> anyhow::Result<Prepared> {
     let token = JoinToken::parse(token).map_err(anyhow::Error::msg)?;
     let (csr_pem, key_pem) = tls::new_request(&spec.id)?;
     let request = JoinRequest {
@@ -158,9 +167,9 @@ async fn join_tries(
         }
     };
     endpoint.wait_idle().await;
-    let (id, cert_pem, ca_pem, heartbeat_interval_ms) = match reply {
-        JoinReply::Accepted { id, cert_pem, ca_pem, heartbeat_interval_ms } => {
-            (id, cert_pem, ca_pem, heartbeat_interval_ms)
+    let (id, cert_pem, ca_pem, heartbeat_interval_ms, log_index) = match reply {
+        JoinReply::Accepted { id, cert_pem, ca_pem, heartbeat_interval_ms, log_index } => {
+            (id, cert_pem, ca_pem, heartbeat_interval_ms, log_index)
         }
         JoinReply::Refused(why) => bail!("the hub refused to join this spoke: {why}"),
     };
@@ -176,7 +185,7 @@ async fn join_tries(
     let identity = tls::save_identity(&dir, &id, &ca_pem, &cert_pem, &key_pem)?;
     let joined = Joined { spoke: SpokeConfig { id, ..spec.clone() }, heartbeat_interval_ms };
     joined.save(&dir)?;
-    Ok((joined, identity, dir))
+    Ok(Prepared { joined, identity, dir, caught_up_at: Some(log_index) })
 }
 
 /// One try: dial the hub (accepting it only with the pinned CA), send the request, read
@@ -251,12 +260,12 @@ pub async fn prepare(
     join_with: Option<(SocketAddr, String)>,
     rename_if_taken: bool,
     step: &(dyn Fn(JoinStep) + Sync),
-) -> anyhow::Result<(Joined, NodeIdentity, PathBuf)> {
+) -> anyhow::Result<Prepared> {
     let dir = node_dir(data_dir, &spec.id);
     if let Some(joined) = Joined::load(&dir)? {
         tracing::info!(spoke = %joined.spoke.id, dir = %dir.display(), "joined before; starting from the saved identity");
         let identity = NodeIdentity::load(&dir, &joined.spoke.id)?;
-        return Ok((joined, identity, dir));
+        return Ok(Prepared { joined, identity, dir, caught_up_at: None });
     }
     let Some((hub, token)) = join_with else {
         bail!("{} holds no joined spoke: join first with --join HUB_QUIC_ADDR --token TOKEN", dir.display());
@@ -266,9 +275,9 @@ pub async fn prepare(
     let check = spec.clone();
     tokio::task::spawn_blocking(move || preflight(&check)).await??;
     step(JoinStep::Ready { models: spec.models.clone() });
-    let (joined, identity, dir) = join(hub, &token, &spec, data_dir, rename_if_taken, step).await?;
-    tracing::info!(spoke = %joined.spoke.id, %hub, "joined the cluster");
-    Ok((joined, identity, dir))
+    let prepared = join(hub, &token, &spec, data_dir, rename_if_taken, step).await?;
+    tracing::info!(spoke = %prepared.joined.spoke.id, %hub, "joined the cluster");
+    Ok(prepared)
 }
 
 /// Serves a joined spoke until `shutdown` completes.

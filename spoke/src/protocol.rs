@@ -171,6 +171,9 @@ pub enum JoinReply {
         cert_pem: String,
         ca_pem: String,
         heartbeat_interval_ms: u64,
+        /// The hub's applied log index once the spoke was registered: the spoke's replica
+        /// has caught up when it has applied that far.
+        log_index: u64,
     },
     Refused(String),
 }

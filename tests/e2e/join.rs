@@ -286,6 +286,7 @@ fn two_spokes_joining_from_one_machine_get_distinct_ids() {
     assert!(!signed_a.contains("held by another node"), "the first takes the host name: {signed_a}");
     a.line("join: CA pinned");
     a.line("join: serving as spoke");
+    a.line("join: replica caught up");
     wait_state(&http, &hub, &key, &id_a, Some("active"));
 
     let b = spoke(&dir_b, true, "spoke b");
