@@ -273,7 +273,13 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     );
     // Apps get an ordinary key (its limits and usage are its own), made once.
     let app_key = data.join("app.key");
-    match probe::ensure_app_key(&http.to_string(), &admin, &app_key) {
+    // A machine with only spokes leaves the app key to the hubs' machines.
+    let made = if local_hubs.is_empty() {
+        Err(anyhow::anyhow!("no hub runs here"))
+    } else {
+        probe::ensure_app_key(&http.to_string(), &admin, &app_key)
+    };
+    match made {
         Ok(key) => {
             println!("  app key:   {key}  (also in {}; nave admin key create makes more)", app_key.display());
             println!("  try:       curl http://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",
