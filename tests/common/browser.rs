@@ -33,7 +33,7 @@ pub struct Browser {
     session: Option<String>,
     /// Script exceptions and console errors of the page, as text.
     pub errors: Arc<Mutex<Vec<String>>>,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 fn pipe() -> (RawFd, RawFd) {
@@ -129,7 +129,7 @@ impl Browser {
                 }
             });
         }
-        let mut b = Browser { child, to_browser, answers, next_id: 0, session: None, errors, _profile: profile };
+        let mut b = Browser { child, to_browser, answers, next_id: 0, session: None, errors, profile };
         let target = b.call("Target.createTarget", json!({"url": "about:blank"}));
         let target = target["targetId"].as_str().expect("target id").to_string();
         let attached = b.call("Target.attachToTarget", json!({"targetId": target, "flatten": true}));
@@ -153,7 +153,9 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&msg).expect("json");
         bytes.push(0);
-        self.to_browser.write_all(&bytes).unwrap_or_else(|e| panic!("{method}: the browser is gone ({e})"));
+        if let Err(e) = self.to_browser.write_all(&bytes) {
+            panic!("{method}: the browser is gone ({e})\n{}", self.log_tail());
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -165,8 +167,8 @@ impl Browser {
                     return answer["result"].clone();
                 }
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => panic!("{method}: no answer within 60 s"),
-                Err(RecvTimeoutError::Disconnected) => panic!("{method}: the browser exited"),
+                Err(RecvTimeoutError::Timeout) => panic!("{method}: no answer within 60 s\n{}", self.log_tail()),
+                Err(RecvTimeoutError::Disconnected) => panic!("{method}: the browser exited\n{}", self.log_tail()),
             }
         }
     }
@@ -231,6 +233,13 @@ impl Browser {
         let png = decode_base64(r["data"].as_str().expect("screenshot data"));
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         std::fs::write(path, png).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// The end of the browser's own log (its stderr), for a failure's message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.profile.path().join("chromium.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("chromium's log ends:\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
     }
 
     pub fn errors(&self) -> Vec<String> {
