@@ -366,7 +366,12 @@ pub async fn chat(
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
     use std::io::Write;
-    let message = |role: &str, text: String| InMessage { role: role.into(), content: Some(Content::Text(text)) };
+    let message = |role: &str, text: String| InMessage {
+        role: role.into(),
+        content: Some(Content::Text(text)),
+        tool_calls: None,
+        tool_call_id: None,
+    };
     let body = ChatRequest {
         model,
         messages: vec![message("system", "You are a helpful assistant.".into()), message("user", prompt)],
@@ -374,6 +379,9 @@ pub async fn chat(
         stream_options: None,
         logprobs: None,
         top_logprobs: None,
+        tools: None,
+        tool_choice: None,
+        response_format: None,
         sampling: Sampling { max_tokens, ..Default::default() },
         unsupported: Default::default(),
     };

@@ -173,7 +173,7 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
                 n += tokens.len();
                 first.get_or_insert_with(Instant::now);
             }
-            Event::Prompt { .. } => {}
+            Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. } => {}
             Event::Done { .. } => break,
             Event::Error { message, .. } => anyhow::bail!(message),
         }

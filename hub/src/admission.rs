@@ -66,7 +66,11 @@ pub fn prompt_bound(prompt: &Prompt, overhead: Option<(usize, usize)>) -> usize 
         Prompt::Tokens(t) => t.len(),
         Prompt::Chat(messages) => {
             let (first, each) = overhead.unwrap_or((TEMPLATE_PER_PROMPT, TEMPLATE_PER_MESSAGE));
-            let text: usize = messages.iter().map(|m| m.role.len() + m.content.len() + SLACK_PER_MESSAGE).sum();
+            let calls = |m: &nave_inference::ChatMessage| -> usize {
+                m.tool_calls.iter().map(|c| c.id.len() + c.name.len() + c.arguments.len() + SLACK_PER_MESSAGE).sum()
+            };
+            let text: usize =
+                messages.iter().map(|m| m.role.len() + m.content.len() + calls(m) + SLACK_PER_MESSAGE).sum();
             first.saturating_add(each.saturating_mul(messages.len().saturating_sub(1))).saturating_add(text)
         }
     }

@@ -225,6 +225,8 @@ pub async fn complete(
             text: String::new(),
             tokens: Vec::new(),
             logprobs: Vec::new(),
+            tool_calls: Vec::new(),
+            embedding: None,
             finish,
             usage: Usage::default(),
         };
@@ -251,6 +253,16 @@ pub async fn complete(
                     c.logprobs.extend(logprobs);
                 }
                 Some(Event::Prompt { logprobs }) => answer.prompt_logprobs.extend(logprobs),
+                Some(Event::Embedding { vector }) => {
+                    if let Some(c) = answer.choices.first_mut() {
+                        c.embedding = Some(vector);
+                    }
+                }
+                Some(Event::ToolCall { choice, call, .. }) => {
+                    if let Some(c) = answer.choices.get_mut(choice as usize) {
+                        c.tool_calls.push(call);
+                    }
+                }
                 Some(Event::Done { choice, finish, usage }) => {
                     let Some(c) = answer.choices.get_mut(choice as usize) else {
                         return Err(ApiError::new(

@@ -32,11 +32,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::detok::{Detokenizer, Step};
 use crate::error::{Error, Result};
+use crate::grammar::{Grammars, Guide};
 use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
 use crate::ledger::{Ledger, Partition, Reservation};
-use crate::model::{Row, ServingAdapter};
+use crate::model::{Pooling, Row, ServingAdapter};
 use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
 use crate::template::ChatMessage;
+use crate::tools::{Parsed, ToolCall, ToolParser};
 use crate::LoadedModel;
 
 /// Sizes of the engine's queues and pool.
@@ -83,6 +85,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length.
     Length,
+    /// The output called one or more tools.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -90,6 +94,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -112,6 +117,11 @@ pub enum Event {
     /// for them (`prompt_logprobs`): sent before the first `Delta`, one event per prefill
     /// chunk (so a frame stays bounded by the batch's token budget).
     Prompt { logprobs: Vec<TokenLogprob> },
+    /// The prompt's embedding (`SamplingParams::embed`), sent before its `Done`.
+    Embedding { vector: Vec<f32> },
+    /// Choice `choice` called a tool: the `index`-th call of its output, complete. Text
+    /// that was part of the call is not in any `Delta`.
+    ToolCall { choice: u32, index: u32, call: ToolCall },
     /// Choice `choice` ended; its usage counts the prompt and that choice's tokens. The
     /// stream ends after the `Done` of every choice.
     Done { choice: u32, finish: FinishReason, usage: Usage },
@@ -208,6 +218,7 @@ impl Engine {
             gauges: gauges.clone(),
             queued: queued.clone(),
             next_id: 0,
+            grammars: None,
             _reservations: [weights, pool_reservation],
         };
         let thread =
@@ -334,9 +345,55 @@ struct Sequence {
     prompt_logprobs: Option<usize>,
     /// The request's other choices, waiting until this one's prompt is computed.
     followers: Vec<Sequence>,
+    /// Where the output is in its grammar, when the request constrains it.
+    guide: Option<Guide>,
+    /// Reads tool calls out of the output, when the request offers tools.
+    tool_parser: Option<ToolParser>,
+    /// Calls made so far.
+    calls: u32,
+    /// An embedding's pooled hidden states so far (the sum, for mean pooling).
+    embedding: Option<Vec<f64>>,
 }
 
 impl Sequence {
+    /// Streams new output text with the tokens behind it: as it is, or through the tool
+    /// parser (text as deltas, complete calls as `ToolCall`s); `end` flushes the parser.
+    fn send_text(&mut self, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob>, end: bool) {
+        let choice = self.choice;
+        let Some(parser) = &mut self.tool_parser else {
+            if !text.is_empty() || !tokens.is_empty() {
+                let _ = self.tx.send(Event::Delta { choice, text, tokens, logprobs });
+            }
+            return;
+        };
+        let mut parsed = parser.push(&text);
+        if end {
+            parsed.extend(parser.finish());
+        }
+        let format = parser.format();
+        let mut plain = String::new();
+        let mut calls = Vec::new();
+        for p in parsed {
+            match p {
+                Parsed::Text(t) => plain.push_str(&t),
+                Parsed::Call { name, arguments } => calls.push((name, arguments)),
+            }
+        }
+        if !plain.is_empty() || !tokens.is_empty() {
+            let _ = self.tx.send(Event::Delta { choice, text: plain, tokens, logprobs });
+        }
+        let seed = self
+            .request_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64 ^ choice as u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        for (name, arguments) in calls {
+            let index = self.calls;
+            let call = ToolCall { id: format.call_id(seed, index as usize), name, arguments };
+            let _ = self.tx.send(Event::ToolCall { choice, index, call });
+            self.calls += 1;
+        }
+    }
+
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
@@ -358,6 +415,8 @@ struct Worker {
     gauges: Arc<EngineGauges>,
     queued: Arc<AtomicUsize>,
     next_id: u64,
+    /// The model's grammar compiler, built on the first constrained request.
+    grammars: Option<Grammars>,
     _reservations: [Reservation; 2],
 }
 
@@ -417,10 +476,21 @@ impl Worker {
                 let template = m.template.as_ref().ok_or_else(|| {
                     Error::InvalidRequest(format!("model {} has no chat template: use completions", m.name))
                 })?;
-                let (text, spans) = template.render_spans(&msgs)?;
+                let (text, spans) = template.render_spans_with(&msgs, req.params.tools.as_ref())?;
                 m.tokenizer.encode_prompt(&text, &spans)?
             }
         };
+        let tool_format = match (&req.params.tools, &m.template) {
+            (Some(_), Some(t)) => Some(t.tool_format()),
+            (Some(_), None) => return Err(Error::InvalidRequest("tools: the model has no chat template".into())),
+            (None, _) => None,
+        };
+        let mut params = req.params;
+        if let (Some(tools), Some(format)) = (&params.tools, tool_format) {
+            if let Some(forced) = format.grammar(tools, &m.tokenizer) {
+                params.constraint = Some(forced);
+            }
+        }
         let context = m.transformer.config.context;
         if tokens.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
@@ -441,18 +511,33 @@ impl Worker {
                 tokens.len()
             )));
         }
-        if let Some(&(bad, _)) = req.params.logit_bias.iter().find(|(t, _)| *t as usize >= m.transformer.config.vocab) {
+        if let Some(&(bad, _)) = params.logit_bias.iter().find(|(t, _)| *t as usize >= m.transformer.config.vocab) {
             return Err(Error::InvalidRequest(format!("logit_bias: token id {bad} is outside the vocabulary")));
         }
-        let max_tokens = req.params.max_tokens.min(context - tokens.len()).min(capacity - tokens.len());
+        let max_tokens = params.max_tokens.min(context - tokens.len()).min(capacity - tokens.len());
+        let mut guides = Vec::new();
+        if let Some(constraint) = &params.constraint {
+            if self.grammars.is_none() {
+                let started = Instant::now();
+                self.grammars = Some(Grammars::new(&self.model.tokenizer)?);
+                tracing::info!(model = %self.model.name, ms = elapsed_ms(started) as u64, "grammar compiler ready");
+            }
+            let grammars = self.grammars.as_ref().expect("set above");
+            for _ in 0..params.n.max(1) {
+                guides.push(grammars.matcher(constraint)?);
+            }
+        }
+        let mut guides = guides.into_iter();
         self.gauges.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
-        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), n = req.params.n, "queued");
-        let mut choices: Vec<Sequence> = (0..req.params.n.max(1) as u32)
+        tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), n = params.n, "queued");
+        let mut choices: Vec<Sequence> = (0..params.n.max(1) as u32)
             .map(|choice| {
                 self.next_id += 1;
-                let params = SamplingParams {
-                    seed: req.params.seed.map(|s| s.wrapping_add(choice as u64)),
-                    ..req.params.clone()
+                let own = SamplingParams {
+                    seed: params.seed.map(|s| s.wrapping_add(choice as u64)),
+                    // A grammar ends with the end of the turn.
+                    ignore_eos: params.ignore_eos && params.constraint.is_none(),
+                    ..params.clone()
                 };
                 Sequence {
                     id: self.next_id,
@@ -466,15 +551,19 @@ impl Worker {
                     last_hash: adapter.as_ref().map_or(0, |a| a.hash_seed),
                     adapter: adapter.clone(),
                     max_tokens,
-                    detok: Detokenizer::new(req.params.stop.clone()),
-                    sampler: Sampler::new(params, &tokens, self.next_id),
+                    detok: Detokenizer::new(params.stop.clone()),
+                    sampler: Sampler::new(own, &tokens, self.next_id),
                     tx: tx.clone(),
                     cached_tokens: 0,
                     choice,
                     // The prompt's log-probabilities are the same for every choice: the
                     // first sends them.
-                    prompt_logprobs: (choice == 0 && req.params.prompt_logprobs).then_some(0),
+                    prompt_logprobs: (choice == 0 && params.prompt_logprobs).then_some(0),
                     followers: Vec::new(),
+                    guide: guides.next(),
+                    tool_parser: tool_format.map(ToolParser::new),
+                    calls: 0,
+                    embedding: params.embed.then(Vec::new),
                 }
             })
             .collect();
@@ -541,7 +630,11 @@ impl Worker {
             let hashes = prefix_hashes(&seq.tokens[..seq.tokens.len() - 1], bs, seq.hash_seed);
             // A prompt whose log-probabilities are wanted is computed whole: every
             // position's logits are needed.
-            let cached = if seq.prompt_logprobs.is_some() { Vec::new() } else { self.pool.take_prefix(&hashes) };
+            let cached = if seq.prompt_logprobs.is_some() || seq.embedding.is_some() {
+                Vec::new()
+            } else {
+                self.pool.take_prefix(&hashes)
+            };
             let need = seq.tokens.len().div_ceil(bs) - cached.len();
             if self.pool.num_free() < need {
                 cached.into_iter().for_each(|b| self.pool.release(b));
@@ -600,14 +693,17 @@ impl Worker {
         }
 
         let mut rows = Vec::new();
+        let pooling = self.model.transformer.config.pooling;
         for (id, take) in &plan {
             let s = self.running.iter().find(|s| s.id == *id).expect("planned sequences are running");
             for p in s.computed..s.computed + take {
+                let hidden = s.embedding.is_some() && pooled(pooling, p, s.tokens.len());
                 rows.push(Row {
                     token: s.tokens[p],
                     pos: p,
                     blocks: &s.blocks,
-                    logits: p + 1 == s.tokens.len() || s.wants_prompt_logits(p),
+                    logits: !hidden && s.embedding.is_none() && (p + 1 == s.tokens.len() || s.wants_prompt_logits(p)),
+                    hidden,
                     adapter: s.adapter.as_deref(),
                 });
             }
@@ -619,6 +715,7 @@ impl Worker {
 
         let mut logits = logits.into_iter();
         let mut finished = Vec::new();
+        let mut failed = Vec::new();
         for (id, take) in plan {
             let Some(idx) = self.running.iter().position(|s| s.id == id) else { continue };
             let bs = self.pool.block_size();
@@ -631,6 +728,25 @@ impl Worker {
                 s.registered += 1;
             }
             let start = s.computed - take;
+            if let Some(sum) = &mut s.embedding {
+                for p in start..s.computed {
+                    if !pooled(pooling, p, s.tokens.len()) {
+                        continue;
+                    }
+                    let Some(h) = logits.next() else { break };
+                    if sum.is_empty() {
+                        sum.resize(h.len(), 0.0);
+                    }
+                    sum.iter_mut().zip(&h).for_each(|(a, &b)| *a += b as f64);
+                }
+                if s.computed == s.tokens.len() {
+                    let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                    let vector = sum.iter().map(|x| (x / norm) as f32).collect();
+                    let _ = s.tx.send(Event::Embedding { vector });
+                    finished.push((id, FinishReason::Stop));
+                }
+                continue;
+            }
             if let Some(sent) = s.prompt_logprobs {
                 // Row p's logits predict token p + 1; the first token has no logprob.
                 let tok = &self.model.tokenizer;
@@ -672,7 +788,17 @@ impl Worker {
                 }
             }
             let s = &mut self.running[idx];
+            if let Some(g) = &mut s.guide {
+                if let Err(e) = g.mask(&mut l) {
+                    failed.push((id, e));
+                    continue;
+                }
+            }
             let token = s.sampler.sample(&mut l);
+            if let Some(Err(e)) = s.guide.as_mut().map(|g| g.advance(token)) {
+                failed.push((id, e));
+                continue;
+            }
             let lp = s.sampler.params().logprobs.map(|k| {
                 let tok = &self.model.tokenizer;
                 logprobs(&l, token, k, |t| tok.token_bytes(t))
@@ -684,13 +810,22 @@ impl Worker {
                 finished.push((id, reason));
             }
         }
+        for (id, e) in failed {
+            if let Some(idx) = self.running.iter().position(|s| s.id == id) {
+                let s = self.running.remove(idx);
+                tracing::error!(request_id = %s.request_id, error = %e, "constrained decoding failed");
+                let _ = s.tx.send(Event::Error { message: e.to_string(), client: false });
+                self.free(s);
+            }
+        }
         for (id, reason) in finished {
             if let Some(idx) = self.running.iter().position(|s| s.id == id) {
                 let mut s = self.running.remove(idx);
-                let tail = s.detok.finish();
-                if reason == FinishReason::Length && !tail.is_empty() {
-                    let _ = s.tx.send(Event::Delta { choice: s.choice, text: tail, tokens: vec![], logprobs: vec![] });
+                if reason == FinishReason::Length {
+                    let tail = s.detok.finish();
+                    s.send_text(tail, vec![], vec![], true);
                 }
+                let reason = if s.calls > 0 && reason == FinishReason::Stop { FinishReason::ToolCalls } else { reason };
                 let usage = Usage {
                     prompt_tokens: s.prompt_len,
                     completion_tokens: s.generated(),
@@ -709,25 +844,36 @@ impl Worker {
     fn emit(&mut self, idx: usize, token: u32, lp: Option<TokenLogprob>) -> Option<FinishReason> {
         let s = &mut self.running[idx];
         let tok = &self.model.tokenizer;
-        let choice = s.choice;
         if !s.sampler.params().ignore_eos && tok.stop_ids().contains(&token) {
             let held = s.detok.finish();
-            if !held.is_empty() {
-                let _ = s.tx.send(Event::Delta { choice, text: held, tokens: vec![], logprobs: vec![] });
-            }
+            s.send_text(held, vec![], vec![], true);
             return Some(FinishReason::Stop);
         }
+        // A control token of the call syntax is not text, but the tool parser reads it.
+        let marker = match (&s.tool_parser, tok.is_control(token)) {
+            (Some(p), true) => tok.token_text(token).filter(|t| p.format().marker(t)).unwrap_or(""),
+            _ => "",
+        };
         let logprobs = lp.into_iter().collect();
         match s.detok.push(tok, token) {
             Step::Stopped(text) => {
-                let _ = s.tx.send(Event::Delta { choice, text, tokens: vec![token], logprobs });
+                s.send_text(format!("{marker}{text}"), vec![token], logprobs, true);
                 Some(FinishReason::Stop)
             }
             Step::Text(text) => {
-                let _ = s.tx.send(Event::Delta { choice, text, tokens: vec![token], logprobs });
+                s.send_text(format!("{marker}{text}"), vec![token], logprobs, false);
                 (s.generated() >= s.max_tokens).then_some(FinishReason::Length)
             }
         }
+    }
+}
+
+/// Whether position `p` of a text of `len` tokens goes into its embedding.
+fn pooled(pooling: Pooling, p: usize, len: usize) -> bool {
+    match pooling {
+        Pooling::Mean => true,
+        Pooling::First => p == 0,
+        Pooling::Last => p + 1 == len,
     }
 }
 
@@ -745,8 +891,26 @@ pub struct Collected {
     pub text: String,
     pub tokens: Vec<u32>,
     pub logprobs: Vec<TokenLogprob>,
+    /// The tools it called, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// The prompt's embedding, when that was asked for.
+    pub embedding: Option<Vec<f32>>,
     pub finish: FinishReason,
     pub usage: Usage,
+}
+
+impl Collected {
+    fn empty() -> Self {
+        Self {
+            text: String::new(),
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            tool_calls: Vec::new(),
+            embedding: None,
+            finish: FinishReason::Stop,
+            usage: Usage::default(),
+        }
+    }
 }
 
 /// Runs a request to the end: the prompt's log-probabilities (if asked for) and every
@@ -759,26 +923,18 @@ pub fn collect_all(mut stream: EventStream) -> Result<(Vec<TokenLogprob>, Vec<Co
     while let Some(ev) = stream.blocking_recv() {
         match ev {
             Event::Delta { choice, text, tokens, logprobs } => {
-                let c = open.entry(choice).or_insert_with(|| Collected {
-                    text: String::new(),
-                    tokens: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish: FinishReason::Stop,
-                    usage: Usage::default(),
-                });
+                let c = open.entry(choice).or_insert_with(Collected::empty);
                 c.text.push_str(&text);
                 c.tokens.extend(tokens);
                 c.logprobs.extend(logprobs);
             }
+            Event::ToolCall { choice, call, .. } => {
+                open.entry(choice).or_insert_with(Collected::empty).tool_calls.push(call)
+            }
+            Event::Embedding { vector } => open.entry(0).or_insert_with(Collected::empty).embedding = Some(vector),
             Event::Prompt { logprobs } => prompt.extend(logprobs),
             Event::Done { choice, finish, usage } => {
-                let mut c = open.remove(&choice).unwrap_or(Collected {
-                    text: String::new(),
-                    tokens: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish,
-                    usage,
-                });
+                let mut c = open.remove(&choice).unwrap_or_else(Collected::empty);
                 (c.finish, c.usage) = (finish, usage);
                 done.push((choice, c));
             }

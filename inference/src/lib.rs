@@ -31,6 +31,7 @@ pub mod error;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gguf;
+pub mod grammar;
 pub mod kernels;
 pub mod kv;
 pub mod ledger;
@@ -44,6 +45,7 @@ pub mod store;
 pub mod template;
 pub mod tiny;
 pub mod tokenizer;
+pub mod tools;
 pub mod train;
 
 use std::path::Path;

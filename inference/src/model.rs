@@ -64,6 +64,19 @@ pub struct ModelConfig {
     pub attn_softcap: Option<f32>,
     /// `cap * tanh(logit / cap)` on the output logits (Gemma 2).
     pub final_softcap: Option<f32>,
+    /// How an embedding pools the final hidden states (`{arch}.pooling_type`; mean when
+    /// the file names none).
+    pub pooling: Pooling,
+}
+
+/// How the hidden states of a text's tokens become its embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Pooling {
+    Mean,
+    /// The first token's (BERT's CLS).
+    First,
+    /// The last token's.
+    Last,
 }
 
 /// Rotary scaling from the GGUF's `{arch}.rope.scaling.*` keys, in GGML's terms: the
@@ -163,6 +176,12 @@ impl ModelConfig {
             rope_scaling: rope_scaling(gguf, arch, context)?,
             attn_softcap: None,
             final_softcap: None,
+            // GGML's numbering: 1 mean, 2 cls, 3 last.
+            pooling: match gguf.opt_u32(&key("pooling_type")) {
+                Some(2) => Pooling::First,
+                Some(3) => Pooling::Last,
+                _ => Pooling::Mean,
+            },
         })
     }
 
@@ -270,6 +289,9 @@ pub struct Row<'a> {
     pub blocks: &'a [BlockId],
     /// Whether the logits after this token are needed (the last row of a sequence's chunk).
     pub logits: bool,
+    /// Whether this row's final hidden state (after the output norm) is wanted instead of
+    /// its logits (embeddings).
+    pub hidden: bool,
     /// The LoRA adapter of the row's request, if any.
     pub adapter: Option<&'a ServingAdapter>,
 }
@@ -532,7 +554,8 @@ impl Transformer {
     }
 
     /// Runs `rows` through the model, writing their keys and values into `kv`, and returns
-    /// the logits of the rows marked `logits`, in order.
+    /// the logits of the rows marked `logits` and the final hidden states of those marked
+    /// `hidden`, in row order.
     pub fn forward(&self, rows: &[Row<'_>], kv: &mut KvStore) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         let n = rows.len();
@@ -621,7 +644,8 @@ impl Transformer {
             add_in_place(&mut x, &d);
         }
 
-        let picked: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.logits).map(|(i, _)| i).collect();
+        let picked: Vec<usize> =
+            rows.iter().enumerate().filter(|(_, r)| r.logits || r.hidden).map(|(i, _)| i).collect();
         if picked.is_empty() {
             return Ok(Vec::new());
         }
@@ -630,12 +654,27 @@ impl Transformer {
             last.extend_from_slice(&x[i * c.hidden..(i + 1) * c.hidden]);
         }
         rms_norm_in_place(&mut last, &self.out_norm, c.eps);
+        let hidden_rows = picked.iter().filter(|&&i| rows[i].hidden).count();
+        if hidden_rows == picked.len() {
+            return Ok(last.chunks_exact(c.hidden).map(<[f32]>::to_vec).collect());
+        }
+        let for_logits: Vec<usize> = (0..picked.len()).filter(|&j| !rows[picked[j]].hidden).collect();
+        let mut normed = Vec::with_capacity(for_logits.len() * c.hidden);
+        for &j in &for_logits {
+            normed.extend_from_slice(&last[j * c.hidden..(j + 1) * c.hidden]);
+        }
         let mut logits = Vec::new();
-        self.linear([&self.output], &last, picked.len(), &mut act, [&mut logits]);
+        self.linear([&self.output], &normed, for_logits.len(), &mut act, [&mut logits]);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
-        Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
+        let mut logits = logits.chunks_exact(c.vocab);
+        Ok((0..picked.len())
+            .map(|j| match rows[picked[j]].hidden {
+                true => last[j * c.hidden..(j + 1) * c.hidden].to_vec(),
+                false => logits.next().map(<[f32]>::to_vec).unwrap_or_default(),
+            })
+            .collect())
     }
 }
 

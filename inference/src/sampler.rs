@@ -49,6 +49,16 @@ pub struct SamplingParams {
     /// Added to the logits of these token ids before anything else (-100..=100; -100
     /// bans a token, 100 all but forces it), at most [`MAX_LOGIT_BIAS`] entries.
     pub logit_bias: Vec<(u32, f32)>,
+    /// What the output must match (a JSON schema, a grammar): tokens the grammar does not
+    /// allow are masked before anything else.
+    pub constraint: Option<crate::grammar::Constraint>,
+    /// Functions the model may call (chat only): rendered into the template, calls parsed
+    /// out of the output; "required" or a named function constrains the output to a call.
+    pub tools: Option<crate::tools::Tools>,
+    /// The prompt's embedding instead of a completion: its final hidden states pooled as
+    /// the model says (mean, first or last token) and L2-normalized, sent as one
+    /// `Event::Embedding` before `Done`.
+    pub embed: bool,
 }
 
 /// The most completions one request may ask for.
@@ -83,6 +93,9 @@ impl Default for SamplingParams {
             logprobs: None,
             prompt_logprobs: false,
             logit_bias: Vec::new(),
+            constraint: None,
+            tools: None,
+            embed: false,
         }
     }
 }
@@ -130,6 +143,21 @@ impl SamplingParams {
         }
         if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
             return bad("logit_bias", &format!("the bias of token {t} is {b}; it must be between -100 and 100"));
+        }
+        if let Some(c) = &self.constraint {
+            c.validate()?;
+        }
+        if self.embed && (self.n != 1 || self.constraint.is_some() || self.tools.is_some() || self.logprobs.is_some()) {
+            return bad("input", "an embedding takes no n, logprobs, tools or response format");
+        }
+        if let Some(t) = &self.tools {
+            t.validate()?;
+            if self.constraint.is_some() && t.choice != crate::tools::ToolChoice::Auto {
+                return bad(
+                    "tool_choice",
+                    "a required tool call and a response format cannot both constrain the output",
+                );
+            }
         }
         Ok(())
     }

@@ -6,17 +6,45 @@ use minijinja::{context, Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::tools::{ToolCall, ToolFormat, Tools};
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's calls of the request's tools.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// The message as chat templates read it (OpenAI's shape: calls as
+    /// `{id, type, function: {name, arguments}}`, arguments as an object where they parse).
+    fn template_value(&self) -> serde_json::Value {
+        let mut m = serde_json::json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            m["tool_calls"] = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    let args = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                        .unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone()));
+                    serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": args}})
+                })
+                .collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = id.clone().into();
+        }
+        m
     }
 }
 
@@ -25,6 +53,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    tool_format: ToolFormat,
 }
 
 impl ChatTemplate {
@@ -42,7 +71,12 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::InvalidRequest(format!("the model's chat template does not compile: {e}")))?;
-        Ok(Self { env, bos: bos.into(), eos: eos.into() })
+        Ok(Self { env, bos: bos.into(), eos: eos.into(), tool_format: ToolFormat::detect(source) })
+    }
+
+    /// How the template's model writes tool calls.
+    pub fn tool_format(&self) -> ToolFormat {
+        self.tool_format
     }
 
     /// The prompt for `messages` and where in it each message's text landed: the byte
@@ -56,13 +90,30 @@ impl ChatTemplate {
     /// allowed only verbatim or trimmed (what templates do to it); when a template does
     /// something else with the text, the marked rendering (marks removed) is the prompt.
     pub fn render_spans(&self, messages: &[ChatMessage]) -> Result<(String, Vec<std::ops::Range<usize>>)> {
+        self.render_spans_with(messages, None)
+    }
+
+    /// [`Self::render_spans`] with the request's tools in the template's `tools`
+    /// variable (a template that knows no tools gets them described in the system
+    /// message, [`ToolFormat::prepare`]).
+    pub fn render_spans_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&Tools>,
+    ) -> Result<(String, Vec<std::ops::Range<usize>>)> {
         let clean = |t: &str| t.replace([OPEN, CLOSE], "\u{FFFD}");
-        let messages: Vec<ChatMessage> =
-            messages.iter().map(|m| ChatMessage::new(m.role.clone(), clean(&m.content))).collect();
-        let marked: Vec<ChatMessage> =
-            messages.iter().map(|m| ChatMessage::new(m.role.clone(), format!("{OPEN}{}{CLOSE}", m.content))).collect();
-        let plain = self.render(&messages)?;
-        let with_marks = self.render(&marked)?;
+        let messages: Vec<ChatMessage> = self
+            .tool_format
+            .prepare(messages, tools)
+            .into_iter()
+            .map(|m| ChatMessage { content: clean(&m.content), ..m })
+            .collect();
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage { content: format!("{OPEN}{}{CLOSE}", m.content), ..m.clone() })
+            .collect();
+        let plain = self.render_with(&messages, tools)?;
+        let with_marks = self.render_with(&marked, tools)?;
         // Template text and message text, alternating: [T0, M0, T1, M1, ..., Tn].
         let mut parts: Vec<&str> = Vec::new();
         let mut rest = with_marks.as_str();
@@ -94,12 +145,19 @@ impl ChatTemplate {
 
     /// The prompt for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_with(messages, None)
+    }
+
+    fn render_with(&self, messages: &[ChatMessage], tools: Option<&Tools>) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("messages must not be empty".into()));
         }
         let tmpl = self.env.get_template("chat").map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let values: Vec<serde_json::Value> = messages.iter().map(ChatMessage::template_value).collect();
+        let tools = tools.filter(|_| self.tool_format != ToolFormat::Fallback).map(Tools::template_value);
         tmpl.render(context! {
-            messages => messages,
+            messages => minijinja::Value::from_serialize(&values),
+            tools => tools.map(|t| minijinja::Value::from_serialize(&t)),
             add_generation_prompt => true,
             bos_token => self.bos,
             eos_token => self.eos,
@@ -245,6 +303,58 @@ mod tests {
         let upper = ChatTemplate::new("{% for m in messages %}[{{ m['content'] | upper }}]{% endfor %}", "", "")?;
         let (text, spans) = upper.render_spans(&[ChatMessage::new("user", "ab")])?;
         assert_eq!(&text[spans[0].clone()], "AB", "{text}");
+        Ok(())
+    }
+
+    /// The tool parts of Qwen 2.5's template, as it writes them.
+    const HERMES: &str = concat!(
+        "{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools><|im_end|>\n{% endif %}",
+        "{%- for message in messages %}",
+        "{%- if message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant\n{{ message.content }}",
+        "{%- for tool_call in message.tool_calls %}{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}",
+        "<tool_call>\n{\"name\": \"{{ tool_call.name }}\", \"arguments\": {{ tool_call.arguments | tojson }}}\n</tool_call>{%- endfor %}<|im_end|>\n",
+        "{%- elif message.role == 'tool' %}<|im_start|>user\n<tool_response>\n{{ message.content }}\n</tool_response><|im_end|>\n",
+        "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}{%- endfor %}",
+        "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    );
+
+    #[test]
+    fn tools_calls_and_results_reach_the_template() -> Result<()> {
+        use crate::tools::{ToolChoice, ToolDef};
+        let t = ChatTemplate::new(HERMES, "", "")?;
+        assert_eq!(t.tool_format(), ToolFormat::Hermes);
+        let tools = Tools {
+            defs: vec![ToolDef {
+                name: "f".into(),
+                description: "d".into(),
+                parameters: r#"{"type":"object"}"#.into(),
+            }],
+            choice: ToolChoice::Auto,
+        };
+        let call = ToolCall { id: "call_1".into(), name: "f".into(), arguments: r#"{"x":1}"#.into() };
+        let msgs = [
+            ChatMessage::new("user", "q"),
+            ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") },
+            ChatMessage { tool_call_id: Some("call_1".into()), ..ChatMessage::new("tool", "42") },
+        ];
+        let (text, _) = t.render_spans_with(&msgs, Some(&tools))?;
+        assert!(
+            text.starts_with("<|im_start|>system\n# Tools\n<tools>\n{\"function\":{\"description\":\"d\""),
+            "{text}"
+        );
+        assert!(text.contains("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\":1}}\n</tool_call>"), "{text}");
+        assert!(text.contains("<tool_response>\n42\n</tool_response>"), "{text}");
+        // A template that knows no tools: they are described in a system message, the
+        // call and its result written in the same form.
+        let plain = ChatTemplate::new(CHATML, "", "")?;
+        assert_eq!(plain.tool_format(), ToolFormat::Fallback);
+        let (text, _) = plain.render_spans_with(&msgs, Some(&tools))?;
+        assert!(text.starts_with("<|im_start|>system\nYou may call functions"), "{text}");
+        assert!(
+            text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\":\"f\",\"arguments\":{\"x\":1}}\n</tool_call>"),
+            "{text}"
+        );
+        assert!(text.contains("<|im_start|>user\n<tool_response>\n42\n</tool_response>"), "{text}");
         Ok(())
     }
 

@@ -196,6 +196,11 @@ impl TextTokenizer {
         Ok(self.with_bos(ids))
     }
 
+    /// The id of the control token whose text is `text`.
+    pub fn control_id(&self, text: &str) -> Option<u32> {
+        self.control.iter().copied().find(|&id| self.token_text(id) == Some(text))
+    }
+
     /// Whether `id` is a control token (only a template may produce one).
     pub fn is_control(&self, id: u32) -> bool {
         self.control.contains(&id)

@@ -99,7 +99,14 @@ fn every_family_matches_llama_cpp() {
             let len = prompt.len() + tokens.len();
             let mut kv = KvStore::new(c.layers, len.div_ceil(16), 16, c.kv_dim());
             let blocks: Vec<u32> = (0..len.div_ceil(16) as u32).collect();
-            let row = |token: u32, pos: usize, logits: bool| Row { token, pos, blocks: &blocks, logits, adapter: None };
+            let row = |token: u32, pos: usize, logits: bool| Row {
+                token,
+                pos,
+                blocks: &blocks,
+                logits,
+                hidden: false,
+                adapter: None,
+            };
             let rows: Vec<Row<'_>> =
                 prompt.iter().enumerate().map(|(p, &t)| row(t, p, p + 1 == prompt.len())).collect();
             let mut logits = model.transformer.forward(&rows, &mut kv).expect("prefill").pop().expect("logits");

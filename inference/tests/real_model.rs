@@ -134,6 +134,7 @@ fn next_token_probabilities_match_llama_cpp_on_the_same_file() {
                 pos: p,
                 blocks: &blocks,
                 logits: p + 1 == prompt.len(),
+                hidden: false,
                 adapter: None,
             })
             .collect();

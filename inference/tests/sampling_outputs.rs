@@ -37,7 +37,7 @@ fn log_softmax_rows(path: &PathBuf, tokens: &[u32]) -> Vec<Vec<f64>> {
     let rows: Vec<_> = tokens
         .iter()
         .enumerate()
-        .map(|(p, &token)| Row { token, pos: p, blocks: &blocks, logits: true, adapter: None })
+        .map(|(p, &token)| Row { token, pos: p, blocks: &blocks, logits: true, hidden: false, adapter: None })
         .collect();
     let logits = model.transformer.forward(&rows, &mut kv).expect("forward");
     logits

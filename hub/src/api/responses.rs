@@ -70,7 +70,7 @@ impl Status {
         match self {
             Status::InProgress => "in_progress",
             Status::Ended(FinishReason::Length) => "incomplete",
-            Status::Ended(FinishReason::Stop) => "completed",
+            Status::Ended(FinishReason::Stop | FinishReason::ToolCalls) => "completed",
         }
     }
 }
@@ -301,7 +301,8 @@ fn event_stream(
             return Some((stream::iter(out.into_iter().map(Ok)), st));
         }
         match st.d.next().await {
-            Some(Event::Prompt { .. }) => {}
+            // The Responses API offers no tools to the engine (yet): no calls come.
+            Some(Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. }) => {}
             Some(Event::Delta { text, tokens, .. }) => {
                 if let Some(h) = &st.held {
                     h.admission.record(tokens.len());
@@ -354,7 +355,9 @@ fn event_stream(
                 let response = response_json(&stored, status, usage.cached_tokens);
                 out.push(st.event(|s| match finish {
                     FinishReason::Length => ResponseStreamEvent::Incomplete { sequence_number: s, response },
-                    FinishReason::Stop => ResponseStreamEvent::Completed { sequence_number: s, response },
+                    FinishReason::Stop | FinishReason::ToolCalls => {
+                        ResponseStreamEvent::Completed { sequence_number: s, response }
+                    }
                 }));
                 st.done = true;
                 st.held = None;

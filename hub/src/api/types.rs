@@ -39,6 +39,57 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant's earlier calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallBody>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+// ---- Tools (OpenAI's shape; Ollama's differs only in its calls' arguments) ----
+
+/// A function offered to the model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBody {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionBody {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON schema of the arguments (an object); absent: no arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    /// Calls always match `parameters` when forced; Nave takes this and ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// A call, whole or (streamed) in pieces: the first piece has the id, type and name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ToolCallBody {
+    /// Streamed chunks only: which call of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: CallBody,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CallBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// JSON text (OpenAI) or a JSON object (Ollama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,15 +179,9 @@ pub struct Sampling {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Unsupported {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_choice: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_call: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_format: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,11 +198,8 @@ impl Unsupported {
         use serde_json::{json, Value};
         let empty = |v: &Value| v.as_array().is_some_and(Vec::is_empty);
         let asks = [
-            ("tools", self.tools.as_ref().filter(|v| !empty(v))),
-            ("tool_choice", self.tool_choice.as_ref().filter(|v| *v != "none")),
             ("functions", self.functions.as_ref().filter(|v| !empty(v))),
             ("function_call", self.function_call.as_ref().filter(|v| *v != "none")),
-            ("response_format", self.response_format.as_ref().filter(|v| **v != json!({"type": "text"}))),
             ("audio", self.audio.as_ref()),
             ("modalities", self.modalities.as_ref().filter(|v| **v != json!(["text"]))),
             ("prediction", self.prediction.as_ref()),
@@ -182,6 +224,14 @@ pub struct ChatRequest {
     /// ...with this many alternatives each (0..=20; needs `logprobs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_logprobs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<ToolBody>>,
+    /// "none", "auto", "required" or `{"type": "function", "function": {"name": ...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": ...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
     #[serde(flatten)]
     pub sampling: Sampling,
     #[serde(flatten)]
@@ -318,7 +368,10 @@ impl<'de> Deserialize<'de> for OrderedLogprobs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AssistantMessage {
     pub role: String,
-    pub content: String,
+    /// Null when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallBody>>,
 }
 
 /// A text completion's choice, whole or streamed (its finish reason only on the last).
@@ -345,6 +398,8 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallBody>>,
 }
 
 /// Tokens as OpenAI counts them.
@@ -419,14 +474,17 @@ pub struct OllamaMessage {
     /// Not supported (no vision models yet): present and non-empty, a 400.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<serde_json::Value>,
-    /// Not supported yet: present and non-empty, a 400.
+    /// An assistant's calls: `{"function": {"name": ..., "arguments": {...}}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<serde_json::Value>,
+    pub tool_calls: Option<Vec<ToolCallBody>>,
+    /// A `tool` message: the function whose result it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
 }
 
 impl OllamaMessage {
     pub fn assistant(content: String) -> Self {
-        Self { role: "assistant".into(), content, images: None, tool_calls: None }
+        Self { role: "assistant".into(), content, images: None, tool_calls: None, tool_name: None }
     }
 }
 
@@ -434,11 +492,6 @@ impl OllamaMessage {
 /// a 400 naming the field.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct OllamaUnsupported {
-    /// `"json"` or a JSON schema (structured output).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<serde_json::Value>,
     /// A Go template to use instead of the model's (Nave renders the model's own Jinja
@@ -457,15 +510,9 @@ impl OllamaUnsupported {
         fn asks(v: &Option<Value>) -> Option<&Value> {
             v.as_ref().filter(|v| !(v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty)))
         }
-        [
-            ("format", asks(&self.format)),
-            ("tools", asks(&self.tools)),
-            ("images", asks(&self.images)),
-            ("template", asks(&self.template)),
-            ("context", asks(&self.context)),
-        ]
-        .into_iter()
-        .find_map(|(field, v)| v.map(|v| (field, v.to_string())))
+        [("images", asks(&self.images)), ("template", asks(&self.template)), ("context", asks(&self.context))]
+            .into_iter()
+            .find_map(|(field, v)| v.map(|v| (field, v.to_string())))
     }
 }
 
@@ -478,6 +525,11 @@ pub struct OllamaChat {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<OllamaOptions>,
+    /// `"json"` or a JSON schema: the answer is JSON (matching it).
+    #[serde(default)]
+    pub format: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tools: Option<Vec<ToolBody>>,
     #[serde(flatten)]
     pub unsupported: OllamaUnsupported,
 }
@@ -497,6 +549,9 @@ pub struct OllamaGenerate {
     pub stream: Option<bool>,
     #[serde(default)]
     pub options: Option<OllamaOptions>,
+    /// `"json"` or a JSON schema: the answer is JSON (matching it).
+    #[serde(default)]
+    pub format: Option<serde_json::Value>,
     #[serde(flatten)]
     pub unsupported: OllamaUnsupported,
 }
