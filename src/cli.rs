@@ -293,6 +293,27 @@ fn free_addr(ip: std::net::IpAddr, udp: bool) -> anyhow::Result<std::net::Socket
     })
 }
 
+/// Shows a step of `nave spoke --join` as it happens (on stderr, beside the log).
+pub fn print_join_step(step: nave_spoke::join::JoinStep) {
+    use nave_spoke::join::JoinStep;
+    match step {
+        JoinStep::Ready { models } => eprintln!("join: model(s) ready: {}", models.join(", ")),
+        JoinStep::Retrying { hub, attempt, tries, wait, why } => {
+            eprintln!(
+                "join: no answer from the hub at {hub} ({why}); try {attempt} of {tries}, again in {} s",
+                wait.as_secs_f64()
+            )
+        }
+        JoinStep::CaPinned { hub, fingerprint } => {
+            eprintln!("join: CA pinned: the hub at {hub} holds the cluster CA sha256 {}…", &fingerprint[..16])
+        }
+        JoinStep::Signed { id, asked } if id != asked => {
+            eprintln!("join: certificate signed for spoke {id} ({asked} is held by another node)")
+        }
+        JoinStep::Signed { id, .. } => eprintln!("join: certificate signed for spoke {id}"),
+    }
+}
+
 /// A spoke id from this machine's host name: lower-case letters, digits and '-', at
 /// most 63 (what a hub accepts).
 pub fn host_spoke_id() -> String {
@@ -415,6 +436,21 @@ pub enum KeyCmd {
     },
     /// List keys, their limits and usage (never the keys themselves).
     List {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Set a key's limits (those not given become no limit; --max-concurrent absent:
+    /// the cluster's key_max_concurrent, 0: no limit); its usage stays counted.
+    Limits {
+        name: String,
+        #[arg(long)]
+        rpm: Option<u32>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[arg(long)]
+        max_concurrent: Option<u32>,
         #[command(flatten)]
         conn: AdminConn,
     },

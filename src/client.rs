@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use nave_hub::api::types::{
     AddedHub, AuditList, ChatRequest, ChatStreamEvent, ClusterStatus, Content, CreatedKey, CreatedToken, Drained,
-    ErrorEnvelope, InMessage, JobAnswer, JobList, KeyList, NewHub, NewKey, NewToken, Sampling, TrainSubmit, UsageList,
+    ErrorEnvelope, InMessage, JobAnswer, JobList, KeyList, KeyView, NewHub, NewKey, NewToken, Sampling, TrainSubmit,
+    UsageList,
 };
 use nave_spoke::protocol::JobStatus;
 use reqwest::Method;
@@ -253,11 +254,12 @@ async fn status(url: String, key: String, json: bool) -> anyhow::Result<()> {
     if json {
         // Printed as the hub sent it, fields this client does not know included.
         let v: serde_json::Value =
-            call(&url, key, Method::GET, "/admin/v1/status", NO_BODY, Duration::from_secs(10)).await?;
+            call(&url, key, Method::GET, "/admin/v1/status?lag=leader", NO_BODY, Duration::from_secs(10)).await?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let s: ClusterStatus = call(&url, key, Method::GET, "/admin/v1/status", NO_BODY, Duration::from_secs(10)).await?;
+    let s: ClusterStatus =
+        call(&url, key, Method::GET, "/admin/v1/status?lag=leader", NO_BODY, Duration::from_secs(10)).await?;
     println!(
         "HUBS (leader {}, term {}, answered by {} at applied index {})",
         s.leader.as_deref().unwrap_or("none"),
@@ -329,6 +331,19 @@ async fn keys(cmd: KeyCmd) -> anyhow::Result<()> {
                     k.total_tokens
                 );
             }
+        }
+        KeyCmd::Limits { name, rpm, tpm, daily_tokens, max_concurrent, conn } => {
+            let body = serde_json::json!({"rpm": rpm, "tpm": tpm, "daily_tokens": daily_tokens, "max_concurrent": max_concurrent});
+            let k: KeyView = admin(conn, Method::PUT, &format!("/admin/v1/keys/{name}/limits"), Some(&body)).await?;
+            let show = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |n| n.to_string());
+            println!(
+                "{name}: rpm {}, tpm {}, daily tokens {}, at once {} (used today {})",
+                show(k.limits.rpm.map(u64::from)),
+                show(k.limits.tpm),
+                show(k.limits.daily_tokens),
+                show(k.limits.max_concurrent.map(u64::from)),
+                k.tokens_today
+            );
         }
         KeyCmd::Revoke { name, conn } => {
             let _: Ignored = admin(conn, Method::DELETE, &format!("/admin/v1/keys/{name}"), NO_BODY).await?;
@@ -478,4 +493,49 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Says when a joined spoke serves (its HTTP port answers) and, after a join, when its
+/// replica of the state has applied the log as far as the hub had when it registered the
+/// spoke. Two minutes at most for each; it only watches, the spoke goes on either way.
+pub async fn announce_joined(spoke: nave_consensus::SpokeConfig, dir: std::path::PathBuf, caught_up_at: Option<u64>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build();
+    let Ok(http) = http else { return };
+    let base = format!("http://{}", spoke.http);
+    const WATCH: Duration = Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + WATCH;
+    loop {
+        if http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            eprintln!(
+                "join: serving as spoke {} (QUIC {}, HTTP {}; data in {})",
+                spoke.id,
+                spoke.quic,
+                spoke.http,
+                dir.display()
+            );
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("join: spoke {} does not answer on {} after 120 s; see its log", spoke.id, spoke.http);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(index) = caught_up_at else { return };
+    let deadline = tokio::time::Instant::now() + WATCH;
+    loop {
+        let applied =
+            async { http.get(format!("{base}/cluster")).send().await.ok()?.json::<serde_json::Value>().await.ok() };
+        if let Some(v) = applied.await {
+            if v["applied_index"].as_u64().is_some_and(|a| a >= index) {
+                eprintln!("join: replica caught up: this spoke holds the cluster's state as of log index {index}");
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("join: the replica has not reached log index {index} after 120 s; it goes on catching up");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -42,25 +42,41 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(nave_hub::run(config, id, shutdown_signal()))
         }
         Cmd::Spoke { config, id, join } => {
-            // A joining spoke is named after its host unless told; one that joined before
-            // is found in its data directory.
+            // A spoke that joined before is found in its data directory; a joining one is
+            // named after its host unless told (and the hub may then pick a free id).
+            let rename_if_taken = id.is_none();
             let id = match id {
                 Some(id) => id,
-                None if join.join.is_some() => cli::host_spoke_id(),
-                None => joined_spoke_id(&join.data_dir)?,
+                None => match joined_spoke_ids(&join.data_dir).as_slice() {
+                    [one] => one.clone(),
+                    [] if join.join.is_some() => cli::host_spoke_id(),
+                    _ => return Err(no_joined_spoke(&join.data_dir)),
+                },
             };
             let joined_dir = nave_spoke::join::node_dir(&join.data_dir, &id);
             if join.join.is_some() || joined_dir.join("joined.json").exists() {
                 let spec = join.spec(&id)?;
                 process::engine_threads(spec.threads);
-                let _pid = PidFile::create(joined_dir)?;
                 let with = join.join.zip(join.token.clone());
-                return runtime()?.block_on(nave_spoke::join::run_joined(
-                    &join.data_dir,
-                    spec,
-                    with,
-                    shutdown_signal(),
-                ));
+                if !joined_dir.join("joined.json").exists() {
+                    // A mistyped token is said before anything is pulled.
+                    if let Some(t) = &join.token {
+                        nave_spoke::protocol::JoinToken::parse(t).map_err(anyhow::Error::msg)?;
+                    }
+                    // Before the join, with a progress bar: the models it will serve.
+                    let store = ModelStore::from_env();
+                    for name in spec.models.iter().filter(|m| !m.ends_with(".gguf")) {
+                        up::pull_with_progress(&store, name)?;
+                    }
+                }
+                return runtime()?.block_on(async {
+                    let p =
+                        nave_spoke::join::prepare(&join.data_dir, spec, with, rename_if_taken, &cli::print_join_step)
+                            .await?;
+                    let _pid = PidFile::create(p.dir.clone())?;
+                    tokio::spawn(client::announce_joined(p.joined.spoke.clone(), p.dir.clone(), p.caught_up_at));
+                    nave_spoke::join::serve(p.joined, p.identity, p.dir, shutdown_signal()).await
+                });
             }
             let config = ClusterConfig::load(&config)?;
             process::engine_threads(config.spoke(&id)?.threads);
@@ -132,8 +148,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The id of the one spoke that joined before into `data_dir` (its `<id>/joined.json`).
-fn joined_spoke_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+/// The ids of the spokes that joined before into `data_dir` (each `<id>/joined.json`).
+fn joined_spoke_ids(data_dir: &std::path::Path) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(data_dir)
         .into_iter()
         .flatten()
@@ -142,12 +158,18 @@ fn joined_spoke_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
         .filter_map(|e| e.file_name().to_str().map(String::from))
         .collect();
     found.sort();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => anyhow::bail!(
+    found
+}
+
+/// Why a spoke without --id cannot start from `data_dir`.
+fn no_joined_spoke(data_dir: &std::path::Path) -> anyhow::Error {
+    let found = joined_spoke_ids(data_dir);
+    if found.is_empty() {
+        anyhow::anyhow!(
             "--id is needed: {} holds no joined spoke (join with --join HUB_QUIC_ADDR --token TOKEN, or name a spoke of cluster.toml)",
             data_dir.display()
-        ),
-        _ => anyhow::bail!("{} holds several joined spokes ({}): pick one with --id", data_dir.display(), found.join(", ")),
+        )
+    } else {
+        anyhow::anyhow!("{} holds several joined spokes ({}): pick one with --id", data_dir.display(), found.join(", "))
     }
 }

@@ -268,13 +268,20 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
         api_hub.scheme(),
         config.hubs.iter().map(|h| h.http.to_string()).collect::<Vec<_>>().join(", ")
     );
+    println!("  console:   http://{http}/ui  (sign in with the admin key; an app key sees its usage)");
     println!(
         "  admin key: in {} (manages keys and the cluster: keep it out of apps)",
         data.join("admin.key").display()
     );
     // Apps get an ordinary key (its limits and usage are its own), made once.
     let app_key = data.join("app.key");
-    match probe::Api::of(api_hub).and_then(|api| probe::ensure_app_key(&api, &admin, &app_key)) {
+    // A machine with only spokes leaves the app key to the hubs' machines.
+    let made = if local_hubs.is_empty() {
+        Err(anyhow::anyhow!("no hub runs here"))
+    } else {
+        probe::Api::of(api_hub).and_then(|api| probe::ensure_app_key(&api, &admin, &app_key))
+    };
+    match made {
         Ok(key) => {
             println!("  app key:   {key}  (also in {}; nave admin key create makes more)", app_key.display());
             println!("  try:       curl {}{}://{http}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'",

@@ -270,6 +270,12 @@ pub enum Command {
         chunk: Vec<u8>,
         last: bool,
     },
+    /// A live key's limits become `limits` (from its next admission on; what it used
+    /// stays counted).
+    SetLimits {
+        name: String,
+        limits: Limits,
+    },
 }
 
 /// The largest backed-up state a restore decodes, and the pieces it is written in.
@@ -463,6 +469,15 @@ impl ClusterState {
                 Some(k) => {
                     k.revoked = true;
                     self.audit(now, "admin", format!("key revoked: {name}"));
+                    CommandResult::Done
+                }
+                None => CommandResult::NotFound(format!("no key named {name:?}")),
+            },
+            Command::SetLimits { name, limits } => match self.names.get(name).and_then(|d| self.keys.get_mut(d)) {
+                Some(k) if k.revoked => CommandResult::Invalid(format!("the key {name:?} is revoked")),
+                Some(k) => {
+                    k.limits = limits.clone();
+                    self.audit(now, "admin", format!("key limits changed: {name}"));
                     CommandResult::Done
                 }
                 None => CommandResult::NotFound(format!("no key named {name:?}")),
@@ -1086,6 +1101,30 @@ mod tests {
     }
 
     #[test]
+    fn changed_limits_hold_from_the_next_admission_and_keep_the_usage() {
+        let mut s = with_key(Limits { daily_tokens: Some(100), ..Default::default() });
+        let admit = |tokens| Command::Admit { digest: digest(1), model: "m".into(), tokens };
+        assert!(matches!(run(&mut s, "a", 1_000, admit(60)), CommandResult::Admitted { .. }));
+        run(&mut s, "sa", 1_001, Command::Settle { admitted: "a".into(), prompt_tokens: 30, completion_tokens: 30 });
+        let lower = Limits { daily_tokens: Some(80), ..Default::default() };
+        assert_eq!(
+            run(&mut s, "l", 1_002, Command::SetLimits { name: "k".into(), limits: lower }),
+            CommandResult::Done
+        );
+        // 60 used of the new 80: 21 no longer fits, 20 does.
+        let refused = run(&mut s, "b", 1_003, admit(21));
+        assert!(matches!(refused, CommandResult::Refused { reason: Refusal::DailyBudget, .. }), "{refused:?}");
+        assert!(matches!(run(&mut s, "c2", 1_004, admit(20)), CommandResult::Admitted { .. }));
+        let k = s.key_by_name("k").cloned().unwrap_or_default();
+        assert_eq!((k.limits.daily_tokens, k.day_used), (Some(80), 60), "the usage stays counted");
+        let unknown = run(&mut s, "u", 1_005, Command::SetLimits { name: "nope".into(), limits: Limits::default() });
+        assert!(matches!(unknown, CommandResult::NotFound(_)), "{unknown:?}");
+        run(&mut s, "r", 1_006, Command::RevokeKey { name: "k".into() });
+        let revoked = run(&mut s, "l2", 1_007, Command::SetLimits { name: "k".into(), limits: Limits::default() });
+        assert!(matches!(revoked, CommandResult::Invalid(ref m) if m.contains("revoked")), "{revoked:?}");
+    }
+
+    #[test]
     fn usage_counts_prompt_and_completion_by_day_and_model() {
         let mut s = with_key(Limits { daily_tokens: Some(100), ..Default::default() });
         let admit = |model: &str, tokens| Command::Admit { digest: digest(1), model: model.into(), tokens };
@@ -1211,7 +1250,7 @@ mod tests {
                 } else {
                     format!("c{step}")
                 };
-                let command = match next() % 13 {
+                let command = match next() % 14 {
                     0 => Command::CreateKey { name: format!("k{}", r % 5), digest: digest((r % 5) as u8), limits },
                     1 => Command::RevokeKey { name: format!("k{}", r % 6) },
                     2..=4 => Command::Admit { digest: digest((r % 6) as u8), model: "m".into(), tokens: num(r >> 13) },
@@ -1245,6 +1284,7 @@ mod tests {
                     9 => Command::CreateJoinToken { digest: digest(9), ttl_ms: num(r >> 3), uses: small(r >> 5) },
                     10 => Command::Join { token_digest: digest(9), spoke: spoke(&format!("s{}", r % 3)) },
                     11 => Command::RevokeNode { name: format!("s{}", r % 3), revoked: r.is_multiple_of(2) },
+                    12 => Command::SetLimits { name: format!("k{}", r % 6), limits },
                     _ => Command::Batch(vec![Proposal {
                         id: format!("b{step}"),
                         now_ms: num(r >> 19),

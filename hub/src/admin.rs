@@ -38,8 +38,83 @@ fn secret(n: usize) -> Result<String, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading /dev/urandom: {e}")))
 }
 
+/// Query of `/admin/v1/status`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct StatusQuery {
+    /// `leader`: on a follower, the replication lags (which only the leader knows) come
+    /// from the leader's own status, one call with the caller's key, at most a second.
+    pub lag: Option<String>,
+}
+
 /// `GET /admin/v1/status`: hubs (from the Raft membership), spokes, models.
-pub async fn status(State(hub): State<Arc<Hub>>) -> Json<ClusterStatus> {
+pub async fn status(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let mut own = own_status(&hub);
+    match q.lag.as_deref() {
+        None => {}
+        Some("leader") => {
+            let leader_http = own
+                .hubs
+                .iter()
+                .find(|h| h.role == "leader" && h.id != hub.id)
+                .and_then(|h| h.http.as_deref()?.parse::<std::net::SocketAddr>().ok())
+                .filter(|a| !a.ip().is_unspecified());
+            let auth = headers.get(axum::http::header::AUTHORIZATION).cloned();
+            if let (Some(addr), Some(auth)) = (leader_http, auth) {
+                match leader_status(addr, auth).await {
+                    Ok(leader) => take_lags(&mut own, &leader),
+                    Err(e) => tracing::debug!(error = %e, %addr, "the leader's lags are not known here"),
+                }
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("lag={other:?}: the only value is \"leader\"")).with_param("lag"))
+        }
+    }
+    Ok(Json(own))
+}
+
+/// The lags the leader reported, on this hub's rows (the rest is this hub's own view).
+fn take_lags(own: &mut ClusterStatus, leader: &ClusterStatus) {
+    for h in &mut own.hubs {
+        if let Some(l) = leader.hubs.iter().find(|l| l.id == h.id) {
+            h.lag = l.lag;
+        }
+    }
+    for s in &mut own.spokes {
+        if let Some(l) = leader.spokes.iter().find(|l| l.id == s.id) {
+            s.replica_lag = l.replica_lag;
+        }
+    }
+}
+
+/// `GET /admin/v1/status` of the hub at `addr` (the leader), with the caller's key.
+async fn leader_status(addr: std::net::SocketAddr, auth: axum::http::HeaderValue) -> anyhow::Result<ClusterStatus> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/admin/v1/status")
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::AUTHORIZATION, auth)
+            .body(Empty::<Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        anyhow::ensure!(resp.status() == StatusCode::OK, "the leader answered {}", resp.status());
+        // A status is a few KiB per node: 4 MiB is far beyond any cluster's.
+        let body = Limited::new(resp.into_body(), 4 << 20).collect().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(serde_json::from_slice(&body.to_bytes())?)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 1 s"))?
+}
+
+fn own_status(hub: &Hub) -> ClusterStatus {
     let f = hub.consensus.figures();
     let voting = hub.consensus.hubs();
     let leader = f.leader.and_then(|l| voting.iter().find(|h| h.0 == l)).map(|h| h.1.clone());
@@ -94,7 +169,7 @@ pub async fn status(State(hub): State<Arc<Hub>>) -> Json<ClusterStatus> {
             joined: v.joined,
         })
         .collect();
-    Json(ClusterStatus {
+    ClusterStatus {
         hub: hub.id.clone(),
         leader,
         term: f.term,
@@ -103,7 +178,7 @@ pub async fn status(State(hub): State<Arc<Hub>>) -> Json<ClusterStatus> {
         hubs,
         spokes,
         models,
-    })
+    }
 }
 
 /// `POST /admin/v1/keys`: a new API key, shown this once.
@@ -118,14 +193,47 @@ pub async fn create_key(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<Cre
     }
     let key = format!("nave-{}", secret(24)?);
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
-    let max_concurrent = match req.max_concurrent {
-        None => Some(hub.config.cluster.key_max_concurrent),
-        Some(0) => None,
-        Some(n) => Some(n),
-    };
-    let limits = Limits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens, max_concurrent };
+    let limits =
+        KeyLimits { rpm: req.rpm, tpm: req.tpm, daily_tokens: req.daily_tokens, max_concurrent: req.max_concurrent }
+            .limits(&hub);
     done(hub.consensus.write(Command::CreateKey { name: req.name.clone(), digest, limits: limits.clone() }).await)?;
     Ok((StatusCode::CREATED, Json(CreatedKey { name: req.name, key, limits })))
+}
+
+/// The limits of `POST /admin/v1/keys` and `PUT /admin/v1/keys/{name}/limits`; an absent
+/// one is no limit, but for `max_concurrent`: absent is the cluster's
+/// `key_max_concurrent`, 0 no limit.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyLimits {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl KeyLimits {
+    fn limits(self, hub: &Hub) -> Limits {
+        let max_concurrent = match self.max_concurrent {
+            None => Some(hub.config.cluster.key_max_concurrent),
+            Some(0) => None,
+            Some(n) => Some(n),
+        };
+        Limits { rpm: self.rpm, tpm: self.tpm, daily_tokens: self.daily_tokens, max_concurrent }
+    }
+}
+
+/// `PUT /admin/v1/keys/{name}/limits` (`{"rpm": 600, "daily_tokens": 100000}`): the key's
+/// limits become these, on every hub from its next request; its usage stays counted.
+pub async fn set_limits(State(hub): State<Arc<Hub>>, Path(name): Path<String>, body: Bytes) -> Answer<KeyView> {
+    let req: KeyLimits =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid limits: {e}")))?;
+    let limits = req.limits(&hub);
+    done(hub.consensus.write(Command::SetLimits { name: name.clone(), limits }).await)?;
+    match hub.consensus.read(|a| a.state.key_by_name(&name).map(KeyView::from)).await? {
+        Some(k) => Ok(Json(k)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no key named {name:?}"))),
+    }
 }
 
 pub async fn list_keys(State(hub): State<Arc<Hub>>) -> Answer<KeyList> {
@@ -166,7 +274,11 @@ pub async fn drain_spoke(State(hub): State<Arc<Hub>>, Path(id): Path<String>, bo
 
 /// `POST /admin/v1/tokens` (`{"ttl_s": 3600, "uses": 1}`): a join token for new spokes.
 /// It is shown once; the state keeps the digest of its secret.
-pub async fn create_token(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<CreatedToken> {
+pub async fn create_token(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Created<CreatedToken> {
     let req: NewToken = body_or_default(&body, "token")?;
     if !(1..=30 * 86_400).contains(&req.ttl_s) {
         return Err(ApiError::bad_request("ttl_s: from 1 s to 30 days").with_param("ttl_s"));
@@ -174,16 +286,39 @@ pub async fn create_token(State(hub): State<Arc<Hub>>, body: Bytes) -> Created<C
     if !(1..=1000).contains(&req.uses) {
         return Err(ApiError::bad_request("uses: from 1 to 1000").with_param("uses"));
     }
+    let quic = hub
+        .config
+        .hub(&hub.id)
+        .map(|h| h.quic)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok());
+    let quic = reachable_quic(quic, host).to_string();
     let secret = secret(16)?;
     let fingerprint =
         hub.ca.fingerprint().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let token = nave_spoke::protocol::JoinToken { secret, ca_fingerprint: fingerprint };
     let digest = nave_spoke::protocol::JoinToken::digest(&token.secret);
     done(hub.consensus.write(Command::CreateJoinToken { digest, ttl_ms: req.ttl_s * 1000, uses: req.uses }).await)?;
-    let quic = hub.config.hub(&hub.id).map(|h| h.quic.to_string()).unwrap_or_default();
-    let join = format!("nave spoke --join {quic} --token {token} --id NEW_ID --quic IP:PORT --http IP:PORT");
+    let join = format!("nave spoke --join {quic} --token {token}");
     let created = CreatedToken { token: token.to_string(), ttl_s: req.ttl_s, uses: req.uses, hub_quic: quic, join };
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The hub's QUIC address as a new machine dials it: the configured one, unless it is
+/// the unspecified address (listening on every interface), which no one can dial; then the
+/// IP the admin reached this hub's HTTP at (the `Host` of the request), if it is one.
+fn reachable_quic(quic: std::net::SocketAddr, host: Option<&str>) -> std::net::SocketAddr {
+    if !quic.ip().is_unspecified() {
+        return quic;
+    }
+    let ip = host.and_then(|h| {
+        let h = h.rsplit_once(':').map_or(h, |(ip, port)| if port.parse::<u16>().is_ok() { ip } else { h });
+        h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok()
+    });
+    match ip {
+        Some(ip) => std::net::SocketAddr::new(ip, quic.port()),
+        None => quic,
+    }
 }
 
 /// `DELETE /admin/v1/spokes/{id}`: forgets a spoke that joined with a token (hubs stop
@@ -377,4 +512,18 @@ pub async fn restore(State(hub): State<Arc<Hub>>, body: Bytes) -> Answer<crate::
         keys: header.keys,
         spokes: header.spokes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_join_command_names_an_address_a_machine_can_dial() {
+        let any: std::net::SocketAddr = "0.0.0.0:7001".parse().expect("addr");
+        let given: std::net::SocketAddr = "10.0.0.5:7001".parse().expect("addr");
+        assert_eq!(super::reachable_quic(given, Some("192.168.1.9:8080")), given, "a configured address stays");
+        assert_eq!(super::reachable_quic(any, Some("192.168.1.9:8080")).to_string(), "192.168.1.9:7001");
+        assert_eq!(super::reachable_quic(any, Some("[fd00::5]:8080")).to_string(), "[fd00::5]:7001");
+        assert_eq!(super::reachable_quic(any, Some("hub.example")), any, "a name is not an IP");
+        assert_eq!(super::reachable_quic(any, None), any);
+    }
 }

@@ -33,6 +33,8 @@ pub struct Hub {
     pub ca: ClusterCa,
     /// The certificate this hub presents (renewed in place, see [`crate::certs`]).
     pub identity: nave_consensus::tls::NodeIdentity,
+    /// The last hour of this hub's rates, for the console's charts.
+    pub history: crate::history::History,
 }
 
 impl Hub {
@@ -64,6 +66,11 @@ impl Hub {
             max_response_bytes: c.max_stored_response_bytes.0,
             max_total_bytes: c.max_snapshot_bytes.0 / 4 * 3,
         }
+    }
+
+    /// Requests holding a slot of this hub now.
+    pub fn in_flight(&self) -> usize {
+        (self.config.cluster.max_concurrent_requests * 2).saturating_sub(self.slots.available_permits())
     }
 
     /// A slot for one more request on this hub (no Raft write), or 503 when the hub is at

@@ -110,7 +110,7 @@ async fn serve_join(hub: &Arc<Hub>, conn: &quinn::Connection) {
         Err(_) => JoinReply::Refused("the join request did not arrive within 10 s".into()),
     };
     match &reply {
-        JoinReply::Accepted { .. } => tracing::info!(%peer, "spoke joined"),
+        JoinReply::Accepted { id, .. } => tracing::info!(%peer, spoke = %id, "spoke joined"),
         JoinReply::Refused(why) => {
             nave_consensus::sync::lock(failed_joins()).failed(peer.ip(), Instant::now());
             hub.metrics.refusal("join");
@@ -124,8 +124,7 @@ async fn serve_join(hub: &Arc<Hub>, conn: &quinn::Connection) {
 }
 
 async fn answer(hub: &Hub, request: JoinRequest) -> JoinReply {
-    let spoke = &request.spoke;
-    if let Err(why) = check(hub, &request) {
+    if let Err(why) = check(&request) {
         return JoinReply::Refused(why);
     }
     // The token first, from the state (a linearizable read): a stranger's request costs
@@ -138,42 +137,106 @@ async fn answer(hub: &Hub, request: JoinRequest) -> JoinReply {
         .await
     {
         Ok(true) => {}
-        Ok(false) => {
-            return JoinReply::Refused(
-                "the join token is unknown, expired or used up; ask an admin for a new one (nave admin token create)"
-                    .into(),
-            )
-        }
+        Ok(false) => return JoinReply::Refused(TOKEN_REFUSED.into()),
         Err(e) => return JoinReply::Refused(format!("the cluster state is not available ({e}); try again shortly")),
     }
-    // Signing next: a request that cannot be signed must not spend the token.
-    let cert_pem = match hub.ca.sign_request(&request.csr_pem, &spoke.id, hub.config.cluster.cert_lifetime()) {
-        Ok(c) => c,
-        Err(e) => return JoinReply::Refused(e.to_string()),
-    };
-    let command = Command::Join { token_digest: digest, spoke: spoke.clone() };
-    match hub.consensus.write(command).await {
-        Ok(CommandResult::Done) => JoinReply::Accepted {
-            cert_pem,
-            ca_pem: hub.ca.cert_pem().to_string(),
-            heartbeat_interval_ms: hub.config.cluster.heartbeat_interval_ms,
-        },
-        Ok(CommandResult::Invalid(why) | CommandResult::NotFound(why)) => JoinReply::Refused(why),
-        Ok(other) => JoinReply::Refused(format!("unexpected result {other:?}")),
-        Err(e) => JoinReply::Refused(format!("the cluster state is not available ({e}); try again shortly")),
+    // A join racing another for the same free id loses the write and takes the next one.
+    for _ in 0..ID_RACES {
+        let id = match free_id(hub, &request.spoke.id, request.rename_if_taken).await {
+            Ok(id) => id,
+            Err(why) => return JoinReply::Refused(why),
+        };
+        // Signing next: a request that cannot be signed must not spend the token.
+        let cert_pem = match hub.ca.sign_request(&request.csr_pem, &id, hub.config.cluster.cert_lifetime()) {
+            Ok(c) => c,
+            Err(e) => return JoinReply::Refused(e.to_string()),
+        };
+        let spoke = nave_consensus::state::SpokeRecord { id: id.clone(), ..request.spoke.clone() };
+        let command = Command::Join { token_digest: digest.clone(), spoke };
+        match hub.consensus.write(command).await {
+            Ok(CommandResult::Done) => {
+                return JoinReply::Accepted {
+                    id,
+                    cert_pem,
+                    ca_pem: hub.ca.cert_pem().to_string(),
+                    heartbeat_interval_ms: hub.config.cluster.heartbeat_interval_ms,
+                    log_index: hub.consensus.figures().applied_index.unwrap_or(0),
+                }
+            }
+            Ok(CommandResult::Invalid(why) | CommandResult::NotFound(why)) => {
+                let lost_race = request.rename_if_taken
+                    && hub.consensus.read(|a| a.state.spokes.contains_key(&id)).await.unwrap_or(false);
+                if !lost_race {
+                    return JoinReply::Refused(why);
+                }
+            }
+            Ok(other) => return JoinReply::Refused(format!("unexpected result {other:?}")),
+            Err(e) => {
+                return JoinReply::Refused(format!("the cluster state is not available ({e}); try again shortly"))
+            }
+        }
     }
+    JoinReply::Refused(format!("other spokes kept taking the ids beside {:?}; try again", request.spoke.id))
 }
 
-/// What the hub checks before the consensus write.
-fn check(hub: &Hub, request: &JoinRequest) -> Result<(), String> {
+/// Joins racing for the same id that one join retries before it gives up.
+const ID_RACES: usize = 5;
+
+const TOKEN_REFUSED: &str = "the join token is not valid here: it expired, was used up, or was mistyped (check it \
+                             was copied whole); ask an admin for a new one (nave admin token create)";
+
+/// `wanted` if no node holds it (a hub or spoke of cluster.toml, a joined spoke, a removed
+/// node whose certificates are revoked); otherwise, when `rename` allows, the first free
+/// `wanted-2`, `wanted-3`..., and when not, the refusal that says what to do.
+async fn free_id(hub: &Hub, wanted: &str, rename: bool) -> Result<String, String> {
+    let taken = hub
+        .consensus
+        .read(|a| {
+            let mut t: std::collections::BTreeSet<String> = a.state.spokes.keys().cloned().collect();
+            t.extend(a.state.revoked.iter().cloned());
+            t
+        })
+        .await
+        .map_err(|e| format!("the cluster state is not available ({e}); try again shortly"))?;
+    let config = &hub.config;
+    let holds = |id: &str| {
+        taken.contains(id) || config.hubs.iter().any(|h| h.id == id) || config.spokes.iter().any(|s| s.id == id)
+    };
+    pick_id(wanted, rename, holds)
+}
+
+/// The id choice of [`free_id`], pure.
+fn pick_id(wanted: &str, rename: bool, taken: impl Fn(&str) -> bool) -> Result<String, String> {
+    if !taken(wanted) {
+        return Ok(wanted.to_string());
+    }
+    if !rename {
+        return Err(format!(
+            "the spoke id {wanted:?} is taken by another node (or was a removed node's, whose name stays revoked): \
+             pick another --id, or leave --id out and the hub picks a free one from the host name"
+        ));
+    }
+    for n in 2..=MAX_SUFFIX {
+        let suffix = format!("-{n}");
+        // Ids have at most 63 characters (ASCII, checked before): the suffix stays whole.
+        let base = &wanted[..wanted.len().min(63 - suffix.len())];
+        let candidate = format!("{}{suffix}", base.trim_end_matches('-'));
+        if !taken(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("the ids {wanted:?} to {wanted}-{MAX_SUFFIX} are all taken: pick another with --id"))
+}
+
+/// The highest suffix tried for a taken id.
+const MAX_SUFFIX: u32 = 999;
+
+/// What the hub checks before it reads the state.
+fn check(request: &JoinRequest) -> Result<(), String> {
     let s = &request.spoke;
     let id_ok = !s.id.is_empty() && s.id.len() <= 63 && s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     if !id_ok || s.id == HUB_NAME {
         return Err(format!("{:?} is not a usable spoke id: use 1-63 letters, digits or '-'", s.id));
-    }
-    let config = &hub.config;
-    if config.hubs.iter().any(|h| h.id == s.id) || config.spokes.iter().any(|c| c.id == s.id) {
-        return Err(format!("{:?} is a node of cluster.toml; pick another --id", s.id));
     }
     if s.quic.parse::<std::net::SocketAddr>().is_err() || s.http.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("the addresses {:?} and {:?} must be IP:port", s.quic, s.http));
@@ -206,5 +269,22 @@ mod tests {
         assert_eq!(f.refused(a, t0 + Duration::from_secs(1)), Some(59));
         assert_eq!(f.refused(b, t0), None, "other addresses are not affected");
         assert_eq!(f.refused(a, t0 + WINDOW), None, "a new window");
+    }
+
+    #[test]
+    fn a_taken_host_name_gets_the_first_free_suffix() {
+        let taken = ["vm", "vm-2", "h1"];
+        let holds = |id: &str| taken.contains(&id);
+        assert_eq!(pick_id("box", true, holds), Ok("box".into()));
+        assert_eq!(pick_id("vm", true, holds), Ok("vm-3".into()));
+        assert_eq!(pick_id("h1", true, holds), Ok("h1-2".into()));
+        let refused = pick_id("vm", false, holds).expect_err("a chosen id is not renamed");
+        assert!(refused.contains("taken") && refused.contains("--id"), "{refused}");
+        // A 63-character id keeps its suffix whole and stays within 63.
+        let long = "a".repeat(63);
+        let renamed = pick_id(&long, true, |id: &str| id == long).expect("free");
+        assert_eq!(renamed.len(), 63);
+        assert!(renamed.ends_with("-2"), "{renamed}");
+        assert!(pick_id("x", true, |_: &str| true).is_err(), "all taken");
     }
 }

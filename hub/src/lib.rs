@@ -23,7 +23,10 @@
 //! - [`spokes`]: connections, heartbeats and circuits of every spoke.
 //! - [`serve`]: the HTTP server (body limits, header timeout, graceful drain).
 //! - [`metrics`], [`otlp`], [`error`]: Prometheus text; spans to an OTLP collector;
-//!   OpenAI-shaped errors.
+//!   OpenAI-shaped errors. [`history`]: the last hour of the hub's rates, sampled from
+//!   its metrics, for the console's charts.
+//! - [`console`]: the web console at `/ui` (HTML, CSS and JavaScript from `hub/ui/`,
+//!   compiled into the binary), a client of the JSON API above.
 //!
 //! A request: [`api::router`] gives it a request id and a span, [`auth`] names the caller,
 //! the handler ([`api::openai`] or [`api::ollama`]) parses the body, then
@@ -38,7 +41,9 @@ pub mod api;
 pub mod auth;
 pub mod certs;
 pub mod circuit;
+pub mod console;
 pub mod error;
+pub mod history;
 pub mod hub;
 pub mod join;
 pub mod metrics;

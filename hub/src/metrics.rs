@@ -26,7 +26,9 @@ pub const RAFT_SNAPSHOT: &str = "nave_raft_snapshot_index";
 pub const RAFT_LAG: &str = "nave_raft_replication_lag_entries";
 pub const OTLP_DROPPED: &str = "nave_otlp_spans_dropped_total";
 
-const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+/// Upper bounds of the latency histograms' buckets, in seconds (one more bucket, +Inf,
+/// follows).
+pub const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 #[derive(Default)]
 pub struct Histogram {
@@ -39,6 +41,11 @@ impl Histogram {
         let i = BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(BUCKETS.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The count of each bucket (not cumulative), the last one +Inf.
+    pub fn counts(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
     }
 
     fn render(&self, name: &str, out: &mut String) {
@@ -88,6 +95,16 @@ impl Metrics {
 
     pub fn refusal(&self, reason: &'static str) {
         *nave_consensus::sync::lock(&self.refusals).entry(reason).or_default() += 1;
+    }
+
+    /// Requests answered so far, every route, model and status.
+    pub fn requests_total(&self) -> u64 {
+        nave_consensus::sync::lock(&self.requests).values().sum()
+    }
+
+    /// Refusals so far, by reason.
+    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        nave_consensus::sync::lock(&self.refusals).clone()
     }
 
     pub fn render(&self, spokes: &[crate::spokes::SpokeView]) -> String {

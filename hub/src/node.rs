@@ -156,6 +156,7 @@ pub async fn run(
         consensus: consensus.clone(),
         ca,
         identity: identity.clone(),
+        history: Default::default(),
     });
     // Another hub may ask this one to renew its certificate (`nave admin cert rotate`).
     let weak = Arc::downgrade(&hub);
@@ -167,6 +168,7 @@ pub async fn run(
     tokio::spawn(follow_registry(hub.clone()));
     tokio::spawn(keep_learners(hub.clone()));
     tokio::spawn(crate::certs::keep_renewed(hub.clone()));
+    tokio::spawn(crate::history::sample(hub.clone()));
     let listener =
         tokio::net::TcpListener::bind(spec.http).await.with_context(|| format!("binding HTTP on {}", spec.http))?;
     let scheme = if https.is_some() { "https" } else { "http" };

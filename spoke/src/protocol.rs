@@ -66,6 +66,27 @@ pub struct JobStatus {
     #[serde(default)]
     pub peak_bytes: u64,
     pub error: Option<String>,
+    /// (step, loss) of the steps so far, thinned to at most [`LOSS_POINTS`] evenly spread
+    /// ones (the console draws the curve from them).
+    #[serde(default)]
+    pub losses: Vec<(usize, f32)>,
+}
+
+/// Loss points a job status keeps at most: when full, every other one goes (the first
+/// and the newest stay), so a job of any length is a curve of 256 to 512 points.
+pub const LOSS_POINTS: usize = 512;
+
+impl JobStatus {
+    /// Records the loss of a step.
+    pub fn record_loss(&mut self, step: usize, loss: f32) {
+        if self.losses.len() >= LOSS_POINTS {
+            let last = self.losses.pop();
+            let kept: Vec<(usize, f32)> = self.losses.iter().copied().step_by(2).collect();
+            self.losses = kept;
+            self.losses.extend(last);
+        }
+        self.losses.push((step, loss));
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,13 +162,26 @@ pub struct JoinRequest {
     /// The token's secret (the hub compares its digest with the replicated one).
     pub secret: String,
     pub spoke: nave_consensus::state::SpokeRecord,
-    /// A certificate request for the spoke's id; the key stays on the spoke.
+    /// A certificate request; the key stays on the spoke. (The certificate names the id
+    /// the hub answers with.)
     pub csr_pem: String,
+    /// The id is this machine's host name, not one the admin chose: if another node holds
+    /// it, the hub picks a free one (`id-2`, `id-3`...) instead of refusing the join.
+    pub rename_if_taken: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum JoinReply {
-    Accepted { cert_pem: String, ca_pem: String, heartbeat_interval_ms: u64 },
+    /// `id` is the spoke's id in the cluster (the one asked for, or a free one beside it).
+    Accepted {
+        id: String,
+        cert_pem: String,
+        ca_pem: String,
+        heartbeat_interval_ms: u64,
+        /// The hub's applied log index once the spoke was registered: the spoke's replica
+        /// has caught up when it has applied that far.
+        log_index: u64,
+    },
     Refused(String),
 }
 
@@ -209,6 +243,18 @@ impl std::fmt::Display for JoinToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_keeps_a_bounded_curve_of_its_losses() {
+        let mut j = JobStatus::default();
+        for step in 1..=10_000 {
+            j.record_loss(step, 1.0 / step as f32);
+        }
+        assert!(j.losses.len() <= LOSS_POINTS && j.losses.len() >= LOSS_POINTS / 2, "{}", j.losses.len());
+        assert_eq!(j.losses.first().map(|p| p.0), Some(1), "the first step stays");
+        assert_eq!(j.losses.last().map(|p| p.0), Some(10_000), "the newest is there");
+        assert!(j.losses.windows(2).all(|w| w[0].0 < w[1].0), "in step order");
+    }
 
     #[test]
     fn join_tokens_round_trip_and_reject_garbage() {

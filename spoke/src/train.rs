@@ -294,6 +294,7 @@ fn run(
             let mut s = lock(status);
             s.step = f.step;
             s.loss = f.loss;
+            s.record_loss(f.step, f.loss);
             s.tokens_per_s = f.tokens_per_s;
             if f.step.is_multiple_of(10) {
                 persist(file.parent().unwrap_or(Path::new(".")), &s);

@@ -2,6 +2,7 @@
 //! ports in a temporary directory, `nave up` as a child, stopped with SIGTERM on drop.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mock_spoke;
 
 use std::io::{BufRead, BufReader};
@@ -9,11 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A loopback port free now for TCP and UDP, never one this test process handed out
+/// before: the kernel may give a just-released port again, and two nodes of one config
+/// (or two tests running at once) must not get the same one.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = t.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() && GIVEN.lock().expect("ports").insert(port) {
             return port;
         }
     }

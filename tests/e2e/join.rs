@@ -3,6 +3,8 @@
 //! nothing, the joined spoke starts again from its saved identity, its certificate is
 //! rotated on request (renewed through a hub with the one it has), a stranger's QUIC
 //! connection gets 4 streams, and removal forgets it (its certificate renews nothing).
+//! Two spokes joining from one machine with nothing but the hub, a token and a data
+//! directory each get distinct ids (the hub renames the second) and say which.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -156,7 +158,7 @@ fn a_spoke_joins_with_a_token_while_requests_flow() {
     assert!(joiner.refused("s11", "nave-join.1234").contains("looks like"));
     let foreign = format!("nave-join.{}.{}", "ab".repeat(16), "cd".repeat(32));
     let err = joiner.refused("s12", &foreign);
-    assert!(err.contains("no hub of the token's cluster answered"), "{err}");
+    assert!(err.contains("is not a hub of the token's cluster") && err.contains("mistyped"), "{err}");
     for id in ["s10", "s11", "s12"] {
         assert_eq!(spoke_state(&http, &hub, &key, id), None, "{id} must not be registered");
     }
@@ -310,4 +312,121 @@ fn stranger_streams(hub_quic: &str, dir: &std::path::Path) -> usize {
         }
         open.len()
     })
+}
+
+/// A `nave spoke` whose stderr lines are kept (and echoed) as they come.
+struct Watched {
+    _process: Process,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Watched {
+    fn spawn(mut cmd: Command, name: &'static str) -> Watched {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                kept.lock().expect("lines").push(line);
+            }
+        });
+        Watched { _process: Process(child), lines }
+    }
+
+    /// The first line starting with `prefix`, waited for.
+    fn line(&self, prefix: &str) -> String {
+        crate::common::wait_until(Duration::from_secs(120), &format!("a line {prefix:?}"), || {
+            let lines = self.lines.lock().expect("lines");
+            lines.iter().find(|l| l.starts_with(prefix)).cloned().ok_or(lines.len())
+        })
+    }
+}
+
+#[test]
+fn two_spokes_joining_from_one_machine_get_distinct_ids() {
+    let c = Cluster::start_tiny(1, 1, "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n");
+    let (hub, key) = (c.hubs[0].clone(), c.key.clone());
+    let http = client();
+    let r =
+        http.post(format!("{hub}/admin/v1/tokens")).bearer_auth(&key).json(&json!({"uses": 2})).send().expect("sent");
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().expect("json");
+    // The command the admin pastes, as the hub prints it: nothing else is needed.
+    let command = created["join"].as_str().expect("join command").to_string();
+    let token = created["token"].as_str().expect("token").to_string();
+    assert_eq!(command, format!("nave spoke --join {} --token {token}", c.hub_quic[0]));
+    let spoke = |dir: &std::path::Path, join: bool, name: &'static str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nave"));
+        cmd.arg("spoke").arg("--data-dir").arg(dir);
+        if join {
+            cmd.args(["--join", &c.hub_quic[0], "--token", &token]);
+        }
+        Watched::spawn(cmd, name)
+    };
+    let (dir_a, dir_b) = (c.dir.path().join("machine-a"), c.dir.path().join("machine-b"));
+
+    // An id chosen with --id is not renamed: a taken one is refused, the token kept.
+    let taken = Command::new(env!("CARGO_BIN_EXE_nave"))
+        .args(["spoke", "--id", "s1", "--join", &c.hub_quic[0], "--token", &token, "--data-dir"])
+        .arg(c.dir.path().join("machine-x"))
+        .output()
+        .expect("runs");
+    let taken = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        taken.contains("the spoke id \"s1\" is taken by another node") && taken.contains("pick another --id"),
+        "{taken}"
+    );
+
+    let a = spoke(&dir_a, true, "spoke a");
+    let signed_a = a.line("join: certificate signed for spoke ");
+    let id_a = signed_a["join: certificate signed for spoke ".len()..].split(' ').next().expect("id").to_string();
+    assert!(!signed_a.contains("held by another node"), "the first takes the host name: {signed_a}");
+    a.line("join: CA pinned");
+    a.line("join: serving as spoke");
+    a.line("join: replica caught up");
+    wait_state(&http, &hub, &key, &id_a, Some("active"));
+
+    let b = spoke(&dir_b, true, "spoke b");
+    let signed_b = b.line("join: certificate signed for spoke ");
+    let id_b = format!("{id_a}-2");
+    assert_eq!(
+        signed_b,
+        format!("join: certificate signed for spoke {id_b} ({id_a} is held by another node)"),
+        "the second is renamed and says so"
+    );
+    wait_state(&http, &hub, &key, &id_b, Some("active"));
+    assert!(dir_a.join(&id_a).join("joined.json").exists());
+    assert!(dir_b.join(&id_b).join("joined.json").exists(), "kept under the id the hub chose");
+    assert!(!dir_b.join(&id_a).join("joined.json").exists());
+
+    // The renamed spoke starts again with only its data directory, under its new id.
+    drop(b);
+    wait_state(&http, &hub, &key, &id_b, Some("down"));
+    let _b = spoke(&dir_b, false, "spoke b again");
+    wait_state(&http, &hub, &key, &id_b, Some("active"));
+    assert_eq!(spoke_state(&http, &hub, &key, &id_a).as_deref(), Some("active"));
+
+    // Tokens guessed from one address: after ten failures a minute, the hub closes the
+    // address's joins unread, and the join says so. (Last: loopback stays closed a minute.)
+    let mut guessed = token.clone();
+    guessed.replace_range(10..14, if &token[10..14] == "0000" { "1111" } else { "0000" });
+    let guess = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_nave"))
+            .args(["spoke", "--join", &c.hub_quic[0], "--token", &guessed, "--data-dir"])
+            .arg(c.dir.path().join("guesser"))
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The refused --id above was the first failure from this address.
+    for i in 1..10 {
+        let refused = guess();
+        assert!(refused.contains("the join token is not valid here"), "guess {i}: {refused}");
+    }
+    let closed = guess();
+    assert!(closed.contains("closed the join: too many failed joins from 127.0.0.1; retry in"), "{closed}");
 }

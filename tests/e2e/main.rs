@@ -14,6 +14,7 @@ mod certs;
 mod chaos;
 mod clients_real_model;
 mod cluster_tiny;
+mod console;
 mod crash_durability;
 mod https;
 mod hubs;

@@ -55,6 +55,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/v1/status", get(admin::status))
         .route("/admin/v1/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/v1/keys/{name}", get(admin::get_key).delete(admin::revoke_key))
+        .route("/admin/v1/keys/{name}/limits", axum::routing::put(admin::set_limits))
         .route("/admin/v1/spokes/{id}/drain", post(admin::drain_spoke))
         .route("/admin/v1/spokes/{id}", delete(admin::remove_spoke))
         .route("/admin/v1/tokens", post(admin::create_token))
@@ -67,6 +68,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/v1/usage", get(admin::own_usage))
         .route("/admin/v1/backup", get(admin::backup))
         .route("/admin/v1/certs/rotate", post(crate::certs::rotate))
+        .route("/admin/v1/history", get(crate::history::endpoint))
         // Layers run outside in: the key is checked before a byte of the body is read, so
         // a stranger's slow or large body holds nothing.
         .route_layer(middleware::from_fn_with_state(body_limits, serve::read_body))
@@ -82,6 +84,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .merge(protected)
         .merge(restore)
+        .merge(crate::console::routes())
         .route("/api/version", get(ollama::version))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
