@@ -20,7 +20,7 @@ SCHEMA = json.loads(open(os.path.join(os.path.dirname(__file__), "..", "inferenc
 PROMPT = [{"role": "user", "content": "Describe a person as JSON."}]
 
 
-def run(base, concurrent, constrained):
+def run(base, clients, constrained):
     def one(i):
         body = {"messages": PROMPT, "temperature": 1.0, "seed": i + 1}
         if constrained:
@@ -33,8 +33,8 @@ def run(base, concurrent, constrained):
         return r["usage"]["completion_tokens"]
 
     started = time.time()
-    with concurrent.futures.ThreadPoolExecutor(concurrent) as pool:
-        tokens = sum(pool.map(one, range(concurrent)))
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        tokens = sum(pool.map(one, range(clients)))
     return tokens / (time.time() - started), tokens
 
 
