@@ -154,6 +154,10 @@ parsed = client.chat.completions.parse(model=M, messages=[{"role": "user", "cont
 city = parsed.choices[0].message.parsed
 assert isinstance(city, City), parsed
 print(f"parsed: {city!r}")
+resp = client.responses.parse(model=M, input="Describe Paris as JSON.", text_format=City, temperature=0,
+                              max_output_tokens=400)
+assert isinstance(resp.output_parsed, City), resp
+expect_400(lambda: client.responses.create(model=M, input="x", text={"format": {"type": "xml"}}), "text.format")
 obj = client.chat.completions.create(model=M, messages=[{"role": "user", "content": "Give me a JSON object."}],
                                      response_format={"type": "json_object"}, temperature=1, seed=4, max_tokens=200)
 if obj.choices[0].finish_reason == "stop":

@@ -494,5 +494,11 @@ mod tests {
         assert!(validate_body("/v1/completions", br#"{"model":"m","prompt":"x","logprobs":5,"echo":true}"#).is_ok());
         assert!(validate_body("/api/generate", br#"{"model":"m","prompt":"x","options":{"num_predict":-1}}"#).is_ok());
         assert!(validate_body("/v1/responses", br#"{"model":"m","input":"x","max_output_tokens":0}"#).is_err());
+        let format = |f: &str| {
+            validate_body("/v1/responses", format!(r#"{{"model":"m","input":"x","text":{{"format":{f}}}}}"#).as_bytes())
+        };
+        assert!(format(r#"{"type":"json_schema","name":"c","schema":{"type":"object"},"strict":true}"#).is_ok());
+        assert!(format(r#"{"type":"json_object"}"#).is_ok() && format(r#"{"type":"text"}"#).is_ok());
+        assert!(format(r#"{"type":"json_schema","name":"c"}"#).is_err() && format(r#"{"type":"xml"}"#).is_err());
     }
 }

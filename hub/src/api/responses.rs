@@ -3,6 +3,9 @@
 //! `DELETE /v1/responses/{id}` (the key that created it only). A conversation lives in the
 //! replicated state, so a follow-up on any hub continues it.
 //!
+//! `text.format` takes JSON (`json_object`) or JSON matching a schema (`json_schema`), by
+//! constrained decoding, as chat's `response_format` does.
+//!
 //! A response cut by `max_output_tokens` is `"status": "incomplete"` with
 //! `incomplete_details: {"reason": "max_output_tokens"}` (a stream then ends with
 //! `response.incomplete` rather than `response.completed`).
@@ -44,18 +47,29 @@ pub(crate) fn params(r: &ResponsesRequest) -> Result<SamplingParams, ApiError> {
     if let Some(v) = r.tool_choice.as_ref().filter(|v| *v != "none") {
         return unsupported("tool_choice", v);
     }
-    if let Some(format) = r.text.as_ref().and_then(|t| t.get("format")) {
-        if *format != serde_json::json!({"type": "text"}) {
-            return unsupported("text.format", format);
+    // `text.format` is chat's `response_format` with the schema beside its name:
+    // {"type": "json_schema", "name", "schema", "strict"}.
+    let constraint = match r.text.as_ref().and_then(|t| t.get("format")) {
+        None => None,
+        Some(f) if f.get("type").and_then(|t| t.as_str()) == Some("json_schema") => {
+            let schema = f.get("schema").filter(|s| s.is_object()).ok_or_else(|| {
+                ApiError::bad_request("text.format.schema: a JSON schema object is required")
+                    .with_param("text.format.schema")
+            })?;
+            Some(nave_inference::grammar::Constraint::JsonSchema(schema.to_string()))
         }
-    }
-    super::openai::params(Sampling {
+        Some(f) => super::tools::response_format(Some(f)).map_err(|e| {
+            ApiError::bad_request(e.message.replace("response_format", "text.format")).with_param("text.format")
+        })?,
+    };
+    let p = super::openai::params(Sampling {
         max_tokens: r.max_output_tokens,
         temperature: r.temperature,
         top_p: r.top_p,
         seed: r.seed,
         ..Default::default()
-    })
+    })?;
+    super::openai::checked(SamplingParams { constraint, ..p })
 }
 
 /// How a response stands: still running, or ended (cut by length or not).
