@@ -21,7 +21,9 @@ fn main() -> Result<()> {
     let model = LoadedModel::load("smollm2-135m", &path, LoadOptions { threads, ..Default::default() })?;
     let (isa, pool_threads) = model.transformer.kernels();
     println!("kernels: {isa:?}, threads {pool_threads}");
+    let started = Instant::now();
     let grammars = Grammars::new(&model.tokenizer)?;
+    println!("grammar compiler built in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     let ledger = Ledger::new("cpu", 2 << 30, 0);
     let engine = Engine::start(model, EngineConfig { kv_pool_bytes: 256 << 20, ..Default::default() }, &ledger)?;
     let constraint = Constraint::JsonSchema(SCHEMA.into());
