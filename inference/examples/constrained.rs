@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     let mut total = 0.0;
     let rounds = 20;
     for _ in 0..rounds {
-        let mut guide = grammars.matcher(&constraint)?;
+        let mut guide = grammars.guides(&constraint, 1)?.remove(0);
         for &t in &ids {
             let started = Instant::now();
             guide.mask(&mut logits)?;

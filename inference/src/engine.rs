@@ -382,6 +382,9 @@ impl Sequence {
         if !plain.is_empty() || !tokens.is_empty() {
             let _ = self.tx.send(Event::Delta { choice, text: plain, tokens, logprobs });
         }
+        if calls.is_empty() {
+            return;
+        }
         let seed = self
             .request_id
             .bytes()
@@ -523,9 +526,7 @@ impl Worker {
                 tracing::info!(model = %self.model.name, ms = elapsed_ms(started) as u64, "grammar compiler ready");
             }
             let grammars = self.grammars.as_ref().expect("set above");
-            for _ in 0..params.n.max(1) {
-                guides.push(grammars.matcher(constraint)?);
-            }
+            guides = grammars.guides(constraint, params.n.max(1))?;
         }
         let mut guides = guides.into_iter();
         self.gauges.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);

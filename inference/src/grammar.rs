@@ -127,9 +127,9 @@ impl Grammars {
         Ok(Self { factory, stop_ids: tokenizer.stop_ids().to_vec(), eos })
     }
 
-    /// Compiles `constraint` into a matcher for one sequence; a grammar or schema the
-    /// compiler refuses is the request's fault, with the compiler's reason.
-    pub fn matcher(&self, constraint: &Constraint) -> Result<Guide> {
+    /// Compiles `constraint` once into a guide for each of `n` sequences; a grammar or
+    /// schema the compiler refuses is the request's fault, with the compiler's reason.
+    pub fn guides(&self, constraint: &Constraint, n: usize) -> Result<Vec<Guide>> {
         constraint.validate()?;
         let parser = self
             .factory
@@ -139,7 +139,10 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(Error::InvalidRequest(format!("cannot compile the grammar: {e}")));
         }
-        Ok(Guide::start(matcher, self.stop_ids.clone(), self.eos))
+        let mut guides: Vec<Guide> =
+            (1..n).map(|_| Guide::start(matcher.deep_clone(), self.stop_ids.clone(), self.eos)).collect();
+        guides.insert(0, Guide::start(matcher, self.stop_ids.clone(), self.eos));
+        Ok(guides)
     }
 }
 

@@ -91,13 +91,9 @@ pub fn tools(tools: Option<&[ToolBody]>, choice: Option<&Value>) -> Result<Optio
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let tools = Tools { defs, choice };
-    tools.validate().map_err(|e| {
-        let message = e.to_string().trim_start_matches("invalid request: ").to_string();
-        let field = message.split(':').next().unwrap_or("tools").to_string();
-        ApiError::bad_request(message).with_param(&field)
-    })?;
-    Ok(Some(tools))
+    // Names, duplicates and the named choice are checked with the other sampling
+    // parameters (`SamplingParams::validate`, through `openai::checked`).
+    Ok(Some(Tools { defs, choice }))
 }
 
 /// The calls of an incoming message; arguments as JSON text (OpenAI sends text, Ollama an
