@@ -71,7 +71,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Ok(())
         }
         BenchArgs {
-            command: Some(BenchCmd::Engine { model, threads, concurrency, prompt_tokens, decode_tokens, no_peer, json }),
+            command:
+                Some(BenchCmd::Engine { model, threads, concurrency, prompt_tokens, decode_tokens, no_peer, json, device }),
             ..
         } => {
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -83,6 +84,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 prompt_tokens,
                 decode_tokens,
                 peer: !no_peer,
+                device,
             };
             let report = nave_bench::engine::run(&b)?;
             nave_bench::engine::print(&report);

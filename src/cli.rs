@@ -114,6 +114,31 @@ pub enum ModelCmd {
     List,
     /// Remove a model from the store.
     Rm { name: String },
+    /// Write a Llama-architecture model with random weights, of a realistic size, for
+    /// benchmarks on machines the real files cannot reach (a GPU machine).
+    Random {
+        /// The .gguf file to write.
+        out: std::path::PathBuf,
+        /// llama-1b, llama-250m or tiny.
+        #[arg(long, default_value = "llama-1b")]
+        shape: String,
+        /// The matrices' type: q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, f16.
+        #[arg(long = "type", default_value = "q4_k")]
+        ty: String,
+        /// The tokenizer and chat template: a model of the store or a .gguf (one written
+        /// by `nave model tokenizer` will do).
+        #[arg(long, default_value = "smollm2-135m")]
+        vocab_from: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Write a GGUF holding only a model's tokenizer and chat template (a few MB: what
+    /// `nave model random --vocab-from` needs on another machine).
+    Tokenizer {
+        /// A model of the store or a .gguf.
+        from: String,
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -184,6 +209,9 @@ pub enum BenchCmd {
         no_peer: bool,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// `cpu` (the engine's kernels) or `cuda:N` (a build with CUDA: scripts/build-cuda).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 

@@ -102,6 +102,34 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Model { command: ModelCmd::Random { out, shape, ty, vocab_from, seed } } => {
+            let shape = nave_inference::tiny::RandomShape::named(&shape).ok_or_else(|| {
+                anyhow::anyhow!("unknown shape {shape:?} (known: {})", nave_inference::tiny::RandomShape::NAMES)
+            })?;
+            let ty = weight_type(&ty)?;
+            let vocab = model_file(&vocab_from)?;
+            let bar = indicatif::ProgressBar::new(shape.layers as u64).with_style(
+                indicatif::ProgressStyle::with_template("writing {msg} [{bar:30}] layer {pos}/{len} {elapsed}")?,
+            );
+            bar.set_message(out.display().to_string());
+            nave_inference::tiny::write_random_llama(&out, shape, ty.ggml(), &vocab, seed, &mut |l| {
+                bar.set_position(l as u64)
+            })?;
+            bar.finish_and_clear();
+            let info = nave_inference::gguf::GgufFile::open(&out)?;
+            println!(
+                "{}: {:.2}B parameters, {} MB",
+                out.display(),
+                info.parameter_count() as f64 / 1e9,
+                std::fs::metadata(&out)?.len() / 1_000_000
+            );
+            Ok(())
+        }
+        Cmd::Model { command: ModelCmd::Tokenizer { from, out } } => {
+            nave_inference::tiny::write_tokenizer_of(&out, &model_file(&from)?)?;
+            println!("{}: the tokenizer of {from}, {} bytes", out.display(), std::fs::metadata(&out)?.len());
+            Ok(())
+        }
         Cmd::Model { command: ModelCmd::Rm { name } } => {
             ModelStore::from_env().rm(&name)?;
             println!("{name}: removed");
@@ -172,4 +200,21 @@ fn no_joined_spoke(data_dir: &std::path::Path) -> anyhow::Error {
     } else {
         anyhow::anyhow!("{} holds several joined spokes ({}): pick one with --id", data_dir.display(), found.join(", "))
     }
+}
+
+/// A model of the store (pulled if missing) or a path to a .gguf file.
+fn model_file(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    match name.ends_with(".gguf") {
+        true => Ok(name.into()),
+        false => Ok(up::pull_with_progress(&ModelStore::from_env(), name)?),
+    }
+}
+
+/// A weight type by its name (`q4_k`, `Q8_0`, `f16`, ...).
+fn weight_type(name: &str) -> anyhow::Result<nave_inference::kernels::WeightType> {
+    use nave_inference::kernels::WeightType;
+    WeightType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name)).ok_or_else(|| {
+        let known: Vec<String> = WeightType::ALL.iter().map(|t| t.name().to_lowercase()).collect();
+        anyhow::anyhow!("unknown type {name:?} (known: {})", known.join(", "))
+    })
 }

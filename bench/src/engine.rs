@@ -45,6 +45,14 @@ pub struct EngineReport {
     /// Batch-1 decode cannot pass this: bandwidth / weight bytes per token.
     pub decode_bound_tok_s: f64,
     pub figures: Vec<EngineFigures>,
+    /// Where the model ran: `cpu`, or `cuda:N` with the device's memory figures.
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub device_memory: Option<(u64, u64)>,
+    /// The batch-1 decode's greedy tokens (what two devices must agree on).
+    #[serde(default)]
+    pub greedy_tokens: Vec<u32>,
 }
 
 /// The CPU's model name and which of the flags that choose kernels it has.
@@ -117,6 +125,8 @@ pub struct EngineBench {
     pub prompt_tokens: usize,
     pub decode_tokens: usize,
     pub peer: bool,
+    /// `cpu` (the engine's kernels) or `cuda:N` (the candle device path).
+    pub device: String,
 }
 
 fn prompt_of(tokens: usize) -> Prompt {
@@ -129,14 +139,24 @@ fn params(max_tokens: usize) -> SamplingParams {
 }
 
 pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
-    let path = ModelStore::from_env().ensure(&b.model, &mut |_| {})?;
+    let path = match b.model.ends_with(".gguf") {
+        true => std::path::PathBuf::from(&b.model),
+        false => ModelStore::from_env().ensure(&b.model, &mut |_| {})?,
+    };
+    let placement: nave_inference::device::Placement = b.device.parse()?;
     let (cpu, cpu_flags) = cpu_info();
-    let read_bandwidth = read_bandwidth(b.threads);
-    let model =
-        LoadedModel::load(b.model.clone(), &path, LoadOptions { threads: Some(b.threads), ..Default::default() })?;
+    let device = placement.open()?;
+    let opts = LoadOptions { threads: Some(b.threads), device: device.clone(), ..Default::default() };
+    let model = LoadedModel::load(b.model.clone(), &path, opts)?;
     let weight_bytes = model.transformer.weight_bytes();
-    let kernel_path = model.transformer.kernels().0.name().to_string();
-    let ledger = Ledger::new("cpu", 8 << 30, 0);
+    let kernel_path = match device {
+        Some(_) => format!("candle on {placement}"),
+        None => model.transformer.kernels().0.name().to_string(),
+    };
+    // The CPU's bandwidth bounds the CPU kernels; a device's is the device's own (not
+    // measured here).
+    let read_bandwidth = if device.is_none() { read_bandwidth(b.threads) } else { 0.0 };
+    let ledger = Ledger::for_device(placement, 8 << 30, 0)?;
     let max = *b.concurrency.iter().max().unwrap_or(&1);
     let config = EngineConfig {
         kv_pool_bytes: 1 << 30,
@@ -167,10 +187,12 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
     let mut s = engine.submit(req(16, b.decode_tokens + 1, 1))?;
     let mut first = None;
     let mut n = 0usize;
+    let mut greedy_tokens = Vec::new();
     while let Some(ev) = s.blocking_recv() {
         match ev {
             Event::Delta { tokens, .. } => {
                 n += tokens.len();
+                greedy_tokens.extend_from_slice(&tokens);
                 first.get_or_insert_with(Instant::now);
             }
             Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. } => {}
@@ -209,6 +231,9 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
         read_bandwidth,
         decode_bound_tok_s: read_bandwidth / weight_bytes.max(1) as f64,
         figures,
+        device: placement.to_string(),
+        device_memory: placement.memory()?.map(|m| (m.total - m.free.min(m.total), m.total)),
+        greedy_tokens,
     })
 }
 
@@ -235,6 +260,9 @@ pub fn print(r: &EngineReport) {
         r.model, r.threads, r.prompt_tokens, r.decode_tokens
     );
     println!("cpu: {} [{}]", r.cpu, r.cpu_flags.join(" "));
+    if let Some((used, total)) = r.device_memory {
+        println!("device: {} ({} of {} MB in use after the run)", r.device, used / 1_000_000, total / 1_000_000);
+    }
     println!(
         "kernels: {} path, {} threads; read bandwidth {:.1} GB/s, so batch-1 decode is bound by {:.1} tok/s ({:.1} MB of weights per token)",
         r.path,

@@ -209,7 +209,7 @@ impl Engine {
         let context = c.context;
         let prompt_overhead = model.prompt_overhead();
         let worker = Worker {
-            kv: KvStore::new(c.layers, num_blocks, config.block_size, c.kv_dim()),
+            kv: model.transformer.new_kv(num_blocks, config.block_size)?,
             pool: BlockPool::new(num_blocks, config.block_size),
             model,
             config: config.clone(),

@@ -22,6 +22,10 @@ pub enum Error {
     /// A memory reservation does not fit its partition.
     #[error("{partition} partition: {requested} bytes requested, {free} of {total} bytes free")]
     OutOfMemory { partition: &'static str, requested: u64, free: u64, total: u64 },
+    /// The configured device cannot be used (no driver, no such device, a build without
+    /// its support): the spoke stops at start with this sentence.
+    #[error("{0}")]
+    Device(String),
     /// The model store could not fetch or verify a package.
     #[error("model store: {0}")]
     Store(String),

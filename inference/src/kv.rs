@@ -142,12 +142,14 @@ impl BlockPool {
     }
 }
 
-/// Keys and values of every layer, block-addressed.
+/// Keys and values of every layer, block-addressed: in host memory for the CPU kernels,
+/// or on the model's candle device (`device`, with `k` and `v` empty).
 pub struct KvStore {
     pub block_size: usize,
     pub kv_dim: usize,
     pub k: Vec<Vec<f32>>,
     pub v: Vec<Vec<f32>>,
+    pub device: Option<crate::candle_path::DeviceKv>,
 }
 
 impl KvStore {
@@ -170,7 +172,13 @@ impl KvStore {
             kv_dim,
             k: (0..layers).map(|_| resident()).collect(),
             v: (0..layers).map(|_| resident()).collect(),
+            device: None,
         }
+    }
+
+    /// A store whose keys and values live on a device.
+    pub(crate) fn on_device(kv: crate::candle_path::DeviceKv, block_size: usize, kv_dim: usize) -> Self {
+        Self { block_size, kv_dim, k: Vec::new(), v: Vec::new(), device: Some(kv) }
     }
 
     /// Bytes one token takes in every layer (keys and values).

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::Placement;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +59,8 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     device: String,
+    /// The CUDA device whose real memory the snapshot reports (`None`: the CPU).
+    cuda: Option<Placement>,
     state: Arc<Mutex<State>>,
 }
 
@@ -67,7 +70,26 @@ impl Ledger {
             serving: PartitionUsage { total: serving_total, used: 0 },
             training: PartitionUsage { total: training_total, used: 0 },
         };
-        Self { device: device.into(), state: Arc::new(Mutex::new(state)) }
+        Self { device: device.into(), cuda: None, state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// The ledger of `placement`. On a CUDA device both partitions are taken from the
+    /// memory its driver reports free now: partitions that do not fit are an error with
+    /// the figures, and snapshots report the device's own use and total.
+    pub fn for_device(placement: Placement, serving_total: u64, training_total: u64) -> Result<Self> {
+        let mut ledger = Self::new(placement.to_string(), serving_total, training_total);
+        if let Some(mem) = placement.memory()? {
+            let wanted = serving_total.saturating_add(training_total);
+            if wanted > mem.free {
+                return Err(Error::Device(format!(
+                    "{placement}: the serving ({serving_total} bytes) and training ({training_total} bytes) \
+                     partitions need {wanted} bytes, but {} of the device's {} bytes are free",
+                    mem.free, mem.total
+                )));
+            }
+            ledger.cuda = Some(placement);
+        }
+        Ok(ledger)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -96,13 +118,19 @@ impl Ledger {
     }
 
     pub fn snapshot(&self) -> LedgerSnapshot {
+        // The driver is asked before the lock is taken.
+        let device = self.cuda.and_then(|p| p.memory().ok().flatten());
         let s = self.lock();
+        let (device_used, device_total) = match device {
+            Some(mem) => (mem.total - mem.free.min(mem.total), mem.total),
+            None => (process_rss_bytes().unwrap_or(0), s.serving.total + s.training.total),
+        };
         LedgerSnapshot {
             device: self.device.clone(),
             serving: s.serving,
             training: s.training,
-            device_used: process_rss_bytes().unwrap_or(0),
-            device_total: s.serving.total + s.training.total,
+            device_used,
+            device_total,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Runs GGUF models with its own CPU kernels (weights in the file's own types), continuous
 //! batching, a paged KV pool with a prefix cache, and a memory ledger split into serving
-//! and training partitions. candle reads the GGUF header and runs fine-tuning.
+//! and training partitions. candle reads the GGUF header, runs fine-tuning, and runs the
+//! forward pass on CUDA devices.
 //!
 //! # Layout
 //! - [`store`]: the model store (`nave model pull`): registry packages, checksums.
@@ -13,6 +14,8 @@
 //!   shape (one file each).
 //! - [`kernels`]: the quantized matrix products, attention's vector operations and the
 //!   worker pool they run on (AVX2 or the scalar reference, chosen once).
+//! - [`device`], [`candle_path`]: where a model runs (the CPU kernels, or a CUDA device
+//!   through candle's tensors, with the KV cache on the device), and the device's memory.
 //! - [`kv`]: the block pool (pure bookkeeping, prefix cache) and the KV store.
 //! - [`sampler`], [`detok`]: choosing tokens; turning them into text with stop strings.
 //! - [`engine`]: the engine thread: a bounded queue in, a stream of events out per
@@ -25,7 +28,9 @@
 //! decode steps batched with every other running sequence; the sampler picks each token;
 //! the detokenizer streams its text as [`Event::Delta`] until [`Event::Done`].
 
+pub mod candle_path;
 pub mod detok;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod gemma2;

@@ -189,7 +189,7 @@ impl ModelConfig {
         self.kv_heads * self.head_dim
     }
 
-    fn is_local(&self, layer: usize) -> bool {
+    pub(crate) fn is_local(&self, layer: usize) -> bool {
         match self.sliding_window {
             Some((_, 0)) => true,
             Some((_, every)) => !(layer + 1).is_multiple_of(every),
@@ -248,22 +248,22 @@ fn rope_scaling(gguf: &GgufFile, arch: &str, context: usize) -> Result<RopeScali
     Ok(s)
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
     /// Biases of q, k and v (Qwen 2), added after the products.
-    qkv_bias: Option<[Vec<f32>; 3]>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    post_ffn_norm: Option<Vec<f32>>,
+    pub(crate) qkv_bias: Option<[Vec<f32>; 3]>,
+    pub(crate) q_norm: Option<Vec<f32>>,
+    pub(crate) k_norm: Option<Vec<f32>>,
+    pub(crate) post_attn_norm: Option<Vec<f32>>,
+    pub(crate) ffn_norm: Vec<f32>,
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+    pub(crate) post_ffn_norm: Option<Vec<f32>>,
 }
 
 /// A loaded model: its weights and config. Shared read-only by the engine thread.
@@ -279,6 +279,9 @@ pub struct Transformer {
     weight_bytes: u64,
     pool: Pool,
     isa: Isa,
+    /// The weights on a candle device (a CUDA spoke): the forward pass runs there, and
+    /// the host keeps only the embedding table.
+    device: Option<crate::candle_path::DeviceModel>,
 }
 
 /// One row of a batch: a token of a sequence at a position, and where to find the
@@ -354,12 +357,15 @@ fn add_lora(rows: &[Row<'_>], li: usize, proj: &str, x: &[f32], inp: usize, y: &
 }
 
 /// Options of a loaded model's engine.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Kernel threads (default: `NAVE_THREADS`, else `CANDLE_NUM_THREADS`, else every core).
     pub threads: Option<usize>,
     /// The kernels' instruction-set path (default: [`Isa::active`]).
     pub isa: Option<Isa>,
+    /// Run the forward pass through candle on this device ([`crate::candle_path`]; a CUDA
+    /// device from [`crate::device::Placement::open`]) instead of the CPU kernels.
+    pub device: Option<Device>,
 }
 
 impl LoadOptions {
@@ -408,7 +414,7 @@ impl Loader<'_> {
 
 /// A weight matrix (out, in).
 pub(crate) struct Linear {
-    w: QMatrix,
+    pub(crate) w: QMatrix,
 }
 
 impl Linear {
@@ -510,7 +516,14 @@ impl Transformer {
         let weight_bytes = l.bytes + embed.bytes() as u64;
         let isa = opts.isa.unwrap_or_else(Isa::active);
         let pool = Pool::new(opts.threads());
-        Ok(Self { config, embed, layers, out_norm, output, rope_freqs, weight_bytes, pool, isa })
+        let (layers, device) = match &opts.device {
+            // The host's copies of the layers go once they are on the device.
+            Some(dev) => {
+                (Vec::new(), Some(crate::candle_path::DeviceModel::upload(&layers, &out_norm, &output.w, dev)?))
+            }
+            None => (layers, None),
+        };
+        Ok(Self { config, embed, layers, out_norm, output, rope_freqs, weight_bytes, pool, isa, device })
     }
 
     /// Bytes the weights take in memory.
@@ -523,7 +536,28 @@ impl Transformer {
         (self.isa, self.pool.threads())
     }
 
-    fn embed_rows(&self, tokens: impl Iterator<Item = u32>, out: &mut Vec<f32>) -> Result<()> {
+    /// The candle device the forward pass runs on, if not the CPU kernels.
+    pub fn device(&self) -> Option<&Device> {
+        self.device.as_ref().map(|d| d.device())
+    }
+
+    pub(crate) fn rope_freqs(&self) -> Option<&[f32]> {
+        self.rope_freqs.as_deref()
+    }
+
+    /// An empty KV store of `num_blocks` blocks where the forward pass reads it: host
+    /// memory, or the model's device.
+    pub fn new_kv(&self, num_blocks: usize, block_size: usize) -> Result<KvStore> {
+        let c = &self.config;
+        Ok(match &self.device {
+            Some(d) => {
+                KvStore::on_device(d.new_kv(c.layers, num_blocks * block_size, c.kv_dim())?, block_size, c.kv_dim())
+            }
+            None => KvStore::new(c.layers, num_blocks, block_size, c.kv_dim()),
+        })
+    }
+
+    pub(crate) fn embed_rows(&self, tokens: impl Iterator<Item = u32>, out: &mut Vec<f32>) -> Result<()> {
         let h = self.config.hidden;
         for t in tokens {
             let t = t as usize;
@@ -566,6 +600,9 @@ impl Transformer {
             if r.pos >= r.blocks.len() * kv.block_size {
                 return Err(Error::InvalidRequest(format!("position {} has no KV block", r.pos)));
             }
+        }
+        if let Some(d) = &self.device {
+            return d.forward(self, rows, kv);
         }
         let mut x = Vec::with_capacity(n * c.hidden);
         self.embed_rows(rows.iter().map(|r| r.token), &mut x)?;
@@ -712,17 +749,17 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 /// cos and sin of every row's position for each rotated pair of a head.
-struct RopeTable {
-    half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+pub(crate) struct RopeTable {
+    pub(crate) half: usize,
+    pub(crate) cos: Vec<f32>,
+    pub(crate) sin: Vec<f32>,
 }
 
 impl RopeTable {
     /// The angles of every row's position with base `theta`, divided per pair by `freqs`
     /// where the model has them, then scaled as `c.rope_scaling` says (GGML's `rope_yarn`:
     /// linear scaling is YaRN without its ramp and magnitude term).
-    fn new(rows: &[Row<'_>], c: &ModelConfig, theta: f32, freqs: Option<&[f32]>) -> Self {
+    pub(crate) fn new(rows: &[Row<'_>], c: &ModelConfig, theta: f32, freqs: Option<&[f32]>) -> Self {
         let (head_dim, s) = (c.head_dim, c.rope_scaling);
         let half = head_dim / 2;
         let inv: Vec<f64> = (0..half)

@@ -310,7 +310,7 @@ impl ModelStore {
         if self.path_of(&name).exists() || self.record_path(&name).exists() {
             return Err(Error::Store(format!("a model named {name} is already in the store (nave model rm {name})")));
         }
-        crate::LoadedModel::load(name.clone(), src, crate::LoadOptions { threads: Some(1), isa: None })
+        crate::LoadedModel::load(name.clone(), src, crate::LoadOptions { threads: Some(1), ..Default::default() })
             .map_err(|e| Error::Store(format!("refused {}: {e}", src.display())))?;
         let about = About::read(src)?;
         std::fs::create_dir_all(&self.root)

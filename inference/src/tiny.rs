@@ -279,7 +279,18 @@ fn borrowed_tokenizer(vocab_from: &Path, pre: Option<&str>) -> Result<(Vec<(Stri
 /// Writes a GGUF holding only `vocab_from`'s tokenizer with the pre-tokenizer `pre`: what
 /// the tokenizer is built from, for tests of each pre-tokenizer without any weights.
 pub fn write_tokenizer_only(path: &Path, vocab_from: &Path, pre: &str) -> Result<()> {
-    let (mut meta, _) = borrowed_tokenizer(vocab_from, Some(pre))?;
+    write_tokenizer(path, vocab_from, Some(pre))
+}
+
+/// Writes a GGUF holding only `vocab_from`'s tokenizer and chat template, as they are: a
+/// few megabytes that [`write_random_llama`] can take its vocabulary from on a machine the
+/// model itself cannot reach.
+pub fn write_tokenizer_of(path: &Path, vocab_from: &Path) -> Result<()> {
+    write_tokenizer(path, vocab_from, None)
+}
+
+fn write_tokenizer(path: &Path, vocab_from: &Path, pre: Option<&str>) -> Result<()> {
+    let (mut meta, _) = borrowed_tokenizer(vocab_from, pre)?;
     meta.insert(0, ("general.architecture".into(), Value::String("llama".into())));
     let mut file = std::fs::File::create(path)?;
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -414,5 +425,105 @@ pub fn write_family_model_with_pre(
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
     file.sync_all()?;
+    Ok(())
+}
+
+/// The shape of a model [`write_random_llama`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomShape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+}
+
+impl RandomShape {
+    /// The named shapes: `llama-1b` (Llama 3.2 1B's layers: 2048 wide, 16 layers, 32
+    /// query and 8 KV heads, 8192 feed-forward; 1.2 billion parameters with SmolLM2's
+    /// vocabulary), `llama-250m` and `tiny` (for tests).
+    pub fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama-1b" => Self { hidden: 2048, layers: 16, heads: 32, kv_heads: 8, ffn: 8192 },
+            "llama-250m" => Self { hidden: 1024, layers: 12, heads: 16, kv_heads: 4, ffn: 4096 },
+            "tiny" => Self { hidden: 256, layers: 2, heads: 4, kv_heads: 2, ffn: 512 },
+            _ => return None,
+        })
+    }
+
+    pub const NAMES: &'static str = "llama-1b, llama-250m, tiny";
+}
+
+/// Writes a Llama-architecture model of `shape` with random weights of type `ty`
+/// (embeddings and output layer in Q6_K for the K-quants, else Q8_0, as quantized files
+/// of real models hold them), with the tokenizer and chat template of `vocab_from`: a
+/// model of realistic size for benchmarks on machines the real files cannot reach.
+/// `progress` is told each layer written (of `shape.layers`).
+pub fn write_random_llama(
+    path: &Path,
+    shape: RandomShape,
+    ty: GgmlDType,
+    vocab_from: &Path,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let RandomShape { hidden, layers, heads, kv_heads, ffn } = shape;
+    let block = ty.block_size();
+    if hidden % heads != 0 || heads % kv_heads != 0 || hidden % block != 0 || ffn % block != 0 {
+        return Err(crate::Error::InvalidRequest(format!(
+            "shape {shape:?} does not fit {ty:?}: widths must be whole blocks of {block} and heads divide them"
+        )));
+    }
+    let (tokenizer, vocab) = borrowed_tokenizer(vocab_from, None)?;
+    let head_dim = hidden / heads;
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.name".into(), Value::String(format!("nave random {hidden}x{layers}"))),
+        ("llama.embedding_length".into(), Value::U32(hidden as u32)),
+        ("llama.block_count".into(), Value::U32(layers as u32)),
+        ("llama.attention.head_count".into(), Value::U32(heads as u32)),
+        ("llama.attention.head_count_kv".into(), Value::U32(kv_heads as u32)),
+        ("llama.feed_forward_length".into(), Value::U32(ffn as u32)),
+        ("llama.context_length".into(), Value::U32(4096)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+        ("llama.rope.dimension_count".into(), Value::U32(head_dim as u32)),
+        ("llama.rope.freq_base".into(), Value::F32(500_000.0)),
+    ];
+    meta.extend(tokenizer);
+    let outer = match ty {
+        GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => GgmlDType::Q6K,
+        _ => GgmlDType::Q8_0,
+    };
+    let mut rng = Rng::new(seed);
+    let f32s = |t: Tensor| -> Result<QTensor> { Ok(QTensor::quantize(&t, GgmlDType::F32)?) };
+    let mat = |rng: &mut Rng, out: usize, inp: usize, ty: GgmlDType| -> Result<QTensor> {
+        Ok(QTensor::quantize(&random(rng, &[out, inp], (3.0 / inp as f32).sqrt())?, ty)?)
+    };
+    let ones = |n: usize| f32s(Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?);
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    tensors.push(("token_embd.weight".into(), QTensor::quantize(&random(&mut rng, &[vocab, hidden], 1.0)?, outer)?));
+    for i in 0..layers {
+        let p = |n: &str| format!("blk.{i}.{n}.weight");
+        tensors.push((p("attn_norm"), ones(hidden)?));
+        tensors.push((p("attn_q"), mat(&mut rng, hidden, hidden, ty)?));
+        tensors.push((p("attn_k"), mat(&mut rng, kv_heads * head_dim, hidden, ty)?));
+        tensors.push((p("attn_v"), mat(&mut rng, kv_heads * head_dim, hidden, ty)?));
+        tensors.push((p("attn_output"), mat(&mut rng, hidden, hidden, ty)?));
+        tensors.push((p("ffn_norm"), ones(hidden)?));
+        tensors.push((p("ffn_gate"), mat(&mut rng, ffn, hidden, ty)?));
+        tensors.push((p("ffn_up"), mat(&mut rng, ffn, hidden, ty)?));
+        tensors.push((p("ffn_down"), mat(&mut rng, hidden, ffn, ty)?));
+        progress(i + 1);
+    }
+    tensors.push(("output_norm.weight".into(), ones(hidden)?));
+    // Untied: tied to the embeddings, a random model repeats its last input token.
+    tensors.push(("output.weight".into(), mat(&mut rng, vocab, hidden, outer)?));
+    let tmp = path.with_extension("gguf.partial");
+    let mut file = std::fs::File::create(&tmp)?;
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
 }

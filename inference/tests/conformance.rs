@@ -17,7 +17,6 @@
 use std::path::{Path, PathBuf};
 
 use nave_inference::engine::collect;
-use nave_inference::kv::KvStore;
 use nave_inference::model::Row;
 use nave_inference::store::ModelStore;
 use nave_inference::tiny::{write_family_model, Family};
@@ -71,6 +70,17 @@ fn argmax(logits: &[f32]) -> u32 {
 
 #[test]
 fn every_family_matches_llama_cpp() {
+    conforms(LoadOptions::default);
+}
+
+/// The device seam's path (candle's tensor operations, what a CUDA spoke runs), here on
+/// candle's CPU device: the same file must give llama.cpp's tokens and probabilities too.
+#[test]
+fn every_family_matches_llama_cpp_on_the_candle_path() {
+    conforms(|| LoadOptions { device: Some(candle_core::Device::Cpu), threads: Some(2), ..Default::default() });
+}
+
+fn conforms(opts: impl Fn() -> LoadOptions) {
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("data/conformance_llamacpp.json")).expect("reference parses");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -86,9 +96,8 @@ fn every_family_matches_llama_cpp() {
             want["sha256"].as_str().expect("sha256"),
             "{name}: the writer changed; run scripts/llamacpp_conformance.py again"
         );
-        let model = LoadedModel::load(name, &path, LoadOptions::default()).expect("loads");
+        let model = LoadedModel::load(name, &path, opts()).expect("loads");
         assert_eq!(model.transformer.config.arch, family.arch());
-        let c = model.transformer.config.clone();
         let (mut worst, mut steps) = (0.0f64, 0);
         let cases = want["cases"].as_array().expect("cases");
         for case in cases {
@@ -97,7 +106,7 @@ fn every_family_matches_llama_cpp() {
             let top5 = case["top5"].as_array().expect("top5");
             assert_eq!(tokens.len(), top5.len());
             let len = prompt.len() + tokens.len();
-            let mut kv = KvStore::new(c.layers, len.div_ceil(16), 16, c.kv_dim());
+            let mut kv = model.transformer.new_kv(len.div_ceil(16), 16).expect("KV store");
             let blocks: Vec<u32> = (0..len.div_ceil(16) as u32).collect();
             let row = |token: u32, pos: usize, logits: bool| Row {
                 token,

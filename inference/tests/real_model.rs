@@ -180,8 +180,9 @@ fn next_token_probabilities_match_llama_cpp_on_the_same_file() {
 #[test]
 fn batched_decode_equals_alone_on_every_path() {
     for isa in nave_inference::kernels::Isa::available() {
-        let model = LoadedModel::load("smollm2-135m", model_path(), LoadOptions { isa: Some(isa), threads: None })
-            .expect("model loads");
+        let model =
+            LoadedModel::load("smollm2-135m", model_path(), LoadOptions { isa: Some(isa), ..Default::default() })
+                .expect("model loads");
         let ledger = Ledger::new("cpu", 2 << 30, 0);
         let e = Engine::start(model, EngineConfig { kv_pool_bytes: 64 << 20, ..Default::default() }, &ledger)
             .expect("engine starts");

@@ -12,6 +12,7 @@ use anyhow::Context;
 use nave_consensus::frame::{read_frame, write_frame};
 use nave_consensus::tls::{self, ClusterCa, NodeIdentity};
 use nave_consensus::{ClusterConfig, SpokeConfig};
+use nave_inference::device::Placement;
 use nave_inference::store::ModelStore;
 use nave_inference::{Engine, EngineConfig, Error as EngineError, Event, Ledger, LoadOptions, LoadedModel};
 use tokio::sync::Mutex;
@@ -104,6 +105,10 @@ pub fn load_engines(
     ledger: &Ledger,
 ) -> anyhow::Result<(HashMap<String, Arc<Engine>>, crate::train::ModelPaths)> {
     let store = ModelStore::from_env();
+    let device = spec.device.parse::<Placement>()?.open()?;
+    if let Some(d) = &device {
+        tracing::info!(device = %spec.device, location = ?d.location(), "models run on the device");
+    }
     let mut engines = HashMap::new();
     let mut paths = HashMap::new();
     for entry in &spec.models {
@@ -113,8 +118,9 @@ pub fn load_engines(
         } else {
             store.ensure(name, &mut |p| tracing::info!(?p, "pulling model"))?
         };
-        let mut model = LoadedModel::load(name.clone(), &path, LoadOptions::default())
-            .with_context(|| format!("loading model {name} from {}", path.display()))?;
+        let mut model =
+            LoadedModel::load(name.clone(), &path, LoadOptions { device: device.clone(), ..Default::default() })
+                .with_context(|| format!("loading model {name} from {}", path.display()))?;
         if let Some(context) = settings.get(name.as_str()).and_then(|m| m.context) {
             // The config may only narrow the model's own context.
             let own = &mut model.transformer.config.context;
@@ -160,7 +166,10 @@ pub async fn serve(
     let id = spec.id.clone();
     // Fails only if the pool exists already (then it keeps its priority).
     let _ = rayon::ThreadPoolBuilder::new().start_handler(|_| crate::train::lower_priority()).build_global();
-    let ledger = Ledger::new(spec.device.clone(), spec.serving_reserve.0, spec.training_limit.0);
+    // A device that cannot be used stops the spoke here, with the reason (no driver, no
+    // such device, a build without CUDA, partitions larger than the device).
+    let placement: Placement = spec.device.parse()?;
+    let ledger = Ledger::for_device(placement, spec.serving_reserve.0, spec.training_limit.0)?;
     let (engines, model_paths) = {
         let (spec, ledger) = (spec.clone(), ledger.clone());
         tokio::task::spawn_blocking(move || load_engines(&spec, &settings, &ledger)).await??

@@ -16,6 +16,7 @@ mod clients_real_model;
 mod cluster_tiny;
 mod console;
 mod crash_durability;
+mod devices;
 mod https;
 mod hubs;
 mod join;

@@ -81,6 +81,24 @@ impl WeightType {
         })
     }
 
+    /// The GGML dtype of the same bytes (candle's name for this type).
+    pub fn ggml(self) -> candle_core::quantized::GgmlDType {
+        use candle_core::quantized::GgmlDType as G;
+        match self {
+            Self::F32 => G::F32,
+            Self::F16 => G::F16,
+            Self::BF16 => G::BF16,
+            Self::Q4_0 => G::Q4_0,
+            Self::Q4_1 => G::Q4_1,
+            Self::Q5_0 => G::Q5_0,
+            Self::Q5_1 => G::Q5_1,
+            Self::Q8_0 => G::Q8_0,
+            Self::Q4_K => G::Q4K,
+            Self::Q5_K => G::Q5K,
+            Self::Q6_K => G::Q6K,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "F32",

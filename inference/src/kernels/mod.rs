@@ -122,6 +122,11 @@ impl QMatrix {
         self.data.len()
     }
 
+    /// The matrix's bytes exactly as the file stores them (rows of whole blocks).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
     pub fn row(&self, r: usize) -> &[u8] {
         let rb = self.ty.row_bytes(self.cols);
         &self.data[r * rb..(r + 1) * rb]
