@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::Placement;
+use crate::device::{DeviceMemory, Placement};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,14 +79,7 @@ impl Ledger {
     pub fn for_device(placement: Placement, serving_total: u64, training_total: u64) -> Result<Self> {
         let mut ledger = Self::new(placement.to_string(), serving_total, training_total);
         if let Some(mem) = placement.memory()? {
-            let wanted = serving_total.saturating_add(training_total);
-            if wanted > mem.free {
-                return Err(Error::Device(format!(
-                    "{placement}: the serving ({serving_total} bytes) and training ({training_total} bytes) \
-                     partitions need {wanted} bytes, but {} of the device's {} bytes are free",
-                    mem.free, mem.total
-                )));
-            }
+            partitions_fit(placement, mem, serving_total, training_total)?;
             ledger.cuda = Some(placement);
         }
         Ok(ledger)
@@ -133,6 +126,19 @@ impl Ledger {
             device_total,
         }
     }
+}
+
+/// Whether a serving and a training partition fit in what the device has free.
+fn partitions_fit(placement: Placement, mem: DeviceMemory, serving: u64, training: u64) -> Result<()> {
+    let wanted = serving.saturating_add(training);
+    if wanted > mem.free {
+        return Err(Error::Device(format!(
+            "{placement}: the serving ({serving} bytes) and training ({training} bytes) partitions need \
+             {wanted} bytes, but {} of the device's {} bytes are free",
+            mem.free, mem.total
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes held in a partition until dropped.
@@ -256,5 +262,18 @@ mod tests {
         drop(big);
         let peak = peak_rss_bytes().unwrap_or(0);
         assert!(peak >= before + (60 << 20), "peak {peak} after 64 MiB touched from {before}");
+    }
+
+    #[test]
+    fn partitions_larger_than_the_free_device_memory_are_refused_with_the_figures() {
+        let mem = DeviceMemory { free: 100 << 30, total: 141 << 30 };
+        assert!(partitions_fit(Placement::Cuda(0), mem, 60 << 30, 40 << 30).is_ok());
+        let e = partitions_fit(Placement::Cuda(0), mem, 90 << 30, 20 << 30).expect_err("too large").to_string();
+        for figure in [90u64 << 30, 20 << 30, 110 << 30, 100 << 30, 141 << 30] {
+            assert!(e.contains(&figure.to_string()), "{e} names {figure}");
+        }
+        assert!(e.starts_with("cuda:0"), "{e}");
+        // The CPU's partitions are the configured figures: nothing to check against.
+        assert!(Ledger::for_device(Placement::Cpu, 1 << 40, 1 << 40).is_ok());
     }
 }
