@@ -22,19 +22,56 @@ use crate::kernels::QMatrix;
 use crate::kv::{BlockId, KvStore};
 use crate::model::{Activation, Layer, ModelConfig, RopeStyle, RopeTable, Row, Transformer};
 
+/// Products that take the same input, as one matrix where their types agree (their rows
+/// stacked, byte for byte: one launch instead of several), else one each.
+enum Fused {
+    One(QMatMul, Vec<usize>),
+    Each(Vec<QMatMul>),
+}
+
+impl Fused {
+    fn new(ms: &[&QMatrix], device: &Device) -> Result<Self> {
+        let (ty, cols) = (ms[0].ty, ms[0].cols);
+        if ms.iter().all(|m| m.ty == ty && m.cols == cols) {
+            let data: Vec<u8> = ms.iter().flat_map(|m| m.data().iter().copied()).collect();
+            let rows = ms.iter().map(|m| m.rows).sum();
+            let stacked = QMatrix::new(ty, rows, cols, data).map_err(Error::Engine)?;
+            return Ok(Fused::One(upload(&stacked, device)?, ms.iter().map(|m| m.rows).collect()));
+        }
+        Ok(Fused::Each(ms.iter().map(|m| upload(m, device)).collect::<Result<_>>()?))
+    }
+
+    /// Each product of `x` (rows, in) in order: (rows, out_i).
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Fused::One(m, widths) => {
+                let y = m.forward(x)?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        at += w;
+                        Ok(y.narrow(1, at - w, w)?)
+                    })
+                    .collect()
+            }
+            Fused::Each(ms) => ms.iter().map(|m| Ok(m.forward(x)?)).collect(),
+        }
+    }
+}
+
 /// One layer's weights on the device.
 struct DeviceLayer {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
+    /// q, k and v.
+    qkv: Fused,
     o: QMatMul,
     qkv_bias: Option<[Tensor; 3]>,
     qk_norm: Option<(Tensor, Tensor)>,
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
+    /// gate and up.
+    gate_up: Fused,
     down: QMatMul,
     post_ffn_norm: Option<Tensor>,
 }
@@ -73,9 +110,7 @@ impl DeviceModel {
             .map(|l| {
                 Ok(DeviceLayer {
                     attn_norm: vector(&l.attn_norm, device)?,
-                    q: upload(&l.q.w, device)?,
-                    k: upload(&l.k.w, device)?,
-                    v: upload(&l.v.w, device)?,
+                    qkv: Fused::new(&[&l.q.w, &l.k.w, &l.v.w], device)?,
                     o: upload(&l.o.w, device)?,
                     qkv_bias: match &l.qkv_bias {
                         Some([q, k, v]) => Some([vector(q, device)?, vector(k, device)?, vector(v, device)?]),
@@ -87,8 +122,7 @@ impl DeviceModel {
                     },
                     post_attn_norm: opt(&l.post_attn_norm)?,
                     ffn_norm: vector(&l.ffn_norm, device)?,
-                    gate: upload(&l.gate.w, device)?,
-                    up: upload(&l.up.w, device)?,
+                    gate_up: Fused::new(&[&l.gate.w, &l.up.w], device)?,
                     down: upload(&l.down.w, device)?,
                     post_ffn_norm: opt(&l.post_ffn_norm)?,
                 })
@@ -153,9 +187,9 @@ impl DeviceModel {
 
         for (li, l) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &l.attn_norm, c.eps)?;
-            let mut q = l.q.forward(&h)?;
-            let mut k = l.k.forward(&h)?;
-            let mut v = l.v.forward(&h)?;
+            let Ok([mut q, mut k, mut v]) = <[Tensor; 3]>::try_from(l.qkv.forward(&h)?) else {
+                return Err(Error::Engine("q, k and v came back as other than three products".into()));
+            };
             if let Some([qb, kb, vb]) = &l.qkv_bias {
                 q = q.broadcast_add(qb)?;
                 k = k.broadcast_add(kb)?;
@@ -185,8 +219,9 @@ impl DeviceModel {
             x = (x + o)?;
 
             let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
-            let g = l.gate.forward(&h)?;
-            let u = l.up.forward(&h)?;
+            let Ok([g, u]) = <[Tensor; 2]>::try_from(l.gate_up.forward(&h)?) else {
+                return Err(Error::Engine("gate and up came back as other than two products".into()));
+            };
             let g = match c.activation {
                 Activation::Silu => g.silu()?,
                 Activation::GeluTanh => g.gelu()?,
