@@ -245,6 +245,9 @@ pub struct JoinArgs {
     /// Models to serve: store names or paths to .gguf files, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "smollm2-135m")]
     pub models: Vec<String>,
+    /// `cpu`, or `cuda:N` (a build with CUDA: scripts/build-cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long, default_value = "1GiB")]
     pub serving_reserve: String,
     #[arg(long, default_value = "4GiB")]
@@ -285,7 +288,11 @@ impl JoinArgs {
             http,
             quic,
             models: self.models.clone(),
-            device: "cpu".into(),
+            device: {
+                // Said before anything is pulled or joined.
+                self.device.parse::<nave_inference::device::Placement>()?;
+                self.device.clone()
+            },
             serving_reserve: size("serving-reserve", &self.serving_reserve)?,
             training_limit: size("training-limit", &self.training_limit)?,
             training_share: 0.25,
