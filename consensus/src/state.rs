@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+mod stored;
+
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
 /// Remembered results of applied commands (for idempotent retries), and for how long.
@@ -112,7 +114,10 @@ pub struct Turn {
 }
 
 /// A response stored for `previous_response_id` chains (`/v1/responses`, `store: true`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Encoded as its first version wrote it, with what came later in the place of its last
+/// field (`incomplete`), so that logs and snapshots written before still decode
+/// (`consensus/src/state/stored.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredResponse {
     pub id: String,
     /// Digest of the key that created it (or "admin"): only it may read or continue it.
@@ -122,15 +127,42 @@ pub struct StoredResponse {
     pub created_ms: u64,
     /// What this request added to the conversation (instructions are not carried over).
     pub input: Vec<Turn>,
+    /// The answer's text.
     pub output: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// The spoke that answered (session affinity for follow-ups).
     pub spoke: String,
     /// The answer was cut by `max_output_tokens` (`"status": "incomplete"`).
-    #[serde(default)]
     pub incomplete: bool,
+    /// The function calls and results of `input`'s turns, one per turn; empty when none
+    /// has any.
+    pub input_tools: Vec<TurnTools>,
+    /// The function calls the answer made, in order.
+    pub calls: Vec<FunctionCall>,
 }
+
+/// A function call of a stored conversation (the Responses API's `function_call` item):
+/// one the model made, or one a client sent back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub call_id: String,
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+}
+
+/// What a turn of a stored conversation carries beside its text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnTools {
+    /// An assistant turn's calls.
+    pub calls: Vec<FunctionCall>,
+    /// A tool turn (`function_call_output`): the `call_id` of the call it answers.
+    pub answers: Option<String>,
+}
+
+/// The most function calls one stored response holds (in its input and its answer).
+pub const MAX_STORED_CALLS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -690,8 +722,8 @@ impl ClusterState {
         if self.responses.contains_key(&response.id) {
             return CommandResult::Invalid(format!("response {} exists", response.id));
         }
-        if response.id.len() > MAX_NAME || response.model.len() > MAX_NAME || response.spoke.len() > MAX_NAME {
-            return CommandResult::Invalid(format!("ids and names have at most {MAX_NAME} bytes"));
+        if let Err(why) = response.check() {
+            return CommandResult::Invalid(why);
         }
         let bytes = response.bytes();
         if bytes > quota.max_response_bytes {
@@ -757,8 +789,35 @@ impl ClusterState {
 impl StoredResponse {
     /// Its size as quotas count it: the text it carries.
     pub fn bytes(&self) -> u64 {
+        let call = |c: &FunctionCall| c.call_id.len() + c.name.len() + c.arguments.len();
         let turns: usize = self.input.iter().map(|t| t.role.len() + t.content.len()).sum();
-        (turns + self.output.len() + self.id.len() + self.previous.as_ref().map_or(0, String::len)) as u64
+        let tools: usize = self
+            .input_tools
+            .iter()
+            .map(|t| t.calls.iter().map(call).sum::<usize>() + t.answers.as_ref().map_or(0, String::len))
+            .sum();
+        let calls: usize = self.calls.iter().map(call).sum();
+        (turns + tools + calls + self.output.len() + self.id.len() + self.previous.as_ref().map_or(0, String::len))
+            as u64
+    }
+
+    /// Why a replica must not store it, if it must not: names and counts out of bounds.
+    fn check(&self) -> Result<(), String> {
+        if self.id.len() > MAX_NAME || self.model.len() > MAX_NAME || self.spoke.len() > MAX_NAME {
+            return Err(format!("ids and names have at most {MAX_NAME} bytes"));
+        }
+        if !self.input_tools.is_empty() && self.input_tools.len() != self.input.len() {
+            return Err("the tools of the input are one per turn".into());
+        }
+        let calls = || self.input_tools.iter().flat_map(|t| &t.calls).chain(&self.calls);
+        if calls().count() > MAX_STORED_CALLS {
+            return Err(format!("a stored response holds at most {MAX_STORED_CALLS} function calls"));
+        }
+        let answers = self.input_tools.iter().filter_map(|t| t.answers.as_deref());
+        if calls().flat_map(|c| [&c.call_id, &c.name]).map(String::as_str).chain(answers).any(|s| s.len() > MAX_NAME) {
+            return Err(format!("call ids and function names have at most {MAX_NAME} bytes"));
+        }
+        Ok(())
     }
 }
 
@@ -947,7 +1006,7 @@ mod tests {
             input_tokens: 1,
             output_tokens: 1,
             spoke: "s1".into(),
-            incomplete: false,
+            ..Default::default()
         };
         run(
             &mut s,
@@ -1188,7 +1247,7 @@ mod tests {
             input_tokens: 1,
             output_tokens: 1,
             spoke: "s1".into(),
-            incomplete: false,
+            ..Default::default()
         };
         let quota = ResponseQuota { max_count: 2, max_bytes: 1_000, max_response_bytes: 600, max_total_bytes: 10_000 };
         let store = |s: &mut ClusterState, id: &str, text| {
@@ -1215,6 +1274,44 @@ mod tests {
         run(&mut s, "late", 6 + RESPONSE_TTL_MS + 1, Command::Audit { actor: "test".into(), what: "tick".into() });
         let k = s.key_by_name("k").cloned().unwrap_or_default();
         assert_eq!((k.stored_count, k.stored_bytes), (0, 0));
+    }
+
+    #[test]
+    fn stored_responses_keep_their_function_calls_within_bounds() {
+        let mut s = with_key(Limits::default());
+        let call =
+            |id: &str, args: usize| FunctionCall { call_id: id.into(), name: "f".into(), arguments: "x".repeat(args) };
+        let resp = StoredResponse {
+            id: "r".into(),
+            owner: digest(1),
+            input: vec![Turn { role: "tool".into(), content: "21".into() }],
+            input_tools: vec![TurnTools { calls: vec![], answers: Some("call_0".into()) }],
+            calls: vec![call("call_1", 10), call("call_2", 20)],
+            ..Default::default()
+        };
+        assert_eq!(resp.bytes(), (4 + 2) + 6 + (6 + 1 + 10) + (6 + 1 + 20) + 1);
+        let store = |s: &mut ClusterState, id: &str, r: StoredResponse| {
+            let command = Command::StoreResponse { response: Box::new(r), quota: DEFAULT_RESPONSE_QUOTA };
+            run(s, id, 5, command)
+        };
+        assert_eq!(store(&mut s, "p1", resp.clone()), CommandResult::Done);
+        assert_eq!(
+            s.conversation("r", &digest(1)).unwrap_or_default(),
+            vec![&StoredResponse { created_ms: 5, ..resp.clone() }]
+        );
+        let k = s.key_by_name("k").cloned().unwrap_or_default();
+        assert_eq!(k.stored_bytes, resp.bytes(), "calls count against the quota");
+        for (i, bad) in [
+            StoredResponse { input_tools: vec![TurnTools::default(); 2], ..resp.clone() },
+            StoredResponse { calls: vec![call(&"c".repeat(MAX_NAME + 1), 1)], ..resp.clone() },
+            StoredResponse { calls: vec![call("c", 1); MAX_STORED_CALLS + 1], ..resp.clone() },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = StoredResponse { id: format!("bad{i}"), ..bad };
+            assert!(matches!(store(&mut s, &format!("q{i}"), r), CommandResult::Invalid(_)), "{i}");
+        }
     }
 
     /// No committed command can panic `apply` on any replica: arbitrary sequences of every
@@ -1272,6 +1369,17 @@ mod tests {
                             output_tokens: num(r >> 9),
                             spoke: "s".into(),
                             incomplete: r % 2 == 0,
+                            // Calls sometimes; tools for turns it does not have (refused)
+                            // now and then.
+                            input_tools: vec![TurnTools::default(); (r % 5 == 0) as usize],
+                            calls: vec![
+                                FunctionCall {
+                                    call_id: format!("call_{r}"),
+                                    name: "f".into(),
+                                    arguments: "{}".repeat((r % 50) as usize),
+                                };
+                                (r % 3) as usize
+                            ],
                         }),
                         quota: ResponseQuota {
                             max_count: small(r >> 3),

@@ -193,6 +193,8 @@ pub async fn create(
             output_tokens: 0,
             spoke: String::new(),
             incomplete: false,
+            input_tools: Vec::new(),
+            calls: Vec::new(),
         };
         // Held (the slot and the admission) until the response is stored.
         let generated = generate(&hub, &caller, &model, gen, &ctx, session.as_deref(), req.stream).await?;
