@@ -113,7 +113,12 @@ async fn exchange(spoke: &Spoke, model: &str, request: GenerateRequest, start: I
                 }
                 last = Some(now);
             }
-            Event::Delta { .. } | Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. } => {}
+            Event::Delta { .. }
+            | Event::Prompt { .. }
+            | Event::ToolCall { .. }
+            | Event::ToolCallStart { .. }
+            | Event::ToolCallArguments { .. }
+            | Event::Embedding { .. } => {}
             Event::Done { usage, .. } => {
                 s.tokens = usage.completion_tokens as u64;
                 return;

@@ -195,7 +195,11 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
                 greedy_tokens.extend_from_slice(&tokens);
                 first.get_or_insert_with(Instant::now);
             }
-            Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. } => {}
+            Event::Prompt { .. }
+            | Event::ToolCall { .. }
+            | Event::ToolCallStart { .. }
+            | Event::ToolCallArguments { .. }
+            | Event::Embedding { .. } => {}
             Event::Done { .. } => break,
             Event::Error { message, .. } => anyhow::bail!(message),
         }

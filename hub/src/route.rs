@@ -263,6 +263,8 @@ pub async fn complete(
                         c.tool_calls.push(call);
                     }
                 }
+                // A whole answer needs only the complete calls.
+                Some(Event::ToolCallStart { .. } | Event::ToolCallArguments { .. }) => {}
                 Some(Event::Done { choice, finish, usage }) => {
                     let Some(c) = answer.choices.get_mut(choice as usize) else {
                         return Err(ApiError::new(

@@ -120,13 +120,21 @@ pub enum Event {
     /// The prompt's embedding (`SamplingParams::embed`), sent before its `Done`.
     Embedding { vector: Vec<f32> },
     /// Choice `choice` called a tool: the `index`-th call of its output, complete. Text
-    /// that was part of the call is not in any `Delta`.
+    /// that was part of the call is not in any `Delta`. If the call started
+    /// (`ToolCallStart`), its arguments are those its `ToolCallArguments` added up to.
     ToolCall { choice: u32, index: u32, call: ToolCall },
     /// Choice `choice` ended; its usage counts the prompt and that choice's tokens. The
     /// stream ends after the `Done` of every choice.
     Done { choice: u32, finish: FinishReason, usage: Usage },
     /// The request failed; `client` says whether it was the request's fault.
     Error { message: String, client: bool },
+    /// Choice `choice` began its `index`-th call, as the model writes it: its id and name.
+    /// Its arguments follow (`ToolCallArguments`), then the `ToolCall` of the same index
+    /// that completes it. A call that turns out malformed gets no `ToolCall`: its text
+    /// comes in a `Delta` instead.
+    ToolCallStart { choice: u32, index: u32, id: String, name: String },
+    /// The next piece of the arguments of call `index` of choice `choice` (JSON text).
+    ToolCallArguments { choice: u32, index: u32, arguments: String },
 }
 
 pub type EventStream = UnboundedReceiver<Event>;
@@ -357,7 +365,8 @@ struct Sequence {
 
 impl Sequence {
     /// Streams new output text with the tokens behind it: as it is, or through the tool
-    /// parser (text as deltas, complete calls as `ToolCall`s); `end` flushes the parser.
+    /// parser (text as deltas, calls as they start, their arguments as they come, then
+    /// complete as `ToolCall`s, all in the output's order); `end` flushes the parser.
     fn send_text(&mut self, text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob>, end: bool) {
         let choice = self.choice;
         let Some(parser) = &mut self.tool_parser else {
@@ -371,30 +380,44 @@ impl Sequence {
             parsed.extend(parser.finish());
         }
         let format = parser.format();
+        // The tokens go with the first delta (text or not), text before the calls it
+        // precedes.
+        let mut tokens = Some((tokens, logprobs));
         let mut plain = String::new();
-        let mut calls = Vec::new();
-        for p in parsed {
-            match p {
-                Parsed::Text(t) => plain.push_str(&t),
-                Parsed::Call { name, arguments } => calls.push((name, arguments)),
+        let tx = &self.tx;
+        let delta = |plain: &mut String, tokens: &mut Option<(Vec<u32>, Vec<TokenLogprob>)>| {
+            let (tokens, logprobs) = tokens.take().unwrap_or_default();
+            if !plain.is_empty() || !tokens.is_empty() {
+                let _ = tx.send(Event::Delta { choice, text: std::mem::take(plain), tokens, logprobs });
             }
+        };
+        let mut seed = None;
+        let request_id = &self.request_id;
+        let mut id = |index: u32| {
+            let seed = *seed.get_or_insert_with(|| {
+                request_id.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ choice as u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+                })
+            });
+            format.call_id(seed, index as usize)
+        };
+        for p in parsed {
+            let event = match p {
+                Parsed::Text(t) => {
+                    plain.push_str(&t);
+                    continue;
+                }
+                Parsed::CallStart { index, name } => Event::ToolCallStart { choice, index, id: id(index), name },
+                Parsed::Arguments { index, piece } => Event::ToolCallArguments { choice, index, arguments: piece },
+                Parsed::Call { index, name, arguments } => {
+                    self.calls += 1;
+                    Event::ToolCall { choice, index, call: ToolCall { id: id(index), name, arguments } }
+                }
+            };
+            delta(&mut plain, &mut tokens);
+            let _ = tx.send(event);
         }
-        if !plain.is_empty() || !tokens.is_empty() {
-            let _ = self.tx.send(Event::Delta { choice, text: plain, tokens, logprobs });
-        }
-        if calls.is_empty() {
-            return;
-        }
-        let seed = self
-            .request_id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64 ^ choice as u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-        for (name, arguments) in calls {
-            let index = self.calls;
-            let call = ToolCall { id: format.call_id(seed, index as usize), name, arguments };
-            let _ = self.tx.send(Event::ToolCall { choice, index, call });
-            self.calls += 1;
-        }
+        delta(&mut plain, &mut tokens);
     }
 
     fn generated(&self) -> usize {
@@ -932,6 +955,8 @@ pub fn collect_all(mut stream: EventStream) -> Result<(Vec<TokenLogprob>, Vec<Co
             Event::ToolCall { choice, call, .. } => {
                 open.entry(choice).or_insert_with(Collected::empty).tool_calls.push(call)
             }
+            // The complete calls are all a collector needs.
+            Event::ToolCallStart { .. } | Event::ToolCallArguments { .. } => {}
             Event::Embedding { vector } => open.entry(0).or_insert_with(Collected::empty).embedding = Some(vector),
             Event::Prompt { logprobs } => prompt.extend(logprobs),
             Event::Done { choice, finish, usage } => {

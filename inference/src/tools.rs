@@ -260,12 +260,21 @@ impl ToolFormat {
 pub enum Parsed {
     /// Answer text (not part of a call).
     Text(String),
-    /// A complete call: its name and arguments (JSON text).
-    Call { name: String, arguments: String },
+    /// Call `index` of the output begins: its name is known, its arguments follow.
+    CallStart { index: u32, name: String },
+    /// A piece of call `index`'s arguments, JSON text as the model writes it less the
+    /// whitespace outside strings.
+    Arguments { index: u32, piece: String },
+    /// Call `index` is complete: its name and arguments (JSON text). A started call's
+    /// arguments are its pieces joined. A started call that turns out malformed gets no
+    /// `Call`: its text comes back as `Text` instead.
+    Call { index: u32, name: String, arguments: String },
 }
 
 /// Reads a model's output as text and calls, as it arrives: text that may begin a call is
-/// held until it is clearly not one, a call is given once it is complete.
+/// held until it is clearly not one; a call's head is held until its name and the
+/// opening of its arguments object are read, then the arguments stream (`ArgStream`);
+/// a call is given once it is complete.
 pub struct ToolParser {
     format: ToolFormat,
     buf: String,
@@ -274,11 +283,27 @@ pub struct ToolParser {
     in_call: bool,
     /// Whether any text was given: a Llama 3 call must open the output.
     started: bool,
+    /// The calls' text read by `stream` so far: bytes of `buf`.
+    fed: usize,
+    stream: ArgStream,
+    /// Calls numbered so far (started or complete).
+    calls: u32,
+    /// A call just ended: a newline right after it is not text.
+    after_call: bool,
 }
 
 impl ToolParser {
     pub fn new(format: ToolFormat) -> Self {
-        Self { format, buf: String::new(), in_call: false, started: false }
+        Self {
+            format,
+            buf: String::new(),
+            in_call: false,
+            started: false,
+            fed: 0,
+            stream: ArgStream::default(),
+            calls: 0,
+            after_call: false,
+        }
     }
 
     pub fn format(&self) -> ToolFormat {
@@ -293,19 +318,25 @@ impl ToolParser {
             match self.format {
                 ToolFormat::Hermes | ToolFormat::Fallback => {
                     if self.in_call {
-                        let Some(end) = self.buf.find(HERMES_CLOSE) else { break };
-                        let body = self.buf[..end].to_string();
-                        self.buf.drain(..end + HERMES_CLOSE.len());
+                        let Some(end) = self.buf.find(HERMES_CLOSE) else {
+                            // What may begin the closing marker is not the call's yet.
+                            self.feed(self.buf.len() - partial_suffix(&self.buf, HERMES_CLOSE), &mut out);
+                            break;
+                        };
+                        self.feed(end, &mut out);
+                        let body: String = self.buf.drain(..end).collect();
+                        self.buf.drain(..HERMES_CLOSE.len());
                         self.in_call = false;
-                        out.push(call_from_json(&body, "arguments").map_or_else(
-                            || Parsed::Text(format!("{HERMES_OPEN}{body}{HERMES_CLOSE}")),
-                            |(name, arguments)| Parsed::Call { name, arguments },
-                        ));
-                        // A newline between calls is not text.
+                        out.push(self.hermes_call(body, HERMES_CLOSE));
+                        self.after_call = true;
+                        continue;
+                    }
+                    // A newline between calls is not text.
+                    if self.after_call && !self.buf.is_empty() {
+                        self.after_call = false;
                         if self.buf.starts_with('\n') {
                             self.buf.remove(0);
                         }
-                        continue;
                     }
                     match self.buf.find(HERMES_OPEN) {
                         Some(start) => {
@@ -322,7 +353,9 @@ impl ToolParser {
                 }
                 ToolFormat::Mistral => {
                     if self.in_call {
-                        break; // the call list runs to the end of the output
+                        // The call list runs to the end of the output.
+                        self.feed(self.buf.len(), &mut out);
+                        break;
                     }
                     match self.buf.find(MISTRAL_OPEN) {
                         Some(start) => {
@@ -339,12 +372,16 @@ impl ToolParser {
                 }
                 ToolFormat::Llama3 => {
                     if self.in_call {
+                        self.feed(self.buf.len(), &mut out);
                         break;
                     }
                     let trimmed = self.buf.trim_start();
                     if !self.started && (trimmed.starts_with('{') || trimmed.starts_with(PYTHON_TAG)) {
                         self.in_call = true;
-                        break;
+                        // The calls' text begins after the tag.
+                        let lead = self.buf.len() - trimmed.len();
+                        self.fed = lead + if trimmed.starts_with(PYTHON_TAG) { PYTHON_TAG.len() } else { 0 };
+                        continue;
                     }
                     if !self.started && (trimmed.is_empty() || PYTHON_TAG.starts_with(trimmed)) {
                         break;
@@ -359,31 +396,76 @@ impl ToolParser {
 
     /// The end of the output: what was held, as calls where it parses as calls, else text.
     pub fn finish(&mut self) -> Vec<Parsed> {
-        let rest = std::mem::take(&mut self.buf);
         if !self.in_call {
+            let rest = std::mem::take(&mut self.buf);
             return if rest.is_empty() { vec![] } else { vec![Parsed::Text(rest)] };
         }
+        let mut out = Vec::new();
+        self.feed(self.buf.len(), &mut out);
+        let rest = std::mem::take(&mut self.buf);
         self.in_call = false;
         let calls = match self.format {
-            ToolFormat::Hermes | ToolFormat::Fallback => call_from_json(&rest, "arguments").map(|c| vec![c]),
+            ToolFormat::Hermes | ToolFormat::Fallback => {
+                out.push(self.hermes_call(rest, ""));
+                return out;
+            }
             ToolFormat::Mistral => calls_from_array(&rest),
             ToolFormat::Llama3 => {
                 let body = rest.trim_start().trim_start_matches(PYTHON_TAG);
                 body.split(';').map(|c| call_from_json(c, "parameters")).collect::<Option<Vec<_>>>()
             }
         };
+        let streamed = std::mem::take(&mut self.stream).calls;
         match calls {
             Some(calls) if !calls.is_empty() => {
-                calls.into_iter().map(|(name, arguments)| Parsed::Call { name, arguments }).collect()
+                let mut streamed = streamed.into_iter();
+                for (name, arguments) in calls {
+                    let call = streamed.next().filter(|s| s.closed && s.name == name);
+                    out.push(self.complete(call, name, arguments));
+                }
             }
             _ => {
-                let open = match self.format {
-                    ToolFormat::Hermes | ToolFormat::Fallback => HERMES_OPEN,
-                    ToolFormat::Mistral => MISTRAL_OPEN,
-                    ToolFormat::Llama3 => "",
-                };
-                vec![Parsed::Text(format!("{open}{rest}"))]
+                let open = if self.format == ToolFormat::Mistral { MISTRAL_OPEN } else { "" };
+                out.push(Parsed::Text(format!("{open}{rest}")));
             }
+        }
+        out
+    }
+
+    /// The call of a Hermes `<tool_call>` body, or its text if it is not one.
+    fn hermes_call(&mut self, body: String, close: &str) -> Parsed {
+        self.fed = 0;
+        let streamed = std::mem::take(&mut self.stream).calls;
+        match call_from_json(&body, "arguments") {
+            Some((name, arguments)) => {
+                let call = streamed.into_iter().next().filter(|s| s.closed);
+                self.complete(call, name, arguments)
+            }
+            None => Parsed::Text(format!("{HERMES_OPEN}{body}{close}")),
+        }
+    }
+
+    /// A complete call: as it streamed, or (if it did not) numbered now.
+    fn complete(&mut self, streamed: Option<Streamed>, name: String, arguments: String) -> Parsed {
+        match streamed {
+            Some(s) => Parsed::Call { index: s.index, name: s.name, arguments: s.arguments },
+            None => {
+                self.calls += 1;
+                Parsed::Call { index: self.calls - 1, name, arguments }
+            }
+        }
+    }
+
+    /// Lets the argument streamer read the calls' text up to byte `upto` of the buffer.
+    fn feed(&mut self, upto: usize, out: &mut Vec<Parsed>) {
+        if upto > self.fed {
+            let separators = match self.format {
+                ToolFormat::Hermes | ToolFormat::Fallback => "",
+                ToolFormat::Mistral => "[,",
+                ToolFormat::Llama3 => ";",
+            };
+            self.stream.read(&self.buf[self.fed..upto], separators, &mut self.calls, out);
+            self.fed = upto;
         }
     }
 
@@ -395,6 +477,185 @@ impl ToolParser {
             out.push(Parsed::Text(t));
         }
     }
+}
+
+/// Streams the arguments of the call objects of one stretch of calls
+/// (`{"name": ..., "arguments": {...}}`, separated by whitespace and the format's
+/// separators) as their text arrives. An object's head is held until it reads as a name
+/// followed by the opening of an arguments object; then the arguments go out as they
+/// come, and the rest of the object is only followed to its end. Anything else (keys in
+/// another order, arguments that are not an object, text between objects) stops the
+/// streaming of the stretch: its calls are given whole once they are complete. Whether a
+/// streamed call is well formed is decided by the parser once it is complete; this only
+/// follows the nesting of brackets and strings.
+#[derive(Default)]
+struct ArgStream {
+    scan: Scan,
+    /// The current object's text while in its head.
+    head: String,
+    /// Nesting inside the current object: brackets open, inside a string, after a `\`.
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The calls whose arguments streamed, in order.
+    calls: Vec<Streamed>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Between objects (before the first).
+    #[default]
+    Between,
+    /// In an object's head, before its arguments.
+    Head,
+    /// In the arguments object.
+    Arguments,
+    /// After the arguments, before the object's end.
+    Rest,
+    /// Not streaming any more.
+    Off,
+}
+
+/// A call whose arguments streamed.
+struct Streamed {
+    index: u32,
+    name: String,
+    /// As streamed: the pieces joined.
+    arguments: String,
+    /// Its object ended.
+    closed: bool,
+}
+
+/// The longest head read before giving up on streaming an object.
+const MAX_HEAD: usize = 256;
+
+impl ArgStream {
+    /// Reads more of the stretch; a call that starts is numbered from `calls`.
+    fn read(&mut self, text: &str, separators: &str, calls: &mut u32, out: &mut Vec<Parsed>) {
+        let mut piece = String::new();
+        for ch in text.chars() {
+            match self.scan {
+                Scan::Off => break,
+                Scan::Between if ch == '{' => {
+                    (self.scan, self.head, self.depth) = (Scan::Head, "{".into(), 1);
+                }
+                Scan::Between if ch.is_whitespace() || separators.contains(ch) => {}
+                Scan::Between => self.scan = Scan::Off,
+                Scan::Head => {
+                    self.head.push(ch);
+                    self.nest(ch);
+                    match head(&self.head) {
+                        Head::Partial if self.head.len() <= MAX_HEAD => {}
+                        Head::Partial | Head::No => self.scan = Scan::Off,
+                        Head::Arguments(name) => {
+                            let index = *calls;
+                            *calls += 1;
+                            out.push(Parsed::CallStart { index, name: name.clone() });
+                            self.calls.push(Streamed { index, name, arguments: String::new(), closed: false });
+                            piece.push('{');
+                            self.scan = Scan::Arguments;
+                        }
+                    }
+                }
+                Scan::Arguments => {
+                    let blank = ch.is_whitespace() && !self.in_string;
+                    self.nest(ch);
+                    if !blank {
+                        piece.push(ch);
+                    }
+                    if self.depth == 1 {
+                        self.flush(&mut piece, out);
+                        self.scan = Scan::Rest;
+                    }
+                }
+                Scan::Rest => {
+                    self.nest(ch);
+                    if self.depth == 0 {
+                        if let Some(c) = self.calls.last_mut() {
+                            c.closed = true;
+                        }
+                        self.scan = Scan::Between;
+                    }
+                }
+            }
+        }
+        self.flush(&mut piece, out);
+    }
+
+    /// Gives the arguments read since the last piece, if any.
+    fn flush(&mut self, piece: &mut String, out: &mut Vec<Parsed>) {
+        if let Some(c) = self.calls.last_mut().filter(|_| !piece.is_empty()) {
+            c.arguments.push_str(piece);
+            out.push(Parsed::Arguments { index: c.index, piece: std::mem::take(piece) });
+        }
+    }
+
+    /// Follows the nesting of brackets and strings.
+    fn nest(&mut self, ch: char) {
+        if self.in_string {
+            match ch {
+                _ if self.escaped => self.escaped = false,
+                '\\' => self.escaped = true,
+                '"' => self.in_string = false,
+                _ => {}
+            }
+        } else {
+            match ch {
+                '"' => self.in_string = true,
+                '{' | '[' => self.depth += 1,
+                '}' | ']' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// How an object's text so far reads as the head of a call.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// It may still become one.
+    Partial,
+    /// It will not.
+    No,
+    /// `{"name": "<name>", "arguments": {` (or `"parameters"`), ending at the arguments'
+    /// opening brace.
+    Arguments(String),
+}
+
+fn head(text: &str) -> Head {
+    /// Takes `lit` (after any whitespace) off the front of `rest`.
+    fn take(rest: &mut &str, lits: &[&str]) -> std::result::Result<(), Head> {
+        *rest = rest.trim_start();
+        match lits.iter().find_map(|l| rest.strip_prefix(l)) {
+            Some(after) => {
+                *rest = after;
+                Ok(())
+            }
+            None if lits.iter().any(|l| l.starts_with(*rest)) => Err(Head::Partial),
+            None => Err(Head::No),
+        }
+    }
+    let read = || -> std::result::Result<Head, Head> {
+        let mut rest = text;
+        for lits in [&["{"][..], &["\"name\""], &[":"], &["\""]] {
+            take(&mut rest, lits)?;
+        }
+        let Some(end) = rest.find('"') else {
+            let may_be_name =
+                rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            return Err(if may_be_name { Head::Partial } else { Head::No });
+        };
+        let name = &rest[..end];
+        if !valid_name(name) {
+            return Err(Head::No);
+        }
+        rest = &rest[end + 1..];
+        for lits in [&[","][..], &["\"arguments\"", "\"parameters\""], &[":"], &["{"]] {
+            take(&mut rest, lits)?;
+        }
+        Ok(if rest.is_empty() { Head::Arguments(name.to_string()) } else { Head::No })
+    };
+    read().unwrap_or_else(|h| h)
 }
 
 /// How many bytes at the end of `s` could begin `marker`.
@@ -434,23 +695,57 @@ fn calls_from_array(text: &str) -> Option<Vec<(String, String)>> {
 mod tests {
     use super::*;
 
-    fn run(format: ToolFormat, pieces: &[&str]) -> Vec<Parsed> {
+    /// Everything the parser gives for `pieces`, then what a client sees: adjacent text
+    /// joined, complete calls, and the pieces each started call streamed.
+    fn parse(format: ToolFormat, pieces: &[&str]) -> (Vec<Parsed>, Vec<(String, Vec<String>)>) {
         let mut p = ToolParser::new(format);
         let mut out: Vec<Parsed> = pieces.iter().flat_map(|x| p.push(x)).collect();
         out.extend(p.finish());
-        // Adjacent text pieces joined, to compare what a client sees.
         let mut joined: Vec<Parsed> = Vec::new();
+        let mut streamed: Vec<(u32, String, Vec<String>)> = Vec::new();
         for x in out {
             match (joined.last_mut(), x) {
+                (_, Parsed::CallStart { index, name }) => {
+                    assert!(streamed.iter().all(|s| s.0 != index), "call {index} started twice");
+                    assert!(!joined.iter().any(|j| matches!(j, Parsed::Call { index: i, .. } if *i == index)));
+                    streamed.push((index, name, vec![]));
+                }
+                (_, Parsed::Arguments { index, piece }) => {
+                    let s = streamed.iter_mut().find(|s| s.0 == index).expect("arguments of a started call");
+                    assert!(!piece.is_empty());
+                    s.2.push(piece);
+                }
                 (Some(Parsed::Text(a)), Parsed::Text(b)) => a.push_str(&b),
                 (_, x) => joined.push(x),
             }
         }
+        // A started call that completes has the name it started with and its pieces
+        // joined as its arguments.
+        for j in &joined {
+            if let Parsed::Call { index, name, arguments } = j {
+                if let Some((_, n, pieces)) = streamed.iter().find(|s| s.0 == *index) {
+                    assert_eq!((n, &pieces.concat()), (name, arguments), "call {index} as streamed");
+                }
+            }
+        }
+        (joined, streamed.into_iter().map(|(_, n, p)| (n, p)).collect())
+    }
+
+    /// What a client sees of `pieces`; the same whatever the pieces' boundaries (as
+    /// whole, and one character at a time).
+    fn run(format: ToolFormat, pieces: &[&str]) -> Vec<Parsed> {
+        let (joined, streamed) = parse(format, pieces);
+        let whole = pieces.concat();
+        let chars: Vec<String> = whole.chars().map(String::from).collect();
+        let by_char = parse(format, &chars.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(by_char.0, joined, "one character at a time: {whole:?}");
+        let names = |s: &[(String, Vec<String>)]| s.iter().map(|(n, p)| (n.clone(), p.concat())).collect::<Vec<_>>();
+        assert_eq!(names(&by_char.1), names(&streamed), "streamed one character at a time: {whole:?}");
         joined
     }
 
-    fn call(name: &str, args: &str) -> Parsed {
-        Parsed::Call { name: name.into(), arguments: args.into() }
+    fn call(index: u32, name: &str, args: &str) -> Parsed {
+        Parsed::Call { index, name: name.into(), arguments: args.into() }
     }
 
     #[test]
@@ -467,7 +762,11 @@ mod tests {
         );
         assert_eq!(
             got,
-            vec![Parsed::Text("Let me check.".into()), call("get_weather", r#"{"city":"Paris"}"#), call("f", "{}")]
+            vec![
+                Parsed::Text("Let me check.".into()),
+                call(0, "get_weather", r#"{"city":"Paris"}"#),
+                call(1, "f", "{}")
+            ]
         );
         // A '<' that opens no call is text; so is a call that does not parse.
         assert_eq!(
@@ -477,7 +776,7 @@ mod tests {
         // Cut before its closing tag, a complete JSON call still counts.
         assert_eq!(
             run(ToolFormat::Hermes, &["<tool_call>\n{\"name\":\"f\",\"arguments\":{\"x\":1}}"]),
-            vec![call("f", r#"{"x":1}"#)]
+            vec![call(0, "f", r#"{"x":1}"#)]
         );
     }
 
@@ -485,21 +784,124 @@ mod tests {
     fn llama3_and_mistral_calls_are_parsed() {
         assert_eq!(
             run(ToolFormat::Llama3, &["{\"name\": \"f\", ", "\"parameters\": {\"a\": 2}}"]),
-            vec![call("f", r#"{"a":2}"#)]
+            vec![call(0, "f", r#"{"a":2}"#)]
         );
         assert_eq!(run(ToolFormat::Llama3, &["The answer is {1}."]), vec![Parsed::Text("The answer is {1}.".into())]);
         assert_eq!(
             run(ToolFormat::Llama3, &["<|python_tag|>", "{\"name\":\"f\",\"parameters\":{}}"]),
-            vec![call("f", "{}")]
+            vec![call(0, "f", "{}")]
         );
         assert_eq!(
             run(
                 ToolFormat::Mistral,
                 &["[TOOL_CALLS]", "[{\"name\":\"a\",\"arguments\":{}},{\"name\":\"b\",\"arguments\":{\"x\":\"y\"}}]"]
             ),
-            vec![call("a", "{}"), call("b", r#"{"x":"y"}"#)]
+            vec![call(0, "a", "{}"), call(1, "b", r#"{"x":"y"}"#)]
         );
         assert_eq!(run(ToolFormat::Mistral, &["no calls [here]"]), vec![Parsed::Text("no calls [here]".into())]);
+    }
+
+    #[test]
+    fn arguments_stream_once_the_name_and_the_opening_brace_are_read() {
+        // As SmolLM2 writes a call, token by token: the call starts at the arguments'
+        // brace, then each token's piece of the arguments goes out, whitespace left out.
+        let tokens = [
+            "<tool_call>",
+            "\n{\"",
+            "name",
+            "\": \"",
+            "get",
+            "_weather",
+            "\", \"",
+            "arguments",
+            "\": {",
+            "\"city",
+            "\": \"",
+            "New York",
+            "\", \"unit\": \"",
+            "celsius\"}}",
+            "\n</tool_call>",
+        ];
+        let mut p = ToolParser::new(ToolFormat::Fallback);
+        let got: Vec<Vec<Parsed>> = tokens.iter().map(|t| p.push(t)).collect();
+        assert!(got[..8].iter().all(Vec::is_empty), "{got:?}");
+        let start = Parsed::CallStart { index: 0, name: "get_weather".into() };
+        assert_eq!(got[8], vec![start, Parsed::Arguments { index: 0, piece: "{".into() }]);
+        let piece = |s: &str| vec![Parsed::Arguments { index: 0, piece: s.into() }];
+        assert_eq!(got[9], piece("\"city"));
+        assert_eq!(got[11], piece("New York"));
+        assert_eq!(got[12], piece("\",\"unit\":\""));
+        assert_eq!(got[13], piece("celsius\"}"));
+        assert_eq!(got[14], vec![call(0, "get_weather", r#"{"city":"New York","unit":"celsius"}"#)]);
+        assert!(p.finish().is_empty());
+        let (_, streamed) = parse(ToolFormat::Fallback, &tokens);
+        assert_eq!(streamed.len(), 1);
+        assert_eq!(streamed[0].1.len(), 6, "{streamed:?}");
+
+        // Strings keep their whitespace, brackets and escapes; nesting inside strings
+        // does not end the arguments.
+        let args = r#"{"q": "a \"b\" {c}  ]d", "n": [1, {"m": null}]}"#;
+        let body = format!("<tool_call>{{\"name\": \"f\", \"arguments\": {args}}}</tool_call>");
+        assert_eq!(
+            run(ToolFormat::Hermes, &[&body]),
+            vec![call(0, "f", r#"{"q":"a \"b\" {c}  ]d","n":[1,{"m":null}]}"#)]
+        );
+    }
+
+    #[test]
+    fn a_started_call_that_turns_out_malformed_ends_as_text() {
+        for (text, streamed) in [
+            // Garbage after the arguments, or cut inside them: all of it is text.
+            ("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1} oops\n</tool_call>", "{\"x\":1}"),
+            ("<tool_call>{\"name\":\"f\",\"arguments\":{\"x\":\"ab", "{\"x\":\"ab"),
+            ("<tool_call>{\"name\":\"f\",\"arguments\":{\"x\":}}</tool_call>", "{\"x\":}"),
+        ] {
+            let (got, pieces) = parse(ToolFormat::Hermes, &[text]);
+            assert_eq!(got, vec![Parsed::Text(text.into())], "{text}");
+            assert_eq!(
+                pieces.iter().map(|(n, p)| (n.as_str(), p.concat())).collect::<Vec<_>>(),
+                [("f", streamed.into())]
+            );
+            run(ToolFormat::Hermes, &[text]);
+        }
+        // After an abandoned call, the next one is numbered after it.
+        let got = run(
+            ToolFormat::Hermes,
+            &[
+                "<tool_call>{\"name\":\"f\",\"arguments\":{]}</tool_call>",
+                "<tool_call>{\"name\":\"g\",\"arguments\":{}}</tool_call>",
+            ],
+        );
+        assert_eq!(got[1..], [call(1, "g", "{}")], "{got:?}");
+    }
+
+    #[test]
+    fn calls_whose_head_reads_otherwise_are_given_whole() {
+        for (text, args) in [
+            (r#"<tool_call>{"arguments": {"x": 1}, "name": "f"}</tool_call>"#, r#"{"x":1}"#),
+            (r#"<tool_call>{"name": "f", "arguments": "{\"x\": 1}"}</tool_call>"#, r#"{"x": 1}"#),
+            (r#"<tool_call>{"name": "f\u0031", "arguments": {}}</tool_call>"#, "{}"),
+        ] {
+            let (got, streamed) = parse(ToolFormat::Hermes, &[text]);
+            assert!(streamed.is_empty(), "{text}: {streamed:?}");
+            assert!(matches!(&got[..], [Parsed::Call { index: 0, arguments, .. }] if arguments == args), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn llama3_and_mistral_arguments_stream_too() {
+        let (got, streamed) = parse(
+            ToolFormat::Llama3,
+            &["<|python_tag|>", r#"{"name": "f", "parameters": {"a": 2}}; {"name": "g", "parameters": {}}"#],
+        );
+        assert_eq!(got, vec![call(0, "f", r#"{"a":2}"#), call(1, "g", "{}")]);
+        assert_eq!(streamed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["f", "g"]);
+        let text = r#"[TOOL_CALLS] [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": "y, }"}}]"#;
+        assert_eq!(run(ToolFormat::Mistral, &[text]), vec![call(0, "a", "{}"), call(1, "b", r#"{"x":"y, }"}"#)]);
+        assert_eq!(parse(ToolFormat::Mistral, &[text]).1.len(), 2);
+        // A list that does not parse is text, streamed or not.
+        let text = r#"[TOOL_CALLS][{"name": "a", "arguments": {}}, oops]"#;
+        assert_eq!(run(ToolFormat::Mistral, &[text]), vec![Parsed::Text(text.into())]);
     }
 
     #[test]

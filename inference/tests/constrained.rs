@@ -1,6 +1,7 @@
 //! Constrained decoding on the real SmolLM2 model: sampled hot, the output always parses
 //! and validates against the request's schema; a grammar the compiler refuses is the
-//! request's error.
+//! request's error; a forced tool call matches its function's schema, its arguments
+//! streamed in pieces as they are generated.
 
 use std::path::PathBuf;
 
@@ -205,6 +206,30 @@ fn a_required_tool_call_matches_its_schema_and_its_result_goes_back() {
             );
         }
     }
+    // Its events: the call starts once its name is written, its arguments come in
+    // pieces as they are generated, then the complete call of the same index and id.
+    let params = SamplingParams { max_tokens: 128, tools: tools(ToolChoice::Required), ..SamplingParams::greedy(128) };
+    let req = GenerateRequest { request_id: "s".into(), prompt: Prompt::Chat(vec![question.clone()]), params };
+    let mut events = e.submit(req).expect("queued");
+    let (mut start, mut pieces, mut complete) = (None, Vec::new(), None);
+    while let Some(ev) = events.blocking_recv() {
+        match ev {
+            Event::ToolCallStart { index: 0, id, name, .. } => start = Some((id, name)),
+            Event::ToolCallArguments { index: 0, arguments, .. } => {
+                assert!(start.is_some() && complete.is_none(), "arguments between the start and the end");
+                pieces.push(arguments);
+            }
+            Event::ToolCall { index: 0, call, .. } => complete = Some(call),
+            Event::Error { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    let call = complete.expect("a complete call");
+    assert_eq!(start, Some((call.id.clone(), call.name.clone())));
+    assert_eq!(pieces.concat(), call.arguments);
+    assert!(pieces.len() > 1, "the arguments came in {} piece(s): {pieces:?}", pieces.len());
+    serde_json::from_str::<Value>(&call.arguments).expect("arguments are JSON");
+
     // The call and its result go back; the model answers in text.
     let call = nave_inference::tools::ToolCall {
         id: "call_1".into(),

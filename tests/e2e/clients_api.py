@@ -2,8 +2,8 @@
 of a running cluster serving smollm2-135m: log-probabilities (chat, streamed and not;
 completions with echo, enough to compute a perplexity), n choices, logit_bias's checks, streamed
 and incomplete Responses, DELETE of a stored response, structured output (parse() with a
-Pydantic model, json_object, Ollama's format), tools (required, named, streamed, the result
-sent back; Ollama's from a Python function), embeddings (OpenAI's list, base64 and
+Pydantic model, json_object, Ollama's format), tools (required, named, streamed with the
+arguments in deltas, the result sent back; Ollama's from a Python function), embeddings (OpenAI's list, base64 and
 dimensions; Ollama's embed), model routes, Ollama's show, ps, pull and generate, the JSON
 404/405, and a 400 naming each field Nave does not implement.
 
@@ -182,7 +182,9 @@ args = json.loads(call.function.arguments)
 assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_"), call
 assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit") and len(args["city"]) <= 40, args
 print(f"tool call: {call.function.name}({call.function.arguments})")
-calls, finish = {}, None
+# Streamed, the arguments come as they are generated: in more than one delta (each of
+# SmolLM2's tokens of them), adding up to what the whole answer has.
+calls, finish, pieces = {}, None, 0
 for chunk in client.chat.completions.create(model=M, messages=ASK, tools=[WEATHER], tool_choice="required",
                                             temperature=0, max_tokens=100, stream=True):
     for c in chunk.choices:
@@ -191,9 +193,11 @@ for chunk in client.chat.completions.create(model=M, messages=ASK, tools=[WEATHE
             got["id"] = d.id or got["id"]
             got["name"] += (d.function.name or "") if d.function else ""
             got["arguments"] += (d.function.arguments or "") if d.function else ""
+            pieces += d.index == 0 and bool(d.function and d.function.arguments)
         finish = c.finish_reason or finish
 assert finish == "tool_calls" and calls[0]["name"] == "get_weather", (finish, calls)
-assert json.loads(calls[0]["arguments"]) == args, (calls, args)
+assert calls[0]["arguments"] == call.function.arguments, (calls, call)
+assert pieces > 1, f"the arguments came in {pieces} delta(s)"
 named = client.chat.completions.create(model=M, messages=ASK, tools=[WEATHER], temperature=1, seed=2, max_tokens=100,
                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
 assert named.choices[0].message.tool_calls[0].function.name == "get_weather", named

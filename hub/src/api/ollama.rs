@@ -208,8 +208,14 @@ async fn run(
                 return None;
             }
             let (out, end) = match d.next().await {
-                // Streams carry no embeddings (those are whole answers).
-                Some(Event::Prompt { .. } | Event::Embedding { .. }) => (Bytes::new(), false),
+                // Streams carry no embeddings (those are whole answers); Ollama streams a
+                // call once it is complete, not as it is written.
+                Some(
+                    Event::Prompt { .. }
+                    | Event::Embedding { .. }
+                    | Event::ToolCallStart { .. }
+                    | Event::ToolCallArguments { .. },
+                ) => (Bytes::new(), false),
                 Some(Event::Delta { text, tokens, .. }) => {
                     held.admission.record(tokens.len());
                     (ndjson(&line(kind, &model, &text, None)), false)

@@ -5,8 +5,8 @@
 //! `top_logprobs`; completions: an int, and with `echo` the prompt's tokens too), `n`
 //! choices of one prompt, `logit_bias`, and a `system_fingerprint`; chat takes `tools`
 //! (calls in `tool_calls`, `finish_reason: "tool_calls"`, streamed as OpenAI streams
-//! them) and `response_format` (JSON, or JSON matching a schema, by constrained
-//! decoding). Fields of the API that Nave does not implement (`functions`, `audio`, ...)
+//! them, the arguments as they are generated) and `response_format` (JSON, or JSON
+//! matching a schema, by constrained decoding). Fields of the API that Nave does not implement (`functions`, `audio`, ...)
 //! are a 400 naming the field ([`Unsupported`]).
 
 use std::convert::Infallible;
@@ -394,6 +394,19 @@ impl ChunkFormat {
         sse_json(&self.completion(self.chunk_object(), vec![choice], None))
     }
 
+    /// A chunk of call `index` of choice `choice`: its first (id, type and name, with
+    /// `arguments` empty), or a piece of its arguments.
+    fn call_chunk(&self, choice: u32, index: u32, head: Option<(String, String)>, arguments: String) -> SseEvent {
+        let (id, name) = head.unzip();
+        let call = ToolCallBody {
+            index: Some(index),
+            kind: id.as_ref().map(|_| "function".to_string()),
+            id,
+            function: CallBody { name, arguments: Some(arguments.into()) },
+        };
+        self.chat_chunk(choice, Delta { tool_calls: Some(vec![call]), ..Default::default() }, None, None)
+    }
+
     /// One streamed text chunk of choice `index`.
     fn text_chunk(
         &self,
@@ -426,6 +439,8 @@ fn sse_json<T: Serialize>(v: &T) -> SseEvent {
 struct ChoiceState {
     /// Its first chunk (the role, or the echoed prompt) is out.
     started: bool,
+    /// The calls whose first chunk went out as the model started them.
+    streamed_calls: Vec<u32>,
     /// Characters of text so far (completions' `text_offset`).
     offset: usize,
     usage: Option<Usage>,
@@ -533,25 +548,30 @@ fn sse_stream(
                     }
                 }
             }
-            Some(Event::ToolCall { choice, index, call }) => {
-                // As OpenAI streams a call: its id, type and name with empty arguments,
-                // then the arguments.
+            // As OpenAI streams a call: its id, type and name with empty arguments as the
+            // model starts it, then its arguments as they come. A call that did not
+            // stream goes out in those two chunks once it is complete.
+            Some(Event::ToolCallStart { choice, index, id, name }) => {
                 if let Err(e) = st.start(choice, &mut out) {
                     failed(e, &mut out);
                     st.done = true;
                 } else {
-                    let mut head = super::tools::call_out(&call);
-                    head.index = Some(index);
-                    head.function.arguments = Some(serde_json::Value::String(String::new()));
-                    let args = ToolCallBody {
-                        index: Some(index),
-                        function: CallBody { name: None, arguments: Some(call.arguments.into()) },
-                        ..Default::default()
-                    };
-                    for c in [head, args] {
-                        let delta = Delta { tool_calls: Some(vec![c]), ..Default::default() };
-                        out.push(st.f.chat_chunk(choice, delta, None, None));
-                    }
+                    st.choices[choice as usize].streamed_calls.push(index);
+                    out.push(st.f.call_chunk(choice, index, Some((id, name)), String::new()));
+                }
+            }
+            Some(Event::ToolCallArguments { choice, index, arguments }) => {
+                if st.choices.get(choice as usize).is_some_and(|c| c.streamed_calls.contains(&index)) {
+                    out.push(st.f.call_chunk(choice, index, None, arguments));
+                }
+            }
+            Some(Event::ToolCall { choice, index, call }) => {
+                if let Err(e) = st.start(choice, &mut out) {
+                    failed(e, &mut out);
+                    st.done = true;
+                } else if !st.choices[choice as usize].streamed_calls.contains(&index) {
+                    out.push(st.f.call_chunk(choice, index, Some((call.id, call.name)), String::new()));
+                    out.push(st.f.call_chunk(choice, index, None, call.arguments));
                 }
             }
             Some(Event::Done { choice, finish, usage }) => {

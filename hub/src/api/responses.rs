@@ -318,7 +318,13 @@ fn event_stream(
         }
         match st.d.next().await {
             // The Responses API offers no tools to the engine (yet): no calls come.
-            Some(Event::Prompt { .. } | Event::ToolCall { .. } | Event::Embedding { .. }) => {}
+            Some(
+                Event::Prompt { .. }
+                | Event::ToolCall { .. }
+                | Event::ToolCallStart { .. }
+                | Event::ToolCallArguments { .. }
+                | Event::Embedding { .. },
+            ) => {}
             Some(Event::Delta { text, tokens, .. }) => {
                 if let Some(h) = &st.held {
                     h.admission.record(tokens.len());
