@@ -3,7 +3,8 @@ of a running cluster serving smollm2-135m: log-probabilities (chat, streamed and
 completions with echo, enough to compute a perplexity), n choices, logit_bias's checks, streamed
 and incomplete Responses, DELETE of a stored response, structured output (parse() with a
 Pydantic model, json_object, Ollama's format), tools (required, named, streamed with the
-arguments in deltas, the result sent back; Ollama's from a Python function), embeddings (OpenAI's list, base64 and
+arguments in deltas, the result sent back; on the Responses API too, whole, streamed and
+continued; Ollama's from a Python function), embeddings (OpenAI's list, base64 and
 dimensions; Ollama's embed), model routes, Ollama's show, ps, pull and generate, the JSON
 404/405, and a 400 naming each field Nave does not implement.
 
@@ -134,8 +135,6 @@ try:
     raise AssertionError("a deleted response is gone")
 except openai.NotFoundError:
     pass
-expect_400(lambda: client.responses.create(model=M, input="x", tools=[{"type": "function", "name": "f",
-                                                                        "parameters": {}}]), "tools")
 
 # Structured output: the SDK's parse() with a Pydantic model (a strict JSON schema) gets
 # an object of that model; json_object mode gets a JSON object.
@@ -206,6 +205,52 @@ answer = client.chat.completions.create(model=M, tools=[WEATHER], temperature=0,
     {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "sky": "sunny"})}])
 assert answer.choices[0].message.content, answer
 print(f"after the tool: {answer.choices[0].message.content!r}")
+
+# Tools on the Responses API, in its shape (flat): a required call is a function_call item
+# whose arguments validate; its result sent back with previous_response_id yields an
+# answer; streamed, the call's item with its arguments in deltas, as the SDK's stream
+# helper and create(stream=True) read them.
+R_WEATHER = {"type": "function", "name": "get_weather", "description": WEATHER["function"]["description"],
+             "parameters": WEATHER["function"]["parameters"], "strict": True}
+R_ASK = "What is the weather like in Paris today?"
+r = client.responses.create(model=M, input=R_ASK, tools=[R_WEATHER], tool_choice="required", temperature=0,
+                            max_output_tokens=100)
+fcs = [o for o in r.output if o.type == "function_call"]
+assert r.status == "completed" and fcs, r
+fc = fcs[0]
+r_args = json.loads(fc.arguments)
+assert fc.name == "get_weather" and fc.call_id.startswith("call_") and fc.id.startswith("fc_"), fc
+assert fc.status == "completed" and r_args == args, (fc, args)
+assert [o.call_id for o in client.responses.retrieve(r.id).output] == [o.call_id for o in fcs]
+print(f"responses tool calls: {[(o.name, o.arguments) for o in fcs]}")
+follow = client.responses.create(model=M, previous_response_id=r.id, tools=[R_WEATHER], temperature=0,
+                                 max_output_tokens=40, input=[{"type": "function_call_output", "call_id": fc.call_id,
+                                                               "output": json.dumps({"temperature": 21, "sky": "sunny"})}])
+assert follow.status in ("completed", "incomplete") and follow.output_text, follow
+print(f"responses after the tool: {follow.output_text!r}")
+with client.responses.stream(model=M, input=R_ASK, tools=[R_WEATHER], tool_choice="required", temperature=0,
+                             max_output_tokens=100) as s:
+    kinds, deltas = [], {}
+    for ev in s:
+        kinds.append(ev.type)
+        if ev.type == "response.function_call_arguments.delta":
+            deltas.setdefault(ev.item_id, []).append(ev.delta)
+    final = s.get_final_response()
+s_fc = [o for o in final.output if o.type == "function_call"][0]
+pieces = deltas.get(s_fc.id, [])
+assert s_fc.arguments == fc.arguments == "".join(pieces) and len(pieces) > 1, (s_fc, fc, deltas)
+assert s_fc.parsed_arguments == r_args, s_fc
+first = kinds.index("response.function_call_arguments.delta")
+assert kinds[first - 1] == "response.output_item.added" and kinds[-1] == "response.completed", kinds
+assert kinds.index("response.function_call_arguments.done") < kinds.index("response.completed"), kinds
+raw = list(client.responses.create(model=M, input=R_ASK, tools=[R_WEATHER], tool_choice="required", temperature=0,
+                                   max_output_tokens=100, stream=True))
+added = [ev for ev in raw if ev.type == "response.output_item.added" and ev.item.type == "function_call"]
+done = [ev for ev in raw if ev.type == "response.output_item.done" and ev.item.type == "function_call"]
+assert added and done and added[0].item.arguments == "" and done[0].item.arguments == fc.arguments, (added, done)
+assert [ev.sequence_number for ev in raw] == list(range(len(raw))), raw
+assert raw[-1].type == "response.completed" and raw[-1].response.output[-1].call_id == done[-1].item.call_id
+expect_400(lambda: client.responses.create(model=M, input="x", tools=[{"type": "web_search"}]), "tools[0].type")
 expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, tool_choice="required"), "tool_choice")
 expect_400(lambda: client.chat.completions.create(model=M, messages=QUESTION, tools=[{
     "type": "function", "function": {"name": "bad name"}}]), "tools")

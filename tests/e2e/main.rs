@@ -24,4 +24,5 @@ mod limits;
 mod misbehaving_spokes;
 mod prometheus;
 mod replicas;
+mod tool_calls;
 mod train;

@@ -7,8 +7,8 @@
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use crate::common::mock_spoke::{MockSpoke, Mode};
-use crate::common::{free_port, wait_until, Cluster};
+use crate::common::mock_spoke::{self, Mode};
+use crate::common::wait_until;
 use serde_json::{json, Value};
 
 fn body(stream: bool) -> Value {
@@ -17,37 +17,11 @@ fn body(stream: bool) -> Value {
 
 #[test]
 fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (http, quic) = (free_port(), free_port());
-    let mut cfg = format!(
-        "[cluster]\ndata_dir = \"{}\"\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\ncircuit_failures = 3\ncircuit_open_ms = 600000\n\
-         [[hub]]\nid = \"h1\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\n",
-        dir.path().join("data").display()
-    );
-    for id in ["s1", "s2", "s3"] {
-        cfg += &format!(
-            "[[spoke]]\nid = \"{id}\"\nhttp = \"127.0.0.1:{}\"\nquic = \"127.0.0.1:{}\"\nmodels = [\"mock.gguf\"]\n",
-            free_port(),
-            free_port()
-        );
-    }
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, cfg).expect("config");
-    let failing = MockSpoke::start(&config, "s1", Mode::Answer);
-    let hanging = MockSpoke::start(&config, "s2", Mode::Answer);
-    let healthy = MockSpoke::start(&config, "s3", Mode::Answer);
-    let child = crate::common::launch(&config, Some("h1"));
-    let key = std::fs::read_to_string(dir.path().join("data/admin.key")).expect("admin key").trim().to_string();
-    let hub = format!("http://127.0.0.1:{http}");
-    let _cluster = Cluster {
-        config,
-        dir,
-        child: Some(child),
-        key: key.clone(),
-        hubs: vec![hub.clone()],
-        hub_quic: vec![],
-        spokes: vec![],
-    };
+    let extra =
+        "heartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\ncircuit_failures = 3\ncircuit_open_ms = 600000";
+    let (spokes, cluster) = mock_spoke::cluster(&["s1", "s2", "s3"], Mode::Answer, extra);
+    let [failing, hanging, healthy] = &spokes[..] else { panic!("three spokes") };
+    let (hub, key) = (cluster.hubs[0].clone(), cluster.key.clone());
 
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
     let ask = |stream: bool, timeout_ms: u64| {
@@ -70,7 +44,7 @@ fn misbehaving_spokes_are_cut_off_and_nothing_hangs() {
     };
     wait_until(Duration::from_secs(30), "the hub hearing all three spokes", || {
         let served = (0..6).filter(|_| ask(false, 5000).status() == 200).count();
-        let all = [&failing, &hanging, &healthy].iter().all(|s| s.requests() > 0);
+        let all = [failing, hanging, healthy].iter().all(|s| s.requests() > 0);
         if served == 6 && all {
             Ok(())
         } else {

@@ -500,5 +500,28 @@ mod tests {
         assert!(format(r#"{"type":"json_schema","name":"c","schema":{"type":"object"},"strict":true}"#).is_ok());
         assert!(format(r#"{"type":"json_object"}"#).is_ok() && format(r#"{"type":"text"}"#).is_ok());
         assert!(format(r#"{"type":"json_schema","name":"c"}"#).is_err() && format(r#"{"type":"xml"}"#).is_err());
+        // The Responses API's tools are flat, its named choice too.
+        let tools = |t: &str| {
+            let body = format!(r#"{{"model":"m","input":"x",{t}}}"#);
+            validate_body("/v1/responses", body.as_bytes()).err().map(|e| e.param.unwrap_or_default())
+        };
+        let f = r#""tools":[{"type":"function","name":"f","parameters":{"type":"object"},"strict":true}]"#;
+        for good in [
+            format!(r#"{f},"tool_choice":"required""#),
+            format!(r#"{f},"tool_choice":{{"type":"function","name":"f"}}"#),
+            r#""tools":[{"type":"function","name":"f","parameters":null}]"#.into(),
+            r#""tools":[],"tool_choice":"none""#.into(),
+        ] {
+            assert_eq!(tools(&good), None, "{good}");
+        }
+        for (bad, param) in [
+            (r#""tools":[{"type":"web_search"}]"#.to_string(), "tools[0].type"),
+            (r#""tools":[{"type":"function","description":"d"}]"#.into(), "tools[0].name"),
+            (format!(r#"{f},"tool_choice":{{"type":"function","function":{{"name":"f"}}}}"#), "tool_choice"),
+            (format!(r#"{f},"tool_choice":{{"type":"function","name":"g"}}"#), "tool_choice"),
+            (r#""tool_choice":"required""#.into(), "tool_choice"),
+        ] {
+            assert_eq!(tools(&bad).as_deref(), Some(param), "{bad}");
+        }
     }
 }

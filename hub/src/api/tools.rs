@@ -6,7 +6,7 @@ use nave_inference::tools::{ToolCall, ToolChoice, ToolDef, Tools};
 use nave_inference::ChatMessage;
 use serde_json::{json, Value};
 
-use super::types::{CallBody, ToolBody, ToolCallBody};
+use super::types::{CallBody, ResponsesTool, ToolBody, ToolCallBody};
 use crate::error::ApiError;
 
 fn bad(field: &str, why: impl std::fmt::Display) -> ApiError {
@@ -42,10 +42,61 @@ pub fn ollama_format(v: Option<&Value>) -> Result<Option<Constraint>, ApiError> 
     }
 }
 
-/// `tools` with `tool_choice` as the engine takes them; `None` when no tool may be called
-/// (none offered, or `tool_choice: "none"`).
+/// Where an API writes a function's fields: chat nests them under `function`, the
+/// Responses API writes them beside the tool's `type` (in `tools` and in a named
+/// `tool_choice` alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Chat,
+    Responses,
+}
+
+impl Shape {
+    /// The path of a function's field inside a tool.
+    fn field(self, name: &str) -> String {
+        match self {
+            Shape::Chat => format!("function.{name}"),
+            Shape::Responses => name.to_string(),
+        }
+    }
+}
+
+/// A function as either API offers it.
+struct Offered<'a> {
+    kind: &'a str,
+    name: Option<&'a str>,
+    description: Option<&'a str>,
+    parameters: Option<&'a Value>,
+}
+
+/// Chat's `tools` with `tool_choice` as the engine takes them; `None` when no tool may be
+/// called (none offered, or `tool_choice: "none"`).
 pub fn tools(tools: Option<&[ToolBody]>, choice: Option<&Value>) -> Result<Option<Tools>, ApiError> {
-    let defs = tools.unwrap_or_default();
+    let offered = tools.unwrap_or_default().iter().map(|t| Offered {
+        kind: &t.kind,
+        name: Some(&t.function.name),
+        description: t.function.description.as_deref(),
+        parameters: t.function.parameters.as_ref(),
+    });
+    engine_tools(offered.collect(), choice, Shape::Chat)
+}
+
+/// The Responses API's `tools` with `tool_choice`, as [`tools`] takes chat's.
+pub fn responses_tools(tools: Option<&[ResponsesTool]>, choice: Option<&Value>) -> Result<Option<Tools>, ApiError> {
+    let offered = tools.unwrap_or_default().iter().map(|t| Offered {
+        kind: &t.kind,
+        name: t.name.as_deref(),
+        description: t.description.as_deref(),
+        parameters: t.parameters.as_ref(),
+    });
+    engine_tools(offered.collect(), choice, Shape::Responses)
+}
+
+fn engine_tools(defs: Vec<Offered>, choice: Option<&Value>, shape: Shape) -> Result<Option<Tools>, ApiError> {
+    let named = match shape {
+        Shape::Chat => "/function/name",
+        Shape::Responses => "/name",
+    };
     let choice = match choice {
         None => ToolChoice::Auto,
         Some(Value::String(s)) => match s.as_str() {
@@ -54,15 +105,16 @@ pub fn tools(tools: Option<&[ToolBody]>, choice: Option<&Value>) -> Result<Optio
             "required" => ToolChoice::Required,
             _ => return Err(bad("tool_choice", "must be \"none\", \"auto\", \"required\" or a named function")),
         },
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+        Some(v) => match v.pointer(named).and_then(Value::as_str) {
             Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => {
                 ToolChoice::Function(name.to_string())
             }
             _ => {
-                return Err(bad(
-                    "tool_choice",
-                    "a named choice is {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                ))
+                let example = match shape {
+                    Shape::Chat => "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    Shape::Responses => "{\"type\": \"function\", \"name\": ...}",
+                };
+                return Err(bad("tool_choice", format!("a named choice is {example}")));
             }
         },
     };
@@ -79,14 +131,20 @@ pub fn tools(tools: Option<&[ToolBody]>, choice: Option<&Value>) -> Result<Optio
             if t.kind != "function" {
                 return Err(bad(&format!("tools[{i}].type"), "only \"function\" tools are supported"));
             }
-            let parameters = match &t.function.parameters {
-                None => json!({"type": "object", "properties": {}}),
+            let name = t.name.ok_or_else(|| bad(&format!("tools[{i}].{}", shape.field("name")), "missing"))?;
+            let parameters = match t.parameters {
+                None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
                 Some(p @ Value::Object(_)) => p.clone(),
-                Some(_) => return Err(bad(&format!("tools[{i}].function.parameters"), "must be a JSON schema object")),
+                Some(_) => {
+                    return Err(bad(
+                        &format!("tools[{i}].{}", shape.field("parameters")),
+                        "must be a JSON schema object",
+                    ))
+                }
             };
             Ok(ToolDef {
-                name: t.function.name.clone(),
-                description: t.function.description.clone().unwrap_or_default(),
+                name: name.to_string(),
+                description: t.description.unwrap_or_default().to_string(),
                 parameters: parameters.to_string(),
             })
         })
@@ -105,14 +163,19 @@ pub fn calls_in(calls: Option<&[ToolCallBody]>, field: &str) -> Result<Vec<ToolC
         .enumerate()
         .map(|(i, c)| {
             let name = c.function.name.clone().ok_or_else(|| bad(&format!("{field}[{i}].function.name"), "missing"))?;
-            let arguments = match &c.function.arguments {
-                None => "{}".to_string(),
-                Some(Value::String(s)) => s.clone(),
-                Some(v) => v.to_string(),
-            };
+            let arguments = arguments_text(c.function.arguments.as_ref());
             Ok(ToolCall { id: c.id.clone().unwrap_or_else(|| format!("call_{i}")), name, arguments })
         })
         .collect()
+}
+
+/// A call's arguments as JSON text, however a client sent them: text, an object, or none.
+pub fn arguments_text(v: Option<&Value>) -> String {
+    match v {
+        None => "{}".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
 }
 
 /// A message with the calls it carries and the call it answers.

@@ -694,7 +694,49 @@ pub struct OllamaVersion {
 #[serde(untagged)]
 pub enum ResponsesInput {
     Text(String),
-    Items(Vec<InMessage>),
+    Items(Vec<InputItem>),
+}
+
+/// An item of a Responses `input`: a message (`type` "message", or none), a call the
+/// model made earlier (`function_call`, as an answer's output gave it), or a call's result
+/// (`function_call_output`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InputItem {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// A message's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    /// A call's and a result's: which call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// A call's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A call's: JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
+    /// A result's: text, or parts of which the text ones are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Content>,
+}
+
+/// A function offered on the Responses API: chat's `function`, flat beside its `type`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResponsesTool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Absent on the tools Nave does not have (`web_search`, `file_search`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
 }
 
 fn default_true() -> bool {
@@ -722,21 +764,24 @@ pub struct ResponsesRequest {
     /// OpenAI's opaque end-user id: accepted, not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Not implemented yet: present, a 400 names them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<serde_json::Value>,
+    pub tools: Option<Vec<ResponsesTool>>,
+    /// "none", "auto", "required" or `{"type": "function", "name": ...}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<serde_json::Value>,
-    /// `{"format": {"type": "text"}}` only (structured output is not implemented yet).
+    /// `{"format": ...}`: `{"type": "text" | "json_object"}` or
+    /// `{"type": "json_schema", "name", "schema", "strict"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<serde_json::Value>,
 }
 
 /// One event of a streamed response (`POST /v1/responses` with `stream: true`), in
-/// OpenAI's order: created, in_progress, output_item.added, content_part.added,
-/// output_text.delta..., output_text.done, content_part.done, output_item.done, then
-/// completed (or incomplete when cut by `max_output_tokens`); `error` if it fails. Every
-/// event's `sequence_number` is one more than the one before.
+/// OpenAI's order: created, in_progress, then per output item output_item.added, its
+/// content (a message's content_part.added, output_text.delta..., output_text.done,
+/// content_part.done; a function call's function_call_arguments.delta...,
+/// function_call_arguments.done), output_item.done; then completed (or incomplete when
+/// cut by `max_output_tokens`); `error` if it fails. Every event's `sequence_number` is
+/// one more than the one before.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ResponseStreamEvent {
@@ -745,7 +790,7 @@ pub enum ResponseStreamEvent {
     #[serde(rename = "response.in_progress")]
     InProgress { sequence_number: u64, response: ResponseObject },
     #[serde(rename = "response.output_item.added")]
-    OutputItemAdded { sequence_number: u64, output_index: u32, item: OutputMessage },
+    OutputItemAdded { sequence_number: u64, output_index: u32, item: OutputItem },
     #[serde(rename = "response.content_part.added")]
     ContentPartAdded { sequence_number: u64, item_id: String, output_index: u32, content_index: u32, part: OutputText },
     #[serde(rename = "response.output_text.delta")]
@@ -768,8 +813,12 @@ pub enum ResponseStreamEvent {
     },
     #[serde(rename = "response.content_part.done")]
     ContentPartDone { sequence_number: u64, item_id: String, output_index: u32, content_index: u32, part: OutputText },
+    #[serde(rename = "response.function_call_arguments.delta")]
+    FunctionCallArgumentsDelta { sequence_number: u64, item_id: String, output_index: u32, delta: String },
+    #[serde(rename = "response.function_call_arguments.done")]
+    FunctionCallArgumentsDone { sequence_number: u64, item_id: String, output_index: u32, arguments: String },
     #[serde(rename = "response.output_item.done")]
-    OutputItemDone { sequence_number: u64, output_index: u32, item: OutputMessage },
+    OutputItemDone { sequence_number: u64, output_index: u32, item: OutputItem },
     #[serde(rename = "response.completed")]
     Completed { sequence_number: u64, response: ResponseObject },
     #[serde(rename = "response.incomplete")]
@@ -789,6 +838,8 @@ impl ResponseStreamEvent {
             Self::OutputTextDelta { .. } => "response.output_text.delta",
             Self::OutputTextDone { .. } => "response.output_text.done",
             Self::ContentPartDone { .. } => "response.content_part.done",
+            Self::FunctionCallArgumentsDelta { .. } => "response.function_call_arguments.delta",
+            Self::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
             Self::OutputItemDone { .. } => "response.output_item.done",
             Self::Completed { .. } => "response.completed",
             Self::Incomplete { .. } => "response.incomplete",
@@ -816,18 +867,26 @@ pub struct ResponseObject {
     pub previous_response_id: Option<String>,
     pub error: Option<serde_json::Value>,
     pub incomplete_details: Option<serde_json::Value>,
-    pub output: Vec<OutputMessage>,
+    pub output: Vec<OutputItem>,
     pub usage: ResponseUsage,
 }
 
+/// An item of a response's output: the answer's text, or a call of one of the request's
+/// functions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputMessage {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-    pub status: String,
-    pub role: String,
-    pub content: Vec<OutputText>,
+#[serde(tag = "type")]
+pub enum OutputItem {
+    #[serde(rename = "message")]
+    Message { id: String, status: String, role: String, content: Vec<OutputText> },
+    #[serde(rename = "function_call")]
+    FunctionCall {
+        id: String,
+        call_id: String,
+        name: String,
+        /// JSON text.
+        arguments: String,
+        status: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
