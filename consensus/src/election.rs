@@ -93,7 +93,21 @@ pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConf
             .filter(|v| *v != me)
             .filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone())))
             .collect();
-        for (id, node) in &voters {
+        let voter = membership.voter_ids().any(|v| v == me);
+        let leading = matches!(m.state, openraft::ServerState::Leader);
+        // The last time this node heard a leader (or changed its vote), and how long a
+        // silence makes it run.
+        let since = match voter && !leading {
+            true => raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started),
+            false => started,
+        };
+        let silence = if m.vote.committed { times.lease + timeout } else { timeout };
+        // The answers count only when a voter that is not the leader has been silent that
+        // long (below), and only those of the last REACHABLE_WITHIN: pinging from a round
+        // before that window on gives every decision the answers it had when every hub
+        // pinged every 50 ms, without the leader's and the heard followers' pings.
+        let near = voter && !leading && since.elapsed() + REACHABLE_WITHIN + GUARD_EVERY >= silence;
+        for (id, node) in voters.iter().filter(|_| near) {
             if pinging.get(id).is_some_and(|t| !t.is_finished()) {
                 continue;
             }
@@ -128,22 +142,12 @@ pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConf
             allowed = allow;
             tracing::debug!(would_vote, voters = voters.len() + 1, allow, "elections");
         }
-        let voter = membership.voter_ids().any(|v| v == me);
-        if allow && voter && !matches!(m.state, openraft::ServerState::Leader) {
-            // The last time this node heard a leader (or changed its vote).
-            let since = raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started);
-            let silence = if m.vote.committed { times.lease + timeout } else { timeout };
-            if since.elapsed() >= silence {
-                tracing::info!(
-                    term = m.current_term,
-                    silent_ms = since.elapsed().as_millis() as u64,
-                    "running for leader"
-                );
-                if raft.trigger().elect().await.is_err() {
-                    return;
-                }
-                timeout = times.draw(&mut rng);
+        if allow && voter && !leading && since.elapsed() >= silence {
+            tracing::info!(term = m.current_term, silent_ms = since.elapsed().as_millis() as u64, "running for leader");
+            if raft.trigger().elect().await.is_err() {
+                return;
             }
+            timeout = times.draw(&mut rng);
         }
         tokio::time::sleep(GUARD_EVERY.saturating_sub(round.elapsed())).await;
     }
