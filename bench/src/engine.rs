@@ -139,10 +139,7 @@ fn params(max_tokens: usize) -> SamplingParams {
 }
 
 pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
-    let path = match b.model.ends_with(".gguf") {
-        true => std::path::PathBuf::from(&b.model),
-        false => ModelStore::from_env().ensure(&b.model, &mut |_| {})?,
-    };
+    let path = ModelStore::from_env().locate(&b.model, &mut |_| {})?;
     let placement: nave_inference::device::Placement = b.device.parse()?;
     let (cpu, cpu_flags) = cpu_info();
     let device = placement.open()?;

@@ -266,6 +266,15 @@ impl ModelStore {
         out
     }
 
+    /// The file a model entry names: a `.gguf` path as it is, else the store's model of
+    /// that name, pulled first if missing.
+    pub fn locate(&self, entry: &str, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
+        match entry.ends_with(".gguf") {
+            true => Ok(PathBuf::from(entry)),
+            false => self.ensure(entry, progress),
+        }
+    }
+
     /// The model's file, pulled first if missing.
     pub fn ensure(&self, name: &str, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf> {
         match self.find(name)? {

@@ -113,11 +113,7 @@ pub fn load_engines(
     let mut paths = HashMap::new();
     for entry in &spec.models {
         let name = &nave_consensus::config::model_name(entry);
-        let path = if entry.ends_with(".gguf") {
-            std::path::PathBuf::from(entry)
-        } else {
-            store.ensure(name, &mut |p| tracing::info!(?p, "pulling model"))?
-        };
+        let path = store.locate(entry, &mut |p| tracing::info!(?p, "pulling model"))?;
         let mut model =
             LoadedModel::load(name.clone(), &path, LoadOptions { device: device.clone(), ..Default::default() })
                 .with_context(|| format!("loading model {name} from {}", path.display()))?;
