@@ -667,10 +667,7 @@ impl Transformer {
                 add_lora(rows, li, "ffn_gate", &h, c.hidden, &mut g);
                 add_lora(rows, li, "ffn_up", &h, c.hidden, &mut u);
             }
-            match c.activation {
-                Activation::Silu => g.iter_mut().zip(&u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
-                Activation::GeluTanh => g.iter_mut().zip(&u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
-            }
+            gated(self, c.activation, &mut g, &u);
             self.linear([&layer.down], &g, n, &mut act, [&mut d]);
             if lora {
                 add_lora(rows, li, "ffn_down", &g, g.len() / n, &mut d);
@@ -724,9 +721,30 @@ fn add_rows(x: &mut [f32], bias: &[f32]) {
     x.chunks_exact_mut(bias.len()).for_each(|row| add_in_place(row, bias));
 }
 
-fn gelu_tanh(x: f32) -> f32 {
-    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+/// `g = act(g) * u`, on the kernels' path, split across the pool when large enough that
+/// a hand-off costs less than the share it saves.
+fn gated(m: &Transformer, act: Activation, g: &mut [f32], u: &[f32]) {
+    let gate = match act {
+        Activation::Silu => vector::Gate::Silu,
+        Activation::GeluTanh => vector::Gate::GeluTanh,
+    };
+    let (pool, isa) = (&m.pool, m.isa);
+    let threads = pool.threads();
+    if threads == 1 || g.len() < 8192 {
+        vector::gate(isa, gate, g, u);
+        return;
+    }
+    // Shares in whole vectors of eight.
+    let share = g.len().div_ceil(threads).next_multiple_of(8);
+    let (gp, len) = (SharedOut(g.as_mut_ptr()), g.len());
+    #[allow(clippy::redundant_locals)]
+    pool.run(&|t| {
+        let gp = gp;
+        let (lo, hi) = ((t * share).min(len), ((t + 1) * share).min(len));
+        // SAFETY: thread t alone writes g[lo..hi]; `g` outlives the pool call.
+        let mine = unsafe { std::slice::from_raw_parts_mut(gp.0.add(lo), hi - lo) };
+        vector::gate(isa, gate, mine, &u[lo..hi]);
+    });
 }
 
 /// `out[row] = x[row] / rms(x[row]) * w` for every row of width `w.len()`.

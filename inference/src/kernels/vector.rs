@@ -21,6 +21,40 @@ pub fn exp_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
     }
 }
 
+/// The feed-forward gate's nonlinearity, applied as `g[i] = act(g[i]) * u[i]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// `x * sigmoid(x)` (Llama, Qwen, Phi).
+    Silu,
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` (Gemma).
+    GeluTanh,
+}
+
+/// `g[i] = gate(g[i]) * u[i]` for all `i` (`u` at least as long as `g`).
+pub fn gate(isa: Isa, gate: Gate, g: &mut [f32], u: &[f32]) {
+    assert!(u.len() >= g.len(), "gate: {} gate values, {} up values", g.len(), u.len());
+    match isa {
+        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2 and FMA; the lengths
+        // are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::gate(gate, g, u) },
+        _ => g.iter_mut().zip(u).for_each(|(g, u)| *g = gate_scalar(gate, *g) * u),
+    }
+}
+
+#[inline(always)]
+fn gate_scalar(gate: Gate, x: f32) -> f32 {
+    match gate {
+        Gate::Silu => x / (1.0 + (-x).exp()),
+        // 0.5 (1 + tanh z) = sigmoid(2z): the same function without the cancellation of
+        // `1 + tanh z` where tanh z is near -1.
+        Gate::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+            x / (1.0 + (-2.0 * C * (x + 0.044_715 * x * x * x)).exp())
+        }
+    }
+}
+
 /// How a query-key dot product becomes an attention score: scaled, then soft-capped
 /// (`cap * tanh(s / cap)`, Gemma 2) where the model asks for it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,6 +185,44 @@ mod avx2 {
         _mm256_mul_ps(p, _mm256_castsi256_ps(e))
     }
 
+    /// `exp(x)` for any `x`: inputs above 88 give about `e^88` (`2^127`), so a quotient
+    /// by `1 + exp(x)` is a tiny number rather than a NaN.
+    #[inline(always)]
+    unsafe fn exp_any(x: __m256) -> __m256 {
+        exp(_mm256_min_ps(x, _mm256_set1_ps(88.0)))
+    }
+
+    /// `x * sigmoid(x)`, or GELU's tanh form through `0.5 (1 + tanh z) = sigmoid(2z)`:
+    /// `x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3)))`.
+    #[inline(always)]
+    unsafe fn gate8(gate: super::Gate, x: __m256) -> __m256 {
+        let t = match gate {
+            super::Gate::Silu => x,
+            super::Gate::GeluTanh => {
+                let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+                let inner = _mm256_fmadd_ps(x3, _mm256_set1_ps(0.044_715), x);
+                _mm256_mul_ps(inner, _mm256_set1_ps(2.0 * 0.797_884_6))
+            }
+        };
+        let e = exp_any(_mm256_sub_ps(_mm256_setzero_ps(), t));
+        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gate(gate: super::Gate, g: &mut [f32], u: &[f32]) {
+        let n = g.len();
+        let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = gate8(gate, _mm256_loadu_ps(gp.add(i)));
+            _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(v, _mm256_loadu_ps(up.add(i))));
+            i += 8;
+        }
+        for j in i..n {
+            g[j] = super::gate_scalar(gate, g[j]) * u[j];
+        }
+    }
+
     #[inline(always)]
     unsafe fn dot_hd(a: *const f32, b: *const f32, hd: usize) -> f32 {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -254,6 +326,43 @@ mod tests {
                 assert!((g - w).abs() <= 1e-6 * w.max(1e-30) + 1e-38, "{}: exp {g} vs {w}", isa.name());
             }
             assert!((sum - want.iter().sum::<f32>()).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn gates_agree_with_the_library_on_every_path() {
+        // Wide enough for the vector loop and a tail; extremes included (no NaN, no inf).
+        let mut x: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.173).collect();
+        x.extend([-200.0, -90.0, -40.0, 40.0, 90.0, 200.0, 0.0]);
+        let u: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        for which in [Gate::Silu, Gate::GeluTanh] {
+            let want: Vec<f64> = x
+                .iter()
+                .zip(&u)
+                .map(|(&x, &u)| {
+                    let x = x as f64;
+                    let a = match which {
+                        Gate::Silu => x / (1.0 + (-x).exp()),
+                        Gate::GeluTanh => {
+                            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+                        }
+                    };
+                    a * u as f64
+                })
+                .collect();
+            for isa in Isa::available() {
+                let mut g = x.clone();
+                gate(isa, which, &mut g, &u);
+                for (i, (got, want)) in g.iter().zip(&want).enumerate() {
+                    let err = (*got as f64 - want).abs();
+                    assert!(
+                        got.is_finite() && err <= 2e-6 * want.abs() + 1e-9,
+                        "{} {which:?}: x = {} gives {got}, want {want}",
+                        isa.name(),
+                        x[i]
+                    );
+                }
+            }
         }
     }
 
