@@ -40,6 +40,7 @@ fn main() {
         ("q4_1 1536x576", WeightType::Q4_1, 1536, 576),
         ("q4_1 576x1536", WeightType::Q4_1, 576, 1536),
         ("q8_0 49152x576", WeightType::Q8_0, 49152, 576),
+        ("q8_0 262144x640", WeightType::Q8_0, 262144, 640),
         ("q4_k 2048x1024", WeightType::Q4_K, 2048, 1024),
         ("q6_k 2048x1024", WeightType::Q6_K, 2048, 1024),
         ("q5_0 2048x640", WeightType::Q5_0, 2048, 640),
@@ -50,7 +51,9 @@ fn main() {
         for (name, t, rows, cols) in shapes {
             // Enough copies to stream from memory, as a model's weights are in decode.
             let one = matrix(t, rows, cols);
-            let copies = (64usize << 20).div_ceil(one.bytes()).max(1);
+            // NAVE_KERNELS_HOT=1: one copy, so the weights stay in cache (the kernels' own cost).
+            let hot = std::env::var_os("NAVE_KERNELS_HOT").is_some();
+            let copies = if hot { 1 } else { (64usize << 20).div_ceil(one.bytes()).max(1) };
             let ws: Vec<QMatrix> =
                 (0..copies).map(|i| if i == 0 { one.clone() } else { matrix(t, rows, cols) }).collect();
             let mut act = Activations::default();

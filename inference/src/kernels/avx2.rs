@@ -73,6 +73,29 @@ pub trait Block32 {
     }
     /// The offset's coefficient: the block's value is `d * q + m`.
     unsafe fn m(p: *const u8) -> f32;
+    /// `d` of four blocks, one per pointer.
+    #[inline(always)]
+    unsafe fn d4(p: [*const u8; 4]) -> __m128 {
+        halves4(p, 0)
+    }
+    /// `m` of four blocks whose `d` are `d4`, computed as [`Self::m`] computes each.
+    unsafe fn m4(p: [*const u8; 4], d4: __m128) -> __m128;
+    /// `d4` and `m4` at once.
+    #[inline(always)]
+    unsafe fn dm4(p: [*const u8; 4]) -> (__m128, __m128) {
+        let d = Self::d4(p);
+        (d, Self::m4(p, d))
+    }
+}
+
+/// `d` and `m` of four blocks that store them side by side as f16 (Q4_1, Q5_1): one
+/// conversion of the four pairs.
+#[inline(always)]
+unsafe fn adjacent_dm4(p: [*const u8; 4]) -> (__m128, __m128) {
+    let w = |i: usize| (p[i] as *const i32).read_unaligned();
+    let pairs = _mm256_cvtph_ps(_mm_setr_epi32(w(0), w(1), w(2), w(3)));
+    let split = _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    (_mm256_castps256_ps128(split), _mm256_extractf128_ps(split, 1))
 }
 
 pub struct Q4_0;
@@ -91,6 +114,10 @@ impl Block32 for Q4_0 {
     unsafe fn m(p: *const u8) -> f32 {
         -8.0 * f16(p)
     }
+    #[inline(always)]
+    unsafe fn m4(_: [*const u8; 4], d4: __m128) -> __m128 {
+        _mm_mul_ps(_mm_set1_ps(-8.0), d4)
+    }
 }
 
 impl Block32 for Q4_1 {
@@ -104,6 +131,14 @@ impl Block32 for Q4_1 {
     unsafe fn m(p: *const u8) -> f32 {
         f16(p.add(2))
     }
+    #[inline(always)]
+    unsafe fn m4(p: [*const u8; 4], _: __m128) -> __m128 {
+        halves4(p, 2)
+    }
+    #[inline(always)]
+    unsafe fn dm4(p: [*const u8; 4]) -> (__m128, __m128) {
+        adjacent_dm4(p)
+    }
 }
 
 impl Block32 for Q5_0 {
@@ -115,6 +150,10 @@ impl Block32 for Q5_0 {
     #[inline(always)]
     unsafe fn m(p: *const u8) -> f32 {
         -16.0 * f16(p)
+    }
+    #[inline(always)]
+    unsafe fn m4(_: [*const u8; 4], d4: __m128) -> __m128 {
+        _mm_mul_ps(_mm_set1_ps(-16.0), d4)
     }
 }
 
@@ -128,6 +167,14 @@ impl Block32 for Q5_1 {
     #[inline(always)]
     unsafe fn m(p: *const u8) -> f32 {
         f16(p.add(2))
+    }
+    #[inline(always)]
+    unsafe fn m4(p: [*const u8; 4], _: __m128) -> __m128 {
+        halves4(p, 2)
+    }
+    #[inline(always)]
+    unsafe fn dm4(p: [*const u8; 4]) -> (__m128, __m128) {
+        adjacent_dm4(p)
     }
 }
 
@@ -143,32 +190,48 @@ impl Block32 for Q8_0 {
     unsafe fn m(_: *const u8) -> f32 {
         0.0
     }
-}
-
-/// Blocks per chunk of the 32-wide types' offset term (see `tile32`).
-const CHUNK32: usize = 64;
-
-/// One chunk (`bn` blocks) of the offset term `sum m_b * s_b`: eight blocks at a time into
-/// `offv`, the rest into `off`. Both kernels of the 32-wide types sum through this, so
-/// their results are the same bit for bit.
-#[inline(always)]
-unsafe fn offset_chunk(m: *const f32, s: *const f32, bn: usize, offv: &mut __m256, off: &mut f32) {
-    let whole = bn / 8 * 8;
-    let mut i = 0;
-    while i < whole {
-        *offv = _mm256_fmadd_ps(_mm256_loadu_ps(m.add(i)), _mm256_loadu_ps(s.add(i)), *offv);
-        i += 8;
-    }
-    for i in whole..bn {
-        *off += *m.add(i) * *s.add(i);
+    #[inline(always)]
+    unsafe fn m4(_: [*const u8; 4], _: __m128) -> __m128 {
+        _mm_setzero_ps()
     }
 }
 
 /// The output tile of `R` weight rows by `C` activation rows: `out[r][c]`.
 pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
 
+/// The sums of the eight i32 lanes of each of four vectors, in that order.
+#[inline(always)]
+unsafe fn reduce4(v: [__m256i; 4]) -> __m128i {
+    // Interleave and add (single-operation shuffles; `hadd` costs twice as much on Zen).
+    let s01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    let s23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    let w = _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
+    _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1))
+}
+
+/// The f16 at `p[i] + off` for each of four pointers, as `f32`.
+#[inline(always)]
+unsafe fn halves4(p: [*const u8; 4], off: usize) -> __m128 {
+    let h = |i: usize| (p[i].add(off) as *const u16).read_unaligned() as i16;
+    _mm_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), 0, 0, 0, 0))
+}
+
+/// The integer dot of one weight block's values `wv` (`wa`: their magnitudes, for the
+/// signed Q8_0) with 32 activations `y`, as eight i32 partial sums (exact).
+#[inline(always)]
+unsafe fn idot<B: Block32>(wv: __m256i, wa: __m256i, y: __m256i) -> __m256i {
+    let p = if B::SIGNED { _mm256_maddubs_epi16(wa, _mm256_sign_epi8(y, wv)) } else { _mm256_maddubs_epi16(wv, y) };
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+}
+
+// How the 32-wide kernels sum, the same on every tile shape (so a row's result does not
+// depend on which rows it was batched with): per (weight row, activation row), the exact
+// integer dot of each block is reduced to one number, then `acc = fma(float(dot) * d_w,
+// d_y, acc)` and `off = fma(m_w, s_y, off)` block after block, and the result is
+// `acc + off`. Four (row, activation) pairs share a 128-bit vector.
+
 /// `R` rows of a 32-wide type (at `w[r]`, `nb` blocks each) times activation rows
-/// `arows` of `a`.
+/// `arows` of `a` (consecutive).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
     w: [*const u8; R],
@@ -177,71 +240,84 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
     nb: usize,
     ahead: usize,
 ) -> Tile<R, C> {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    // The offset term: per row, the blocks' `m` of a chunk are kept, then dotted with
-    // each activation row's `s` eight blocks at a time.
-    const CHUNK: usize = CHUNK32;
-    let mut mbuf = [[0.0f32; CHUNK]; R];
-    let mut offv = [[_mm256_setzero_ps(); C]; R];
-    let mut off = [[0.0f32; C]; R];
-    let s_src = if B::ROUNDED_S { &a.s } else { &a.sx };
-    let (mut q, mut d, mut s) =
-        ([std::ptr::null::<i8>(); C], [std::ptr::null::<f32>(); C], [std::ptr::null::<f32>(); C]);
-    for c in 0..C {
-        q[c] = a.q.as_ptr().add(arows[c] * a.cols);
-        d[c] = a.d.as_ptr().add(arows[c] * nb);
-        s[c] = s_src.as_ptr().add(arows[c] * nb);
-    }
-    let mut b0 = 0;
-    while b0 < nb {
-        let bn = CHUNK.min(nb - b0);
-        for b in b0..b0 + bn {
-            let mut wv = [_mm256_setzero_si256(); R];
-            let mut wa = [_mm256_setzero_si256(); R];
-            let mut dw = [_mm256_setzero_ps(); R];
-            for r in 0..R {
-                let p = w[r].add(b * B::BYTES);
-                if ahead > 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(ahead) as *const i8);
-                }
-                wv[r] = B::values(p);
-                if B::SIGNED {
-                    wa[r] = _mm256_sign_epi8(wv[r], wv[r]);
-                }
-                dw[r] = _mm256_set1_ps(B::d(p));
-                if B::HAS_M {
-                    mbuf[r][b - b0] = B::m(p);
-                }
-            }
-            for c in 0..C {
-                let y = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
-                let dy = _mm256_broadcast_ss(&*d[c].add(b));
-                for r in 0..R {
-                    let p = if B::SIGNED {
-                        _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(y, wv[r]))
-                    } else {
-                        _mm256_maddubs_epi16(wv[r], y)
-                    };
-                    let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(f, dw[r]), dy, acc[r][c]);
-                }
-            }
-        }
-        if B::HAS_M {
-            for r in 0..R {
-                for c in 0..C {
-                    offset_chunk(mbuf[r].as_ptr(), s[c].add(b0), bn, &mut offv[r][c], &mut off[r][c]);
-                }
-            }
-        }
-        b0 += bn;
-    }
+    debug_assert!(R <= 4 && C <= 4 && arows.iter().enumerate().all(|(i, &r)| r == arows[0] + i));
+    let c0 = arows[0];
     let mut out = [[0.0; C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            out[r][c] = hsum(acc[r][c]) + hsum(offv[r][c]) + off[r][c];
+    if C == 1 {
+        // One activation row: the lanes are the (up to four) weight rows.
+        let q = a.q.as_ptr().add(c0 * a.cols);
+        let d = a.d.as_ptr().add(c0 * nb);
+        let s = if B::ROUNDED_S { &a.s } else { &a.sx }.as_ptr().add(c0 * nb);
+        let mut p4 = [w[0]; 4];
+        p4[..R].copy_from_slice(&w);
+        let (mut acc, mut off) = (_mm_setzero_ps(), _mm_setzero_ps());
+        for b in 0..nb {
+            let y = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+            let mut pb = [std::ptr::null::<u8>(); 4];
+            let mut v = [_mm256_setzero_si256(); 4];
+            for r in 0..4 {
+                pb[r] = p4[r].add(b * B::BYTES);
+            }
+            for r in 0..R {
+                if ahead > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(pb[r].add(ahead) as *const i8);
+                }
+                let wv = B::values(pb[r]);
+                let wa = if B::SIGNED { _mm256_sign_epi8(wv, wv) } else { wv };
+                v[r] = idot::<B>(wv, wa, y);
+            }
+            let (dw, mw) = B::dm4(pb);
+            let f = _mm_cvtepi32_ps(reduce4(v));
+            acc = _mm_fmadd_ps(_mm_mul_ps(f, dw), _mm_set1_ps(*d.add(b)), acc);
+            if B::HAS_M {
+                off = _mm_fmadd_ps(mw, _mm_set1_ps(*s.add(b)), off);
+            }
         }
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), _mm_add_ps(acc, off));
+        for r in 0..R {
+            out[r][0] = lanes[r];
+        }
+        return out;
+    }
+    // Several activation rows: per weight row, the lanes are the activation rows.
+    let pr = a.padded_rows();
+    let dt = a.dt.as_ptr().add(c0);
+    let st = if B::ROUNDED_S { &a.st } else { &a.sxt }.as_ptr().add(c0);
+    let mut q = [std::ptr::null::<i8>(); C];
+    for c in 0..C {
+        q[c] = a.q.as_ptr().add((c0 + c) * a.cols);
+    }
+    let (mut acc, mut off) = ([_mm_setzero_ps(); R], [_mm_setzero_ps(); R]);
+    for b in 0..nb {
+        let dy = _mm_loadu_ps(dt.add(b * pr));
+        let sy = _mm_loadu_ps(st.add(b * pr));
+        let mut y = [_mm256_setzero_si256(); C];
+        for c in 0..C {
+            y[c] = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
+        }
+        for r in 0..R {
+            let p = w[r].add(b * B::BYTES);
+            if ahead > 0 {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(ahead) as *const i8);
+            }
+            let wv = B::values(p);
+            let wa = if B::SIGNED { _mm256_sign_epi8(wv, wv) } else { wv };
+            let mut v = [_mm256_setzero_si256(); 4];
+            for c in 0..C {
+                v[c] = idot::<B>(wv, wa, y[c]);
+            }
+            let f = _mm_cvtepi32_ps(reduce4(v));
+            acc[r] = _mm_fmadd_ps(_mm_mul_ps(f, _mm_set1_ps(B::d(p))), dy, acc[r]);
+            if B::HAS_M {
+                off[r] = _mm_fmadd_ps(_mm_set1_ps(B::m(p)), sy, off[r]);
+            }
+        }
+    }
+    for r in 0..R {
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), _mm_add_ps(acc[r], off[r]));
+        out[r].copy_from_slice(&lanes[..C]);
     }
     out
 }
@@ -767,8 +843,9 @@ unsafe fn decode32<B: Block32>(dec: &mut Decoded, rows: &[*const u8]) {
     }
 }
 
-/// Decoded rows `r0..r0 + R` times activation rows `arows`: per (row, activation, block)
-/// only the integer dot, its conversion and its scaling are left.
+/// Decoded rows `r0..r0 + R` times activation rows `arows` (consecutive, at most four),
+/// summed as [`tile32`] sums: per (row, activation, block) only the integer dot is left
+/// besides the shared reduction and scaling.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile32_decoded<B: Block32, const R: usize, const C: usize>(
     dec: &Decoded,
@@ -776,62 +853,46 @@ unsafe fn tile32_decoded<B: Block32, const R: usize, const C: usize>(
     a: &Activations,
     arows: [usize; C],
 ) -> Tile<R, C> {
+    debug_assert!(C <= 4 && arows.iter().enumerate().all(|(i, &r)| r == arows[0] + i));
     let nb = dec.nb;
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let s_src = if B::ROUNDED_S { &a.s } else { &a.sx };
-    let (mut q, mut d, mut s) =
-        ([std::ptr::null::<i8>(); C], [std::ptr::null::<f32>(); C], [std::ptr::null::<f32>(); C]);
+    let c0 = arows[0];
+    let pr = a.padded_rows();
+    let dt = a.dt.as_ptr().add(c0);
+    let st = if B::ROUNDED_S { &a.st } else { &a.sxt }.as_ptr().add(c0);
+    let mut q = [std::ptr::null::<i8>(); C];
     for c in 0..C {
-        q[c] = a.q.as_ptr().add(arows[c] * a.cols);
-        d[c] = a.d.as_ptr().add(arows[c] * nb);
-        s[c] = s_src.as_ptr().add(arows[c] * nb);
+        q[c] = a.q.as_ptr().add((c0 + c) * a.cols);
     }
     let vals = dec.values.as_ptr().add(r0 * nb * QK);
     let abs = dec.abs.as_ptr().add(r0 * nb * QK);
-    let dw = dec.d.as_ptr().add(r0 * nb);
+    let (dw, mw) = (dec.d.as_ptr().add(r0 * nb), dec.m.as_ptr().add(if B::HAS_M { r0 * nb } else { 0 }));
+    let (mut acc, mut off) = ([_mm_setzero_ps(); R], [_mm_setzero_ps(); R]);
     for b in 0..nb {
-        let mut wv = [_mm256_setzero_si256(); R];
-        let mut wa = [_mm256_setzero_si256(); R];
-        let mut dv = [_mm256_setzero_ps(); R];
-        for r in 0..R {
-            wv[r] = _mm256_loadu_si256(vals.add((r * nb + b) * QK) as *const __m256i);
-            if B::SIGNED {
-                wa[r] = _mm256_loadu_si256(abs.add((r * nb + b) * QK) as *const __m256i);
-            }
-            dv[r] = _mm256_broadcast_ss(&*dw.add(r * nb + b));
-        }
+        let dy = _mm_loadu_ps(dt.add(b * pr));
+        let sy = _mm_loadu_ps(st.add(b * pr));
+        let mut y = [_mm256_setzero_si256(); C];
         for c in 0..C {
-            let y = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
-            let dy = _mm256_broadcast_ss(&*d[c].add(b));
-            for r in 0..R {
-                let p = if B::SIGNED {
-                    _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(y, wv[r]))
-                } else {
-                    _mm256_maddubs_epi16(wv[r], y)
-                };
-                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(f, dv[r]), dy, acc[r][c]);
+            y[c] = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
+        }
+        for r in 0..R {
+            let wv = _mm256_loadu_si256(vals.add((r * nb + b) * QK) as *const __m256i);
+            let wa = if B::SIGNED { _mm256_loadu_si256(abs.add((r * nb + b) * QK) as *const __m256i) } else { wv };
+            let mut v = [_mm256_setzero_si256(); 4];
+            for c in 0..C {
+                v[c] = idot::<B>(wv, wa, y[c]);
+            }
+            let f = _mm_cvtepi32_ps(reduce4(v));
+            acc[r] = _mm_fmadd_ps(_mm_mul_ps(f, _mm_broadcast_ss(&*dw.add(r * nb + b))), dy, acc[r]);
+            if B::HAS_M {
+                off[r] = _mm_fmadd_ps(_mm_broadcast_ss(&*mw.add(r * nb + b)), sy, off[r]);
             }
         }
     }
     let mut out = [[0.0; C]; R];
     for r in 0..R {
-        for c in 0..C {
-            // The offset term in the same chunks as `tile32`, so a row's result does not
-            // depend on which path (decode or batched) computed it.
-            let (mut offv, mut off) = (_mm256_setzero_ps(), 0.0f32);
-            if B::HAS_M {
-                let m = dec.m.as_ptr().add((r0 + r) * nb);
-                let mut b0 = 0;
-                while b0 < nb {
-                    let bn = CHUNK32.min(nb - b0);
-                    offset_chunk(m.add(b0), s[c].add(b0), bn, &mut offv, &mut off);
-                    b0 += bn;
-                }
-            }
-            out[r][c] = hsum(acc[r][c]) + hsum(offv) + off;
-        }
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), _mm_add_ps(acc[r], off[r]));
+        out[r].copy_from_slice(&lanes[..C]);
     }
     out
 }

@@ -294,6 +294,11 @@ pub struct Activations {
     pub sx: Vec<f32>,
     /// Q8_K: the sum of each 16 values, 16 per super-block.
     pub bsums: Vec<i16>,
+    /// Q8: `d`, `s` and `sx` by block, then row (`[b * padded_rows() + r]`, the rows padded
+    /// with zeros to a multiple of 4), so a kernel loads four rows' scales of a block at once.
+    pub dt: Vec<f32>,
+    pub st: Vec<f32>,
+    pub sxt: Vec<f32>,
 }
 
 impl Activations {
@@ -352,6 +357,28 @@ impl Activations {
                 pool.run(&|t| run(super::pool::share(nb, t, threads, 1)));
             }
             _ => run(0..nb),
+        }
+        if kind == ActKind::Q8 {
+            self.transpose_scales();
+        }
+    }
+
+    /// Rows rounded up to a multiple of 4: the row stride of `dt`, `st` and `sxt`.
+    pub fn padded_rows(&self) -> usize {
+        self.rows.next_multiple_of(4)
+    }
+
+    fn transpose_scales(&mut self) {
+        let (rows, pr) = (self.rows, self.padded_rows());
+        let nb = self.cols / QK;
+        for (t, src) in [(&mut self.dt, &self.d), (&mut self.st, &self.s), (&mut self.sxt, &self.sx)] {
+            t.clear();
+            t.resize(nb * pr, 0.0);
+            for r in 0..rows {
+                for b in 0..nb {
+                    t[b * pr + r] = src[r * nb + b];
+                }
+            }
         }
     }
 }

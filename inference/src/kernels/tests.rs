@@ -249,20 +249,23 @@ fn a_row_alone_equals_the_same_row_in_a_batch() {
                 continue;
             }
             let w = random_matrix(&mut rng, t, 37, cols);
-            let x = random_input(&mut rng, 6, cols);
-            for isa in Isa::available() {
-                let mut batched = Vec::new();
-                matmul(&pool, isa, &[&w], &x, 6, &mut act, &mut [&mut batched]);
-                for c in 0..6 {
-                    let mut alone = Vec::new();
-                    matmul(&pool, isa, &[&w], &x[c * cols..(c + 1) * cols], 1, &mut act, &mut [&mut alone]);
-                    assert_eq!(
-                        alone[..],
-                        batched[c * 37..(c + 1) * 37],
-                        "{} {} cols {cols} row {c}",
-                        isa.name(),
-                        t.name()
-                    );
+            // 6 rows: the small tiles; 11: the batched walk's decoded rows, with a tail.
+            for n in [6, 11] {
+                let x = random_input(&mut rng, n, cols);
+                for isa in Isa::available() {
+                    let mut batched = Vec::new();
+                    matmul(&pool, isa, &[&w], &x, n, &mut act, &mut [&mut batched]);
+                    for c in 0..n {
+                        let mut alone = Vec::new();
+                        matmul(&pool, isa, &[&w], &x[c * cols..(c + 1) * cols], 1, &mut act, &mut [&mut alone]);
+                        assert_eq!(
+                            alone[..],
+                            batched[c * 37..(c + 1) * 37],
+                            "{} {} cols {cols} row {c} of {n}",
+                            isa.name(),
+                            t.name()
+                        );
+                    }
                 }
             }
         }
