@@ -2,9 +2,9 @@
 //!
 //! Each weight block is loaded and unpacked to bytes once per tile and multiplied with all
 //! `C` activation rows (the batched path reuses every loaded weight byte `C` times); the
-//! decode path (`C = 1`) takes `R = 4` rows at a time so four independent chains hide the
-//! latency of the integer dot products. Integer work is exact; only the float accumulation
-//! order differs from the scalar reference.
+//! decode path (`C = 1`) takes `R = 4` rows at a time, four (row, activation) pairs to a
+//! vector. Integer work is exact; only the float accumulation order differs from the
+//! scalar reference, and it is the same on every tile shape (see `tile32`).
 //!
 //! The integer dot of 32 unsigned weight values with 32 signed activations is
 //! `maddubs` (u8 x i8 pairs into i16, no overflow: 31 * 127 * 2 < 2^15) then `madd` with
@@ -285,8 +285,8 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
     let dt = a.dt.as_ptr().add(c0);
     let st = if B::ROUNDED_S { &a.st } else { &a.sxt }.as_ptr().add(c0);
     let mut q = [std::ptr::null::<i8>(); C];
-    for c in 0..C {
-        q[c] = a.q.as_ptr().add((c0 + c) * a.cols);
+    for (c, q) in q.iter_mut().enumerate() {
+        *q = a.q.as_ptr().add((c0 + c) * a.cols);
     }
     let (mut acc, mut off) = ([_mm_setzero_ps(); R], [_mm_setzero_ps(); R]);
     for b in 0..nb {
@@ -860,8 +860,8 @@ unsafe fn tile32_decoded<B: Block32, const R: usize, const C: usize>(
     let dt = a.dt.as_ptr().add(c0);
     let st = if B::ROUNDED_S { &a.st } else { &a.sxt }.as_ptr().add(c0);
     let mut q = [std::ptr::null::<i8>(); C];
-    for c in 0..C {
-        q[c] = a.q.as_ptr().add((c0 + c) * a.cols);
+    for (c, q) in q.iter_mut().enumerate() {
+        *q = a.q.as_ptr().add((c0 + c) * a.cols);
     }
     let vals = dec.values.as_ptr().add(r0 * nb * QK);
     let abs = dec.abs.as_ptr().add(r0 * nb * QK);
