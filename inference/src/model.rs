@@ -853,7 +853,7 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 /// Causal attention of every row over its own sequence's keys and values, one job per
-/// (row, KV head) on the model's worker pool.
+/// (row, piece of at most `vector::PIECE` positions, KV head) on the model's worker pool.
 fn attention(
     m: &Transformer,
     rows: &[Row<'_>],
@@ -866,49 +866,104 @@ fn attention(
     let (pool, isa, c) = (&m.pool, m.isa, &m.config);
     let (heads, hd) = (c.heads, c.head_dim);
     let group = heads / c.kv_heads;
-    // Every element is written: each job overwrites its heads' outputs.
+    // Every element is written: each job overwrites its heads' outputs (or the merge does).
     out.resize(rows.len() * heads * hd, 0.0);
-    let out_ptr = SharedOut(out.as_mut_ptr());
     let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
     let threads = pool.threads();
-    // One job per (row, KV head): the query heads sharing that KV head read each key and
-    // value once between them. With few rows (decode) that is too few jobs to share
-    // evenly (3 KV heads on 2 threads), so each query head becomes a job of its own.
-    let per_job = if rows.len() * c.kv_heads >= 4 * threads { group } else { 1 };
+    let span = |r: &Row<'_>| (window.map_or(0, |w| (r.pos + 1).saturating_sub(w)), r.pos + 1);
+    // A row with more than PIECE positions attends in pieces (jobs of their own, so even
+    // one long sequence keeps every thread busy), merged after.
+    let pieces: Vec<usize> = rows.iter().map(|r| (span(r).1 - span(r).0).div_ceil(vector::PIECE).max(1)).collect();
+    // One job per (row, piece, KV head): the query heads sharing that KV head read each
+    // key and value once between them. With few of those (decode) that is too few jobs to
+    // share evenly (3 KV heads on 2 threads), so each query head becomes a job of its own.
+    let units: usize = pieces.iter().sum();
+    let per_job = if units * c.kv_heads >= 4 * threads { group } else { 1 };
+    // Where the pieces of long rows keep their outputs and softmaxes until the merge.
+    let mut slot = Vec::with_capacity(rows.len());
+    let mut slots = 0;
+    for &n in &pieces {
+        slot.push(slots);
+        if n > 1 {
+            slots += n;
+        }
+    }
+    let mut parts = vec![0.0f32; slots * heads * hd];
+    let mut stats = vec![vector::Piece::default(); slots * heads];
+    let jobs: Vec<(usize, usize, usize)> = pieces
+        .iter()
+        .enumerate()
+        .flat_map(|(ri, &n)| (0..heads).step_by(per_job).flat_map(move |h| (0..n).map(move |p| (ri, h, p))))
+        .collect();
     let score = vector::Score { scale: c.attn_scale, softcap: c.attn_softcap };
-    let jobs = rows.len() * heads / per_job;
+    let (out_ptr, parts_ptr, stats_ptr) =
+        (SharedOut(out.as_mut_ptr()), SharedOut(parts.as_mut_ptr()), SharedPieces(stats.as_mut_ptr()));
     // Jobs are dealt round-robin: later rows of a prefill chunk attend over more
     // positions, so contiguous shares would leave the last thread the most work.
-    // Rebinding makes the closure capture the Send + Sync wrapper rather than its raw
-    // pointer field (edition 2021 captures disjoint fields).
+    // Rebinding makes the closure capture the Send + Sync wrappers rather than their raw
+    // pointer fields (edition 2021 captures disjoint fields).
     #[allow(clippy::redundant_locals)]
     let run = |first: usize, step: usize| {
-        let out_ptr = out_ptr;
+        let (out_ptr, parts_ptr, stats_ptr) = (out_ptr, parts_ptr, stats_ptr);
         let mut scores: Vec<f32> = Vec::new();
         let mut offs: Vec<usize> = Vec::new();
-        for job in (first..jobs).step_by(step) {
-            let (ri, head0) = (job * per_job / heads, job * per_job % heads);
-            let g = head0 / group;
+        for &(ri, head0, p) in jobs.iter().skip(first).step_by(step) {
             let r = &rows[ri];
-            let first = window.map_or(0, |w| (r.pos + 1).saturating_sub(w));
+            let (lo, end) = span(r);
+            let lo = lo + p * vector::PIECE;
+            let hi = (lo + vector::PIECE).min(end);
+            let g = head0 / group;
             let at = ri * heads + head0;
             let qs = &q[at * hd..(at + per_job) * hd];
             // The keys and values of KV head g start g * hd into each position's row.
             offs.clear();
-            offs.extend(offsets[ri][first..=r.pos].iter().map(|&o| o + g * hd));
-            // SAFETY: the job owns the outputs of heads head0 .. head0 + per_job of row
-            // ri; no other job writes them, and `out` outlives the pool call, which returns
-            // only when every job is done.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at * hd), per_job * hd) };
-            vector::attend(isa, qs, kc, vc, &offs, hd, score, &mut scores, o);
+            offs.extend(offsets[ri][lo..hi].iter().map(|&o| o + g * hd));
+            // SAFETY: the job owns the outputs of heads head0 .. head0 + per_job of row ri
+            // (of its piece, for a long row); no other job writes them, and the buffers
+            // outlive the pool call, which returns only when every job is done.
+            unsafe {
+                if pieces[ri] == 1 {
+                    let o = std::slice::from_raw_parts_mut(out_ptr.0.add(at * hd), per_job * hd);
+                    vector::attend(isa, qs, kc, vc, &offs, hd, score, &mut scores, o, &mut []);
+                } else {
+                    let at = (slot[ri] + p) * heads + head0;
+                    let o = std::slice::from_raw_parts_mut(parts_ptr.0.add(at * hd), per_job * hd);
+                    let st = std::slice::from_raw_parts_mut(stats_ptr.0.add(at), per_job);
+                    vector::attend(isa, qs, kc, vc, &offs, hd, score, &mut scores, o, st);
+                }
+            }
         }
     };
-    if jobs >= 2 && threads > 1 {
+    if jobs.len() >= 2 && threads > 1 {
         pool.run(&|t| run(t, threads));
     } else {
         run(0, 1);
     }
+    let (mut outs, mut st) = (Vec::new(), Vec::new());
+    for (ri, &n) in pieces.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        for h in 0..heads {
+            outs.clear();
+            st.clear();
+            for p in 0..n {
+                let at = (slot[ri] + p) * heads + h;
+                outs.extend_from_slice(&parts[at * hd..(at + 1) * hd]);
+                st.push(stats[at]);
+            }
+            let at = ri * heads + h;
+            vector::merge(&outs, &st, hd, &mut out[at * hd..(at + 1) * hd]);
+        }
+    }
 }
+
+/// The pieces' softmaxes, written by the attention jobs in disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedPieces(*mut vector::Piece);
+// SAFETY: as `SharedOut`: each job writes only its own heads' entries.
+unsafe impl Send for SharedPieces {}
+unsafe impl Sync for SharedPieces {}
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {

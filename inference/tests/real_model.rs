@@ -186,7 +186,10 @@ fn batched_decode_equals_alone_on_every_path() {
         let ledger = Ledger::new("cpu", 2 << 30, 0);
         let e = Engine::start(model, EngineConfig { kv_pool_bytes: 64 << 20, ..Default::default() }, &ledger)
             .expect("engine starts");
-        let qs = ["Name a color.", "What is 2+2?", "Say hello in French."];
+        // The last is longer than an attention piece (256 positions): attended in pieces,
+        // split across the threads, merged.
+        let long = format!("Summarize this: {}", "The quick brown fox jumps over the lazy dog. ".repeat(40));
+        let qs = ["Name a color.", "What is 2+2?", "Say hello in French.", long.as_str()];
         let alone: Vec<_> = qs
             .iter()
             .map(|q| collect(e.submit(chat(q, SamplingParams::greedy(8))).expect("queued")).expect("alone").1)

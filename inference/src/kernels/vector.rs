@@ -80,10 +80,25 @@ impl From<f32> for Score {
     }
 }
 
+/// Positions of one attention piece: a longer context is attended in pieces of this many
+/// positions (split across the pool's threads even for one sequence) and the pieces'
+/// softmaxes merged ([`merge`]). Fixed, so a sequence's result does not depend on the
+/// threads or on what it is batched with.
+pub const PIECE: usize = 256;
+
+/// The softmax of one head over one piece: its largest score and the sum of
+/// `exp(score - max)`, what [`merge`] needs to combine pieces.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Piece {
+    pub max: f32,
+    pub sum: f32,
+}
+
 /// One query group's attention over its positions: `qs` holds `group` query heads of
 /// `hd` values that share one KV head; position `i`'s key and value are
 /// `keys[offs[i]..][..hd]` and `values[offs[i]..][..hd]`. Writes the softmax-weighted sum
-/// of values of each head to `out` (`group * hd`, overwritten). `scores` is scratch.
+/// of values of each head to `out` (`group * hd`, overwritten), and each head's softmax
+/// to `pieces` (when it is `group` long; it may be empty). `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     isa: Isa,
@@ -95,6 +110,7 @@ pub fn attend(
     score: impl Into<Score>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
+    pieces: &mut [Piece],
 ) {
     let score = score.into();
     let group = qs.len() / hd;
@@ -109,7 +125,7 @@ pub fn attend(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if hd.is_multiple_of(8) => unsafe {
             debug_assert!(offs.iter().all(|&o| o + hd <= keys.len() && o + hd <= values.len()));
-            avx2::attend(qs, keys, values, offs, hd, score, scores, out)
+            avx2::attend(qs, keys, values, offs, hd, score, scores, out, pieces)
         },
         _ => {
             for (i, &off) in offs.iter().enumerate() {
@@ -118,9 +134,13 @@ pub fn attend(
                     scores[j * len + i] = score.of(scalar_dot(q, k));
                 }
             }
-            for row in scores.chunks_exact_mut(len) {
+            for (j, row) in scores.chunks_exact_mut(len).enumerate() {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let inv = 1.0 / exp_sum(Isa::Scalar, row, max);
+                let sum = exp_sum(Isa::Scalar, row, max);
+                if let Some(p) = pieces.get_mut(j) {
+                    *p = Piece { max, sum };
+                }
+                let inv = 1.0 / sum;
                 row.iter_mut().for_each(|s| *s *= inv);
             }
             for (i, &off) in offs.iter().enumerate() {
@@ -132,6 +152,22 @@ pub fn attend(
             }
         }
     }
+}
+
+/// One head's attention from its pieces' outputs (`outs`, `hd` values each, in position
+/// order) and softmaxes: `out = sum_p w_p outs[p] / sum_p w_p` with
+/// `w_p = sum_p * exp(max_p - max)`, exactly the softmax over all positions at once.
+pub fn merge(outs: &[f32], pieces: &[Piece], hd: usize, out: &mut [f32]) {
+    let max = pieces.iter().map(|p| p.max).fold(f32::NEG_INFINITY, f32::max);
+    out.fill(0.0);
+    let mut total = 0.0f32;
+    for (p, o) in pieces.iter().zip(outs.chunks_exact(hd)) {
+        let w = p.sum * (p.max - max).exp();
+        total += w;
+        out.iter_mut().zip(o).for_each(|(a, b)| *a += w * b);
+    }
+    let inv = 1.0 / total;
+    out.iter_mut().for_each(|a| *a *= inv);
 }
 
 fn scalar_dot(a: &[f32], b: &[f32]) -> f32 {
@@ -249,6 +285,7 @@ mod avx2 {
         score: super::Score,
         scores: &mut [f32],
         out: &mut [f32],
+        pieces: &mut [super::Piece],
     ) {
         let group = qs.len() / hd;
         let len = offs.len();
@@ -262,7 +299,11 @@ mod avx2 {
         for j in 0..group {
             let row = std::slice::from_raw_parts_mut(sp.add(j * len), len);
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let inv = 1.0 / exp_sum(row, max);
+            let sum = exp_sum(row, max);
+            if let Some(p) = pieces.get_mut(j) {
+                *p = super::Piece { max, sum };
+            }
+            let inv = 1.0 / sum;
             row.iter_mut().for_each(|s| *s *= inv);
         }
         // Each head's output (hd values, at most 256) in registers while values stream by.
@@ -367,6 +408,51 @@ mod tests {
     }
 
     #[test]
+    fn attention_in_pieces_equals_attention_at_once() {
+        let (hd, n, group) = (64, 700, 3);
+        let keys: Vec<f32> = (0..n * hd).map(|i| ((i * 31) % 17) as f32 / 5.0 - 1.7).collect();
+        let values: Vec<f32> = (0..n * hd).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+        let qs: Vec<f32> = (0..group * hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+        let offs: Vec<usize> = (0..n).map(|p| p * hd).collect();
+        let score = Score { scale: 0.125, softcap: Some(30.0) };
+        for isa in Isa::available() {
+            let mut scores = Vec::new();
+            let mut whole = vec![0.0; group * hd];
+            attend(isa, &qs, &keys, &values, &offs, hd, score, &mut scores, &mut whole, &mut []);
+            let chunks: Vec<&[usize]> = offs.chunks(PIECE).collect();
+            let mut outs = vec![0.0; chunks.len() * group * hd];
+            let mut pieces = vec![Piece::default(); chunks.len() * group];
+            for (c, offs) in chunks.iter().enumerate() {
+                let o = &mut outs[c * group * hd..(c + 1) * group * hd];
+                attend(
+                    isa,
+                    &qs,
+                    &keys,
+                    &values,
+                    offs,
+                    hd,
+                    score,
+                    &mut scores,
+                    o,
+                    &mut pieces[c * group..(c + 1) * group],
+                );
+            }
+            for j in 0..group {
+                // Head j's pieces and outputs, in position order.
+                let ps: Vec<Piece> = (0..chunks.len()).map(|c| pieces[c * group + j]).collect();
+                let os: Vec<f32> = (0..chunks.len())
+                    .flat_map(|c| outs[(c * group + j) * hd..(c * group + j + 1) * hd].to_vec())
+                    .collect();
+                let mut merged = vec![0.0; hd];
+                merge(&os, &ps, hd, &mut merged);
+                for (a, b) in merged.iter().zip(&whole[j * hd..(j + 1) * hd]) {
+                    assert!((a - b).abs() < 1e-5, "{} head {j}: {a} vs {b}", isa.name());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn attention_paths_agree() {
         let hd = 64;
         let keys: Vec<f32> = (0..40 * hd).map(|i| ((i * 31) % 17) as f32 / 9.0 - 0.9).collect();
@@ -375,10 +461,10 @@ mod tests {
         let offs: Vec<usize> = (0..37).map(|p| ((p * 7) % 40) * hd).collect();
         let mut reference = vec![0.0; 3 * hd];
         let mut scores = Vec::new();
-        attend(Isa::Scalar, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut reference);
+        attend(Isa::Scalar, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut reference, &mut []);
         for isa in Isa::available() {
             let mut out = vec![1.0; 3 * hd];
-            attend(isa, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut out);
+            attend(isa, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut out, &mut []);
             for (a, b) in out.iter().zip(&reference) {
                 assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", isa.name());
             }
