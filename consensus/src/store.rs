@@ -46,7 +46,16 @@ fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
 }
 
 fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, StorageError> {
-    codec().deserialize(b).map_err(|e| StorageError::IO { source: StorageIOError::read(AnyError::error(e)) })
+    codec().deserialize(b).map_err(|e| {
+        // The likeliest cause on a disk that is not damaged: a data directory written by
+        // a Nave whose records have another layout (there is no migration between them).
+        let why = format!(
+            "a stored record does not decode ({e}): the data directory was written by another \
+             version of Nave, or is damaged; restore a backup (nave admin restore) into a fresh \
+             data directory"
+        );
+        StorageError::IO { source: StorageIOError::read(AnyError::error(why)) }
+    })
 }
 
 fn io_write(e: impl std::fmt::Display) -> StorageError {
