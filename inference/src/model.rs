@@ -18,12 +18,7 @@ use crate::gguf::GgufFile;
 use crate::kernels::{self, vector, Activations, Isa, Pool, QMatrix};
 use crate::kv::{BlockId, KvStore};
 
-/// The nonlinearity of the feed-forward gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Silu,
-    GeluTanh,
-}
+pub use crate::kernels::vector::Activation;
 
 /// How rotary embeddings pair dimensions: adjacent pairs (GGML's "normal", Llama) or the
 /// two halves of the head (NeoX, Gemma).
@@ -724,26 +719,21 @@ fn add_rows(x: &mut [f32], bias: &[f32]) {
 /// `g = act(g) * u`, on the kernels' path, split across the pool when large enough that
 /// a hand-off costs less than the share it saves.
 fn gated(m: &Transformer, act: Activation, g: &mut [f32], u: &[f32]) {
-    let gate = match act {
-        Activation::Silu => vector::Gate::Silu,
-        Activation::GeluTanh => vector::Gate::GeluTanh,
-    };
     let (pool, isa) = (&m.pool, m.isa);
     let threads = pool.threads();
     if threads == 1 || g.len() < 8192 {
-        vector::gate(isa, gate, g, u);
+        vector::gate(isa, act, g, u);
         return;
     }
-    // Shares in whole vectors of eight.
-    let share = g.len().div_ceil(threads).next_multiple_of(8);
     let (gp, len) = (SharedOut(g.as_mut_ptr()), g.len());
     #[allow(clippy::redundant_locals)]
     pool.run(&|t| {
         let gp = gp;
-        let (lo, hi) = ((t * share).min(len), ((t + 1) * share).min(len));
-        // SAFETY: thread t alone writes g[lo..hi]; `g` outlives the pool call.
-        let mine = unsafe { std::slice::from_raw_parts_mut(gp.0.add(lo), hi - lo) };
-        vector::gate(isa, gate, mine, &u[lo..hi]);
+        // Shares in whole vectors of eight.
+        let mine = kernels::pool::share(len, t, threads, 8);
+        // SAFETY: thread t alone writes its share of `g`, which outlives the pool call.
+        let part = unsafe { std::slice::from_raw_parts_mut(gp.0.add(mine.start), mine.len()) };
+        vector::gate(isa, act, part, &u[mine]);
     });
 }
 
@@ -847,10 +837,10 @@ fn yarn_corr_dims(dims: usize, orig_context: usize, base: f32, beta_fast: f32, b
 
 /// A raw pointer that may cross to the worker threads; each job writes a disjoint range.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+struct SharedOut<T = f32>(*mut T);
 // SAFETY: only used to write disjoint ranges from the pool's workers while the owner waits.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
 /// Causal attention of every row over its own sequence's keys and values, one job per
 /// (row, piece of at most `vector::PIECE` positions, KV head) on the model's worker pool.
@@ -873,7 +863,13 @@ fn attention(
     let span = |r: &Row<'_>| (window.map_or(0, |w| (r.pos + 1).saturating_sub(w)), r.pos + 1);
     // A row with more than PIECE positions attends in pieces (jobs of their own, so even
     // one long sequence keeps every thread busy), merged after.
-    let pieces: Vec<usize> = rows.iter().map(|r| (span(r).1 - span(r).0).div_ceil(vector::PIECE).max(1)).collect();
+    let pieces: Vec<usize> = rows
+        .iter()
+        .map(|r| {
+            let (first, end) = span(r);
+            (end - first).div_ceil(vector::PIECE).max(1)
+        })
+        .collect();
     // One job per (row, piece, KV head): the query heads sharing that KV head read each
     // key and value once between them. With few of those (decode) that is too few jobs to
     // share evenly (3 KV heads on 2 threads), so each query head becomes a job of its own.
@@ -897,7 +893,7 @@ fn attention(
         .collect();
     let score = vector::Score { scale: c.attn_scale, softcap: c.attn_softcap };
     let (out_ptr, parts_ptr, stats_ptr) =
-        (SharedOut(out.as_mut_ptr()), SharedOut(parts.as_mut_ptr()), SharedPieces(stats.as_mut_ptr()));
+        (SharedOut(out.as_mut_ptr()), SharedOut(parts.as_mut_ptr()), SharedOut(stats.as_mut_ptr()));
     // Jobs are dealt round-robin: later rows of a prefill chunk attend over more
     // positions, so contiguous shares would leave the last thread the most work.
     // Rebinding makes the closure capture the Send + Sync wrappers rather than their raw
@@ -957,13 +953,6 @@ fn attention(
         }
     }
 }
-
-/// The pieces' softmaxes, written by the attention jobs in disjoint parts.
-#[derive(Clone, Copy)]
-struct SharedPieces(*mut vector::Piece);
-// SAFETY: as `SharedOut`: each job writes only its own heads' entries.
-unsafe impl Send for SharedPieces {}
-unsafe impl Sync for SharedPieces {}
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {

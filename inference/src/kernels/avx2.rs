@@ -56,46 +56,61 @@ unsafe fn high_bits(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// A 32-value block format: its size, how to unpack its values to bytes, its scale and
-/// the coefficient of its offset term.
+/// Where a 32-value block's offset coefficient `m` comes from (its value is `d * q + m`).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Offset {
+    /// No offset (Q8_0's values are signed).
+    None,
+    /// A fixed multiple of the scale: `m = k * d` (Q4_0: -8, Q5_0: -16).
+    Scaled(f32),
+    /// Stored as an f16 right after `d` (Q4_1, Q5_1).
+    Stored,
+}
+
+/// A 32-value block format: its size, how to unpack its values to bytes, and where its
+/// offset coefficient comes from; its scale `d` is the f16 it starts with.
 pub trait Block32 {
     const BYTES: usize;
+    const OFFSET: Offset;
     /// Signed values (Q8_0) instead of unsigned ones.
     const SIGNED: bool = false;
-    /// The offset term pairs with Q8_1's f16 `s` (Q4_1, Q5_1) rather than the exact sum.
-    const ROUNDED_S: bool = false;
     /// The format has an offset term at all (all but Q8_0).
-    const HAS_M: bool = true;
+    const HAS_M: bool = !matches!(Self::OFFSET, Offset::None);
+    /// The offset term pairs with Q8_1's f16 `s` (Q4_1, Q5_1, whose `m` is stored) rather
+    /// than the exact sum.
+    const ROUNDED_S: bool = matches!(Self::OFFSET, Offset::Stored);
     unsafe fn values(p: *const u8) -> __m256i;
     #[inline(always)]
     unsafe fn d(p: *const u8) -> f32 {
         f16(p)
     }
-    /// The offset's coefficient: the block's value is `d * q + m`.
-    unsafe fn m(p: *const u8) -> f32;
-    /// `d` of four blocks, one per pointer.
     #[inline(always)]
-    unsafe fn d4(p: [*const u8; 4]) -> __m128 {
-        halves4(p, 0)
+    unsafe fn m(p: *const u8) -> f32 {
+        match Self::OFFSET {
+            Offset::None => 0.0,
+            Offset::Scaled(k) => k * f16(p),
+            Offset::Stored => f16(p.add(2)),
+        }
     }
-    /// `m` of four blocks whose `d` are `d4`, computed as [`Self::m`] computes each.
-    unsafe fn m4(p: [*const u8; 4], d4: __m128) -> __m128;
-    /// `d4` and `m4` at once.
+    /// `d` and `m` of four blocks, one per pointer, each computed as [`Self::d`] and
+    /// [`Self::m`] compute it.
     #[inline(always)]
     unsafe fn dm4(p: [*const u8; 4]) -> (__m128, __m128) {
-        let d = Self::d4(p);
-        (d, Self::m4(p, d))
+        match Self::OFFSET {
+            Offset::None => (halves4(p, 0), _mm_setzero_ps()),
+            Offset::Scaled(k) => {
+                let d = halves4(p, 0);
+                (d, _mm_mul_ps(_mm_set1_ps(k), d))
+            }
+            // Side by side: one conversion of the four pairs.
+            Offset::Stored => {
+                let w = |i: usize| (p[i] as *const i32).read_unaligned();
+                let pairs = _mm256_cvtph_ps(_mm_setr_epi32(w(0), w(1), w(2), w(3)));
+                let split = _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+                (_mm256_castps256_ps128(split), _mm256_extractf128_ps(split, 1))
+            }
+        }
     }
-}
-
-/// `d` and `m` of four blocks that store them side by side as f16 (Q4_1, Q5_1): one
-/// conversion of the four pairs.
-#[inline(always)]
-unsafe fn adjacent_dm4(p: [*const u8; 4]) -> (__m128, __m128) {
-    let w = |i: usize| (p[i] as *const i32).read_unaligned();
-    let pairs = _mm256_cvtph_ps(_mm_setr_epi32(w(0), w(1), w(2), w(3)));
-    let split = _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
-    (_mm256_castps256_ps128(split), _mm256_extractf128_ps(split, 1))
 }
 
 pub struct Q4_0;
@@ -106,93 +121,47 @@ pub struct Q8_0;
 
 impl Block32 for Q4_0 {
     const BYTES: usize = 18;
+    const OFFSET: Offset = Offset::Scaled(-8.0);
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         nibbles(p.add(2))
-    }
-    #[inline(always)]
-    unsafe fn m(p: *const u8) -> f32 {
-        -8.0 * f16(p)
-    }
-    #[inline(always)]
-    unsafe fn m4(_: [*const u8; 4], d4: __m128) -> __m128 {
-        _mm_mul_ps(_mm_set1_ps(-8.0), d4)
     }
 }
 
 impl Block32 for Q4_1 {
     const BYTES: usize = 20;
-    const ROUNDED_S: bool = true;
+    const OFFSET: Offset = Offset::Stored;
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         nibbles(p.add(4))
-    }
-    #[inline(always)]
-    unsafe fn m(p: *const u8) -> f32 {
-        f16(p.add(2))
-    }
-    #[inline(always)]
-    unsafe fn m4(p: [*const u8; 4], _: __m128) -> __m128 {
-        halves4(p, 2)
-    }
-    #[inline(always)]
-    unsafe fn dm4(p: [*const u8; 4]) -> (__m128, __m128) {
-        adjacent_dm4(p)
     }
 }
 
 impl Block32 for Q5_0 {
     const BYTES: usize = 22;
+    const OFFSET: Offset = Offset::Scaled(-16.0);
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         _mm256_or_si256(nibbles(p.add(6)), high_bits(p.add(2)))
-    }
-    #[inline(always)]
-    unsafe fn m(p: *const u8) -> f32 {
-        -16.0 * f16(p)
-    }
-    #[inline(always)]
-    unsafe fn m4(_: [*const u8; 4], d4: __m128) -> __m128 {
-        _mm_mul_ps(_mm_set1_ps(-16.0), d4)
     }
 }
 
 impl Block32 for Q5_1 {
     const BYTES: usize = 24;
-    const ROUNDED_S: bool = true;
+    const OFFSET: Offset = Offset::Stored;
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         _mm256_or_si256(nibbles(p.add(8)), high_bits(p.add(4)))
-    }
-    #[inline(always)]
-    unsafe fn m(p: *const u8) -> f32 {
-        f16(p.add(2))
-    }
-    #[inline(always)]
-    unsafe fn m4(p: [*const u8; 4], _: __m128) -> __m128 {
-        halves4(p, 2)
-    }
-    #[inline(always)]
-    unsafe fn dm4(p: [*const u8; 4]) -> (__m128, __m128) {
-        adjacent_dm4(p)
     }
 }
 
 impl Block32 for Q8_0 {
     const BYTES: usize = 34;
+    const OFFSET: Offset = Offset::None;
     const SIGNED: bool = true;
-    const HAS_M: bool = false;
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
         _mm256_loadu_si256(p.add(2) as *const __m256i)
-    }
-    #[inline(always)]
-    unsafe fn m(_: *const u8) -> f32 {
-        0.0
-    }
-    #[inline(always)]
-    unsafe fn m4(_: [*const u8; 4], _: __m128) -> __m128 {
-        _mm_setzero_ps()
     }
 }
 

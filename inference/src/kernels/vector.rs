@@ -21,9 +21,9 @@ pub fn exp_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
     }
 }
 
-/// The feed-forward gate's nonlinearity, applied as `g[i] = act(g[i]) * u[i]`.
+/// The nonlinearity of the feed-forward gate, applied as `g[i] = act(g[i]) * u[i]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
+pub enum Activation {
     /// `x * sigmoid(x)` (Llama, Qwen, Phi).
     Silu,
     /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` (Gemma).
@@ -31,7 +31,7 @@ pub enum Gate {
 }
 
 /// `g[i] = gate(g[i]) * u[i]` for all `i` (`u` at least as long as `g`).
-pub fn gate(isa: Isa, gate: Gate, g: &mut [f32], u: &[f32]) {
+pub fn gate(isa: Isa, gate: Activation, g: &mut [f32], u: &[f32]) {
     assert!(u.len() >= g.len(), "gate: {} gate values, {} up values", g.len(), u.len());
     match isa {
         // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2 and FMA; the lengths
@@ -43,12 +43,12 @@ pub fn gate(isa: Isa, gate: Gate, g: &mut [f32], u: &[f32]) {
 }
 
 #[inline(always)]
-fn gate_scalar(gate: Gate, x: f32) -> f32 {
+fn gate_scalar(gate: Activation, x: f32) -> f32 {
     match gate {
-        Gate::Silu => x / (1.0 + (-x).exp()),
+        Activation::Silu => x / (1.0 + (-x).exp()),
         // 0.5 (1 + tanh z) = sigmoid(2z): the same function without the cancellation of
         // `1 + tanh z` where tanh z is near -1.
-        Gate::GeluTanh => {
+        Activation::GeluTanh => {
             const C: f32 = 0.797_884_6; // sqrt(2 / pi)
             x / (1.0 + (-2.0 * C * (x + 0.044_715 * x * x * x)).exp())
         }
@@ -231,10 +231,10 @@ mod avx2 {
     /// `x * sigmoid(x)`, or GELU's tanh form through `0.5 (1 + tanh z) = sigmoid(2z)`:
     /// `x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3)))`.
     #[inline(always)]
-    unsafe fn gate8(gate: super::Gate, x: __m256) -> __m256 {
+    unsafe fn gate8(gate: super::Activation, x: __m256) -> __m256 {
         let t = match gate {
-            super::Gate::Silu => x,
-            super::Gate::GeluTanh => {
+            super::Activation::Silu => x,
+            super::Activation::GeluTanh => {
                 let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
                 let inner = _mm256_fmadd_ps(x3, _mm256_set1_ps(0.044_715), x);
                 _mm256_mul_ps(inner, _mm256_set1_ps(2.0 * 0.797_884_6))
@@ -245,7 +245,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gate(gate: super::Gate, g: &mut [f32], u: &[f32]) {
+    pub unsafe fn gate(gate: super::Activation, g: &mut [f32], u: &[f32]) {
         let n = g.len();
         let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
         let mut i = 0;
@@ -376,15 +376,15 @@ mod tests {
         let mut x: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.173).collect();
         x.extend([-200.0, -90.0, -40.0, 40.0, 90.0, 200.0, 0.0]);
         let u: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        for which in [Gate::Silu, Gate::GeluTanh] {
+        for which in [Activation::Silu, Activation::GeluTanh] {
             let want: Vec<f64> = x
                 .iter()
                 .zip(&u)
                 .map(|(&x, &u)| {
                     let x = x as f64;
                     let a = match which {
-                        Gate::Silu => x / (1.0 + (-x).exp()),
-                        Gate::GeluTanh => {
+                        Activation::Silu => x / (1.0 + (-x).exp()),
+                        Activation::GeluTanh => {
                             0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
                         }
                     };
