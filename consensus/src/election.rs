@@ -18,8 +18,17 @@ use crate::typ::*;
 /// A peer that answered a ping within this long counts as reachable.
 const REACHABLE_WITHIN: Duration = Duration::from_millis(400);
 
-/// This node's last log id, as its election guard last read it (answered to pings).
-pub(crate) type LastLog = Arc<std::sync::Mutex<Option<LogId>>>;
+/// Reads this node's last log id from its log (answered to pings, read when asked: the
+/// guard itself reads it only in the rounds it needs it).
+pub(crate) type LastLog = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<LogId>> + Send + Sync>;
+
+/// The [`LastLog`] of a log store.
+pub(crate) fn last_log_of<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(log: LS) -> LastLog {
+    Arc::new(move || {
+        let mut log = log.clone();
+        Box::pin(async move { log.get_log_state().await.ok().and_then(|s| s.last_log_id) })
+    })
+}
 
 /// Each peer's last answer to the election guard's ping: when, and its last log id.
 type Answers = Arc<std::sync::Mutex<BTreeMap<NodeId, (Instant, Option<LogId>)>>>;
@@ -51,7 +60,7 @@ impl ElectionTimes {
 /// leader only when it may win, as a pre-vote would (openraft 0.9 has none): after it has
 /// heard from a leader (or a grace of twice the longest election timeout has passed: a
 /// new cluster), and only while a majority of the voters, itself included, answers its
-/// pings (every 50 ms) with a log no newer than its own, so would vote for it; then
+/// pings (every 50 ms, from shortly before its silence would make it run) with a log no newer than its own, so would vote for it; then
 /// after the same silence openraft would wait. Why not openraft's timer: a hub cut off
 /// from its peers would run alone again and again, raising its term, and back, unseat the
 /// leader with it; a follower that missed the leader's last entry would run first and be
@@ -59,14 +68,7 @@ impl ElectionTimes {
 /// for its shorter log keeps openraft's "seen a greater log" flag until it next runs,
 /// adding twice the longest election timeout (800 ms) to that election, however much
 /// later (all three found in the simulation's logs: failovers of 1.5-2.5 s).
-pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConfig> + Clone>(
-    raft: Raft,
-    net: Network,
-    me: NodeId,
-    times: ElectionTimes,
-    log: LS,
-    last_log: LastLog,
-) {
+pub(crate) async fn run_elections(raft: Raft, net: Network, me: NodeId, times: ElectionTimes, last_log: LastLog) {
     let started = Instant::now();
     let grace = 2 * times.lease;
     let mut heard_leader = false;
@@ -77,16 +79,17 @@ pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConf
     let mut rng = XorShift::new(now_ms() ^ me.rotate_left(32));
     let mut timeout = times.draw(&mut rng);
     let mut allowed = false;
+    // Changes of this node's vote, role, leader or membership: what ends a wait early.
+    let mut server = raft.server_metrics();
     loop {
         let round = Instant::now();
+        server.borrow_and_update();
         let m = raft.metrics().borrow().clone();
         if matches!(m.state, openraft::ServerState::Shutdown) {
             pinging.values().for_each(|t| t.abort());
             return;
         }
         heard_leader |= m.current_leader.is_some();
-        let mine = log.clone().get_log_state().await.ok().and_then(|s| s.last_log_id);
-        *crate::sync::lock(&last_log) = mine;
         let membership = m.membership_config.membership().clone();
         let voters: Vec<(NodeId, BasicNode)> = membership
             .voter_ids()
@@ -95,19 +98,32 @@ pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConf
             .collect();
         let voter = membership.voter_ids().any(|v| v == me);
         let leading = matches!(m.state, openraft::ServerState::Leader);
+        if !voter || leading {
+            // Nothing to decide until this node's role changes.
+            if !changed_within(&mut server, IDLE_CHECK).await {
+                return;
+            }
+            continue;
+        }
         // The last time this node heard a leader (or changed its vote), and how long a
         // silence makes it run.
-        let since = match voter && !leading {
-            true => raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started),
-            false => started,
-        };
+        let since = raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started);
         let silence = if m.vote.committed { times.lease + timeout } else { timeout };
-        // The answers count only when a voter that is not the leader has been silent that
-        // long (below), and only those of the last REACHABLE_WITHIN: pinging from a round
-        // before that window on gives every decision the answers it had when every hub
-        // pinged every 50 ms, without the leader's and the heard followers' pings.
-        let near = voter && !leading && since.elapsed() + REACHABLE_WITHIN + GUARD_EVERY >= silence;
-        for (id, node) in voters.iter().filter(|_| near) {
+        // The answers count only when this node has been silent that long (below), and
+        // only those of the last REACHABLE_WITHIN: pinging from a round before that window
+        // on gives every decision the answers it had when every hub pinged every 50 ms,
+        // without the leader's and the heard followers' pings. Until then the guard
+        // sleeps: a leader heard meanwhile only moves that moment later, and a change of
+        // vote or role wakes it.
+        let near_in = silence.saturating_sub(since.elapsed() + REACHABLE_WITHIN + GUARD_EVERY);
+        if !near_in.is_zero() {
+            if !changed_within(&mut server, near_in).await {
+                return;
+            }
+            continue;
+        }
+        let mine = last_log().await;
+        for (id, node) in voters.iter() {
             if pinging.get(id).is_some_and(|t| !t.is_finished()) {
                 continue;
             }
@@ -142,7 +158,7 @@ pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConf
             allowed = allow;
             tracing::debug!(would_vote, voters = voters.len() + 1, allow, "elections");
         }
-        if allow && voter && !leading && since.elapsed() >= silence {
+        if allow && since.elapsed() >= silence {
             tracing::info!(term = m.current_term, silent_ms = since.elapsed().as_millis() as u64, "running for leader");
             if raft.trigger().elect().await.is_err() {
                 return;
@@ -153,5 +169,19 @@ pub(crate) async fn run_elections<LS: openraft::storage::RaftLogStorage<TypeConf
     }
 }
 
-/// How often a hub reads its own log, pings each voter, and checks its election timer.
+/// Waits until this node's vote, role, leader or membership changes, or `wait` passes;
+/// false when the node is gone.
+async fn changed_within(server: &mut tokio::sync::watch::Receiver<ServerMetrics>, wait: Duration) -> bool {
+    tokio::select! {
+        changed = server.changed() => changed.is_ok(),
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// How often a leader (or a hub that does not vote) looks again without a change (none
+/// is needed: a bound, not a tick).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a hub near its election timer reads its own log, pings each voter, and checks
+/// the timer.
 const GUARD_EVERY: Duration = Duration::from_millis(50);

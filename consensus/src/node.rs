@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::batch::{batch_proposals, proposal_id, Waiting};
 use crate::clock::now_ms;
-use crate::election::{run_elections, ElectionTimes, LastLog};
+use crate::election::{last_log_of, run_elections, ElectionTimes, LastLog};
 use crate::error::{Error, Result};
 use crate::frame::{read_frame, write_frame};
 use crate::network::{parse_addr, Network, RaftReply, RaftRpc, Redirect, MAX_RAFT_FRAME};
@@ -71,17 +71,19 @@ pub enum HubChange {
 /// How long the leader waits for an added hub to catch up before giving up on it.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
-/// Heartbeats every 50 ms. A follower that stops hearing them runs for leader (from
+/// Heartbeats every 150 ms. A follower that stops hearing them runs for leader (from
 /// `run_elections`, which keeps openraft's timing) after openraft's leader lease
 /// (`election_timeout_max`, during which it also refuses to vote for anyone else) plus a
-/// random 200-400 ms: 600-800 ms of silence, 12 or more missed
-/// heartbeats, so a loaded 2-core machine that delays a few does not flap, while a dead
-/// leader is replaced and the next write acknowledged within 1 s. (openraft's defaults,
+/// random 200-400 ms: 600-800 ms of silence, 4 or more missed heartbeats (a leader
+/// stalled 450 ms; the other voter, which heard it within the lease, still refuses), so a
+/// loaded 2-core machine that delays a few does not flap, while a dead leader is replaced
+/// and the next write acknowledged within 1 s. (Every 50 ms cost an idle cluster about
+/// 0.4% of a core more and changed no failover time.) (openraft's defaults,
 /// 150-300 ms, flap here; etcd's 1,000 ms with the lease on top would take 2-3 s.)
 pub fn raft_config() -> Config {
     Config {
         cluster_name: "nave".into(),
-        heartbeat_interval: 50,
+        heartbeat_interval: 150,
         election_timeout_min: 200,
         election_timeout_max: 400,
         install_snapshot_timeout: 5_000,
@@ -230,9 +232,9 @@ impl ConsensusNode {
         // openraft's election timer stays off: a hub runs for leader from `run_elections`,
         // only when it may win.
         raft.runtime_config().elect(false);
-        let last_log = LastLog::default();
+        let last_log = last_log_of(guard_log);
         if !learner {
-            tokio::spawn(run_elections(raft.clone(), net.clone(), id, times, guard_log, last_log.clone()));
+            tokio::spawn(run_elections(raft.clone(), net.clone(), id, times, last_log.clone()));
         }
         let (batcher, waiting) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Self {
@@ -586,7 +588,7 @@ impl ConsensusNode {
                     RaftRpc::Snapshot(r) => RaftReply::Snapshot(node.raft.install_snapshot(r).await),
                     RaftRpc::Write(p) => RaftReply::Write(bounded(node.propose_local(p)).await),
                     RaftRpc::ReadIndex => RaftReply::ReadIndex(bounded(node.read_index_local()).await),
-                    RaftRpc::Ping => RaftReply::Pong(*crate::sync::lock(&node.last_log)),
+                    RaftRpc::Ping => RaftReply::Pong((node.last_log)().await),
                     RaftRpc::Hubs(change) => RaftReply::Hubs(node.change_hubs_local(change).await),
                     RaftRpc::RotateCert => RaftReply::Rotated(match node.rotate.get() {
                         Some(renew) => renew(),

@@ -26,3 +26,4 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;
