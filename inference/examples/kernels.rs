@@ -3,6 +3,9 @@
 //! `cargo run --release -p nave-inference --example kernels [threads]`.
 //! Prints GB/s of weights streamed and GMAC/s per shape and batch size; the matrices
 //! rotate through 64 MB of copies, so weights come from memory as in a model's decode.
+//! `NAVE_KERNELS_HOT=1` keeps one copy (in cache); `NAVE_KERNELS_ONLY=q5_0,262144` times
+//! only the shapes whose names contain one of those; `NAVE_KERNELS_PATH=avx2` only that
+//! path.
 
 use std::time::Instant;
 
@@ -46,9 +49,16 @@ fn main() {
         ("q5_0 2048x640", WeightType::Q5_0, 2048, 640),
         ("q8_0 2048x640", WeightType::Q8_0, 2048, 640),
     ];
-    for isa in Isa::available() {
+    // NAVE_KERNELS_ONLY=q5_0,q8_0: only the shapes whose names contain one of these.
+    let only: Vec<String> =
+        std::env::var("NAVE_KERNELS_ONLY").map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default();
+    let path = std::env::var("NAVE_KERNELS_PATH").ok();
+    for isa in Isa::available().into_iter().filter(|i| path.as_deref().is_none_or(|p| p == i.name())) {
         println!("path {} ({threads} threads)", isa.name());
         for (name, t, rows, cols) in shapes {
+            if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+                continue;
+            }
             // Enough copies to stream from memory, as a model's weights are in decode.
             let one = matrix(t, rows, cols);
             // NAVE_KERNELS_HOT=1: one copy, so the weights stay in cache (the kernels' own cost).

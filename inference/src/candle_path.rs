@@ -12,8 +12,6 @@
 //! On the CPU this path is the seam's reference: the tests run it against the engine's
 //! own kernels on the same file.
 
-use std::borrow::Cow;
-
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
@@ -33,7 +31,7 @@ impl Fused {
     fn new(ms: &[&QMatrix], device: &Device) -> Result<Self> {
         let (ty, cols) = (ms[0].ty, ms[0].cols);
         if ms.iter().all(|m| m.ty == ty && m.cols == cols) {
-            let data: Vec<u8> = ms.iter().flat_map(|m| m.data().iter().copied()).collect();
+            let data: Vec<u8> = ms.iter().flat_map(|m| m.data().into_owned()).collect();
             let rows = ms.iter().map(|m| m.rows).sum();
             let stacked = QMatrix::new(ty, rows, cols, data).map_err(Error::Engine)?;
             return Ok(Fused::One(upload(&stacked, device)?, ms.iter().map(|m| m.rows).collect()));
@@ -92,7 +90,7 @@ pub struct DeviceKv {
 }
 
 fn upload(m: &QMatrix, device: &Device) -> Result<QMatMul> {
-    let storage = QStorage::from_data(Cow::Borrowed(m.data()), device, m.ty.ggml())?;
+    let storage = QStorage::from_data(m.data(), device, m.ty.ggml())?;
     Ok(QMatMul::from_qtensor(QTensor::new(storage, (m.rows, m.cols))?)?)
 }
 

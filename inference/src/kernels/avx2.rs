@@ -6,6 +6,12 @@
 //! vector. Integer work is exact; only the float accumulation order differs from the
 //! scalar reference, and it is the same on every tile shape (see `tile32`).
 //!
+//! The 32-wide types are kept in panels of eight rows ([`super::panel`]): one 32-byte load
+//! holds four values of each of the eight rows, an activation's four bytes are broadcast
+//! against it, and each row's dot sums in its own lane, so a block costs no horizontal
+//! sums; every activation row passes over a block once it is unpacked (`panel32`). Rows
+//! past the last panel, and the K-quants and floats, take the tiles below.
+//!
 //! The integer dot of 32 unsigned weight values with 32 signed activations is
 //! `maddubs` (u8 x i8 pairs into i16, no overflow: 31 * 127 * 2 < 2^15) then `madd` with
 //! ones (i16 pairs into i32). Q8_0 weights are signed: `maddubs(|w|, sign(y, w))`.
@@ -20,6 +26,7 @@
 use std::arch::x86_64::*;
 
 use super::formats::{ActKind, Activations, WeightType, QK, QK_K};
+use super::panel::{self, Parts};
 use super::QMatrix;
 
 #[inline(always)]
@@ -72,6 +79,8 @@ pub enum Offset {
 pub trait Block32 {
     const BYTES: usize;
     const OFFSET: Offset;
+    /// Where its parts lie, in the file and in a [`super::panel`].
+    const PARTS: Parts;
     /// Signed values (Q8_0) instead of unsigned ones.
     const SIGNED: bool = false;
     /// The format has an offset term at all (all but Q8_0).
@@ -120,6 +129,7 @@ pub struct Q5_1;
 pub struct Q8_0;
 
 impl Block32 for Q4_0 {
+    const PARTS: Parts = Parts::must(WeightType::Q4_0);
     const BYTES: usize = 18;
     const OFFSET: Offset = Offset::Scaled(-8.0);
     #[inline(always)]
@@ -129,6 +139,7 @@ impl Block32 for Q4_0 {
 }
 
 impl Block32 for Q4_1 {
+    const PARTS: Parts = Parts::must(WeightType::Q4_1);
     const BYTES: usize = 20;
     const OFFSET: Offset = Offset::Stored;
     #[inline(always)]
@@ -138,6 +149,7 @@ impl Block32 for Q4_1 {
 }
 
 impl Block32 for Q5_0 {
+    const PARTS: Parts = Parts::must(WeightType::Q5_0);
     const BYTES: usize = 22;
     const OFFSET: Offset = Offset::Scaled(-16.0);
     #[inline(always)]
@@ -147,6 +159,7 @@ impl Block32 for Q5_0 {
 }
 
 impl Block32 for Q5_1 {
+    const PARTS: Parts = Parts::must(WeightType::Q5_1);
     const BYTES: usize = 24;
     const OFFSET: Offset = Offset::Stored;
     #[inline(always)]
@@ -156,6 +169,7 @@ impl Block32 for Q5_1 {
 }
 
 impl Block32 for Q8_0 {
+    const PARTS: Parts = Parts::must(WeightType::Q8_0);
     const BYTES: usize = 34;
     const OFFSET: Offset = Offset::None;
     const SIGNED: bool = true;
@@ -676,6 +690,13 @@ impl<B: FloatRow> Kernel for KF<B> {
 /// (`a.rows` x `w.rows`, columns `range` written by this call alone).
 pub unsafe fn rows(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
     match w.ty {
+        // The 32-wide types in panels (eight rows interleaved), rows past the last panel
+        // as below.
+        WeightType::Q4_0 if w.panels() => walk_panels::<Q4_0>(w, data, a, range, out),
+        WeightType::Q4_1 if w.panels() => walk_panels::<Q4_1>(w, data, a, range, out),
+        WeightType::Q5_0 if w.panels() => walk_panels::<Q5_0>(w, data, a, range, out),
+        WeightType::Q5_1 if w.panels() => walk_panels::<Q5_1>(w, data, a, range, out),
+        WeightType::Q8_0 if w.panels() => walk_panels::<Q8_0>(w, data, a, range, out),
         // Batched products of the 32-wide types decode each row block once (walk32);
         // below eight rows the decoding costs more than it saves.
         WeightType::Q4_0 if a.rows >= 8 => walk32::<Q4_0>(w, data, a, range, out),
@@ -929,5 +950,146 @@ unsafe fn walk32<B: Block32>(w: &QMatrix, data: &[u8], a: &Activations, range: s
             c += 4;
         }
         r = end;
+    }
+}
+
+/// The eight groups of four values of one block of a panel, as bytes: group `g` holds
+/// values `4g .. 4g + 4` of each of the eight rows (row `i` in bytes `4i .. 4i + 4`).
+#[inline(always)]
+unsafe fn panel_groups<B: Block32>(blk: *const u8) -> [__m256i; 8] {
+    let qs = blk.add(B::PARTS.panel_qs());
+    let chunk = |k: usize| _mm256_loadu_si256(qs.add(32 * k) as *const __m256i);
+    if B::SIGNED {
+        return std::array::from_fn(chunk);
+    }
+    let low = _mm256_set1_epi8(0x0F);
+    let c = [chunk(0), chunk(1), chunk(2), chunk(3)];
+    let mut g = [_mm256_setzero_si256(); 8];
+    for k in 0..4 {
+        g[k] = _mm256_and_si256(c[k], low);
+        g[k + 4] = _mm256_and_si256(_mm256_srli_epi16(c[k], 4), low);
+    }
+    if B::PARTS.qh {
+        // Bit `g` of each byte is group g's fifth bit: move it to bit 4.
+        let h = _mm256_loadu_si256(blk.add(B::PARTS.panel_qh()) as *const __m256i);
+        let five = _mm256_set1_epi8(0x10);
+        let bits = [
+            _mm256_slli_epi16(h, 4),
+            _mm256_slli_epi16(h, 3),
+            _mm256_slli_epi16(h, 2),
+            _mm256_slli_epi16(h, 1),
+            h,
+            _mm256_srli_epi16(h, 1),
+            _mm256_srli_epi16(h, 2),
+            _mm256_srli_epi16(h, 3),
+        ];
+        for k in 0..8 {
+            g[k] = _mm256_or_si256(g[k], _mm256_and_si256(bits[k], five));
+        }
+    }
+    g
+}
+
+/// Activation rows a panel's walk takes at a time (their sums stay in L1).
+const PANEL_ACTS: usize = 32;
+
+/// One panel (`nb` blocks at `pan`) times activation rows `c0 .. c0 + acc.len()`: per
+/// activation row, the eight rows' `acc` and `off` (summed as [`tile32`] sums them, so a
+/// row gives the same result in a panel as on its own).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel32<B: Block32>(pan: *const u8, nb: usize, a: &Activations, c0: usize, acc: &mut [[__m256; 2]]) {
+    let dy = a.d.as_ptr();
+    let sy = if B::ROUNDED_S { &a.s } else { &a.sx }.as_ptr();
+    for e in acc.iter_mut() {
+        *e = [_mm256_setzero_ps(); 2];
+    }
+    let ones = _mm256_set1_epi16(1);
+    for b in 0..nb {
+        let blk = pan.add(b * panel::ROWS * B::BYTES);
+        let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        let m8 = match B::OFFSET {
+            Offset::None => _mm256_setzero_ps(),
+            Offset::Scaled(k) => _mm256_mul_ps(_mm256_set1_ps(k), d8),
+            Offset::Stored => _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i)),
+        };
+        let g = panel_groups::<B>(blk);
+        let wa: [__m256i; 8] = if B::SIGNED { std::array::from_fn(|k| _mm256_sign_epi8(g[k], g[k])) } else { g };
+        for (j, e) in acc.iter_mut().enumerate() {
+            let c = c0 + j;
+            let q = a.q.as_ptr().add(c * a.cols + b * QK);
+            let y = |k: usize| _mm256_set1_epi32((q.add(4 * k) as *const i32).read_unaligned());
+            let isum = if B::SIGNED {
+                let mut s = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let p = _mm256_maddubs_epi16(wa[k], _mm256_sign_epi8(y(k), g[k]));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                }
+                s
+            } else {
+                // Four groups add up in i16 without overflow: 4 * 2 * 31 * 127 < 2^15.
+                let half = |k: usize| {
+                    let p01 =
+                        _mm256_add_epi16(_mm256_maddubs_epi16(g[k], y(k)), _mm256_maddubs_epi16(g[k + 1], y(k + 1)));
+                    let p23 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(g[k + 2], y(k + 2)),
+                        _mm256_maddubs_epi16(g[k + 3], y(k + 3)),
+                    );
+                    _mm256_madd_epi16(_mm256_add_epi16(p01, p23), ones)
+                };
+                _mm256_add_epi32(half(0), half(4))
+            };
+            let f = _mm256_cvtepi32_ps(isum);
+            e[0] = _mm256_fmadd_ps(_mm256_mul_ps(f, d8), _mm256_set1_ps(*dy.add(c * nb + b)), e[0]);
+            if B::HAS_M {
+                e[1] = _mm256_fmadd_ps(m8, _mm256_set1_ps(*sy.add(c * nb + b)), e[1]);
+            }
+        }
+    }
+}
+
+/// Rows `range` of a matrix of a 32-wide type in panels: whole panels (a panel that
+/// `range` cuts is computed whole and written in part), then the rows past the last panel
+/// in the file's layout.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn walk_panels<B: Block32>(
+    w: &QMatrix,
+    data: &[u8],
+    a: &Activations,
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    let nb = w.cols / QK;
+    let rb = w.ty.row_bytes(w.cols);
+    let n = a.rows;
+    let full = w.rows / panel::ROWS * panel::ROWS;
+    let mut acc = [[_mm256_setzero_ps(); 2]; PANEL_ACTS];
+    let (lo, hi) = (range.start.min(full), range.end.min(full));
+    if lo < hi {
+        for p in lo / panel::ROWS..hi.div_ceil(panel::ROWS) {
+            let r0 = p * panel::ROWS;
+            let pan = data.as_ptr().add(r0 * rb);
+            let mut c0 = 0;
+            while c0 < n {
+                let cn = (n - c0).min(PANEL_ACTS);
+                panel32::<B>(pan, nb, a, c0, &mut acc[..cn]);
+                for (j, e) in acc[..cn].iter().enumerate() {
+                    let mut lanes = [0.0f32; panel::ROWS];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(e[0], e[1]));
+                    for (i, v) in lanes.iter().enumerate() {
+                        if (lo..hi).contains(&(r0 + i)) {
+                            *out.add((c0 + j) * w.rows + r0 + i) = *v;
+                        }
+                    }
+                }
+                c0 += cn;
+            }
+        }
+    }
+    if range.end > full {
+        let tail = range.start.max(full)..range.end;
+        match n >= 8 {
+            true => walk32::<B>(w, data, a, tail, out),
+            false => walk::<K32<B>>(w, data, a, tail, out),
+        }
     }
 }

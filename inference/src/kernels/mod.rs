@@ -6,6 +6,7 @@
 //!   ([`Activations`]: Q8_0/Q8_1 blocks for the 32-wide types, Q8_K for the K-quants).
 //! - [`scalar`]: the portable reference, block by block; every other path is tested
 //!   against it.
+//! - [`panel`]: the 32-wide types' layout in memory, eight rows interleaved (bit-exact).
 //! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows.
 //! - [`vector`]: the `f32` vector operations of attention, on the same paths.
 //! - [`pool`]: the engine's worker threads.
@@ -22,6 +23,7 @@
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod formats;
+pub mod panel;
 pub mod pool;
 pub mod scalar;
 pub mod vector;
@@ -91,7 +93,8 @@ impl Isa {
 }
 
 /// A weight matrix of `rows` rows by `cols` columns, each row in the file's own type.
-/// The bytes are shared (a tied output layer is the embedding table itself).
+/// The bytes are shared (a tied output layer is the embedding table itself). The 32-wide
+/// types keep every eight rows as a [`panel`] (the same bytes, interleaved).
 #[derive(Clone)]
 pub struct QMatrix {
     pub ty: WeightType,
@@ -107,6 +110,7 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
+    /// A matrix of the file's bytes, `data` (rows of whole blocks).
     pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> std::result::Result<Self, String> {
         if !cols.is_multiple_of(ty.block_values()) {
             return Err(format!("{} rows of {cols} values are not whole blocks of {}", ty.name(), ty.block_values()));
@@ -115,6 +119,7 @@ impl QMatrix {
         if data.len() != want {
             return Err(format!("{} matrix {rows} x {cols} needs {want} bytes, has {}", ty.name(), data.len()));
         }
+        let data = if panel::panels(ty, rows) { panel::pack(ty, rows, cols, &data) } else { data };
         Ok(Self { ty, rows, cols, data: Arc::new(data) })
     }
 
@@ -122,27 +127,34 @@ impl QMatrix {
         self.data.len()
     }
 
-    /// The matrix's bytes exactly as the file stores them (rows of whole blocks).
-    pub fn data(&self) -> &[u8] {
-        &self.data
+    /// Whether rows are kept in panels (the kernels' layout) rather than one after another.
+    pub fn panels(&self) -> bool {
+        panel::panels(self.ty, self.rows)
     }
 
-    pub fn row(&self, r: usize) -> &[u8] {
-        let rb = self.ty.row_bytes(self.cols);
-        &self.data[r * rb..(r + 1) * rb]
+    /// The matrix's bytes as the file stores them (rows of whole blocks, one after another).
+    pub fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.panels() {
+            false => std::borrow::Cow::Borrowed(&self.data[..]),
+            true => std::borrow::Cow::Owned((0..self.rows).flat_map(|r| self.row(r).into_owned()).collect()),
+        }
+    }
+
+    /// Row `r` as the file stores it.
+    pub fn row(&self, r: usize) -> std::borrow::Cow<'_, [u8]> {
+        panel::row(self.ty, self.rows, self.cols, &self.data, r)
     }
 
     /// Rows `first .. first + n` as a matrix of their own: a fused tensor (q, k and v in
     /// one) cut into the products the forward pass runs. Rows are whole blocks, so this is
     /// a copy of bytes, never a re-quantization.
     pub fn rows(&self, first: usize, n: usize) -> QMatrix {
-        let rb = self.ty.row_bytes(self.cols);
-        let data = self.data[first * rb..(first + n) * rb].to_vec();
-        Self { ty: self.ty, rows: n, cols: self.cols, data: Arc::new(data) }
+        let data: Vec<u8> = (first..first + n).flat_map(|r| self.row(r).into_owned()).collect();
+        QMatrix::new(self.ty, n, self.cols, data).expect("whole rows of a valid matrix")
     }
 
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        formats::dequantize_row(self.ty, self.row(r), out);
+        formats::dequantize_row(self.ty, &self.row(r), out);
     }
 }
 
@@ -186,7 +198,7 @@ pub fn matmul(
     let act = &*act;
     let threads = pool.threads();
     pool.run(&|t| {
-        let mine = pool::share(total, t, threads, 4);
+        let mine = pool::share(total, t, threads, panel::ROWS);
         let mut base = 0;
         for (w, out) in ws.iter().zip(&ptrs) {
             let (lo, hi) = (mine.start.max(base), mine.end.min(base + w.rows));
@@ -211,9 +223,10 @@ unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<us
         Isa::Avx2 => unsafe { avx2::rows(w, &w.data, a, range, out.0) },
         _ => {
             for r in range {
+                let row = w.row(r);
                 for c in 0..a.rows {
                     // SAFETY: inside the output (see the function's contract).
-                    unsafe { *out.0.add(c * w.rows + r) = scalar::dot(w.ty, w.row(r), a, c) };
+                    unsafe { *out.0.add(c * w.rows + r) = scalar::dot(w.ty, &row, a, c) };
                 }
             }
         }

@@ -119,7 +119,8 @@ fn fused_products_equal_separate_ones() {
     let mut rng = Rng::new(11);
     let pool = Pool::new(3);
     let mut act = Activations::default();
-    let q = random_matrix(&mut rng, WeightType::Q4_1, 64, 576);
+    // 60 rows: the threads' shares (whole panels of the fused rows) cut k's second panel.
+    let q = random_matrix(&mut rng, WeightType::Q4_1, 60, 576);
     let k = random_matrix(&mut rng, WeightType::Q4_1, 21, 576);
     let v = random_matrix(&mut rng, WeightType::Q8_0, 22, 576);
     let x = random_input(&mut rng, 5, 576);
@@ -158,7 +159,7 @@ fn the_reference_is_the_dequantized_product() {
                 for r in 0..4 {
                     let plain: f64 = (0..cols).map(|k| deq[r * cols + k] as f64 * xa[k] as f64).sum();
                     let scale: f64 = (0..cols).map(|k| (deq[r * cols + k] as f64 * xa[k] as f64).abs()).sum();
-                    let got = scalar::dot(t, w.row(r), &act, c) as f64;
+                    let got = scalar::dot(t, &w.row(r), &act, c) as f64;
                     // Q4_1/Q5_1 pair with Q8_1's f16-rounded block sum, as llama.cpp does.
                     let tol = if matches!(t, WeightType::Q4_1 | WeightType::Q5_1) { 2e-3 } else { 2e-5 };
                     assert!((got - plain).abs() <= tol * scale + 1e-6, "{} cols {cols}: {got} vs {plain}", t.name());
@@ -190,11 +191,12 @@ fn dequantization_matches_candle() {
         assert_eq!(ggml(t).type_size(), t.block_bytes(), "{}", t.name());
         assert_eq!(ggml(t).block_size(), t.block_values(), "{}", t.name());
         let cols = *shapes(t).last().expect("shapes");
-        let w = random_matrix(&mut rng, t, 3, cols);
-        let bytes: Vec<u8> = (0..3).flat_map(|r| w.row(r).to_vec()).collect();
+        // 13 rows: a panel and rows after it, given back in the file's layout.
+        let w = random_matrix(&mut rng, t, 13, cols);
+        let bytes: Vec<u8> = (0..13).flat_map(|r| w.row(r).to_vec()).collect();
         let storage =
             QStorage::from_data(std::borrow::Cow::Owned(bytes), &candle_core::Device::Cpu, ggml(t)).expect("storage");
-        let theirs = QTensor::new(storage, (3, cols)).expect("tensor").dequantize(&candle_core::Device::Cpu);
+        let theirs = QTensor::new(storage, (13, cols)).expect("tensor").dequantize(&candle_core::Device::Cpu);
         let theirs = theirs.and_then(|t| t.flatten_all()?.to_vec1::<f32>()).expect("dequantize");
         assert_eq!(dequantized(&w), theirs, "{}", t.name());
     }
@@ -249,8 +251,9 @@ fn a_row_alone_equals_the_same_row_in_a_batch() {
                 continue;
             }
             let w = random_matrix(&mut rng, t, 37, cols);
-            // 6 rows: the small tiles; 11: the batched walk's decoded rows, with a tail.
-            for n in [6, 11] {
+            // 6 rows: the small tiles; 11: the batched walk's decoded rows, with a tail; 40:
+            // more activation rows than a panel takes at once.
+            for n in [6, 11, 40] {
                 let x = random_input(&mut rng, n, cols);
                 for isa in Isa::available() {
                     let mut batched = Vec::new();

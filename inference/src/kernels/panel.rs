@@ -1,0 +1,178 @@
+//! Panels: eight rows of a 32-wide type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) interleaved block
+//! by block, so that one 32-byte load holds four values of each of the eight rows and a
+//! product sums each row's dot in its own vector lane (no horizontal sums).
+//!
+//! A bit-exact rearrangement of the file's bytes, made at load: the same bytes in another
+//! order, nothing re-quantized, nothing added. A panel of rows `8p .. 8p + 8` takes exactly
+//! the bytes those rows take in the file, so rows past the last whole panel keep the file's
+//! layout at the file's offsets.
+//!
+//! Block `b` of a panel, `8 * block_bytes` bytes:
+//! - the eight rows' scales `d`, f16, side by side (16 bytes);
+//! - Q4_1, Q5_1: the eight stored offsets `m`, f16, side by side (16 bytes);
+//! - Q5_0, Q5_1: the 32 fifth bits of each row, rearranged (32 bytes): bit `g` of byte
+//!   `4i + j` is the fifth bit of row `i`'s value `4g + j`;
+//! - the value bytes in 32-byte chunks: chunk `k` holds bytes `4k .. 4k + 4` of each row's
+//!   `qs`, row `i` in bytes `4i .. 4i + 4` (16 bytes of `qs` a row: four chunks, whose low
+//!   nibbles are values `4k ..` and high nibbles values `16 + 4k ..`; Q8_0's 32: eight).
+
+use std::borrow::Cow;
+
+use super::formats::WeightType;
+
+/// Rows in a panel.
+pub const ROWS: usize = 8;
+
+/// Where a 32-wide block keeps its parts, in the file and in a panel.
+#[derive(Clone, Copy)]
+pub struct Parts {
+    /// Block bytes in the file.
+    pub bytes: usize,
+    /// The stored offset `m` (file: right after `d`).
+    pub m: bool,
+    /// The fifth bits (file: a u32 after `d` and `m`).
+    pub qh: bool,
+    /// Bytes of `qs` per row.
+    pub qs: usize,
+}
+
+impl Parts {
+    pub const fn of(ty: WeightType) -> Option<Parts> {
+        let (bytes, m, qh, qs) = match ty {
+            WeightType::Q4_0 => (18, false, false, 16),
+            WeightType::Q4_1 => (20, true, false, 16),
+            WeightType::Q5_0 => (22, false, true, 16),
+            WeightType::Q5_1 => (24, true, true, 16),
+            WeightType::Q8_0 => (34, false, false, 32),
+            _ => return None,
+        };
+        Some(Parts { bytes, m, qh, qs })
+    }
+
+    /// The parts of a type that has them (for constants of the kernels).
+    pub const fn must(ty: WeightType) -> Parts {
+        match Parts::of(ty) {
+            Some(p) => p,
+            None => panic!("not a 32-wide type"),
+        }
+    }
+
+    /// Offsets of `qh` and `qs` in a file block.
+    fn file_at(self) -> (usize, usize) {
+        let qh = 2 + if self.m { 2 } else { 0 };
+        (qh, qh + if self.qh { 4 } else { 0 })
+    }
+
+    /// Offset of the fifth bits in a panel block.
+    pub const fn panel_qh(self) -> usize {
+        16 + if self.m { 16 } else { 0 }
+    }
+
+    /// Offset of the value chunks in a panel block.
+    pub const fn panel_qs(self) -> usize {
+        self.panel_qh() + if self.qh { 32 } else { 0 }
+    }
+}
+
+/// Whether matrices of this type are stored as panels.
+pub fn panels(ty: WeightType, rows: usize) -> bool {
+    Parts::of(ty).is_some() && rows >= ROWS
+}
+
+/// Rows of `ty` (`rows` x `cols`, the file's bytes) with every whole panel interleaved.
+pub fn pack(ty: WeightType, rows: usize, cols: usize, file: &[u8]) -> Vec<u8> {
+    let Some(p) = Parts::of(ty) else { return file.to_vec() };
+    let nb = cols / 32;
+    let rb = nb * p.bytes;
+    let mut out = file.to_vec();
+    let (fqh, fqs) = p.file_at();
+    for panel in 0..rows / ROWS {
+        let base = panel * ROWS * rb;
+        for b in 0..nb {
+            let dst = &mut out[base + b * ROWS * p.bytes..base + (b + 1) * ROWS * p.bytes];
+            dst.fill(0);
+            for i in 0..ROWS {
+                let src = &file[base + i * rb + b * p.bytes..][..p.bytes];
+                dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
+                if p.m {
+                    dst[16 + 2 * i..16 + 2 * i + 2].copy_from_slice(&src[2..4]);
+                }
+                if p.qh {
+                    let bits = u32::from_le_bytes(src[fqh..fqh + 4].try_into().expect("4 bytes"));
+                    for v in 0..32 {
+                        let (g, j) = (v / 4, v % 4);
+                        dst[p.panel_qh() + 4 * i + j] |= (((bits >> v) & 1) as u8) << g;
+                    }
+                }
+                for k in 0..p.qs / 4 {
+                    let at = p.panel_qs() + 32 * k + 4 * i;
+                    dst[at..at + 4].copy_from_slice(&src[fqs + 4 * k..fqs + 4 * k + 4]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Row `r` in the file's layout, from `data` (as [`pack`] left it).
+pub fn row<'a>(ty: WeightType, rows: usize, cols: usize, data: &'a [u8], r: usize) -> Cow<'a, [u8]> {
+    let rb = ty.row_bytes(cols);
+    let p = match Parts::of(ty) {
+        Some(p) if panels(ty, rows) && r < rows / ROWS * ROWS => p,
+        _ => return Cow::Borrowed(&data[r * rb..(r + 1) * rb]),
+    };
+    let (fqh, fqs) = p.file_at();
+    let (panel, i) = (r / ROWS, r % ROWS);
+    let base = panel * ROWS * rb;
+    let mut out = vec![0u8; rb];
+    for b in 0..cols / 32 {
+        let src = &data[base + b * ROWS * p.bytes..][..ROWS * p.bytes];
+        let dst = &mut out[b * p.bytes..(b + 1) * p.bytes];
+        dst[..2].copy_from_slice(&src[2 * i..2 * i + 2]);
+        if p.m {
+            dst[2..4].copy_from_slice(&src[16 + 2 * i..16 + 2 * i + 2]);
+        }
+        if p.qh {
+            let mut bits = 0u32;
+            for v in 0..32 {
+                let (g, j) = (v / 4, v % 4);
+                bits |= (((src[p.panel_qh() + 4 * i + j] >> g) & 1) as u32) << v;
+            }
+            dst[fqh..fqh + 4].copy_from_slice(&bits.to_le_bytes());
+        }
+        for k in 0..p.qs / 4 {
+            let at = p.panel_qs() + 32 * k + 4 * i;
+            dst[fqs + 4 * k..fqs + 4 * k + 4].copy_from_slice(&src[at..at + 4]);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_every_byte_and_gives_back_each_row() {
+        for ty in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q5_0, WeightType::Q5_1, WeightType::Q8_0] {
+            for rows in [1, 7, 8, 13, 24] {
+                let cols = 96;
+                let rb = ty.row_bytes(cols);
+                let file: Vec<u8> = (0..rows * rb).map(|i| (i * 131 + i / 7) as u8).collect();
+                let packed = pack(ty, rows, cols, &file);
+                assert_eq!(packed.len(), file.len());
+                let mut sorted = (packed.clone(), file.clone());
+                sorted.0.sort_unstable();
+                sorted.1.sort_unstable();
+                if !Parts::of(ty).is_some_and(|p| p.qh) {
+                    // Only the fifth bits move between bytes; everything else is the same bytes.
+                    assert_eq!(sorted.0, sorted.1, "{ty:?} {rows}");
+                }
+                assert_eq!(packed != file, rows >= ROWS, "{ty:?} {rows}");
+                for r in 0..rows {
+                    assert_eq!(&*row(ty, rows, cols, &packed, r), &file[r * rb..(r + 1) * rb], "{ty:?} {rows} row {r}");
+                }
+            }
+        }
+    }
+}
