@@ -697,13 +697,6 @@ pub unsafe fn rows(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::R
         WeightType::Q5_0 if w.panels() => walk_panels::<Q5_0>(w, data, a, range, out),
         WeightType::Q5_1 if w.panels() => walk_panels::<Q5_1>(w, data, a, range, out),
         WeightType::Q8_0 if w.panels() => walk_panels::<Q8_0>(w, data, a, range, out),
-        // Batched products of the 32-wide types decode each row block once (walk32);
-        // below eight rows the decoding costs more than it saves.
-        WeightType::Q4_0 if a.rows >= 8 => walk32::<Q4_0>(w, data, a, range, out),
-        WeightType::Q4_1 if a.rows >= 8 => walk32::<Q4_1>(w, data, a, range, out),
-        WeightType::Q5_0 if a.rows >= 8 => walk32::<Q5_0>(w, data, a, range, out),
-        WeightType::Q5_1 if a.rows >= 8 => walk32::<Q5_1>(w, data, a, range, out),
-        WeightType::Q8_0 if a.rows >= 8 => walk32::<Q8_0>(w, data, a, range, out),
         WeightType::Q4_0 => walk::<K32<Q4_0>>(w, data, a, range, out),
         WeightType::Q4_1 => walk::<K32<Q4_1>>(w, data, a, range, out),
         WeightType::Q5_0 => walk::<K32<Q5_0>>(w, data, a, range, out),
@@ -791,160 +784,6 @@ unsafe fn walk<K: Kernel>(w: &QMatrix, data: &[u8], a: &Activations, range: std:
                     2 => tile!(1, 2, rr, c),
                     3 => tile!(1, 3, rr, c),
                     _ => tile!(1, 4, rr, c),
-                }
-            }
-            c += 4;
-        }
-        r = end;
-    }
-}
-
-/// A block of weight rows of a 32-wide type, decoded once for every activation tile that
-/// passes over it: values as bytes (and their magnitudes, for the signed Q8_0), scales
-/// and offset coefficients as `f32`. Sized to stay in L1 with the activation tile.
-struct Decoded {
-    nb: usize,
-    values: Vec<u8>,
-    abs: Vec<u8>,
-    d: Vec<f32>,
-    m: Vec<f32>,
-}
-
-/// Bytes of decoded rows that fit beside an activation tile in a 32 KB L1.
-const DECODED_BYTES: usize = 20 << 10;
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode32<B: Block32>(dec: &mut Decoded, rows: &[*const u8]) {
-    let nb = dec.nb;
-    for (i, &row) in rows.iter().enumerate() {
-        for b in 0..nb {
-            let p = row.add(b * B::BYTES);
-            let v = B::values(p);
-            let at = (i * nb + b) * QK;
-            _mm256_storeu_si256(dec.values.as_mut_ptr().add(at) as *mut __m256i, v);
-            if B::SIGNED {
-                _mm256_storeu_si256(dec.abs.as_mut_ptr().add(at) as *mut __m256i, _mm256_sign_epi8(v, v));
-            }
-            dec.d[i * nb + b] = B::d(p);
-            if B::HAS_M {
-                dec.m[i * nb + b] = B::m(p);
-            }
-        }
-    }
-}
-
-/// Decoded rows `r0..r0 + R` times activation rows `arows` (consecutive, at most four),
-/// summed as [`tile32`] sums: per (row, activation, block) only the integer dot is left
-/// besides the shared reduction and scaling.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile32_decoded<B: Block32, const R: usize, const C: usize>(
-    dec: &Decoded,
-    r0: usize,
-    a: &Activations,
-    arows: [usize; C],
-) -> Tile<R, C> {
-    debug_assert!(C <= 4 && arows.iter().enumerate().all(|(i, &r)| r == arows[0] + i));
-    let nb = dec.nb;
-    let c0 = arows[0];
-    let pr = a.padded_rows();
-    let dt = a.dt.as_ptr().add(c0);
-    let st = if B::ROUNDED_S { &a.st } else { &a.sxt }.as_ptr().add(c0);
-    let mut q = [std::ptr::null::<i8>(); C];
-    for (c, q) in q.iter_mut().enumerate() {
-        *q = a.q.as_ptr().add((c0 + c) * a.cols);
-    }
-    let vals = dec.values.as_ptr().add(r0 * nb * QK);
-    let abs = dec.abs.as_ptr().add(r0 * nb * QK);
-    let (dw, mw) = (dec.d.as_ptr().add(r0 * nb), dec.m.as_ptr().add(if B::HAS_M { r0 * nb } else { 0 }));
-    let (mut acc, mut off) = ([_mm_setzero_ps(); R], [_mm_setzero_ps(); R]);
-    for b in 0..nb {
-        let dy = _mm_loadu_ps(dt.add(b * pr));
-        let sy = _mm_loadu_ps(st.add(b * pr));
-        let mut y = [_mm256_setzero_si256(); C];
-        for c in 0..C {
-            y[c] = _mm256_loadu_si256(q[c].add(b * QK) as *const __m256i);
-        }
-        for r in 0..R {
-            let wv = _mm256_loadu_si256(vals.add((r * nb + b) * QK) as *const __m256i);
-            let wa = if B::SIGNED { _mm256_loadu_si256(abs.add((r * nb + b) * QK) as *const __m256i) } else { wv };
-            let mut v = [_mm256_setzero_si256(); 4];
-            for c in 0..C {
-                v[c] = idot::<B>(wv, wa, y[c]);
-            }
-            let f = _mm_cvtepi32_ps(reduce4(v));
-            acc[r] = _mm_fmadd_ps(_mm_mul_ps(f, _mm_broadcast_ss(&*dw.add(r * nb + b))), dy, acc[r]);
-            if B::HAS_M {
-                off[r] = _mm_fmadd_ps(_mm_broadcast_ss(&*mw.add(r * nb + b)), sy, off[r]);
-            }
-        }
-    }
-    let mut out = [[0.0; C]; R];
-    for r in 0..R {
-        let mut lanes = [0.0f32; 4];
-        _mm_storeu_ps(lanes.as_mut_ptr(), _mm_add_ps(acc[r], off[r]));
-        out[r].copy_from_slice(&lanes[..C]);
-    }
-    out
-}
-
-/// The batched walk of a 32-wide type: each block of weight rows is decoded once, then
-/// every tile of four activation rows passes over it.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn walk32<B: Block32>(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
-    let nb = w.cols / QK;
-    let rb = w.ty.row_bytes(w.cols);
-    let n = a.rows;
-    // An even number of rows (tiles take two), as many as fit DECODED_BYTES.
-    let per_row = nb * (QK + if B::SIGNED { QK } else { 0 } + 8);
-    let block_rows = (DECODED_BYTES / per_row.max(1)).clamp(2, 32) & !1;
-    let mut dec = Decoded {
-        nb,
-        values: vec![0; block_rows * nb * QK],
-        abs: if B::SIGNED { vec![0; block_rows * nb * QK] } else { Vec::new() },
-        d: vec![0.0; block_rows * nb],
-        m: if B::HAS_M { vec![0.0; block_rows * nb] } else { Vec::new() },
-    };
-    let mut ptrs = Vec::with_capacity(block_rows);
-    let mut r = range.start;
-    while r < range.end {
-        let end = (r + block_rows).min(range.end);
-        ptrs.clear();
-        ptrs.extend((r..end).map(|i| data.as_ptr().add(i * rb)));
-        decode32::<B>(&mut dec, &ptrs);
-        macro_rules! tile {
-            ($r:literal, $c:literal, $i:expr, $c0:expr) => {{
-                let (i, c0) = ($i, $c0);
-                let mut cs = [0usize; $c];
-                for (j, c) in cs.iter_mut().enumerate() {
-                    *c = c0 + j;
-                }
-                let t = tile32_decoded::<B, $r, $c>(&dec, i, a, cs);
-                for (k, row) in t.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate() {
-                        *out.add((c0 + j) * w.rows + r + i + k) = *v;
-                    }
-                }
-            }};
-        }
-        let rows = end - r;
-        let mut c = 0;
-        while c < n {
-            let mut i = 0;
-            while i + 2 <= rows {
-                match n - c {
-                    1 => tile!(2, 1, i, c),
-                    2 => tile!(2, 2, i, c),
-                    3 => tile!(2, 3, i, c),
-                    _ => tile!(2, 4, i, c),
-                }
-                i += 2;
-            }
-            if i < rows {
-                match n - c {
-                    1 => tile!(1, 1, i, c),
-                    2 => tile!(1, 2, i, c),
-                    3 => tile!(1, 3, i, c),
-                    _ => tile!(1, 4, i, c),
                 }
             }
             c += 4;
@@ -1086,10 +925,6 @@ unsafe fn walk_panels<B: Block32>(
         }
     }
     if range.end > full {
-        let tail = range.start.max(full)..range.end;
-        match n >= 8 {
-            true => walk32::<B>(w, data, a, tail, out),
-            false => walk::<K32<B>>(w, data, a, tail, out),
-        }
+        walk::<K32<B>>(w, data, a, range.start.max(full)..range.end, out);
     }
 }

@@ -251,8 +251,8 @@ fn a_row_alone_equals_the_same_row_in_a_batch() {
                 continue;
             }
             let w = random_matrix(&mut rng, t, 37, cols);
-            // 6 rows: the small tiles; 11: the batched walk's decoded rows, with a tail; 40:
-            // more activation rows than a panel takes at once.
+            // 37 weight rows: four panels and five rows on the tiles. 6 and 11 activation
+            // rows: whole tiles of four and a tail; 40: more than a panel takes at once.
             for n in [6, 11, 40] {
                 let x = random_input(&mut rng, n, cols);
                 for isa in Isa::available() {
