@@ -668,15 +668,34 @@ impl Worker {
             seq.registered = cached.len();
             seq.last_hash = hashes.get(cached.len().wrapping_sub(1)).copied().unwrap_or(seq.hash_seed);
             seq.computed = cached.len() * bs;
-            if seq.generated() == 0 {
-                seq.cached_tokens = seq.computed;
-                self.gauges.cached_tokens.fetch_add(seq.computed as u64, Ordering::Relaxed);
+            // The start of the next block, from a cached block that begins the same way
+            // (copied into this sequence's own block: the rest of that one differs).
+            let whole = cached.len();
+            let partial = match seq.prompt_logprobs.is_none() && seq.embedding.is_none() && self.kv.device.is_none() {
+                true => self.pool.partial(seq.last_hash, &seq.tokens[seq.computed..seq.tokens.len() - 1]),
+                false => None,
+            };
+            // Held while it is copied; a cached block held only for that must leave room.
+            let partial = partial.filter(|(b, _)| self.pool.held(*b) || self.pool.num_free() > need);
+            if let Some((b, _)) = partial {
+                self.pool.hold(b);
             }
             seq.blocks = cached;
             for _ in 0..need {
                 if let Some(b) = self.pool.allocate() {
                     seq.blocks.push(b);
                 }
+            }
+            if let Some((from, n)) = partial {
+                if let Some(&to) = seq.blocks.get(whole) {
+                    self.kv.copy_positions(from, to, n);
+                    seq.computed += n;
+                }
+                self.pool.release(from);
+            }
+            if seq.generated() == 0 {
+                seq.cached_tokens = seq.computed;
+                self.gauges.cached_tokens.fetch_add(seq.computed as u64, Ordering::Relaxed);
             }
             self.running.push(seq);
         }
@@ -747,8 +766,9 @@ impl Worker {
             s.computed += take;
             while (s.registered + 1) * bs <= s.computed {
                 let r = s.registered;
-                s.last_hash = block_hash(s.last_hash, &s.tokens[r * bs..(r + 1) * bs]);
-                self.pool.register(s.blocks[r], s.last_hash);
+                let (parent, tokens) = (s.last_hash, &s.tokens[r * bs..(r + 1) * bs]);
+                s.last_hash = block_hash(parent, tokens);
+                self.pool.register(s.blocks[r], parent, s.last_hash, tokens);
                 s.registered += 1;
             }
             let start = s.computed - take;

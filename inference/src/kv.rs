@@ -6,7 +6,10 @@
 //! prefixes. When a sequence ends its blocks return to the free queue but keep their
 //! hash: a later request that starts with the same tokens (a shared system prompt, the
 //! earlier turns of a session) takes them back instead of recomputing them, until the
-//! pool needs the space and the least recently used are reused.
+//! pool needs the space and the least recently used are reused. A request whose next
+//! tokens match only the start of a cached block (the same system prompt and template,
+//! then another question) copies that many positions out of it ([`BlockPool::partial`]),
+//! so only what differs is computed.
 //!
 //! [`KvStore`] holds the keys and values themselves, `[layer][block][slot][kv_dim]`.
 
@@ -41,6 +44,11 @@ pub struct BlockPool {
     refcount: Vec<u32>,
     hash_of: Vec<Option<u64>>,
     by_hash: HashMap<u64, BlockId>,
+    /// Per hashed block: the hash of the prefix before it, and its tokens.
+    parent_of: Vec<u64>,
+    tokens_of: Vec<Option<Box<[u32]>>>,
+    /// The hashed blocks after each prefix hash.
+    children: HashMap<u64, Vec<BlockId>>,
     /// Blocks with no reference, least recently released first, by release stamp.
     free: BTreeMap<u64, BlockId>,
     stamp_of: Vec<u64>,
@@ -57,6 +65,9 @@ impl BlockPool {
             refcount: vec![0; num_blocks],
             hash_of: vec![None; num_blocks],
             by_hash: HashMap::new(),
+            parent_of: vec![0; num_blocks],
+            tokens_of: vec![None; num_blocks],
+            children: HashMap::new(),
             free,
             stamp_of: (0..num_blocks as u64).collect(),
             next_stamp: num_blocks as u64,
@@ -95,6 +106,27 @@ impl BlockPool {
         taken
     }
 
+    /// The cached block after the prefix hashed as `parent` whose tokens start with the
+    /// longest run of `tokens`, and that run's length (at least one).
+    pub fn partial(&self, parent: u64, tokens: &[u32]) -> Option<(BlockId, usize)> {
+        let same = |b: &BlockId| {
+            let mine = self.tokens_of[*b as usize].as_deref().unwrap_or(&[]);
+            mine.iter().zip(tokens).take_while(|(a, b)| a == b).count()
+        };
+        let best = self.children.get(&parent)?.iter().map(|b| (*b, same(b))).max_by_key(|(_, k)| *k)?;
+        (best.1 > 0).then_some(best)
+    }
+
+    /// Whether a sequence holds block `b`.
+    pub fn held(&self, b: BlockId) -> bool {
+        self.refcount[b as usize] > 0
+    }
+
+    /// Takes a reference to block `b` (cached or held), for as long as it is read.
+    pub fn hold(&mut self, b: BlockId) {
+        self.acquire(b);
+    }
+
     fn acquire(&mut self, b: BlockId) {
         if self.refcount[b as usize] == 0 {
             self.free.remove(&self.stamp_of[b as usize]);
@@ -110,6 +142,14 @@ impl BlockPool {
             if self.by_hash.get(&h) == Some(&b) {
                 self.by_hash.remove(&h);
             }
+            let parent = self.parent_of[b as usize];
+            if let Some(c) = self.children.get_mut(&parent) {
+                c.retain(|x| *x != b);
+                if c.is_empty() {
+                    self.children.remove(&parent);
+                }
+            }
+            self.tokens_of[b as usize] = None;
         }
         self.refcount[b as usize] = 1;
         Some(b)
@@ -128,11 +168,15 @@ impl BlockPool {
         }
     }
 
-    /// Records that block `b` is full and holds the prefix hashed as `hash`.
-    pub fn register(&mut self, b: BlockId, hash: u64) {
+    /// Records that block `b` is full with `tokens` after the prefix hashed as `parent`:
+    /// it holds the prefix hashed as `hash`.
+    pub fn register(&mut self, b: BlockId, parent: u64, hash: u64, tokens: &[u32]) {
         if self.hash_of[b as usize].is_none() && !self.by_hash.contains_key(&hash) {
             self.hash_of[b as usize] = Some(hash);
             self.by_hash.insert(hash, b);
+            self.parent_of[b as usize] = parent;
+            self.tokens_of[b as usize] = Some(tokens.into());
+            self.children.entry(parent).or_default().push(b);
         }
     }
 
@@ -186,6 +230,19 @@ impl KvStore {
         layers * kv_dim * 2 * std::mem::size_of::<f32>()
     }
 
+    /// Copies the keys and values of the first `n` positions of block `from` to block `to`,
+    /// in every layer (host memory only).
+    pub fn copy_positions(&mut self, from: BlockId, to: BlockId, n: usize) {
+        let (src, dst, len) = (
+            from as usize * self.block_size * self.kv_dim,
+            to as usize * self.block_size * self.kv_dim,
+            n.min(self.block_size) * self.kv_dim,
+        );
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            layer.copy_within(src..src + len, dst);
+        }
+    }
+
     /// Offset of position `pos` of a sequence whose block table is `blocks`.
     #[inline]
     pub fn offset(&self, blocks: &[BlockId], pos: usize) -> usize {
@@ -213,8 +270,9 @@ mod tests {
         let tokens = [1, 2, 3, 4];
         let hashes = prefix_hashes(&tokens, 2, 0);
         let blocks: Vec<_> = (0..2).filter_map(|_| p.allocate()).collect();
-        for (b, h) in blocks.iter().zip(&hashes) {
-            p.register(*b, *h);
+        for (i, (b, h)) in blocks.iter().zip(&hashes).enumerate() {
+            let parent = if i == 0 { 0 } else { hashes[i - 1] };
+            p.register(*b, parent, *h, &tokens[2 * i..2 * i + 2]);
         }
         blocks.iter().for_each(|&b| p.release(b));
         assert_eq!(p.take_prefix(&hashes), blocks);
@@ -235,12 +293,36 @@ mod tests {
         let mut p = BlockPool::new(2, 2);
         let h = prefix_hashes(&[5, 6], 2, 0);
         let b = p.allocate().expect("a free block");
-        p.register(b, h[0]);
+        p.register(b, 0, h[0], &[5, 6]);
         assert_eq!(p.take_prefix(&h), vec![b]);
         p.release(b);
         assert_eq!(p.num_free(), 1, "still held once");
         p.release(b);
         assert_eq!(p.num_free(), 2);
+    }
+
+    #[test]
+    fn a_block_whose_start_matches_is_found_until_evicted() {
+        let mut p = BlockPool::new(3, 4);
+        let tokens = [1, 2, 3, 4, 5, 6, 7, 8];
+        let h = prefix_hashes(&tokens, 4, 0);
+        let (a, b) = (p.allocate().expect("a"), p.allocate().expect("b"));
+        p.register(a, 0, h[0], &tokens[..4]);
+        p.register(b, h[0], h[1], &tokens[4..]);
+        p.release(a);
+        p.release(b);
+        // After the first block: the second's first two tokens, then a difference.
+        assert_eq!(p.partial(h[0], &[5, 6, 9]), Some((b, 2)));
+        assert_eq!(p.partial(h[0], &[5]), Some((b, 1)));
+        assert_eq!(p.partial(h[0], &[9, 6]), None, "no common start");
+        assert_eq!(p.partial(0, &[1, 2, 3]), Some((a, 3)));
+        assert_eq!(p.partial(h[1], &[1]), None, "nothing cached after both");
+        // Reusing the blocks forgets them.
+        let all: Vec<_> = (0..3).filter_map(|_| p.allocate()).collect();
+        assert_eq!(p.partial(h[0], &[5, 6]), None);
+        assert_eq!(p.partial(0, &[1]), None);
+        all.iter().for_each(|&b| p.release(b));
+        assert!(p.all_free());
     }
 
     #[test]

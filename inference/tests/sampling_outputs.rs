@@ -141,7 +141,28 @@ fn n_choices_prefill_the_prompt_once_and_sample_with_their_own_seeds() {
     let (lp, choices) = collect_all(e.submit(request(&prompt, asked)).expect("q")).expect("runs");
     assert_eq!(lp.len(), prompt.len());
     assert_eq!(choices[0].tokens, choices[1].tokens, "greedy choices agree");
-    assert_eq!(choices[1].usage.cached_tokens, 32);
+    // Its two full blocks, and the first 11 tokens of the third from the earlier
+    // requests' (the prompt's last 12 then what they generated): all but the last token.
+    assert_eq!(choices[1].usage.cached_tokens, 43);
+}
+
+#[test]
+fn a_prompt_that_starts_like_a_cached_block_computes_only_the_rest() {
+    let (_d, path) = tiny();
+    let e = engine(&path, EngineConfig::default());
+    let first: Vec<u32> = PROMPT.iter().chain(PROMPT).copied().collect();
+    collect(e.submit(request(&first, SamplingParams::greedy(4))).expect("q")).expect("first");
+    // The same first 16 + 5 tokens (one whole block, five of the next), then others.
+    let second: Vec<u32> = first[..21].iter().copied().chain([200, 201, 202, 203]).collect();
+    let (_, ids, _, usage) =
+        collect(e.submit(request(&second, SamplingParams::greedy(8))).expect("q")).expect("second");
+    assert_eq!(usage.cached_tokens, 21, "the whole block and the five positions copied out of the next");
+    // The same answer as computing the whole prompt.
+    let fresh = engine(&path, EngineConfig::default());
+    let (_, alone, _, usage) =
+        collect(fresh.submit(request(&second, SamplingParams::greedy(8))).expect("q")).expect("alone");
+    assert_eq!(usage.cached_tokens, 0);
+    assert_eq!(ids, alone);
 }
 
 #[test]
