@@ -256,28 +256,45 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        // Candidates sorted by logit, cut by top-k first so later steps sort less.
+        // Candidates in order of logit (ties: the lower id first), cut by top-k first.
+        // Only the head is sorted up front: the truncations and the draw walk the order
+        // from its start and rarely get past it; when one does, the rest is sorted then.
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         let k = if p.top_k == 0 { cand.len() } else { p.top_k.min(cand.len()) };
         if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            cand.select_nth_unstable_by(k - 1, order);
             cand.truncate(k);
         }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let head = SORTED_HEAD.min(cand.len());
+        if head < cand.len() {
+            cand.select_nth_unstable_by(head - 1, order);
+        }
+        cand[..head].sort_unstable_by(order);
+        let mut sorted = head;
+        let sort_all = |cand: &mut [(u32, f32)], sorted: &mut usize| {
+            if *sorted < cand.len() {
+                cand[*sorted..].sort_unstable_by(order);
+                *sorted = cand.len();
+            }
+        };
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= total);
-        let mut keep = probs.len();
+        // Weights relative to the most likely (1 for it); probabilities are weight / total.
+        let weight = |l: f32| (((l - max) / p.temperature) as f64).exp();
+        let total: f64 = cand.iter().map(|&(_, l)| weight(l)).sum();
+        // min-p keeps every candidate at least min_p times as likely as the first (a
+        // prefix of the order, counted without it).
+        let mut keep = cand.len();
         if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p as f64;
-            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+            keep = cand.iter().filter(|&&(_, l)| weight(l) >= p.min_p as f64).count().max(1);
         }
         if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut n = 0;
-            for &x in &probs[..keep] {
-                acc += x;
+            let (mut acc, mut n) = (0.0, 0);
+            while n < keep {
+                if n == sorted {
+                    sort_all(&mut cand, &mut sorted);
+                }
+                acc += weight(cand[n].1) / total;
                 n += 1;
                 if acc >= p.top_p as f64 {
                     break;
@@ -285,9 +302,20 @@ impl Sampler {
             }
             keep = n.max(1);
         }
-        let total: f64 = probs[..keep].iter().sum();
-        let mut r = self.rng.next_f64() * total;
-        for (i, &x) in probs[..keep].iter().enumerate() {
+        let kept: f64 = if keep == cand.len() {
+            total
+        } else {
+            if keep > sorted {
+                sort_all(&mut cand, &mut sorted);
+            }
+            cand[..keep].iter().map(|&(_, l)| weight(l)).sum()
+        };
+        let mut r = self.rng.next_f64() * kept;
+        for i in 0..keep {
+            if i == sorted {
+                sort_all(&mut cand, &mut sorted);
+            }
+            let x = weight(cand[i].1);
             if r < x {
                 return cand[i].0;
             }
@@ -296,6 +324,9 @@ impl Sampler {
         cand[keep - 1].0
     }
 }
+
+/// Candidates the sampler sorts before it draws (the rest only when a draw reaches them).
+const SORTED_HEAD: usize = 256;
 
 /// A token's log-probability and the most likely alternatives at its position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -383,6 +414,21 @@ mod tests {
         assert!((0..32).all(|_| s.sample(&mut logits()) == 1));
         let mut s = Sampler::new(SamplingParams { top_p: 0.01, seed: Some(1), ..Default::default() }, &[], 0);
         assert!((0..32).all(|_| s.sample(&mut logits()) == 1));
+    }
+
+    #[test]
+    fn draws_reach_past_the_sorted_head() {
+        // 1,000 equally likely tokens: most draws land past the first SORTED_HEAD.
+        let logits = vec![0.0f32; 1000];
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: Some(9), ..Default::default() }, &[], 0);
+        let draws: Vec<u32> = (0..2000).map(|_| s.sample(&mut logits.clone())).collect();
+        let past = draws.iter().filter(|&&t| t as usize >= SORTED_HEAD).count();
+        assert!(past > 1200, "{past} of 2000 past the head, about 1488 expected");
+        // top-p past the head: 0.9 of the mass is the first 900 tokens.
+        let mut s = Sampler::new(SamplingParams { top_p: 0.9, seed: Some(9), ..Default::default() }, &[], 0);
+        let draws: Vec<u32> = (0..2000).map(|_| s.sample(&mut logits.clone())).collect();
+        assert!(draws.iter().all(|&t| t < 901), "top-p keeps the first 900 or 901");
+        assert!(draws.iter().any(|&t| t > 800));
     }
 
     #[test]
