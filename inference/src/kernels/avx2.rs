@@ -900,7 +900,7 @@ unsafe fn walk_panels<B: Block32>(
     let nb = w.cols / QK;
     let rb = w.ty.row_bytes(w.cols);
     let n = a.rows;
-    let full = w.rows / panel::ROWS * panel::ROWS;
+    let full = w.packed_rows();
     let mut acc = [[_mm256_setzero_ps(); 2]; PANEL_ACTS];
     let (lo, hi) = (range.start.min(full), range.end.min(full));
     if lo < hi {

@@ -93,14 +93,17 @@ impl Isa {
 }
 
 /// A weight matrix of `rows` rows by `cols` columns, each row in the file's own type.
-/// The bytes are shared (a tied output layer is the embedding table itself). The 32-wide
-/// types keep every eight rows as a [`panel`] (the same bytes, interleaved).
+/// The bytes are shared (a tied output layer is the embedding table itself). On the
+/// vector paths the 32-wide types keep every eight rows as a [`panel`] (the same bytes,
+/// interleaved); the scalar path reads the file's layout as it is.
 #[derive(Clone)]
 pub struct QMatrix {
     pub ty: WeightType,
     pub rows: usize,
     pub cols: usize,
     data: Arc<Vec<u8>>,
+    /// Rows kept in panels (the first ones, a multiple of eight), 0 for none.
+    packed: usize,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -119,8 +122,12 @@ impl QMatrix {
         if data.len() != want {
             return Err(format!("{} matrix {rows} x {cols} needs {want} bytes, has {}", ty.name(), data.len()));
         }
-        let data = if panel::panels(ty, rows) { panel::pack(ty, rows, cols, &data) } else { data };
-        Ok(Self { ty, rows, cols, data: Arc::new(data) })
+        let packed = match panel::panels(ty, rows) && Isa::active() != Isa::Scalar {
+            true => rows / panel::ROWS * panel::ROWS,
+            false => 0,
+        };
+        let data = if packed > 0 { panel::pack(ty, rows, cols, &data) } else { data };
+        Ok(Self { ty, rows, cols, data: Arc::new(data), packed })
     }
 
     pub fn bytes(&self) -> usize {
@@ -129,7 +136,12 @@ impl QMatrix {
 
     /// Whether rows are kept in panels (the kernels' layout) rather than one after another.
     pub fn panels(&self) -> bool {
-        panel::panels(self.ty, self.rows)
+        self.packed > 0
+    }
+
+    /// Rows kept in panels: the first ones, a multiple of eight.
+    pub fn packed_rows(&self) -> usize {
+        self.packed
     }
 
     /// The matrix's bytes as the file stores them (rows of whole blocks, one after another).
@@ -142,7 +154,7 @@ impl QMatrix {
 
     /// Row `r` as the file stores it.
     pub fn row(&self, r: usize) -> std::borrow::Cow<'_, [u8]> {
-        panel::row(self.ty, self.rows, self.cols, &self.data, r)
+        panel::row(self.ty, self.cols, &self.data, self.packed, r)
     }
 
     /// Rows `first .. first + n` as a matrix of their own: a fused tensor (q, k and v in
@@ -222,11 +234,21 @@ unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<us
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::rows(w, &w.data, a, range, out.0) },
         _ => {
+            // Rows of a panel are put back in the file's layout one at a time, in one buffer
+            // (the panel stays in cache for its eight rows).
+            let rb = w.ty.row_bytes(w.cols);
+            let mut buf = Vec::new();
             for r in range {
-                let row = w.row(r);
+                let row = match r < w.packed {
+                    true => {
+                        panel::row_into(w.ty, w.cols, &w.data, r, &mut buf);
+                        &buf[..]
+                    }
+                    false => &w.data[r * rb..(r + 1) * rb],
+                };
                 for c in 0..a.rows {
                     // SAFETY: inside the output (see the function's contract).
-                    unsafe { *out.0.add(c * w.rows + r) = scalar::dot(w.ty, &row, a, c) };
+                    unsafe { *out.0.add(c * w.rows + r) = scalar::dot(w.ty, row, a, c) };
                 }
             }
         }

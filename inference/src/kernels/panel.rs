@@ -74,7 +74,7 @@ impl Parts {
     }
 }
 
-/// Whether matrices of this type are stored as panels.
+/// Whether a matrix of this type and size can be stored as panels.
 pub fn panels(ty: WeightType, rows: usize) -> bool {
     Parts::of(ty).is_some() && rows >= ROWS
 }
@@ -114,17 +114,29 @@ pub fn pack(ty: WeightType, rows: usize, cols: usize, file: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Row `r` in the file's layout, from `data` (as [`pack`] left it).
-pub fn row<'a>(ty: WeightType, rows: usize, cols: usize, data: &'a [u8], r: usize) -> Cow<'a, [u8]> {
+/// Row `r` in the file's layout, from `data` (as [`pack`] left it, with `packed` rows in
+/// panels).
+pub fn row(ty: WeightType, cols: usize, data: &[u8], packed: usize, r: usize) -> Cow<'_, [u8]> {
     let rb = ty.row_bytes(cols);
-    let p = match Parts::of(ty) {
-        Some(p) if panels(ty, rows) && r < rows / ROWS * ROWS => p,
-        _ => return Cow::Borrowed(&data[r * rb..(r + 1) * rb]),
-    };
+    match r < packed {
+        false => Cow::Borrowed(&data[r * rb..(r + 1) * rb]),
+        true => {
+            let mut out = Vec::new();
+            row_into(ty, cols, data, r, &mut out);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// Row `r` (of a whole panel) in the file's layout, into `out`.
+pub fn row_into(ty: WeightType, cols: usize, data: &[u8], r: usize, out: &mut Vec<u8>) {
+    let p = Parts::must(ty);
+    let rb = ty.row_bytes(cols);
     let (fqh, fqs) = p.file_at();
     let (panel, i) = (r / ROWS, r % ROWS);
     let base = panel * ROWS * rb;
-    let mut out = vec![0u8; rb];
+    out.clear();
+    out.resize(rb, 0);
     for b in 0..cols / 32 {
         let src = &data[base + b * ROWS * p.bytes..][..ROWS * p.bytes];
         let dst = &mut out[b * p.bytes..(b + 1) * p.bytes];
@@ -145,7 +157,6 @@ pub fn row<'a>(ty: WeightType, rows: usize, cols: usize, data: &'a [u8], r: usiz
             dst[fqs + 4 * k..fqs + 4 * k + 4].copy_from_slice(&src[at..at + 4]);
         }
     }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -169,8 +180,13 @@ mod tests {
                     assert_eq!(sorted.0, sorted.1, "{ty:?} {rows}");
                 }
                 assert_eq!(packed != file, rows >= ROWS, "{ty:?} {rows}");
+                let whole = if rows >= ROWS { rows / ROWS * ROWS } else { 0 };
                 for r in 0..rows {
-                    assert_eq!(&*row(ty, rows, cols, &packed, r), &file[r * rb..(r + 1) * rb], "{ty:?} {rows} row {r}");
+                    assert_eq!(
+                        &*row(ty, cols, &packed, whole, r),
+                        &file[r * rb..(r + 1) * rb],
+                        "{ty:?} {rows} row {r}"
+                    );
                 }
             }
         }
