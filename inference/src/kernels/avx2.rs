@@ -829,6 +829,9 @@ unsafe fn panel_groups<B: Block32>(blk: *const u8) -> [__m256i; 8] {
     g
 }
 
+/// How far ahead of the block it multiplies a panel's walk fetches weights (bytes).
+const PANEL_AHEAD: usize = 1024;
+
 /// Activation rows a panel's walk takes at a time (their sums stay in L1).
 const PANEL_ACTS: usize = 32;
 
@@ -845,6 +848,12 @@ unsafe fn panel32<B: Block32>(pan: *const u8, nb: usize, a: &Activations, c0: us
     let ones = _mm256_set1_epi16(1);
     for b in 0..nb {
         let blk = pan.add(b * panel::ROWS * B::BYTES);
+        if acc.len() <= 4 {
+            // Few activation rows: the weights stream from memory; fetch a few blocks ahead.
+            for line in (0..panel::ROWS * B::BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.add(PANEL_AHEAD + line) as *const i8);
+            }
+        }
         let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
         let m8 = match B::OFFSET {
             Offset::None => _mm256_setzero_ps(),
