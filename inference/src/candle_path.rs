@@ -16,7 +16,7 @@ use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::kernels::QMatrix;
+use crate::kernels::{QMatrix, WeightType};
 use crate::kv::{BlockId, KvStore};
 use crate::model::{Activation, Layer, ModelConfig, RopeStyle, RopeTable, Row, Transformer};
 
@@ -31,10 +31,11 @@ impl Fused {
     fn new(ms: &[&QMatrix], device: &Device) -> Result<Self> {
         let (ty, cols) = (ms[0].ty, ms[0].cols);
         if ms.iter().all(|m| m.ty == ty && m.cols == cols) {
+            // The file's bytes of each, one after another, straight to the device.
             let data: Vec<u8> = ms.iter().flat_map(|m| m.data().into_owned()).collect();
             let rows = ms.iter().map(|m| m.rows).sum();
-            let stacked = QMatrix::new(ty, rows, cols, data).map_err(Error::Engine)?;
-            return Ok(Fused::One(upload(&stacked, device)?, ms.iter().map(|m| m.rows).collect()));
+            let stacked = upload_bytes(std::borrow::Cow::Owned(data), ty, rows, cols, device)?;
+            return Ok(Fused::One(stacked, ms.iter().map(|m| m.rows).collect()));
         }
         Ok(Fused::Each(ms.iter().map(|m| upload(m, device)).collect::<Result<_>>()?))
     }
@@ -90,8 +91,19 @@ pub struct DeviceKv {
 }
 
 fn upload(m: &QMatrix, device: &Device) -> Result<QMatMul> {
-    let storage = QStorage::from_data(m.data(), device, m.ty.ggml())?;
-    Ok(QMatMul::from_qtensor(QTensor::new(storage, (m.rows, m.cols))?)?)
+    upload_bytes(m.data(), m.ty, m.rows, m.cols, device)
+}
+
+/// A matrix of `rows` x `cols` of `ty` from the file's bytes.
+fn upload_bytes(
+    bytes: std::borrow::Cow<'_, [u8]>,
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Result<QMatMul> {
+    let storage = QStorage::from_data(bytes, device, ty.ggml())?;
+    Ok(QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?)
 }
 
 fn vector(v: &[f32], device: &Device) -> Result<Tensor> {

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use crate::detok::{Detokenizer, Step};
 use crate::error::{Error, Result};
 use crate::grammar::{Grammars, Guide};
-use crate::kv::{block_hash, prefix_hashes, BlockId, BlockPool, KvStore};
+use crate::kv::{prefix_hashes, BlockId, BlockPool, KvStore};
 use crate::ledger::{Ledger, Partition, Reservation};
 use crate::model::{Pooling, Row, ServingAdapter};
 use crate::sampler::{logprobs, Sampler, SamplingParams, TokenLogprob};
@@ -766,9 +766,7 @@ impl Worker {
             s.computed += take;
             while (s.registered + 1) * bs <= s.computed {
                 let r = s.registered;
-                let (parent, tokens) = (s.last_hash, &s.tokens[r * bs..(r + 1) * bs]);
-                s.last_hash = block_hash(parent, tokens);
-                self.pool.register(s.blocks[r], parent, s.last_hash, tokens);
+                s.last_hash = self.pool.register(s.blocks[r], s.last_hash, &s.tokens[r * bs..(r + 1) * bs]);
                 s.registered += 1;
             }
             let start = s.computed - take;

@@ -38,16 +38,23 @@ pub fn prefix_hashes(tokens: &[u32], block_size: usize, seed: u64) -> Vec<u64> {
         .collect()
 }
 
+/// A full block the prefix cache can find: the hash of the prefix it ends, the hash of
+/// the prefix before it, and its tokens.
+#[derive(Debug, Clone)]
+struct Cached {
+    hash: u64,
+    parent: u64,
+    tokens: Box<[u32]>,
+}
+
 #[derive(Debug)]
 pub struct BlockPool {
     block_size: usize,
     refcount: Vec<u32>,
-    hash_of: Vec<Option<u64>>,
+    /// What each full block caches, if it is the one the cache finds for its prefix.
+    cached: Vec<Option<Cached>>,
     by_hash: HashMap<u64, BlockId>,
-    /// Per hashed block: the hash of the prefix before it, and its tokens.
-    parent_of: Vec<u64>,
-    tokens_of: Vec<Option<Box<[u32]>>>,
-    /// The hashed blocks after each prefix hash.
+    /// The cached blocks after each prefix hash.
     children: HashMap<u64, Vec<BlockId>>,
     /// Blocks with no reference, least recently released first, by release stamp.
     free: BTreeMap<u64, BlockId>,
@@ -63,10 +70,8 @@ impl BlockPool {
         Self {
             block_size,
             refcount: vec![0; num_blocks],
-            hash_of: vec![None; num_blocks],
+            cached: vec![None; num_blocks],
             by_hash: HashMap::new(),
-            parent_of: vec![0; num_blocks],
-            tokens_of: vec![None; num_blocks],
             children: HashMap::new(),
             free,
             stamp_of: (0..num_blocks as u64).collect(),
@@ -99,7 +104,7 @@ impl BlockPool {
         let mut taken = Vec::new();
         for h in hashes {
             let Some(&b) = self.by_hash.get(h) else { break };
-            self.acquire(b);
+            self.hold(b);
             taken.push(b);
         }
         self.hits += taken.len() as u64;
@@ -110,7 +115,7 @@ impl BlockPool {
     /// longest run of `tokens`, and that run's length (at least one).
     pub fn partial(&self, parent: u64, tokens: &[u32]) -> Option<(BlockId, usize)> {
         let same = |b: &BlockId| {
-            let mine = self.tokens_of[*b as usize].as_deref().unwrap_or(&[]);
+            let mine = self.cached[*b as usize].as_ref().map_or(&[][..], |c| &c.tokens);
             mine.iter().zip(tokens).take_while(|(a, b)| a == b).count()
         };
         let best = self.children.get(&parent)?.iter().map(|b| (*b, same(b))).max_by_key(|(_, k)| *k)?;
@@ -122,12 +127,8 @@ impl BlockPool {
         self.refcount[b as usize] > 0
     }
 
-    /// Takes a reference to block `b` (cached or held), for as long as it is read.
+    /// Takes a reference to block `b` (cached or held).
     pub fn hold(&mut self, b: BlockId) {
-        self.acquire(b);
-    }
-
-    fn acquire(&mut self, b: BlockId) {
         if self.refcount[b as usize] == 0 {
             self.free.remove(&self.stamp_of[b as usize]);
         }
@@ -138,18 +139,14 @@ impl BlockPool {
     /// exhausted.
     pub fn allocate(&mut self) -> Option<BlockId> {
         let (_, b) = self.free.pop_first()?;
-        if let Some(h) = self.hash_of[b as usize].take() {
-            if self.by_hash.get(&h) == Some(&b) {
-                self.by_hash.remove(&h);
-            }
-            let parent = self.parent_of[b as usize];
-            if let Some(c) = self.children.get_mut(&parent) {
-                c.retain(|x| *x != b);
-                if c.is_empty() {
-                    self.children.remove(&parent);
+        if let Some(c) = self.cached[b as usize].take() {
+            self.by_hash.remove(&c.hash);
+            if let Some(after) = self.children.get_mut(&c.parent) {
+                after.retain(|x| *x != b);
+                if after.is_empty() {
+                    self.children.remove(&c.parent);
                 }
             }
-            self.tokens_of[b as usize] = None;
         }
         self.refcount[b as usize] = 1;
         Some(b)
@@ -168,16 +165,16 @@ impl BlockPool {
         }
     }
 
-    /// Records that block `b` is full with `tokens` after the prefix hashed as `parent`:
-    /// it holds the prefix hashed as `hash`.
-    pub fn register(&mut self, b: BlockId, parent: u64, hash: u64, tokens: &[u32]) {
-        if self.hash_of[b as usize].is_none() && !self.by_hash.contains_key(&hash) {
-            self.hash_of[b as usize] = Some(hash);
+    /// Records that block `b` is full with `tokens` after the prefix hashed as `parent`,
+    /// and returns the hash of the prefix it ends ([`block_hash`]).
+    pub fn register(&mut self, b: BlockId, parent: u64, tokens: &[u32]) -> u64 {
+        let hash = block_hash(parent, tokens);
+        if self.cached[b as usize].is_none() && !self.by_hash.contains_key(&hash) {
+            self.cached[b as usize] = Some(Cached { hash, parent, tokens: tokens.into() });
             self.by_hash.insert(hash, b);
-            self.parent_of[b as usize] = parent;
-            self.tokens_of[b as usize] = Some(tokens.into());
             self.children.entry(parent).or_default().push(b);
         }
+        hash
     }
 
     /// Whether every block is back in the free queue (for leak checks).
@@ -272,7 +269,7 @@ mod tests {
         let blocks: Vec<_> = (0..2).filter_map(|_| p.allocate()).collect();
         for (i, (b, h)) in blocks.iter().zip(&hashes).enumerate() {
             let parent = if i == 0 { 0 } else { hashes[i - 1] };
-            p.register(*b, parent, *h, &tokens[2 * i..2 * i + 2]);
+            assert_eq!(p.register(*b, parent, &tokens[2 * i..2 * i + 2]), *h);
         }
         blocks.iter().for_each(|&b| p.release(b));
         assert_eq!(p.take_prefix(&hashes), blocks);
@@ -293,7 +290,7 @@ mod tests {
         let mut p = BlockPool::new(2, 2);
         let h = prefix_hashes(&[5, 6], 2, 0);
         let b = p.allocate().expect("a free block");
-        p.register(b, 0, h[0], &[5, 6]);
+        p.register(b, 0, &[5, 6]);
         assert_eq!(p.take_prefix(&h), vec![b]);
         p.release(b);
         assert_eq!(p.num_free(), 1, "still held once");
@@ -307,8 +304,8 @@ mod tests {
         let tokens = [1, 2, 3, 4, 5, 6, 7, 8];
         let h = prefix_hashes(&tokens, 4, 0);
         let (a, b) = (p.allocate().expect("a"), p.allocate().expect("b"));
-        p.register(a, 0, h[0], &tokens[..4]);
-        p.register(b, h[0], h[1], &tokens[4..]);
+        p.register(a, 0, &tokens[..4]);
+        p.register(b, h[0], &tokens[4..]);
         p.release(a);
         p.release(b);
         // After the first block: the second's first two tokens, then a difference.

@@ -259,8 +259,10 @@ impl Sampler {
         // Candidates in order of logit (ties: the lower id first), cut by top-k first.
         // Only the head is sorted up front: the truncations and the draw walk the order
         // from its start and rarely get past it; when one does, the rest is sorted then.
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        // Each carries its weight, relative to the most likely (1 for it; probabilities
+        // are weight / total), once the head gives the maximum.
+        let order = |a: &(u32, f32, f64), b: &(u32, f32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let mut cand: Vec<(u32, f32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l, 0.0)).collect();
         let k = if p.top_k == 0 { cand.len() } else { p.top_k.min(cand.len()) };
         if k < cand.len() {
             cand.select_nth_unstable_by(k - 1, order);
@@ -272,21 +274,22 @@ impl Sampler {
         }
         cand[..head].sort_unstable_by(order);
         let mut sorted = head;
-        let sort_all = |cand: &mut [(u32, f32)], sorted: &mut usize| {
+        let sort_all = |cand: &mut [(u32, f32, f64)], sorted: &mut usize| {
             if *sorted < cand.len() {
                 cand[*sorted..].sort_unstable_by(order);
                 *sorted = cand.len();
             }
         };
         let max = cand[0].1;
-        // Weights relative to the most likely (1 for it); probabilities are weight / total.
-        let weight = |l: f32| (((l - max) / p.temperature) as f64).exp();
-        let total: f64 = cand.iter().map(|&(_, l)| weight(l)).sum();
+        for c in cand.iter_mut() {
+            c.2 = (((c.1 - max) / p.temperature) as f64).exp();
+        }
+        let total: f64 = cand.iter().map(|c| c.2).sum();
         // min-p keeps every candidate at least min_p times as likely as the first (a
         // prefix of the order, counted without it).
         let mut keep = cand.len();
         if p.min_p > 0.0 {
-            keep = cand.iter().filter(|&&(_, l)| weight(l) >= p.min_p as f64).count().max(1);
+            keep = cand.iter().filter(|c| c.2 >= p.min_p as f64).count().max(1);
         }
         if p.top_p < 1.0 {
             let (mut acc, mut n) = (0.0, 0);
@@ -294,7 +297,7 @@ impl Sampler {
                 if n == sorted {
                     sort_all(&mut cand, &mut sorted);
                 }
-                acc += weight(cand[n].1) / total;
+                acc += cand[n].2 / total;
                 n += 1;
                 if acc >= p.top_p as f64 {
                     break;
@@ -308,18 +311,17 @@ impl Sampler {
             if keep > sorted {
                 sort_all(&mut cand, &mut sorted);
             }
-            cand[..keep].iter().map(|&(_, l)| weight(l)).sum()
+            cand[..keep].iter().map(|c| c.2).sum()
         };
         let mut r = self.rng.next_f64() * kept;
         for i in 0..keep {
             if i == sorted {
                 sort_all(&mut cand, &mut sorted);
             }
-            let x = weight(cand[i].1);
-            if r < x {
+            if r < cand[i].2 {
                 return cand[i].0;
             }
-            r -= x;
+            r -= cand[i].2;
         }
         cand[keep - 1].0
     }

@@ -77,10 +77,10 @@ pub enum Offset {
 /// A 32-value block format: its size, how to unpack its values to bytes, and where its
 /// offset coefficient comes from; its scale `d` is the f16 it starts with.
 pub trait Block32 {
-    const BYTES: usize;
-    const OFFSET: Offset;
     /// Where its parts lie, in the file and in a [`super::panel`].
     const PARTS: Parts;
+    const BYTES: usize = Self::PARTS.bytes;
+    const OFFSET: Offset;
     /// Signed values (Q8_0) instead of unsigned ones.
     const SIGNED: bool = false;
     /// The format has an offset term at all (all but Q8_0).
@@ -130,7 +130,6 @@ pub struct Q8_0;
 
 impl Block32 for Q4_0 {
     const PARTS: Parts = Parts::must(WeightType::Q4_0);
-    const BYTES: usize = 18;
     const OFFSET: Offset = Offset::Scaled(-8.0);
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
@@ -140,7 +139,6 @@ impl Block32 for Q4_0 {
 
 impl Block32 for Q4_1 {
     const PARTS: Parts = Parts::must(WeightType::Q4_1);
-    const BYTES: usize = 20;
     const OFFSET: Offset = Offset::Stored;
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
@@ -150,7 +148,6 @@ impl Block32 for Q4_1 {
 
 impl Block32 for Q5_0 {
     const PARTS: Parts = Parts::must(WeightType::Q5_0);
-    const BYTES: usize = 22;
     const OFFSET: Offset = Offset::Scaled(-16.0);
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
@@ -160,7 +157,6 @@ impl Block32 for Q5_0 {
 
 impl Block32 for Q5_1 {
     const PARTS: Parts = Parts::must(WeightType::Q5_1);
-    const BYTES: usize = 24;
     const OFFSET: Offset = Offset::Stored;
     #[inline(always)]
     unsafe fn values(p: *const u8) -> __m256i {
@@ -170,7 +166,6 @@ impl Block32 for Q5_1 {
 
 impl Block32 for Q8_0 {
     const PARTS: Parts = Parts::must(WeightType::Q8_0);
-    const BYTES: usize = 34;
     const OFFSET: Offset = Offset::None;
     const SIGNED: bool = true;
     #[inline(always)]
@@ -851,7 +846,7 @@ unsafe fn panel32<B: Block32>(pan: *const u8, nb: usize, a: &Activations, c0: us
         if acc.len() <= 4 {
             // Few activation rows: the weights stream from memory; fetch a few blocks ahead.
             for line in (0..panel::ROWS * B::BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(blk.add(PANEL_AHEAD + line) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PANEL_AHEAD + line) as *const i8);
             }
         }
         let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));

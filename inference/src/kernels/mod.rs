@@ -126,7 +126,10 @@ impl QMatrix {
             true => rows / panel::ROWS * panel::ROWS,
             false => 0,
         };
-        let data = if packed > 0 { panel::pack(ty, rows, cols, &data) } else { data };
+        let mut data = data;
+        if packed > 0 {
+            panel::pack(ty, rows, cols, &mut data);
+        }
         Ok(Self { ty, rows, cols, data: Arc::new(data), packed })
     }
 
@@ -154,7 +157,20 @@ impl QMatrix {
 
     /// Row `r` as the file stores it.
     pub fn row(&self, r: usize) -> std::borrow::Cow<'_, [u8]> {
-        panel::row(self.ty, self.cols, &self.data, self.packed, r)
+        match r < self.packed {
+            true => {
+                let mut row = Vec::new();
+                panel::row_into(self.ty, self.cols, &self.data, r, &mut row);
+                std::borrow::Cow::Owned(row)
+            }
+            false => std::borrow::Cow::Borrowed(self.unpacked_row(r)),
+        }
+    }
+
+    /// Row `r` past the panels (stored as the file stores it).
+    fn unpacked_row(&self, r: usize) -> &[u8] {
+        let rb = self.ty.row_bytes(self.cols);
+        &self.data[r * rb..(r + 1) * rb]
     }
 
     /// Rows `first .. first + n` as a matrix of their own: a fused tensor (q, k and v in
@@ -236,7 +252,6 @@ unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<us
         _ => {
             // Rows of a panel are put back in the file's layout one at a time, in one buffer
             // (the panel stays in cache for its eight rows).
-            let rb = w.ty.row_bytes(w.cols);
             let mut buf = Vec::new();
             for r in range {
                 let row = match r < w.packed {
@@ -244,7 +259,7 @@ unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<us
                         panel::row_into(w.ty, w.cols, &w.data, r, &mut buf);
                         &buf[..]
                     }
-                    false => &w.data[r * rb..(r + 1) * rb],
+                    false => w.unpacked_row(r),
                 };
                 for c in 0..a.rows {
                     // SAFETY: inside the output (see the function's contract).

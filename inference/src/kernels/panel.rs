@@ -16,8 +16,6 @@
 //!   `qs`, row `i` in bytes `4i .. 4i + 4` (16 bytes of `qs` a row: four chunks, whose low
 //!   nibbles are values `4k ..` and high nibbles values `16 + 4k ..`; Q8_0's 32: eight).
 
-use std::borrow::Cow;
-
 use super::formats::WeightType;
 
 /// Rows in a panel.
@@ -58,7 +56,7 @@ impl Parts {
     }
 
     /// Offsets of `qh` and `qs` in a file block.
-    fn file_at(self) -> (usize, usize) {
+    const fn file_at(self) -> (usize, usize) {
         let qh = 2 + if self.m { 2 } else { 0 };
         (qh, qh + if self.qh { 4 } else { 0 })
     }
@@ -79,51 +77,46 @@ pub fn panels(ty: WeightType, rows: usize) -> bool {
     Parts::of(ty).is_some() && rows >= ROWS
 }
 
-/// Rows of `ty` (`rows` x `cols`, the file's bytes) with every whole panel interleaved.
-pub fn pack(ty: WeightType, rows: usize, cols: usize, file: &[u8]) -> Vec<u8> {
-    let Some(p) = Parts::of(ty) else { return file.to_vec() };
-    let nb = cols / 32;
-    let rb = nb * p.bytes;
-    let mut out = file.to_vec();
-    let (fqh, fqs) = p.file_at();
-    for panel in 0..rows / ROWS {
-        let base = panel * ROWS * rb;
-        for b in 0..nb {
-            let dst = &mut out[base + b * ROWS * p.bytes..base + (b + 1) * ROWS * p.bytes];
-            dst.fill(0);
+/// The byte spans row `i` of a panel moves, as (offset in the file block, offset in the
+/// panel block, length): `d`, `m`, and the `qs` chunks (the fifth bits move bit by bit:
+/// [`fifth_bit`]).
+fn spans(p: Parts, i: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (_, fqs) = p.file_at();
+    let m = p.m.then_some((2, 16 + 2 * i, 2));
+    let qs = (0..p.qs / 4).map(move |k| (fqs + 4 * k, p.panel_qs() + 32 * k + 4 * i, 4));
+    std::iter::once((0, 2 * i, 2)).chain(m).chain(qs)
+}
+
+/// Where the fifth bit of value `v` of row `i` lies in a panel block: (byte, bit).
+fn fifth_bit(p: Parts, i: usize, v: usize) -> (usize, u32) {
+    (p.panel_qh() + 4 * i + v % 4, (v / 4) as u32)
+}
+
+/// Interleaves every whole panel of `data` (`rows` x `cols` of `ty`, the file's bytes) in
+/// place.
+pub fn pack(ty: WeightType, rows: usize, cols: usize, data: &mut [u8]) {
+    let p = Parts::must(ty);
+    let (nb, rb) = (cols / 32, ty.row_bytes(cols));
+    let (fqh, _) = p.file_at();
+    // One panel's rows as the file has them, while the panel is written over them.
+    let mut file = vec![0u8; ROWS * rb];
+    for panel in data[..rows / ROWS * ROWS * rb].chunks_exact_mut(ROWS * rb) {
+        file.copy_from_slice(panel);
+        panel.fill(0);
+        for (b, dst) in panel.chunks_exact_mut(ROWS * p.bytes).enumerate().take(nb) {
             for i in 0..ROWS {
-                let src = &file[base + i * rb + b * p.bytes..][..p.bytes];
-                dst[2 * i..2 * i + 2].copy_from_slice(&src[..2]);
-                if p.m {
-                    dst[16 + 2 * i..16 + 2 * i + 2].copy_from_slice(&src[2..4]);
+                let src = &file[i * rb + b * p.bytes..][..p.bytes];
+                for (f, at, len) in spans(p, i) {
+                    dst[at..at + len].copy_from_slice(&src[f..f + len]);
                 }
                 if p.qh {
                     let bits = u32::from_le_bytes(src[fqh..fqh + 4].try_into().expect("4 bytes"));
                     for v in 0..32 {
-                        let (g, j) = (v / 4, v % 4);
-                        dst[p.panel_qh() + 4 * i + j] |= (((bits >> v) & 1) as u8) << g;
+                        let (byte, bit) = fifth_bit(p, i, v);
+                        dst[byte] |= (((bits >> v) & 1) as u8) << bit;
                     }
                 }
-                for k in 0..p.qs / 4 {
-                    let at = p.panel_qs() + 32 * k + 4 * i;
-                    dst[at..at + 4].copy_from_slice(&src[fqs + 4 * k..fqs + 4 * k + 4]);
-                }
             }
-        }
-    }
-    out
-}
-
-/// Row `r` in the file's layout, from `data` (as [`pack`] left it, with `packed` rows in
-/// panels).
-pub fn row(ty: WeightType, cols: usize, data: &[u8], packed: usize, r: usize) -> Cow<'_, [u8]> {
-    let rb = ty.row_bytes(cols);
-    match r < packed {
-        false => Cow::Borrowed(&data[r * rb..(r + 1) * rb]),
-        true => {
-            let mut out = Vec::new();
-            row_into(ty, cols, data, r, &mut out);
-            Cow::Owned(out)
         }
     }
 }
@@ -132,29 +125,21 @@ pub fn row(ty: WeightType, cols: usize, data: &[u8], packed: usize, r: usize) ->
 pub fn row_into(ty: WeightType, cols: usize, data: &[u8], r: usize, out: &mut Vec<u8>) {
     let p = Parts::must(ty);
     let rb = ty.row_bytes(cols);
-    let (fqh, fqs) = p.file_at();
+    let (fqh, _) = p.file_at();
     let (panel, i) = (r / ROWS, r % ROWS);
-    let base = panel * ROWS * rb;
+    let blocks = &data[panel * ROWS * rb..(panel + 1) * ROWS * rb];
     out.clear();
     out.resize(rb, 0);
-    for b in 0..cols / 32 {
-        let src = &data[base + b * ROWS * p.bytes..][..ROWS * p.bytes];
-        let dst = &mut out[b * p.bytes..(b + 1) * p.bytes];
-        dst[..2].copy_from_slice(&src[2 * i..2 * i + 2]);
-        if p.m {
-            dst[2..4].copy_from_slice(&src[16 + 2 * i..16 + 2 * i + 2]);
+    for (src, dst) in blocks.chunks_exact(ROWS * p.bytes).zip(out.chunks_exact_mut(p.bytes)) {
+        for (f, at, len) in spans(p, i) {
+            dst[f..f + len].copy_from_slice(&src[at..at + len]);
         }
         if p.qh {
-            let mut bits = 0u32;
-            for v in 0..32 {
-                let (g, j) = (v / 4, v % 4);
-                bits |= (((src[p.panel_qh() + 4 * i + j] >> g) & 1) as u32) << v;
-            }
+            let bits = (0..32).fold(0u32, |bits, v| {
+                let (byte, bit) = fifth_bit(p, i, v);
+                bits | ((((src[byte] >> bit) & 1) as u32) << v)
+            });
             dst[fqh..fqh + 4].copy_from_slice(&bits.to_le_bytes());
-        }
-        for k in 0..p.qs / 4 {
-            let at = p.panel_qs() + 32 * k + 4 * i;
-            dst[fqs + 4 * k..fqs + 4 * k + 4].copy_from_slice(&src[at..at + 4]);
         }
     }
 }
@@ -170,7 +155,10 @@ mod tests {
                 let cols = 96;
                 let rb = ty.row_bytes(cols);
                 let file: Vec<u8> = (0..rows * rb).map(|i| (i * 131 + i / 7) as u8).collect();
-                let packed = pack(ty, rows, cols, &file);
+                let mut packed = file.clone();
+                if panels(ty, rows) {
+                    pack(ty, rows, cols, &mut packed);
+                }
                 assert_eq!(packed.len(), file.len());
                 let mut sorted = (packed.clone(), file.clone());
                 sorted.0.sort_unstable();
@@ -180,14 +168,14 @@ mod tests {
                     assert_eq!(sorted.0, sorted.1, "{ty:?} {rows}");
                 }
                 assert_eq!(packed != file, rows >= ROWS, "{ty:?} {rows}");
-                let whole = if rows >= ROWS { rows / ROWS * ROWS } else { 0 };
-                for r in 0..rows {
-                    assert_eq!(
-                        &*row(ty, cols, &packed, whole, r),
-                        &file[r * rb..(r + 1) * rb],
-                        "{ty:?} {rows} row {r}"
-                    );
+                let mut row = Vec::new();
+                for r in 0..rows / ROWS * ROWS {
+                    row_into(ty, cols, &packed, r, &mut row);
+                    assert_eq!(row, &file[r * rb..(r + 1) * rb], "{ty:?} {rows} row {r}");
                 }
+                // Rows past the last panel stay where the file has them.
+                let tail = rows / ROWS * ROWS * rb;
+                assert_eq!(packed[tail..], file[tail..], "{ty:?} {rows}");
             }
         }
     }
