@@ -292,15 +292,16 @@ pub fn up(config_path: &Path, only: Option<&[String]>) -> anyhow::Result<()> {
     }
     println!("  logs:      {}/<node>/log;  Ctrl-C stops the cluster", data.display());
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        let _ = signal_hook_flag(sig, stop.clone());
-    }
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    // The supervisor sleeps until a signal (Ctrl-C, SIGTERM, a node's exit) or a node's
+    // restart time, instead of polling its children.
+    let wake = Wake::install()?;
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
         for n in nodes.iter_mut() {
             supervise(n);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let now = Instant::now();
+        let next = nodes.iter().filter_map(|n| n.restart_at).min();
+        wake.wait(next.map_or(SUPERVISE_BOUND, |t| t.saturating_duration_since(now).min(SUPERVISE_BOUND)));
     }
     println!("stopping the cluster…");
     stop_all(&mut nodes);
@@ -373,21 +374,65 @@ fn wait_ready(hubs: &[&nave_consensus::config::HubConfig], data_dir: &Path, node
     }
 }
 
-/// Sets `flag` when `sig` arrives (a plain signal handler that only stores an atomic).
-fn signal_hook_flag(sig: i32, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<()> {
-    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
-    let _ = FLAG.set(flag);
-    extern "C" fn handler(_: i32) {
-        if let Some(f) = FLAG.get() {
-            f.store(true, std::sync::atomic::Ordering::Relaxed);
+/// How long the supervisor sleeps at most without a signal (none is needed: a bound).
+const SUPERVISE_BOUND: Duration = Duration::from_secs(5);
+
+/// Set by SIGINT or SIGTERM.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The write end of the [`Wake`] pipe, for the signal handler.
+static WAKE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: i32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if sig != libc::SIGCHLD {
+        STOP.store(true, Relaxed);
+    }
+    // SAFETY: write(2) on a pipe is async-signal-safe; errno is restored for the code the
+    // signal interrupted. A full pipe (EAGAIN) already holds a wake-up.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let _ = libc::write(WAKE_FD.load(Relaxed), [1u8].as_ptr().cast(), 1);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// A pipe the signal handler writes a byte to: the supervisor sleeps on its read end.
+struct Wake(std::os::fd::OwnedFd);
+
+impl Wake {
+    fn install() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 fills `fds` with two new descriptors on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just made and are owned here alone; the write end
+        // stays open for the process's life (the handler may run any time).
+        let read = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        WAKE_FD.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
+            // SAFETY: installs an async-signal-safe handler (an atomic store and a write).
+            let r = unsafe { libc::signal(sig, on_signal as extern "C" fn(i32) as libc::sighandler_t) };
+            if r == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(Self(read))
+    }
+
+    /// Sleeps until a signal arrives or `wait` passes.
+    fn wait(&self, wait: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd; then drains the non-blocking pipe into a local buffer.
+        unsafe {
+            libc::poll(&mut p, 1, ms);
+            let mut buf = [0u8; 64];
+            while libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
         }
     }
-    // SAFETY: installs an async-signal-safe handler (it only stores to an atomic).
-    let r = unsafe { libc::signal(sig, handler as extern "C" fn(i32) as libc::sighandler_t) };
-    if r == libc::SIG_ERR {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 mod probe {

@@ -18,6 +18,10 @@ use crate::typ::*;
 /// A peer that answered a ping within this long counts as reachable.
 const REACHABLE_WITHIN: Duration = Duration::from_millis(400);
 
+/// How long before its silence could make it run a hub starts pinging the voters: three
+/// guard rounds (an answer on a loaded machine's loopback takes well under one).
+const PING_AHEAD: Duration = Duration::from_millis(3 * GUARD_EVERY.as_millis() as u64);
+
 /// Reads this node's last log id from its log (answered to pings, read when asked: the
 /// guard itself reads it only in the rounds it needs it).
 pub(crate) type LastLog = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<LogId>> + Send + Sync>;
@@ -110,12 +114,12 @@ pub(crate) async fn run_elections(raft: Raft, net: Network, me: NodeId, times: E
         let since = raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten().unwrap_or(started);
         let silence = if m.vote.committed { times.lease + timeout } else { timeout };
         // The answers count only when this node has been silent that long (below), and
-        // only those of the last REACHABLE_WITHIN: pinging from a round before that window
-        // on gives every decision the answers it had when every hub pinged every 50 ms,
-        // without the leader's and the heard followers' pings. Until then the guard
-        // sleeps: a leader heard meanwhile only moves that moment later, and a change of
-        // vote or role wakes it.
-        let near_in = silence.saturating_sub(since.elapsed() + REACHABLE_WITHIN + GUARD_EVERY);
+        // only fresh ones: pinging starts PING_AHEAD before that moment, a few rounds for
+        // the answers to come back in. Until then the guard sleeps: a leader heard
+        // meanwhile only moves that moment later, and a change of vote or role wakes it.
+        // (Heartbeats come every 1.5 heartbeat intervals, openraft's tick: a follower
+        // pings only once it has missed two.)
+        let near_in = silence.saturating_sub(since.elapsed() + PING_AHEAD);
         if !near_in.is_zero() {
             if !changed_within(&mut server, near_in).await {
                 return;

@@ -124,6 +124,8 @@ pub struct ConsensusNode {
     pub id: NodeId,
     pub raft: Raft,
     pub state: StateHandle,
+    /// The last applied log index: changes whenever [`Self::state`] may have.
+    applied: tokio::sync::watch::Receiver<u64>,
     net: Network,
     nodes: BTreeMap<NodeId, BasicNode>,
     batcher: tokio::sync::mpsc::UnboundedSender<Waiting>,
@@ -205,6 +207,7 @@ impl ConsensusNode {
         config: Config,
     ) -> Result<Arc<Self>> {
         let state = sm.handle.clone();
+        let applied = sm.watch_applied();
         let net = Network::new(endpoint, identity)?;
         let times = ElectionTimes::from_config(&config);
         let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
@@ -241,6 +244,7 @@ impl ConsensusNode {
             id,
             raft,
             state,
+            applied,
             net,
             nodes: voters,
             batcher,
@@ -250,6 +254,12 @@ impl ConsensusNode {
         });
         tokio::spawn(batch_proposals(Arc::downgrade(&node), waiting));
         Ok(node)
+    }
+
+    /// A watch of the last applied log index, to wait for the state to change instead of
+    /// reading it again and again.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.clone()
     }
 
     /// Proposes `command` with this node's clock and a fresh id.

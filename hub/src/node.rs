@@ -45,10 +45,13 @@ async fn accept_peers(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
 }
 
 /// Every spoke (of the config, or joined) holds a replica of the state as a Raft learner:
-/// the leader adds the missing ones and removes those gone from the registry.
+/// the leader adds the missing ones and removes those gone from the registry. It looks
+/// again when the state or this hub's role changes, at most once a second (and a second
+/// after a failed change).
 async fn keep_learners(hub: Arc<Hub>) {
+    let mut applied = hub.consensus.watch_applied();
+    let mut server = hub.consensus.raft.server_metrics();
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
         let joined = hub
             .consensus
             .state
@@ -63,14 +66,33 @@ async fn keep_learners(hub: Arc<Hub>) {
                 ))
             })
             .collect();
-        if let Err(e) = hub.consensus.ensure_learners(&want).await {
-            tracing::debug!(error = %e, "spoke replicas not updated yet");
+        let retry = match hub.consensus.ensure_learners(&want).await {
+            Ok(()) => RECHECK,
+            Err(e) => {
+                tracing::debug!(error = %e, "spoke replicas not updated yet");
+                Duration::ZERO
+            }
+        };
+        // At most one pass a second however often the state changes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            r = server.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(retry) => {}
         }
     }
 }
 
-/// Keeps the hub's set of joined spokes in line with the replicated registry.
+/// How long the state-following loops wait without a change before they look anyway
+/// (none is needed: a bound).
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Keeps the hub's set of joined spokes in line with the replicated registry, and
+/// registers the adapters the spokes announce. It looks again when the state changes or
+/// a heartbeat announces other adapters, at most four times a second (and 250 ms after a
+/// deferred registration).
 async fn follow_registry(hub: Arc<Hub>) {
+    let mut applied = hub.consensus.watch_applied();
     let mut seen = None;
     loop {
         let registry = hub.consensus.state.read(|a| a.state.spokes.clone());
@@ -84,6 +106,7 @@ async fn follow_registry(hub: Arc<Hub>) {
         // Adapters the spokes announce and the replicated state does not list yet. Every
         // hub may propose; the proposal id makes it apply once.
         let known = hub.consensus.state.read(|a| a.state.adapters.clone());
+        let mut deferred = false;
         for (spoke, model, name) in hub.spokes.announced_adapters() {
             let listed = known.get(&format!("{model}:{name}")).is_some_and(|s| s.contains(&spoke));
             if !listed {
@@ -98,10 +121,19 @@ async fn follow_registry(hub: Arc<Hub>) {
                 };
                 if let Err(e) = hub.consensus.propose(p).await {
                     tracing::debug!(error = %e, "adapter registration deferred");
+                    deferred = true;
                 }
             }
         }
+        // At most four passes a second however often the state changes (a loaded
+        // cluster applies hundreds of entries a second).
         tokio::time::sleep(Duration::from_millis(250)).await;
+        let wait = if deferred { Duration::ZERO } else { RECHECK };
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            _ = hub.spokes.adapters_changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

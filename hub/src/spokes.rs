@@ -48,6 +48,8 @@ pub struct SpokeSet {
     client: quinn::ClientConfig,
     heartbeat_timeout: Duration,
     circuit: (u32, Duration),
+    /// Signalled when a heartbeat announces other adapters than the spoke's last one.
+    announced: tokio::sync::Notify,
 }
 
 /// Summary of a spoke for status and metrics.
@@ -93,6 +95,7 @@ impl SpokeSet {
             endpoint,
             client: identity.client_config(ALPN_SPOKE)?,
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
+            announced: tokio::sync::Notify::new(),
         }))
     }
 
@@ -199,9 +202,7 @@ impl SpokeSet {
         tracing::info!(spoke = %id, "connected");
         while let Some(msg) = read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await? {
             if let SpokeToHub::Heartbeat(hb) = msg {
-                let mut g = lock(s);
-                g.heartbeat = Some(hb);
-                g.last_heard = Some(Instant::now());
+                self.heard(s, hb);
             }
         }
         Ok(())
@@ -270,6 +271,26 @@ impl SpokeSet {
             .ok_or_else(|| anyhow::anyhow!("spoke {id} closed the stream without an answer"))
     }
 
+    /// Keeps `hb` as the spoke's latest heartbeat.
+    fn heard(&self, s: &Mutex<SpokeState>, hb: Heartbeat) {
+        let adapters =
+            |hb: &Heartbeat| hb.models.iter().map(|m| (m.model.clone(), m.adapters.clone())).collect::<Vec<_>>();
+        let mut g = lock(s);
+        let changed = g.heartbeat.as_ref().map(adapters) != Some(adapters(&hb));
+        g.heartbeat = Some(hb);
+        g.last_heard = Some(Instant::now());
+        drop(g);
+        if changed {
+            self.announced.notify_one();
+        }
+    }
+
+    /// Returns once a heartbeat has announced other adapters than before (at once if one
+    /// did since the last call).
+    pub async fn adapters_changed(&self) {
+        self.announced.notified().await
+    }
+
     /// (spoke, model, adapter) for every adapter the spokes' heartbeats announce.
     pub fn announced_adapters(&self) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
@@ -314,9 +335,7 @@ impl SpokeSet {
         write_frame(&mut send, &HubToSpoke::Drain(on)).await?;
         match read_frame::<SpokeToHub, _>(&mut recv, MAX_FRAME).await? {
             Some(SpokeToHub::Heartbeat(hb)) => {
-                let mut g = lock(&s);
-                g.heartbeat = Some(hb.clone());
-                g.last_heard = Some(Instant::now());
+                self.heard(&s, hb.clone());
                 Ok(hb)
             }
             other => anyhow::bail!("unexpected answer from spoke {id}: {other:?}"),
