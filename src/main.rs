@@ -20,7 +20,7 @@ use nave_consensus::ClusterConfig;
 use nave_inference::store::ModelStore;
 
 use cli::{Cli, Cmd, ModelCmd};
-use process::{runtime, shutdown_signal, PidFile};
+use process::{runtime, runtime_with, shutdown_signal, PidFile};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Hub { config, id } => {
             let config = ClusterConfig::load(&config)?;
             let _pid = PidFile::create(config.node_dir(&id))?;
-            runtime()?.block_on(nave_hub::run(config, id, shutdown_signal()))
+            runtime_with(config.hub(&id)?.threads)?.block_on(nave_hub::run(config, id, shutdown_signal()))
         }
         Cmd::Spoke { config, id, join } => {
             // A spoke that joined before is found in its data directory; a joining one is

@@ -68,5 +68,14 @@ pub async fn shutdown_signal() {
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    runtime_with(None)
+}
+
+/// A runtime of `threads` workers (default: the machine's cores).
+pub fn runtime_with(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = threads {
+        b.worker_threads(t);
+    }
+    Ok(b.enable_all().build()?)
 }

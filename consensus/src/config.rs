@@ -159,6 +159,10 @@ pub struct HubConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Worker threads of the hub's runtime (default: the machine's cores). A hub needs
+    /// few: the default cluster runs three beside a spoke on one machine, one thread each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl HubConfig {
@@ -343,6 +347,9 @@ impl ClusterConfig {
             }
         }
         for h in &self.hubs {
+            if h.threads == Some(0) {
+                return Err(invalid(format!("hub[{}].threads", h.id), 0, "must be at least 1"));
+            }
             match (&h.tls_cert, &h.tls_key) {
                 (Some(_), None) => {
                     return Err(invalid(format!("hub[{}].tls_key", h.id), "", "tls_cert is set: give its key too"))
@@ -498,6 +505,7 @@ mod tests {
         two.validate()?;
         assert_eq!((two.hubs.len(), two.spokes.len()), (3, 2));
         assert_eq!(c.served_models(), vec!["smollm2-135m".to_string()]);
+        assert!(c.hubs.iter().all(|h| h.threads == Some(1)), "the default cluster's hubs leave the cores to the spoke");
         Ok(())
     }
 
@@ -521,6 +529,8 @@ mod tests {
         assert!(e.contains("hub[h1].tls_key") && e.contains("give its key"), "{e}");
         let e = err(&format!("{base}tls_key = \"k.pem\"\n"));
         assert!(e.contains("hub[h1].tls_cert"), "{e}");
+        let e = err(&format!("{base}threads = 0\n"));
+        assert!(e.contains("hub[h1].threads") && e.contains("at least 1"), "{e}");
         assert!(err("[[hub]]\nid = \"h 1\"\nhttp = \"127.0.0.1:1\"\nquic = \"127.0.0.1:2\"\n").contains("hub.id"));
     }
 
