@@ -1,4 +1,8 @@
 //! AVX2 + FMA (+ F16C) micro-kernels: a tile of `R` weight rows times `C` activation rows.
+//! The 32-wide types' kernels are compiled twice: with `maddubs` + `madd` for their integer
+//! dots ([`Madd`], AVX2), and with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors ([`Vnni`]:
+//! one instruction instead of two or three, no i16 step, 32 vector registers), the
+//! `avx512` path. Both sum the same integers in the same float steps: the same bits.
 //!
 //! Each weight block is loaded and unpacked to bytes once per tile and multiplied with all
 //! `C` activation rows (the batched path reuses every loaded weight byte `C` times); the
@@ -177,6 +181,39 @@ impl Block32 for Q8_0 {
 /// The output tile of `R` weight rows by `C` activation rows: `out[r][c]`.
 pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
 
+/// How a kernel sums products of unsigned weight bytes with signed activation bytes, four
+/// to an i32 lane. Both ways are exact for the values here (weights below 256, activations
+/// within +-127, and `maddubs`'s i16 pairs cannot saturate where it is used: unsigned
+/// weights below 32 or magnitudes up to 128), so both paths give the same bits.
+pub trait Dot {
+    /// AVX-512 VNNI (`vpdpbusd`, no i16 step): unsigned operands may be full bytes.
+    const VNNI: bool;
+    /// `acc` plus, per i32 lane, the four products of `w`'s bytes with `y`'s.
+    unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i;
+}
+
+/// AVX2: `maddubs` (u8 x i8 pairs into i16), then `madd` with ones (pairs into i32).
+pub struct Madd;
+
+/// AVX-512 VNNI on 256-bit vectors (AVX-512VL): one `vpdpbusd`.
+pub struct Vnni;
+
+impl Dot for Madd {
+    const VNNI: bool = false;
+    #[inline(always)]
+    unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1)))
+    }
+}
+
+impl Dot for Vnni {
+    const VNNI: bool = true;
+    #[inline(always)]
+    unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, y)
+    }
+}
+
 /// The sums of the eight i32 lanes of each of four vectors, in that order.
 #[inline(always)]
 unsafe fn reduce4(v: [__m256i; 4]) -> __m128i {
@@ -197,9 +234,13 @@ unsafe fn halves4(p: [*const u8; 4], off: usize) -> __m128 {
 /// The integer dot of one weight block's values `wv` (`wa`: their magnitudes, for the
 /// signed Q8_0) with 32 activations `y`, as eight i32 partial sums (exact).
 #[inline(always)]
-unsafe fn idot<B: Block32>(wv: __m256i, wa: __m256i, y: __m256i) -> __m256i {
-    let p = if B::SIGNED { _mm256_maddubs_epi16(wa, _mm256_sign_epi8(y, wv)) } else { _mm256_maddubs_epi16(wv, y) };
-    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+unsafe fn idot<B: Block32, D: Dot>(wv: __m256i, wa: __m256i, y: __m256i) -> __m256i {
+    let zero = _mm256_setzero_si256();
+    if B::SIGNED {
+        D::dot4(zero, wa, _mm256_sign_epi8(y, wv))
+    } else {
+        D::dot4(zero, wv, y)
+    }
 }
 
 // How the 32-wide kernels sum, the same on every tile shape (so a row's result does not
@@ -212,6 +253,29 @@ unsafe fn idot<B: Block32>(wv: __m256i, wa: __m256i, y: __m256i) -> __m256i {
 /// `arows` of `a` (consecutive).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+    ahead: usize,
+) -> Tile<R, C> {
+    tile32_with::<B, Madd, R, C>(w, a, arows, nb, ahead)
+}
+
+/// [`tile32`] on the AVX-512 path.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile32_vnni<B: Block32, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+    ahead: usize,
+) -> Tile<R, C> {
+    tile32_with::<B, Vnni, R, C>(w, a, arows, nb, ahead)
+}
+
+#[inline(always)]
+unsafe fn tile32_with<B: Block32, D: Dot, const R: usize, const C: usize>(
     w: [*const u8; R],
     a: &Activations,
     arows: [usize; C],
@@ -242,7 +306,7 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
                 }
                 let wv = B::values(pb[r]);
                 let wa = if B::SIGNED { _mm256_sign_epi8(wv, wv) } else { wv };
-                v[r] = idot::<B>(wv, wa, y);
+                v[r] = idot::<B, D>(wv, wa, y);
             }
             let (dw, mw) = B::dm4(pb);
             let f = _mm_cvtepi32_ps(reduce4(v));
@@ -283,7 +347,7 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
             let wa = if B::SIGNED { _mm256_sign_epi8(wv, wv) } else { wv };
             let mut v = [_mm256_setzero_si256(); 4];
             for c in 0..C {
-                v[c] = idot::<B>(wv, wa, y[c]);
+                v[c] = idot::<B, D>(wv, wa, y[c]);
             }
             let f = _mm_cvtepi32_ps(reduce4(v));
             acc[r] = _mm_fmadd_ps(_mm_mul_ps(f, _mm_set1_ps(B::d(p))), dy, acc[r]);
@@ -638,11 +702,11 @@ trait Kernel {
     ) -> Tile<R, C>;
 }
 
-struct K32<B>(std::marker::PhantomData<B>);
+struct K32<B, D>(std::marker::PhantomData<(B, D)>);
 struct KK<B>(std::marker::PhantomData<B>);
 struct KF<B>(std::marker::PhantomData<B>);
 
-impl<B: Block32> Kernel for K32<B> {
+impl<B: Block32, D: Dot> Kernel for K32<B, D> {
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         w: [*const u8; R],
@@ -651,7 +715,10 @@ impl<B: Block32> Kernel for K32<B> {
         nb: usize,
         ahead: usize,
     ) -> Tile<R, C> {
-        tile32::<B, R, C>(w, a, arows, nb, ahead)
+        match D::VNNI {
+            true => tile32_vnni::<B, R, C>(w, a, arows, nb, ahead),
+            false => tile32::<B, R, C>(w, a, arows, nb, ahead),
+        }
     }
 }
 
@@ -683,20 +750,23 @@ impl<B: FloatRow> Kernel for KF<B> {
 
 /// Rows `range` of `w` (whose bytes are `data`) times every row of `a`, into `out`
 /// (`a.rows` x `w.rows`, columns `range` written by this call alone).
-pub unsafe fn rows(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
+///
+/// `D` is the path's integer dot: [`Madd`] needs AVX2, FMA and F16C, [`Vnni`] also AVX-512
+/// F, BW, VL and VNNI (the K-quants and floats run the AVX2 kernels on both).
+pub unsafe fn rows<D: Dot>(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
     match w.ty {
         // The 32-wide types in panels (eight rows interleaved), rows past the last panel
         // as below.
-        WeightType::Q4_0 if w.panels() => walk_panels::<Q4_0>(w, data, a, range, out),
-        WeightType::Q4_1 if w.panels() => walk_panels::<Q4_1>(w, data, a, range, out),
-        WeightType::Q5_0 if w.panels() => walk_panels::<Q5_0>(w, data, a, range, out),
-        WeightType::Q5_1 if w.panels() => walk_panels::<Q5_1>(w, data, a, range, out),
-        WeightType::Q8_0 if w.panels() => walk_panels::<Q8_0>(w, data, a, range, out),
-        WeightType::Q4_0 => walk::<K32<Q4_0>>(w, data, a, range, out),
-        WeightType::Q4_1 => walk::<K32<Q4_1>>(w, data, a, range, out),
-        WeightType::Q5_0 => walk::<K32<Q5_0>>(w, data, a, range, out),
-        WeightType::Q5_1 => walk::<K32<Q5_1>>(w, data, a, range, out),
-        WeightType::Q8_0 => walk::<K32<Q8_0>>(w, data, a, range, out),
+        WeightType::Q4_0 if w.panels() => panels::<Q4_0, D>(w, data, a, range, out),
+        WeightType::Q4_1 if w.panels() => panels::<Q4_1, D>(w, data, a, range, out),
+        WeightType::Q5_0 if w.panels() => panels::<Q5_0, D>(w, data, a, range, out),
+        WeightType::Q5_1 if w.panels() => panels::<Q5_1, D>(w, data, a, range, out),
+        WeightType::Q8_0 if w.panels() => panels::<Q8_0, D>(w, data, a, range, out),
+        WeightType::Q4_0 => walk::<K32<Q4_0, D>>(w, data, a, range, out),
+        WeightType::Q4_1 => walk::<K32<Q4_1, D>>(w, data, a, range, out),
+        WeightType::Q5_0 => walk::<K32<Q5_0, D>>(w, data, a, range, out),
+        WeightType::Q5_1 => walk::<K32<Q5_1, D>>(w, data, a, range, out),
+        WeightType::Q8_0 => walk::<K32<Q8_0, D>>(w, data, a, range, out),
         WeightType::Q4_K => walk::<KK<Q4K>>(w, data, a, range, out),
         WeightType::Q5_K => walk::<KK<Q5K>>(w, data, a, range, out),
         WeightType::Q6_K => walk::<KK<Q6K>>(w, data, a, range, out),
@@ -833,9 +903,14 @@ const PANEL_ACTS: usize = 32;
 /// One panel (`nb` blocks at `pan`) times activation rows `c0 .. c0 + acc.len()`: per
 /// activation row, the eight rows' `acc` and `off` (summed as [`tile32`] sums them, so a
 /// row gives the same result in a panel as on its own).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel32<B: Block32>(pan: *const u8, nb: usize, a: &Activations, c0: usize, acc: &mut [[__m256; 2]]) {
+///
+/// With VNNI, Q8_0's signed weights are made unsigned (`w + 128`, flipping the top bit) and
+/// `128 * sum(y)` is taken off each block's dot: the same integers as `|w| * sign(y, w)`,
+/// without a `sign` per group and activation row.
+#[inline(always)]
+unsafe fn panel32<B: Block32, D: Dot>(pan: *const u8, nb: usize, a: &Activations, c0: usize, acc: &mut [[__m256; 2]]) {
     let dy = a.d.as_ptr();
+    let ysum = a.qs.as_ptr();
     let sy = if B::ROUNDED_S { &a.s } else { &a.sx }.as_ptr();
     for e in acc.iter_mut() {
         *e = [_mm256_setzero_ps(); 2];
@@ -856,12 +931,28 @@ unsafe fn panel32<B: Block32>(pan: *const u8, nb: usize, a: &Activations, c0: us
             Offset::Stored => _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i)),
         };
         let g = panel_groups::<B>(blk);
-        let wa: [__m256i; 8] = if B::SIGNED { std::array::from_fn(|k| _mm256_sign_epi8(g[k], g[k])) } else { g };
+        let wa: [__m256i; 8] = match (B::SIGNED, D::VNNI) {
+            (false, _) => g,
+            (true, false) => std::array::from_fn(|k| _mm256_sign_epi8(g[k], g[k])),
+            (true, true) => std::array::from_fn(|k| _mm256_xor_si256(g[k], _mm256_set1_epi8(-128))),
+        };
         for (j, e) in acc.iter_mut().enumerate() {
             let c = c0 + j;
             let q = a.q.as_ptr().add(c * a.cols + b * QK);
             let y = |k: usize| _mm256_set1_epi32((q.add(4 * k) as *const i32).read_unaligned());
-            let isum = if B::SIGNED {
+            let isum = if D::VNNI {
+                // Two chains, so consecutive `vpdpbusd`s do not wait on each other.
+                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for k in (0..8).step_by(2) {
+                    s0 = D::dot4(s0, wa[k], y(k));
+                    s1 = D::dot4(s1, wa[k + 1], y(k + 1));
+                }
+                let s = _mm256_add_epi32(s0, s1);
+                match B::SIGNED {
+                    true => _mm256_sub_epi32(s, _mm256_set1_epi32(*ysum.add(c * nb + b) << 7)),
+                    false => s,
+                }
+            } else if B::SIGNED {
                 let mut s = _mm256_setzero_si256();
                 for k in 0..8 {
                     let p = _mm256_maddubs_epi16(wa[k], _mm256_sign_epi8(y(k), g[k]));
@@ -893,8 +984,44 @@ unsafe fn panel32<B: Block32>(pan: *const u8, nb: usize, a: &Activations, c0: us
 /// Rows `range` of a matrix of a 32-wide type in panels: whole panels (a panel that
 /// `range` cuts is computed whole and written in part), then the rows past the last panel
 /// in the file's layout.
+#[inline(always)]
+unsafe fn panels<B: Block32, D: Dot>(
+    w: &QMatrix,
+    data: &[u8],
+    a: &Activations,
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    match D::VNNI {
+        true => walk_panels_vnni::<B>(w, data, a, range, out),
+        false => walk_panels::<B>(w, data, a, range, out),
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn walk_panels<B: Block32>(
+    w: &QMatrix,
+    data: &[u8],
+    a: &Activations,
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    walk_panels_with::<B, Madd>(w, data, a, range, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn walk_panels_vnni<B: Block32>(
+    w: &QMatrix,
+    data: &[u8],
+    a: &Activations,
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    walk_panels_with::<B, Vnni>(w, data, a, range, out)
+}
+
+#[inline(always)]
+unsafe fn walk_panels_with<B: Block32, D: Dot>(
     w: &QMatrix,
     data: &[u8],
     a: &Activations,
@@ -914,7 +1041,7 @@ unsafe fn walk_panels<B: Block32>(
             let mut c0 = 0;
             while c0 < n {
                 let cn = (n - c0).min(PANEL_ACTS);
-                panel32::<B>(pan, nb, a, c0, &mut acc[..cn]);
+                panel32::<B, D>(pan, nb, a, c0, &mut acc[..cn]);
                 for (j, e) in acc[..cn].iter().enumerate() {
                     let mut lanes = [0.0f32; panel::ROWS];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(e[0], e[1]));
@@ -929,6 +1056,6 @@ unsafe fn walk_panels<B: Block32>(
         }
     }
     if range.end > full {
-        walk::<K32<B>>(w, data, a, range.start.max(full)..range.end, out);
+        walk::<K32<B, D>>(w, data, a, range.start.max(full)..range.end, out);
     }
 }

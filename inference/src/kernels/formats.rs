@@ -292,6 +292,8 @@ pub struct Activations {
     pub s: Vec<f32>,
     /// Q8: `d * sum(q)` with the rounded `d`, unrounded (the `_0` types' offset term).
     pub sx: Vec<f32>,
+    /// Q8: the sum of each block's quantized values (`sum(q)`, exact).
+    pub qs: Vec<i32>,
     /// Q8_K: the sum of each 16 values, 16 per super-block.
     pub bsums: Vec<i16>,
     /// Q8: `d`, `s` and `sx` by block, then row (`[b * padded_rows() + r]`, the rows padded
@@ -330,6 +332,7 @@ impl Activations {
         if kind == ActKind::Q8 {
             self.s.resize(nb, 0.0);
             self.sx.resize(nb, 0.0);
+            self.qs.resize(nb, 0);
         } else {
             self.bsums.resize(nb * 16, 0);
         }
@@ -338,6 +341,7 @@ impl Activations {
             d: self.d.as_mut_ptr(),
             s: self.s.as_mut_ptr(),
             sx: self.sx.as_mut_ptr(),
+            qs: self.qs.as_mut_ptr(),
             bsums: self.bsums.as_mut_ptr(),
         };
         let run = |blocks: std::ops::Range<usize>| {
@@ -391,6 +395,7 @@ struct Out {
     d: *mut f32,
     s: *mut f32,
     sx: *mut f32,
+    qs: *mut i32,
     bsums: *mut i16,
 }
 // SAFETY: see `Activations::quantize_on`: threads write disjoint blocks while the owner waits.
@@ -407,9 +412,9 @@ unsafe fn q8_blocks(isa: super::Isa, x: &[f32], out: Out, blocks: std::ops::Rang
         // SAFETY: block b's 32 values lie inside `q` (the caller's contract).
         let q = unsafe { std::slice::from_raw_parts_mut(out.q.add(b * QK), QK) };
         let (amax, sum) = match isa {
-            // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2.
+            // SAFETY: the vector paths are only chosen where the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            super::Isa::Avx2 => unsafe { q8_block_avx2(xb, q) },
+            super::Isa::Avx2 | super::Isa::Avx512 => unsafe { q8_block_avx2(xb, q) },
             _ => q8_block(xb, q),
         };
         let d = amax / 127.0;
@@ -419,6 +424,7 @@ unsafe fn q8_blocks(isa: super::Isa, x: &[f32], out: Out, blocks: std::ops::Rang
             *out.d.add(b) = dr;
             *out.s.add(b) = round_f16(d * sum as f32);
             *out.sx.add(b) = dr * sum as f32;
+            *out.qs.add(b) = sum;
         }
     }
 }

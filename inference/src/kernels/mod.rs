@@ -7,7 +7,8 @@
 //! - [`scalar`]: the portable reference, block by block; every other path is tested
 //!   against it.
 //! - [`panel`]: the 32-wide types' layout in memory, eight rows interleaved (bit-exact).
-//! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows.
+//! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows; on
+//!   CPUs with AVX-512 VNNI the same kernels sum their integer dots with `vpdpbusd`.
 //! - [`vector`]: the `f32` vector operations of attention, on the same paths.
 //! - [`pool`]: the engine's worker threads.
 //!
@@ -17,8 +18,9 @@
 //! row passes over them.
 //!
 //! The path is chosen once per process ([`Isa::active`]): the best the CPU has, or a lower
-//! one named by `NAVE_CPU=scalar|avx2` (tests and benchmarks force each path this way).
-//! CPUs with AVX-512 run the AVX2 kernels: there are no AVX-512 kernels yet.
+//! one named by `NAVE_CPU=scalar|avx2|avx512` (tests and benchmarks force each path this
+//! way). `avx512` needs AVX-512 F, BW, VL and VNNI; a CPU with AVX-512 but no VNNI (Intel
+//! Skylake-SP) runs the AVX2 kernels.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -38,6 +40,9 @@ pub use pool::Pool;
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX2 + FMA kernels whose integer dots are AVX-512 VNNI's `vpdpbusd` (on 256-bit
+    /// vectors: AVX-512VL), with its 32 vector registers.
+    Avx512,
 }
 
 impl Isa {
@@ -45,6 +50,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -54,6 +60,13 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             v.push(Isa::Avx2);
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                v.push(Isa::Avx512);
+            }
         }
         v
     }
@@ -70,8 +83,7 @@ impl Isa {
             None | Some("") | Some("auto") => Ok(best),
             Some("scalar") => Ok(Isa::Scalar),
             Some("avx2") if best >= Isa::Avx2 => Ok(Isa::Avx2),
-            // AVX-512 CPUs run the AVX2 kernels (there are no AVX-512 ones yet).
-            Some("avx512") if best >= Isa::Avx2 => Ok(Isa::Avx2),
+            Some("avx512") if best >= Isa::Avx512 => Ok(Isa::Avx512),
             Some(other) => Err(format!(
                 "NAVE_CPU={other:?} is not a path this CPU can run (available: {})",
                 Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
@@ -246,9 +258,12 @@ pub fn matmul(
 /// `range`.
 unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<usize>, out: Out) {
     match isa {
-        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2, FMA and F16C.
+        // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2, FMA and F16C,
+        // `Isa::Avx512` where it also has AVX-512 F, BW, VL and VNNI.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::rows(w, &w.data, a, range, out.0) },
+        Isa::Avx2 => unsafe { avx2::rows::<avx2::Madd>(w, &w.data, a, range, out.0) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx2::rows::<avx2::Vnni>(w, &w.data, a, range, out.0) },
         _ => {
             // Rows of a panel are put back in the file's layout one at a time, in one buffer
             // (the panel stays in cache for its eight rows).

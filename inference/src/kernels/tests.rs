@@ -114,6 +114,36 @@ fn every_path_matches_the_scalar_reference() {
     }
 }
 
+/// The AVX-512 path sums the same integers as the AVX2 path in the same float steps, so
+/// its products are the same bits (Q8_0's weights include -128 and its activations +-127).
+#[test]
+fn the_avx512_path_gives_the_avx2_paths_bits() {
+    if !Isa::available().contains(&Isa::Avx512) {
+        eprintln!("this CPU has no AVX-512 VNNI: nothing to compare");
+        return;
+    }
+    let mut rng = Rng::new(17);
+    let pool = Pool::new(2);
+    let mut act = Activations::default();
+    for t in WeightType::ALL {
+        for rows in [1, 9, 64] {
+            let cols = if t.block_values() == QK_K { 512 } else { 576 };
+            let w = random_matrix(&mut rng, t, rows, cols);
+            for n in [1, 4, 5, 33] {
+                let mut x = random_input(&mut rng, n, cols);
+                // A block whose largest value quantizes to 127 and its negation to -127.
+                x[0] = 40.0;
+                x[1] = -40.0;
+                let (mut avx2, mut avx512) = (Vec::new(), Vec::new());
+                matmul(&pool, Isa::Avx2, &[&w], &x, n, &mut act, &mut [&mut avx2]);
+                matmul(&pool, Isa::Avx512, &[&w], &x, n, &mut act, &mut [&mut avx512]);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&avx2), bits(&avx512), "{} rows {rows} n {n}", t.name());
+            }
+        }
+    }
+}
+
 #[test]
 fn fused_products_equal_separate_ones() {
     let mut rng = Rng::new(11);
