@@ -126,7 +126,7 @@ fn the_avx512_path_gives_the_avx2_paths_bits() {
     let pool = Pool::new(2);
     let mut act = Activations::default();
     for t in WeightType::ALL {
-        for rows in [1, 9, 64] {
+        for rows in [1, 9, 24, 45, 64] {
             let cols = if t.block_values() == QK_K { 512 } else { 576 };
             let w = random_matrix(&mut rng, t, rows, cols);
             for n in [1, 4, 5, 33] {
