@@ -35,6 +35,14 @@ pub struct EngineReport {
     /// activations).
     pub weight_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// Resident memory before the model was loaded (the program itself) and right after
+    /// (weights, tokenizer, tables), and the KV pool the engine holds.
+    #[serde(default)]
+    pub rss_before_load: u64,
+    #[serde(default)]
+    pub rss_after_load: u64,
+    #[serde(default)]
+    pub kv_pool_bytes: u64,
     /// `lscpu`'s model name and the vector flags present.
     pub cpu: String,
     pub cpu_flags: Vec<String>,
@@ -138,13 +146,18 @@ fn params(max_tokens: usize) -> SamplingParams {
     SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) }
 }
 
+/// The KV pool the benchmark's engine holds.
+const KV_POOL_BYTES: u64 = 1 << 30;
+
 pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
     let path = ModelStore::from_env().locate(&b.model, &mut |_| {})?;
     let placement: nave_inference::device::Placement = b.device.parse()?;
     let (cpu, cpu_flags) = cpu_info();
     let device = placement.open()?;
     let opts = LoadOptions { threads: Some(b.threads), device: device.clone(), ..Default::default() };
+    let rss_before_load = nave_inference::ledger::process_rss_bytes().unwrap_or(0);
     let model = LoadedModel::load(b.model.clone(), &path, opts)?;
+    let rss_after_load = nave_inference::ledger::process_rss_bytes().unwrap_or(0);
     let weight_bytes = model.transformer.weight_bytes();
     let kernel_path = match device {
         Some(_) => format!("candle on {placement}"),
@@ -156,7 +169,7 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
     let ledger = Ledger::for_device(placement, 8 << 30, 0)?;
     let max = *b.concurrency.iter().max().unwrap_or(&1);
     let config = EngineConfig {
-        kv_pool_bytes: 1 << 30,
+        kv_pool_bytes: KV_POOL_BYTES,
         max_running: max.max(1),
         max_batch_tokens: 512,
         queue_capacity: 1024,
@@ -226,6 +239,9 @@ pub fn run(b: &EngineBench) -> anyhow::Result<EngineReport> {
         decode_tokens: b.decode_tokens,
         weight_bytes,
         peak_rss_bytes,
+        rss_before_load,
+        rss_after_load,
+        kv_pool_bytes: KV_POOL_BYTES,
         cpu,
         cpu_flags,
         path: kernel_path,
@@ -285,9 +301,21 @@ pub fn print(r: &EngineReport) {
         }
         println!();
     }
+    let mb = |b: u64| b / 1_000_000;
     println!(
-        "nave memory: weights {} MB, peak resident {} MB",
-        r.weight_bytes / 1_000_000,
-        r.peak_rss_bytes / 1_000_000
+        "nave memory: weights {} MB, KV pool {} MB; resident {} MB before loading, {} MB after, peak {} MB",
+        mb(r.weight_bytes),
+        mb(r.kv_pool_bytes),
+        mb(r.rss_before_load),
+        mb(r.rss_after_load),
+        mb(r.peak_rss_bytes)
     );
+    let base = r.weight_bytes + r.kv_pool_bytes;
+    if r.kv_pool_bytes > 0 && base > 0 {
+        println!(
+            "  peak over weights + pool: {:+.1}% ({} MB besides them)",
+            (r.peak_rss_bytes as f64 / base as f64 - 1.0) * 100.0,
+            mb(r.peak_rss_bytes.saturating_sub(base))
+        );
+    }
 }

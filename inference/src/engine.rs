@@ -227,6 +227,7 @@ impl Engine {
             queued: queued.clone(),
             next_id: 0,
             grammars: None,
+            logits: Vec::new(),
             _reservations: [weights, pool_reservation],
         };
         let thread =
@@ -443,6 +444,8 @@ struct Worker {
     next_id: u64,
     /// The model's grammar compiler, built on the first constrained request.
     grammars: Option<Grammars>,
+    /// The logits buffer, kept from step to step (its pages stay mapped).
+    logits: Vec<f32>,
     _reservations: [Reservation; 2],
 }
 
@@ -751,12 +754,12 @@ impl Worker {
                 });
             }
         }
-        let logits = self.model.transformer.forward(&rows, &mut self.kv)?;
+        let buffer = std::mem::take(&mut self.logits);
+        let mut outputs = self.model.transformer.forward_rows(&rows, &mut self.kv, buffer)?;
         self.gauges.steps.fetch_add(1, Ordering::Relaxed);
         self.gauges.batch_rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
         drop(rows);
 
-        let mut logits = logits.into_iter();
         let mut finished = Vec::new();
         let mut failed = Vec::new();
         for (id, take) in plan {
@@ -775,11 +778,11 @@ impl Worker {
                     if !pooled(pooling, p, s.tokens.len()) {
                         continue;
                     }
-                    let Some(h) = logits.next() else { break };
+                    let Some(h) = outputs.next_row(&self.model.transformer) else { break };
                     if sum.is_empty() {
                         sum.resize(h.len(), 0.0);
                     }
-                    sum.iter_mut().zip(&h).for_each(|(a, &b)| *a += b as f64);
+                    sum.iter_mut().zip(h.iter()).for_each(|(a, &b)| *a += b as f64);
                 }
                 if s.computed == s.tokens.len() {
                     let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
@@ -806,9 +809,9 @@ impl Worker {
                     if !s.wants_prompt_logits(p) {
                         continue;
                     }
-                    let Some(l) = logits.next() else { break };
+                    let Some(l) = outputs.next_row(&self.model.transformer) else { break };
                     if p + 1 >= sent.max(1) {
-                        out.push(logprobs(&l, s.tokens[p + 1], k, |t| tok.token_bytes(t)));
+                        out.push(logprobs(l, s.tokens[p + 1], k, |t| tok.token_bytes(t)));
                     }
                 }
                 // Rows start..computed gave the tokens up to index `computed`.
@@ -821,7 +824,7 @@ impl Worker {
             if s.computed < s.tokens.len() {
                 continue;
             }
-            let Some(mut l) = logits.next() else { continue };
+            let Some(l) = outputs.next_row(&self.model.transformer) else { continue };
             if !s.followers.is_empty() {
                 // The prompt is computed and its full blocks cached: the other choices
                 // take them next.
@@ -831,19 +834,19 @@ impl Worker {
             }
             let s = &mut self.running[idx];
             if let Some(g) = &mut s.guide {
-                if let Err(e) = g.mask(&mut l) {
+                if let Err(e) = g.mask(l) {
                     failed.push((id, e));
                     continue;
                 }
             }
-            let token = s.sampler.sample(&mut l);
+            let token = s.sampler.sample(l);
             if let Some(Err(e)) = s.guide.as_mut().map(|g| g.advance(token)) {
                 failed.push((id, e));
                 continue;
             }
             let lp = s.sampler.params().logprobs.map(|k| {
                 let tok = &self.model.tokenizer;
-                logprobs(&l, token, k, |t| tok.token_bytes(t))
+                logprobs(l, token, k, |t| tok.token_bytes(t))
             });
             s.sampler.observe(token);
             s.tokens.push(token);
@@ -852,6 +855,7 @@ impl Worker {
                 finished.push((id, reason));
             }
         }
+        self.logits = outputs.into_buffer();
         for (id, e) in failed {
             if let Some(idx) = self.running.iter().position(|s| s.id == id) {
                 let s = self.running.remove(idx);

@@ -158,6 +158,8 @@ impl LoadedModel {
             "gemma3" => gemma3::load(&mut gguf, config, opts)?,
             _ => llama::load(&mut gguf, config, opts)?,
         };
+        drop(gguf);
+        ledger::release_free_memory();
         Ok(Self { name: name.into(), transformer, tokenizer, template })
     }
 }

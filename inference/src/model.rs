@@ -582,14 +582,15 @@ impl Transformer {
         kernels::matmul(&self.pool, self.isa, &ws, x, rows, act, &mut outs);
     }
 
-    /// Runs `rows` through the model, writing their keys and values into `kv`, and returns
-    /// the logits of the rows marked `logits` and the final hidden states of those marked
-    /// `hidden`, in row order.
-    pub fn forward(&self, rows: &[Row<'_>], kv: &mut KvStore) -> Result<Vec<Vec<f32>>> {
+    /// Runs `rows` through the model, writing their keys and values into `kv`; the
+    /// outputs are the logits of the rows marked `logits` (computed as they are taken) and
+    /// the final hidden states of those marked `hidden`, in row order. `logits` is a buffer
+    /// for them (a previous step's [`Outputs::into_buffer`], or empty).
+    pub fn forward_rows(&self, rows: &[Row<'_>], kv: &mut KvStore, logits: Vec<f32>) -> Result<Outputs> {
         let c = &self.config;
         let n = rows.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Outputs { logits, ..Outputs::default() });
         }
         for r in rows {
             if r.pos >= r.blocks.len() * kv.block_size {
@@ -597,7 +598,7 @@ impl Transformer {
             }
         }
         if let Some(d) = &self.device {
-            return d.forward(self, rows, kv);
+            return d.forward(self, rows, kv).map(Outputs::from);
         }
         let mut x = Vec::with_capacity(n * c.hidden);
         self.embed_rows(rows.iter().map(|r| r.token), &mut x)?;
@@ -675,35 +676,129 @@ impl Transformer {
 
         let picked: Vec<usize> =
             rows.iter().enumerate().filter(|(_, r)| r.logits || r.hidden).map(|(i, _)| i).collect();
-        if picked.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut last = Vec::with_capacity(picked.len() * c.hidden);
         for &i in &picked {
             last.extend_from_slice(&x[i * c.hidden..(i + 1) * c.hidden]);
         }
         rms_norm_in_place(&mut last, &self.out_norm, c.eps);
-        let hidden_rows = picked.iter().filter(|&&i| rows[i].hidden).count();
-        if hidden_rows == picked.len() {
-            return Ok(last.chunks_exact(c.hidden).map(<[f32]>::to_vec).collect());
+        let mut out = Outputs { logits, ..Outputs::default() };
+        for (j, &i) in picked.iter().enumerate() {
+            let row = &last[j * c.hidden..(j + 1) * c.hidden];
+            match rows[i].hidden {
+                true => {
+                    out.stored.extend_from_slice(row);
+                    out.ends.push(out.stored.len());
+                    out.kinds.push(Kind::Stored(out.ends.len() - 1));
+                }
+                false => {
+                    out.normed.extend_from_slice(row);
+                    out.kinds.push(Kind::Logits(out.normed.len() / c.hidden - 1));
+                }
+            }
         }
-        let for_logits: Vec<usize> = (0..picked.len()).filter(|&j| !rows[picked[j]].hidden).collect();
-        let mut normed = Vec::with_capacity(for_logits.len() * c.hidden);
-        for &j in &for_logits {
-            normed.extend_from_slice(&last[j * c.hidden..(j + 1) * c.hidden]);
+        Ok(out)
+    }
+
+    /// Runs `rows` through the model as [`Self::forward_rows`] does and gives every row's
+    /// output as a vector of its own (for tools and tests: a step of many sequences holds
+    /// all their logits at once).
+    pub fn forward(&self, rows: &[Row<'_>], kv: &mut KvStore) -> Result<Vec<Vec<f32>>> {
+        let mut out = self.forward_rows(rows, kv, Vec::new())?;
+        let mut all = Vec::with_capacity(out.len());
+        while let Some(row) = out.next_row(self) {
+            all.push(row.to_vec());
         }
-        let mut logits = Vec::new();
-        self.linear([&self.output], &normed, for_logits.len(), &mut act, [&mut logits]);
-        if let Some(cap) = c.final_softcap {
-            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        Ok(all)
+    }
+
+    /// The logits of `rows` rows of final hidden states `normed` into `out`.
+    fn logits_into(&self, normed: &[f32], rows: usize, out: &mut Vec<f32>) {
+        let mut act = Activations::default();
+        self.linear([&self.output], normed, rows, &mut act, [out]);
+        if let Some(cap) = self.config.final_softcap {
+            out.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
-        let mut logits = logits.chunks_exact(c.vocab);
-        Ok((0..picked.len())
-            .map(|j| match rows[picked[j]].hidden {
-                true => last[j * c.hidden..(j + 1) * c.hidden].to_vec(),
-                false => logits.next().map(<[f32]>::to_vec).unwrap_or_default(),
-            })
-            .collect())
+    }
+}
+
+/// Logits are computed for at most this many rows at a time: 16 MB over a 262,144-token
+/// vocabulary, where a step of 64 sequences would otherwise hold 64 MB at once. Each group
+/// streams the output layer again, which a step of more rows than this is not bound by.
+const LOGIT_ROWS: usize = 16;
+
+/// What a forward pass gives back, one row per row asked for (logits, or hidden states),
+/// in row order, taken one at a time with [`Outputs::next_row`]. Logits are computed as
+/// they are taken, [`LOGIT_ROWS`] rows at a time, into one buffer that the caller can keep
+/// for the next step ([`Outputs::into_buffer`]).
+#[derive(Debug, Default)]
+pub struct Outputs {
+    kinds: Vec<Kind>,
+    /// Rows given whole (hidden states; a device's rows), ending at `ends`.
+    stored: Vec<f32>,
+    ends: Vec<usize>,
+    /// The output layer's inputs, one per logits row.
+    normed: Vec<f32>,
+    /// Logits of the logits rows `first..first + count`.
+    logits: Vec<f32>,
+    first: usize,
+    count: usize,
+    next: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Stored(usize),
+    Logits(usize),
+}
+
+impl Outputs {
+    pub fn len(&self) -> usize {
+        self.kinds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+
+    /// The next row's output, to change in place (a grammar's mask, a sampler's
+    /// penalties); `None` after the last. `m` is the model that made them.
+    pub fn next_row(&mut self, m: &Transformer) -> Option<&mut [f32]> {
+        let kind = *self.kinds.get(self.next)?;
+        self.next += 1;
+        match kind {
+            Kind::Stored(j) => {
+                let start = if j == 0 { 0 } else { self.ends[j - 1] };
+                Some(&mut self.stored[start..self.ends[j]])
+            }
+            Kind::Logits(k) => {
+                let (hidden, vocab) = (m.config.hidden, m.config.vocab);
+                if !(self.first..self.first + self.count).contains(&k) {
+                    let rows = self.normed.len() / hidden;
+                    let count = LOGIT_ROWS.min(rows - k);
+                    m.logits_into(&self.normed[k * hidden..(k + count) * hidden], count, &mut self.logits);
+                    (self.first, self.count) = (k, count);
+                }
+                let at = (k - self.first) * vocab;
+                self.logits.get_mut(at..at + vocab)
+            }
+        }
+    }
+
+    /// The logits buffer, for the next step's outputs (its pages stay resident and mapped).
+    pub fn into_buffer(self) -> Vec<f32> {
+        self.logits
+    }
+}
+
+impl From<Vec<Vec<f32>>> for Outputs {
+    fn from(rows: Vec<Vec<f32>>) -> Self {
+        let mut out = Self::default();
+        for r in rows {
+            out.stored.extend_from_slice(&r);
+            out.ends.push(out.stored.len());
+            out.kinds.push(Kind::Stored(out.ends.len() - 1));
+        }
+        out
     }
 }
 

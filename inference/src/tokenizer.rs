@@ -29,8 +29,9 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::tokenizer::SplitDelimiterBehavior;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, Model, TokenizerImpl};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -43,6 +44,49 @@ const TOKEN_TYPE_USER_DEFINED: u32 = 4;
 const END_OF_TURN_TEXTS: &[&str] =
     &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "</s>", "<eos>"];
 
+/// One BPE model (vocabulary and merges: tens of MB for a 262,144-token vocabulary)
+/// shared by the tokenizer's two readings of control tokens' text.
+#[derive(Clone)]
+struct SharedBpe(std::sync::Arc<BPE>);
+
+impl Model for SharedBpe {
+    type Trainer = <BPE as Model>::Trainer;
+
+    fn tokenize(&self, sequence: &str) -> tokenizers::Result<Vec<tokenizers::Token>> {
+        self.0.tokenize(sequence)
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.0.token_to_id(token)
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.0.id_to_token(id)
+    }
+
+    fn get_vocab(&self) -> std::collections::HashMap<String, u32> {
+        self.0.get_vocab()
+    }
+
+    fn get_vocab_size(&self) -> usize {
+        self.0.get_vocab_size()
+    }
+
+    fn save(&self, folder: &Path, prefix: Option<&str>) -> tokenizers::Result<Vec<std::path::PathBuf>> {
+        self.0.save(folder, prefix)
+    }
+
+    fn get_trainer(&self) -> Self::Trainer {
+        self.0.get_trainer()
+    }
+}
+
+type Tokenizer = TokenizerImpl<SharedBpe, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+
+fn tokenizer(bpe: BPE) -> Tokenizer {
+    TokenizerImpl::new(SharedBpe(std::sync::Arc::new(bpe)))
+}
+
 /// A model's tokenizer plus the ids that matter to generation.
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -50,7 +94,7 @@ pub struct TextTokenizer {
     literal: Tokenizer,
     /// Ids of the control tokens.
     control: std::collections::HashSet<u32>,
-    tokens: Vec<String>,
+    tokens: TokenTable,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     add_bos: bool,
@@ -84,7 +128,7 @@ impl TextTokenizer {
                     .ignore_merges(ignore_merges)
                     .build()
                     .map_err(|e| bad(format!("cannot build BPE: {e}")))?;
-                let mut tok = Tokenizer::new(bpe);
+                let mut tok = tokenizer(bpe);
                 tok.with_pre_tokenizer(Some(pre_tokenizer));
                 tok.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
                 tok
@@ -101,7 +145,7 @@ impl TextTokenizer {
                     }
                 }
                 let bpe = builder.build().map_err(|e| bad(format!("cannot build BPE: {e}")))?;
-                let mut tok = Tokenizer::new(bpe);
+                let mut tok = tokenizer(bpe);
                 let add_space_prefix = gguf.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(false);
                 let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
                 if add_space_prefix {
@@ -131,6 +175,7 @@ impl TextTokenizer {
             .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL))
             .collect();
         inner.add_special_tokens(special).map_err(|e| bad(format!("cannot add special tokens: {e}")))?;
+        // A clone shares the BPE model (an `Arc`): only the added tokens' tables are copied.
         let mut literal = inner.clone();
         literal.set_encode_special_tokens(true);
         let control =
@@ -150,6 +195,7 @@ impl TextTokenizer {
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
+        let tokens = TokenTable::new(&tokens);
         Ok(Self { inner, literal, control, tokens, bos_id, eos_id, add_bos, stop_ids })
     }
 
@@ -216,7 +262,7 @@ impl TextTokenizer {
     }
 
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id as usize)
     }
 
     /// The bytes token `id` stands for, as text would hold them (a byte-level or byte
@@ -260,6 +306,37 @@ impl TextTokenizer {
     /// A tokenizer straight from a GGUF file (for tools and tests).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_gguf(&GgufFile::open(path)?)
+    }
+}
+
+/// The vocabulary's texts in one buffer (a `Vec<String>` of 262,144 tokens holds 14 MB
+/// for their 2.3 MB of text).
+struct TokenTable {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl TokenTable {
+    fn new(tokens: &[String]) -> Self {
+        let mut text = String::with_capacity(tokens.iter().map(String::len).sum());
+        let ends = tokens
+            .iter()
+            .map(|t| {
+                text.push_str(t);
+                text.len()
+            })
+            .collect();
+        Self { text, ends }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
     }
 }
 
