@@ -49,6 +49,8 @@ fn main() {
         ("q6_k 2048x1024", WeightType::Q6_K, 2048, 1024),
         ("q5_0 2048x640", WeightType::Q5_0, 2048, 640),
         ("q8_0 2048x640", WeightType::Q8_0, 2048, 640),
+        ("q8_0 16384x640", WeightType::Q8_0, 16384, 640),
+        ("q8_0 65536x640", WeightType::Q8_0, 65536, 640),
     ];
     // NAVE_KERNELS_ONLY=q5_0,q8_0: only the shapes whose names contain one of these.
     let only: Vec<String> =

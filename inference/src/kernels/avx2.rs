@@ -908,7 +908,14 @@ const PANEL_ACTS: usize = 32;
 /// `128 * sum(y)` is taken off each block's dot: the same integers as `|w| * sign(y, w)`,
 /// without a `sign` per group and activation row.
 #[inline(always)]
-unsafe fn panel32<B: Block32, D: Dot>(pan: *const u8, nb: usize, a: &Activations, c0: usize, acc: &mut [[__m256; 2]]) {
+unsafe fn panel32<B: Block32, D: Dot>(
+    pan: *const u8,
+    nb: usize,
+    a: &Activations,
+    c0: usize,
+    acc: &mut [[__m256; 2]],
+    fetch: bool,
+) {
     let dy = a.d.as_ptr();
     let ysum = a.qs.as_ptr();
     let sy = if B::ROUNDED_S { &a.s } else { &a.sx }.as_ptr();
@@ -918,8 +925,9 @@ unsafe fn panel32<B: Block32, D: Dot>(pan: *const u8, nb: usize, a: &Activations
     let ones = _mm256_set1_epi16(1);
     for b in 0..nb {
         let blk = pan.add(b * panel::ROWS * B::BYTES);
-        if acc.len() <= 4 {
-            // Few activation rows: the weights stream from memory; fetch a few blocks ahead.
+        if fetch {
+            // The first pass over a panel: its weights stream from memory; fetch a few
+            // blocks ahead (the passes for further activation rows find them in L1).
             for line in (0..panel::ROWS * B::BYTES).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PANEL_AHEAD + line) as *const i8);
             }
@@ -1038,7 +1046,7 @@ unsafe fn walk_panels_vnni<B: Block32>(
             let mut c0 = 0;
             while c0 < n {
                 let cn = (n - c0).min(PANEL_ACTS);
-                panel32x2::<B>(pan, panel::ROWS * rb, nb, a, c0, &mut acc[..cn]);
+                panel32x2::<B>(pan, panel::ROWS * rb, nb, a, c0, &mut acc[..cn], c0 == 0);
                 for (j, e) in acc[..cn].iter().enumerate() {
                     let mut lanes = [0.0f32; 2 * panel::ROWS];
                     _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(e[0], e[1]));
@@ -1069,6 +1077,7 @@ unsafe fn panel32x2<B: Block32>(
     a: &Activations,
     c0: usize,
     acc: &mut [[__m512; 2]],
+    fetch: bool,
 ) {
     let dy = a.d.as_ptr();
     let ysum = a.qs.as_ptr();
@@ -1079,7 +1088,7 @@ unsafe fn panel32x2<B: Block32>(
     for b in 0..nb {
         let blk = pan.add(b * panel::ROWS * B::BYTES);
         let blk2 = blk.add(next);
-        if acc.len() <= 4 {
+        if fetch {
             for line in (0..panel::ROWS * B::BYTES).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PANEL_AHEAD + line) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(blk2.wrapping_add(PANEL_AHEAD + line) as *const i8);
@@ -1148,7 +1157,7 @@ unsafe fn walk_panels_with<B: Block32, D: Dot>(
             let mut c0 = 0;
             while c0 < n {
                 let cn = (n - c0).min(PANEL_ACTS);
-                panel32::<B, D>(pan, nb, a, c0, &mut acc[..cn]);
+                panel32::<B, D>(pan, nb, a, c0, &mut acc[..cn], c0 == 0);
                 for (j, e) in acc[..cn].iter().enumerate() {
                     let mut lanes = [0.0f32; panel::ROWS];
                     _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(e[0], e[1]));
