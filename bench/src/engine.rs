@@ -311,7 +311,7 @@ pub fn print(r: &EngineReport) {
         mb(r.peak_rss_bytes)
     );
     let base = r.weight_bytes + r.kv_pool_bytes;
-    if r.kv_pool_bytes > 0 && base > 0 {
+    if r.kv_pool_bytes > 0 {
         println!(
             "  peak over weights + pool: {:+.1}% ({} MB besides them)",
             (r.peak_rss_bytes as f64 / base as f64 - 1.0) * 100.0,

@@ -184,7 +184,6 @@ impl Drop for Reservation {
     }
 }
 
-/// Resident set size of this process, from /proc (Linux); `None` elsewhere.
 /// Hands the allocator's free pages back to the system. Loading a model builds large
 /// transient tables (a 262,144-token vocabulary's merges, the file's metadata) in many small
 /// allocations; once they are freed the heap keeps those pages resident unless told.
@@ -196,6 +195,7 @@ pub fn release_free_memory() {
     }
 }
 
+/// Resident set size of this process, from /proc (Linux); `None` elsewhere.
 pub fn process_rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;

@@ -685,11 +685,7 @@ impl Transformer {
         for (j, &i) in picked.iter().enumerate() {
             let row = &last[j * c.hidden..(j + 1) * c.hidden];
             match rows[i].hidden {
-                true => {
-                    out.stored.extend_from_slice(row);
-                    out.ends.push(out.stored.len());
-                    out.kinds.push(Kind::Stored(out.ends.len() - 1));
-                }
+                true => out.store(row),
                 false => {
                     out.normed.extend_from_slice(row);
                     out.kinds.push(Kind::Logits(out.normed.len() / c.hidden - 1));
@@ -784,6 +780,13 @@ impl Outputs {
         }
     }
 
+    /// Adds a row given whole.
+    fn store(&mut self, row: &[f32]) {
+        self.stored.extend_from_slice(row);
+        self.ends.push(self.stored.len());
+        self.kinds.push(Kind::Stored(self.ends.len() - 1));
+    }
+
     /// The logits buffer, for the next step's outputs (its pages stay resident and mapped).
     pub fn into_buffer(self) -> Vec<f32> {
         self.logits
@@ -793,11 +796,7 @@ impl Outputs {
 impl From<Vec<Vec<f32>>> for Outputs {
     fn from(rows: Vec<Vec<f32>>) -> Self {
         let mut out = Self::default();
-        for r in rows {
-            out.stored.extend_from_slice(&r);
-            out.ends.push(out.stored.len());
-            out.kinds.push(Kind::Stored(out.ends.len() - 1));
-        }
+        rows.iter().for_each(|r| out.store(r));
         out
     }
 }
