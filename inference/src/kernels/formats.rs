@@ -301,6 +301,9 @@ pub struct Activations {
     pub dt: Vec<f32>,
     pub st: Vec<f32>,
     pub sxt: Vec<f32>,
+    /// Q8 on the AVX2 path: `q` widened to i16, for the signed Q8_0 weights' `madd`
+    /// products (empty on other paths).
+    pub q16: Vec<i16>,
 }
 
 impl Activations {
@@ -364,6 +367,10 @@ impl Activations {
         }
         if kind == ActKind::Q8 {
             self.transpose_scales();
+        }
+        self.q16.clear();
+        if kind == ActKind::Q8 && isa == super::Isa::Avx2 {
+            self.q16.extend(self.q.iter().map(|&v| v as i16));
         }
     }
 
