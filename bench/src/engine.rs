@@ -264,7 +264,13 @@ fn peer(b: &EngineBench, path: &std::path::Path) -> anyhow::Result<EngineFigures
         .output()
         .with_context(|| format!("running {script} (needs PyPI xllamacpp)"))?;
     if !out.status.success() {
-        anyhow::bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named 'xllamacpp'") {
+            anyhow::bail!(
+                "the peer (llama.cpp) needs its Python package: `pip install xllamacpp`, or pass --no-peer to measure Nave alone"
+            );
+        }
+        anyhow::bail!("{script} failed: {}", err.lines().last().unwrap_or(""));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or("");
