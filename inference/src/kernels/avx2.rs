@@ -693,6 +693,8 @@ pub unsafe fn tile_float<T: FloatRow, const R: usize, const C: usize>(
 
 /// The AVX2 kernel family of one weight type: a tile of `R` rows by `C` activations.
 trait Kernel {
+    /// Whether the batched walk takes tiles of one row by eight activation rows.
+    const WIDE: bool = false;
     unsafe fn tile<const R: usize, const C: usize>(
         w: [*const u8; R],
         a: &Activations,
@@ -723,6 +725,7 @@ impl<B: Block32, D: Dot> Kernel for K32<B, D> {
 }
 
 impl<B: BlockK> Kernel for KK<B> {
+    const WIDE: bool = true;
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         w: [*const u8; R],
@@ -832,6 +835,17 @@ unsafe fn walk<K: Kernel>(w: &QMatrix, data: &[u8], a: &Activations, range: std:
     while r < range.end {
         let end = (r + ROW_BLOCK).min(range.end);
         let mut c = 0;
+        if K::WIDE {
+            // The K-quants unpack each sub-block's values and scales once per tile: one
+            // row by eight activations spreads that over twice the products of two by
+            // four (Q4_K and Q6_K 2048x1024, batch 16, one thread: 47-48 -> 57 GMAC/s).
+            while c + 8 <= n {
+                for rr in r..end {
+                    tile!(1, 8, rr, c);
+                }
+                c += 8;
+            }
+        }
         while c < n {
             let mut rr = r;
             while rr + 2 <= end {
