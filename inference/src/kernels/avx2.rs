@@ -959,19 +959,6 @@ unsafe fn panel32<B: Block32, D: Dot>(
             Offset::Scaled(k) => _mm256_mul_ps(_mm256_set1_ps(k), d8),
             Offset::Stored => _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i)),
         };
-        if B::SIGNED && !D::VNNI {
-            let d8 = _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
-            let mut j = 0;
-            while j + SIGNED_ROWS <= acc.len() {
-                signed_rows::<B, SIGNED_ROWS>(blk, a, c0 + j, b, nb, d8, &mut acc[j..j + SIGNED_ROWS]);
-                j += SIGNED_ROWS;
-            }
-            while j < acc.len() {
-                signed_rows::<B, 1>(blk, a, c0 + j, b, nb, d8, &mut acc[j..j + 1]);
-                j += 1;
-            }
-            continue;
-        }
         let g = panel_groups::<B>(blk);
         let wa: [__m256i; 8] = match (B::SIGNED, D::VNNI) {
             (false, _) => g,
@@ -1021,57 +1008,6 @@ unsafe fn panel32<B: Block32, D: Dot>(
             }
         }
     }
-    if B::SIGNED && !D::VNNI {
-        // `signed_rows` sums rows in the order 0, 1, 4, 5, 2, 3, 6, 7 (its own inverse).
-        for e in acc.iter_mut() {
-            e[0] = _mm256_permutevar8x32_ps(e[0], _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
-        }
-    }
-}
-
-/// Activation rows [`signed_rows`] takes at a time.
-const SIGNED_ROWS: usize = 4;
-
-/// Block `b` of a panel of a signed type (Q8_0) on AVX2, times activation rows `c ..
-/// c + J` (`e`: their sums, lanes in the row order 0, 1, 4, 5, 2, 3, 6, 7; `d8`: the
-/// panel's scales in that order).
-///
-/// The weights are widened to i16 and multiplied with the activations widened alike
-/// (`Activations::q16`) by `madd`: two products a group, where `maddubs(|w|, sign(y, w))`
-/// and its `madd` into i32 took three on the same two multiply pipes (Q8_0 2048x640,
-/// batch 16, one thread: 62 GMAC/s). A group's 32 bytes are four values of each of the
-/// eight rows, so the products sum pairs of a row's values into two lanes, and one
-/// `hadd` a block finishes each row's dot. The same integers and float steps as
-/// [`panel32`]'s other arms: the same bits.
-#[inline(always)]
-unsafe fn signed_rows<B: Block32, const J: usize>(
-    blk: *const u8,
-    a: &Activations,
-    c: usize,
-    b: usize,
-    nb: usize,
-    d8: __m256,
-    e: &mut [[__m256; 2]],
-) {
-    let qs = blk.add(B::PARTS.panel_qs());
-    let q: [*const i16; J] = std::array::from_fn(|j| a.q16.as_ptr().add((c + j) * a.cols + b * QK));
-    let mut lo = [_mm256_setzero_si256(); J];
-    let mut hi = [_mm256_setzero_si256(); J];
-    for k in 0..8 {
-        // Rows 0-3 and rows 4-7, four values each, as i16.
-        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(qs.add(32 * k) as *const __m128i));
-        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(qs.add(32 * k + 16) as *const __m128i));
-        for j in 0..J {
-            let y = _mm256_set1_epi64x((q[j].add(4 * k) as *const i64).read_unaligned());
-            lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(w0, y));
-            hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(w1, y));
-        }
-    }
-    for j in 0..J {
-        let f = _mm256_cvtepi32_ps(_mm256_hadd_epi32(lo[j], hi[j]));
-        let dy = _mm256_set1_ps(*a.d.as_ptr().add((c + j) * nb + b));
-        e[j][0] = _mm256_fmadd_ps(_mm256_mul_ps(f, d8), dy, e[j][0]);
-    }
 }
 
 /// Rows `range` of a matrix of a 32-wide type in panels: whole panels (a panel that
@@ -1099,8 +1035,6 @@ unsafe fn walk_panels<B: Block32>(
     range: std::ops::Range<usize>,
     out: *mut f32,
 ) {
-    // The signed type's products read the activations widened to i16.
-    assert!(!B::SIGNED || a.q16.len() == a.q.len(), "Q8_0 on AVX2 needs activations quantized for AVX2");
     walk_panels_with::<B, Madd>(w, data, a, range, out)
 }
 
