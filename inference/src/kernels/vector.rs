@@ -306,24 +306,56 @@ mod avx2 {
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|s| *s *= inv);
         }
-        // Each head's output (hd values, at most 256) in registers while values stream by.
-        for j in 0..group {
-            let o = op.add(j * hd);
-            let mut c = 0;
-            while c < hd {
-                let width = (hd - c).min(32);
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for (i, &off) in offs.iter().enumerate() {
-                    let w = _mm256_set1_ps(*sp.add(j * len + i));
-                    let v = vp.add(off + c);
-                    for (t, a) in acc.iter_mut().enumerate().take(width / 8) {
-                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.add(8 * t)), *a);
-                    }
+        // The heads' outputs, 16 values of up to four heads at a time, in registers while
+        // that slice of the values streams by once for all of them (each lane sums its
+        // positions in order, as one head at a time would).
+        let mut c = 0;
+        while c < hd {
+            let two = hd - c >= 16;
+            let mut j = 0;
+            while j < group {
+                let (sj, oj) = (sp.add(j * len), op.add(j * hd + c));
+                match ((group - j).min(4), two) {
+                    (1, true) => weigh::<1, 2>(vp, offs, c, sj, len, hd, oj),
+                    (2, true) => weigh::<2, 2>(vp, offs, c, sj, len, hd, oj),
+                    (3, true) => weigh::<3, 2>(vp, offs, c, sj, len, hd, oj),
+                    (_, true) => weigh::<4, 2>(vp, offs, c, sj, len, hd, oj),
+                    (1, false) => weigh::<1, 1>(vp, offs, c, sj, len, hd, oj),
+                    (2, false) => weigh::<2, 1>(vp, offs, c, sj, len, hd, oj),
+                    (3, false) => weigh::<3, 1>(vp, offs, c, sj, len, hd, oj),
+                    (_, false) => weigh::<4, 1>(vp, offs, c, sj, len, hd, oj),
                 }
-                for (t, a) in acc.iter().enumerate().take(width / 8) {
-                    _mm256_storeu_ps(o.add(c + 8 * t), *a);
+                j += 4;
+            }
+            c += if two { 16 } else { 8 };
+        }
+    }
+
+    /// Values `c .. c + 8 * V` of heads `0 .. G` (scores at `s + h * len`, outputs at `o +
+    /// h * hd`): the sum over positions of score times value.
+    #[inline(always)]
+    unsafe fn weigh<const G: usize, const V: usize>(
+        vp: *const f32,
+        offs: &[usize],
+        c: usize,
+        s: *const f32,
+        len: usize,
+        hd: usize,
+        o: *mut f32,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); V]; G];
+        for (i, &off) in offs.iter().enumerate() {
+            let v: [__m256; V] = std::array::from_fn(|t| _mm256_loadu_ps(vp.add(off + c + 8 * t)));
+            for (h, a) in acc.iter_mut().enumerate() {
+                let w = _mm256_set1_ps(*s.add(h * len + i));
+                for t in 0..V {
+                    a[t] = _mm256_fmadd_ps(w, v[t], a[t]);
                 }
-                c += width;
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            for (t, x) in a.iter().enumerate() {
+                _mm256_storeu_ps(o.add(h * hd + 8 * t), *x);
             }
         }
     }
@@ -454,19 +486,22 @@ mod tests {
 
     #[test]
     fn attention_paths_agree() {
-        let hd = 64;
-        let keys: Vec<f32> = (0..40 * hd).map(|i| ((i * 31) % 17) as f32 / 9.0 - 0.9).collect();
-        let values: Vec<f32> = (0..40 * hd).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
-        let qs: Vec<f32> = (0..3 * hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
-        let offs: Vec<usize> = (0..37).map(|p| ((p * 7) % 40) * hd).collect();
-        let mut reference = vec![0.0; 3 * hd];
-        let mut scores = Vec::new();
-        attend(Isa::Scalar, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut reference, &mut []);
-        for isa in Isa::available() {
-            let mut out = vec![1.0; 3 * hd];
-            attend(isa, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut out, &mut []);
-            for (a, b) in out.iter().zip(&reference) {
-                assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", isa.name());
+        // Head sizes with and without an 8-wide remainder, groups of heads below, at and
+        // past the four the vector path takes at a time.
+        for (hd, group) in [(64, 3), (72, 5), (256, 4), (8, 1), (24, 9)] {
+            let keys: Vec<f32> = (0..40 * hd).map(|i| ((i * 31) % 17) as f32 / 9.0 - 0.9).collect();
+            let values: Vec<f32> = (0..40 * hd).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+            let qs: Vec<f32> = (0..group * hd).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+            let offs: Vec<usize> = (0..37).map(|p| ((p * 7) % 40) * hd).collect();
+            let mut reference = vec![0.0; group * hd];
+            let mut scores = Vec::new();
+            attend(Isa::Scalar, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut reference, &mut []);
+            for isa in Isa::available() {
+                let mut out = vec![1.0; group * hd];
+                attend(isa, &qs, &keys, &values, &offs, hd, 0.125, &mut scores, &mut out, &mut []);
+                for (a, b) in out.iter().zip(&reference) {
+                    assert!((a - b).abs() < 1e-5, "{} hd {hd} group {group}: {a} vs {b}", isa.name());
+                }
             }
         }
     }
