@@ -407,7 +407,7 @@ pub struct TopLogprob {
 /// lower id first); `bytes` names a token's bytes. Computed in f64 from the maximum, so
 /// a large logit neither overflows nor loses the small ones.
 pub fn logprobs(logits: &[f32], token: u32, top: usize, bytes: impl Fn(u32) -> Vec<u8>) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let max = max_value(logits) as f64;
     let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
     let lp = |t: u32| logits.get(t as usize).map_or(f32::NEG_INFINITY, |&l| (l as f64 - lse) as f32);
     let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
