@@ -557,15 +557,21 @@ impl Worker {
         let mut guides = guides.into_iter();
         self.gauges.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
         tracing::debug!(request_id = %req.request_id, prompt_tokens = tokens.len(), n = params.n, "queued");
+        let stop_ids = self.model.tokenizer.stop_ids();
         let mut choices: Vec<Sequence> = (0..params.n.max(1) as u32)
             .map(|choice| {
                 self.next_id += 1;
-                let own = SamplingParams {
+                let mut own = SamplingParams {
                     seed: params.seed.map(|s| s.wrapping_add(choice as u64)),
                     // A grammar ends with the end of the turn.
                     ignore_eos: params.ignore_eos && params.constraint.is_none(),
                     ..params.clone()
                 };
+                // Ignoring the end means never choosing it (as llama.cpp's `ignore_eos`
+                // does): the continuation goes on as text, not past an end-of-turn token.
+                if own.ignore_eos {
+                    own.logit_bias.extend(stop_ids.iter().map(|&t| (t, f32::NEG_INFINITY)));
+                }
                 Sequence {
                     id: self.next_id,
                     request_id: req.request_id.clone(),

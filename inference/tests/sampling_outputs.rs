@@ -230,3 +230,21 @@ fn a_tight_pool_preempts_without_repeating_or_losing_any_logprob() {
         }
     }
 }
+
+/// `ignore_eos` never chooses an end-of-turn token (llama.cpp's meaning): even with the
+/// end all but forced by `logit_bias`, the answer runs to `max_tokens` without one, where
+/// the same request without `ignore_eos` ends at once.
+#[test]
+fn ignore_eos_never_chooses_the_end() {
+    let (_d, path) = tiny();
+    let stops = LoadedModel::load("tiny", &path, LoadOptions::default()).expect("loads").tokenizer.stop_ids().to_vec();
+    assert!(!stops.is_empty());
+    let e = engine(&path, EngineConfig::default());
+    let forced = SamplingParams { logit_bias: vec![(stops[0], 100.0)], ..SamplingParams::greedy(8) };
+    let (_, ids, finish, _) = collect(e.submit(request(PROMPT, forced.clone())).expect("queued")).expect("runs");
+    assert_eq!((ids.len(), finish), (0, FinishReason::Stop), "{ids:?}");
+    let ignoring = SamplingParams { ignore_eos: true, temperature: 1.0, seed: Some(3), ..forced };
+    let (_, ids, finish, _) = collect(e.submit(request(PROMPT, ignoring)).expect("queued")).expect("runs");
+    assert_eq!((ids.len(), finish), (8, FinishReason::Length));
+    assert!(ids.iter().all(|t| !stops.contains(t)), "{ids:?} holds an end token of {stops:?}");
+}
