@@ -4,7 +4,7 @@
 //! with the same thread count (bench/peer_llamacpp.py, PyPI `xllamacpp`), in one table.
 //!
 //! It says what ran: the CPU's model and the flags the kernels care about, the kernel path
-//! (`NAVE_CPU=scalar|avx2|avx512` forces a lower one), and the memory-bandwidth bound of batch-1
+//! (`NAVE_CPU=scalar|avx2|avxvnni|avx512` forces another), and the memory-bandwidth bound of batch-1
 //! decode (weight bytes read per token over this machine's measured read bandwidth).
 
 use std::time::Instant;

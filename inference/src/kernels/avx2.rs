@@ -1,8 +1,10 @@
 //! AVX2 + FMA (+ F16C) micro-kernels: a tile of `R` weight rows times `C` activation rows.
-//! The 32-wide types' kernels are compiled twice: with `maddubs` + `madd` for their integer
-//! dots ([`Madd`], AVX2), and with AVX-512 VNNI's `vpdpbusd` on 256-bit vectors ([`Vnni`]:
-//! one instruction instead of two or three, no i16 step, 32 vector registers), the
-//! `avx512` path. Both sum the same integers in the same float steps: the same bits.
+//! The 32-wide types' kernels are compiled three times: with `maddubs` + `madd` for their
+//! integer dots ([`Madd`], AVX2), with AVX-VNNI's `vpdpbusd` ([`AvxVnni`]: one instruction
+//! instead of two or three, no i16 step; the `avxvnni` path of Intel's client chips since
+//! Alder Lake and its E-core Xeons, which have no AVX-512), and with AVX-512 VNNI's on
+//! 256-bit vectors ([`Vnni`]: the same, with 32 vector registers and 512-bit panel pairs),
+//! the `avx512` path. All sum the same integers in the same float steps: the same bits.
 //!
 //! Each weight block is loaded and unpacked to bytes once per tile and multiplied with all
 //! `C` activation rows (the batched path reuses every loaded weight byte `C` times); the
@@ -186,28 +188,52 @@ pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
 /// within +-127, and `maddubs`'s i16 pairs cannot saturate where it is used: unsigned
 /// weights below 32 or magnitudes up to 128), so both paths give the same bits.
 pub trait Dot {
-    /// AVX-512 VNNI (`vpdpbusd`, no i16 step): unsigned operands may be full bytes.
+    /// `vpdpbusd` (no i16 step): unsigned operands may be full bytes.
     const VNNI: bool;
+    /// Which compilation of the kernels runs this dot (their target features).
+    const PATH: DotPath;
     /// `acc` plus, per i32 lane, the four products of `w`'s bytes with `y`'s.
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i;
 }
 
+/// The compilations of the 32-wide kernels, one per [`Dot`].
+#[derive(PartialEq, Eq)]
+pub enum DotPath {
+    Madd,
+    AvxVnni,
+    Vnni,
+}
+
 /// AVX2: `maddubs` (u8 x i8 pairs into i16), then `madd` with ones (pairs into i32).
 pub struct Madd;
+
+/// AVX-VNNI (the VEX encoding, 16 vector registers): one `vpdpbusd`.
+pub struct AvxVnni;
 
 /// AVX-512 VNNI on 256-bit vectors (AVX-512VL): one `vpdpbusd`.
 pub struct Vnni;
 
 impl Dot for Madd {
     const VNNI: bool = false;
+    const PATH: DotPath = DotPath::Madd;
     #[inline(always)]
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1)))
     }
 }
 
+impl Dot for AvxVnni {
+    const VNNI: bool = true;
+    const PATH: DotPath = DotPath::AvxVnni;
+    #[inline(always)]
+    unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, w, y)
+    }
+}
+
 impl Dot for Vnni {
     const VNNI: bool = true;
+    const PATH: DotPath = DotPath::Vnni;
     #[inline(always)]
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, w, y)
@@ -260,6 +286,18 @@ pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
     ahead: usize,
 ) -> Tile<R, C> {
     tile32_with::<B, Madd, R, C>(w, a, arows, nb, ahead)
+}
+
+/// [`tile32`] on the AVX-VNNI path.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn tile32_avxvnni<B: Block32, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+    ahead: usize,
+) -> Tile<R, C> {
+    tile32_with::<B, AvxVnni, R, C>(w, a, arows, nb, ahead)
 }
 
 /// [`tile32`] on the AVX-512 path.
@@ -717,9 +755,10 @@ impl<B: Block32, D: Dot> Kernel for K32<B, D> {
         nb: usize,
         ahead: usize,
     ) -> Tile<R, C> {
-        match D::VNNI {
-            true => tile32_vnni::<B, R, C>(w, a, arows, nb, ahead),
-            false => tile32::<B, R, C>(w, a, arows, nb, ahead),
+        match D::PATH {
+            DotPath::Vnni => tile32_vnni::<B, R, C>(w, a, arows, nb, ahead),
+            DotPath::AvxVnni => tile32_avxvnni::<B, R, C>(w, a, arows, nb, ahead),
+            DotPath::Madd => tile32::<B, R, C>(w, a, arows, nb, ahead),
         }
     }
 }
@@ -754,8 +793,9 @@ impl<B: FloatRow> Kernel for KF<B> {
 /// Rows `range` of `w` (whose bytes are `data`) times every row of `a`, into `out`
 /// (`a.rows` x `w.rows`, columns `range` written by this call alone).
 ///
-/// `D` is the path's integer dot: [`Madd`] needs AVX2, FMA and F16C, [`Vnni`] also AVX-512
-/// F, BW, VL and VNNI (the K-quants and floats run the AVX2 kernels on both).
+/// `D` is the path's integer dot: [`Madd`] needs AVX2, FMA and F16C, [`AvxVnni`] also
+/// AVX-VNNI, [`Vnni`] AVX-512 F, BW, VL and VNNI (the K-quants and floats run the AVX2
+/// kernels on all three).
 pub unsafe fn rows<D: Dot>(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
     match w.ty {
         // The 32-wide types in panels (eight rows interleaved), rows past the last panel
@@ -1015,10 +1055,23 @@ unsafe fn panels<B: Block32, D: Dot>(
     range: std::ops::Range<usize>,
     out: *mut f32,
 ) {
-    match D::VNNI {
-        true => walk_panels_vnni::<B>(w, data, a, range, out),
-        false => walk_panels::<B>(w, data, a, range, out),
+    match D::PATH {
+        DotPath::Vnni => walk_panels_vnni::<B>(w, data, a, range, out),
+        DotPath::AvxVnni => walk_panels_avxvnni::<B>(w, data, a, range, out),
+        DotPath::Madd => walk_panels::<B>(w, data, a, range, out),
     }
+}
+
+/// [`walk_panels`] on the AVX-VNNI path (one panel at a time, on 256-bit vectors).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn walk_panels_avxvnni<B: Block32>(
+    w: &QMatrix,
+    data: &[u8],
+    a: &Activations,
+    range: std::ops::Range<usize>,
+    out: *mut f32,
+) {
+    walk_panels_with::<B, AvxVnni>(w, data, a, range, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

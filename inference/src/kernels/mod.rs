@@ -8,7 +8,8 @@
 //!   against it.
 //! - [`panel`]: the 32-wide types' layout in memory, eight rows interleaved (bit-exact).
 //! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows; on
-//!   CPUs with AVX-512 VNNI the same kernels sum their integer dots with `vpdpbusd`.
+//!   CPUs with AVX-VNNI or AVX-512 VNNI the same kernels sum their integer dots with
+//!   `vpdpbusd`.
 //! - [`vector`]: the `f32` vector operations of attention, on the same paths.
 //! - [`pool`]: the engine's worker threads.
 //!
@@ -18,9 +19,11 @@
 //! row passes over them.
 //!
 //! The path is chosen once per process ([`Isa::active`]): the best the CPU has, or a lower
-//! one named by `NAVE_CPU=scalar|avx2|avx512` (tests and benchmarks force each path this
-//! way). `avx512` needs AVX-512 F, BW, VL and VNNI; a CPU with AVX-512 but no VNNI (Intel
-//! Skylake-SP) runs the AVX2 kernels.
+//! one named by `NAVE_CPU=scalar|avx2|avxvnni|avx512` (tests and benchmarks force each path
+//! this way). `avxvnni` needs AVX-VNNI (Intel Alder Lake and later client chips, Sierra
+//! Forest, AMD Zen 5); `avx512` needs AVX-512 F, BW, VL and VNNI, and is the better of the
+//! two where a CPU has both; a CPU with AVX-512 but no VNNI (Intel Skylake-SP) runs the
+//! AVX2 kernels. The paths are not a chain: Ice Lake has AVX-512 VNNI and no AVX-VNNI.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -40,6 +43,8 @@ pub use pool::Pool;
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX2 + FMA kernels whose integer dots are AVX-VNNI's `vpdpbusd`.
+    AvxVnni,
     /// AVX2 + FMA kernels whose integer dots are AVX-512 VNNI's `vpdpbusd` (on 256-bit
     /// vectors: AVX-512VL), with its 32 vector registers.
     Avx512,
@@ -50,6 +55,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
         }
     }
@@ -60,6 +66,9 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             v.push(Isa::Avx2);
+            if is_x86_feature_detected!("avxvnni") {
+                v.push(Isa::AvxVnni);
+            }
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
@@ -76,14 +85,14 @@ impl Isa {
         *Isa::available().last().unwrap_or(&Isa::Scalar)
     }
 
-    /// The best path this CPU runs, lowered by `NAVE_CPU` if set.
+    /// The best path this CPU runs, or the one `NAVE_CPU` names.
     pub fn detect() -> std::result::Result<Isa, String> {
-        let best = Isa::best();
+        let available = Isa::available();
         match std::env::var("NAVE_CPU").ok().as_deref().map(str::trim) {
-            None | Some("") | Some("auto") => Ok(best),
-            Some("scalar") => Ok(Isa::Scalar),
-            Some("avx2") if best >= Isa::Avx2 => Ok(Isa::Avx2),
-            Some("avx512") if best >= Isa::Avx512 => Ok(Isa::Avx512),
+            None | Some("") | Some("auto") => Ok(Isa::best()),
+            Some(name) if available.iter().any(|i| i.name() == name) => {
+                Ok(*available.iter().find(|i| i.name() == name).expect("just found"))
+            }
             Some(other) => Err(format!(
                 "NAVE_CPU={other:?} is not a path this CPU can run (available: {})",
                 Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
@@ -259,9 +268,12 @@ pub fn matmul(
 unsafe fn rows(isa: Isa, w: &QMatrix, a: &Activations, range: std::ops::Range<usize>, out: Out) {
     match isa {
         // SAFETY: `Isa::Avx2` is only chosen where the CPU has AVX2, FMA and F16C,
-        // `Isa::Avx512` where it also has AVX-512 F, BW, VL and VNNI.
+        // `Isa::AvxVnni` where it also has AVX-VNNI, `Isa::Avx512` where it also has
+        // AVX-512 F, BW, VL and VNNI.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::rows::<avx2::Madd>(w, &w.data, a, range, out.0) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => unsafe { avx2::rows::<avx2::AvxVnni>(w, &w.data, a, range, out.0) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx2::rows::<avx2::Vnni>(w, &w.data, a, range, out.0) },
         _ => {
