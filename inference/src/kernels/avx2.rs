@@ -194,6 +194,9 @@ pub trait Dot {
     const PATH: DotPath;
     /// `acc` plus, per i32 lane, the four products of `w`'s bytes with `y`'s.
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i;
+    /// `acc` plus, per i32 lane, the two products of `p`'s i16 lanes with `s`'s (`madd`
+    /// then `add`, or VNNI's `vpdpwssd` in one: the same sum, no saturation either way).
+    unsafe fn dot2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i;
 }
 
 /// The compilations of the 32-wide kernels, one per [`Dot`].
@@ -220,6 +223,10 @@ impl Dot for Madd {
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1)))
     }
+    #[inline(always)]
+    unsafe fn dot2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+    }
 }
 
 impl Dot for AvxVnni {
@@ -229,6 +236,10 @@ impl Dot for AvxVnni {
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(acc, w, y)
     }
+    #[inline(always)]
+    unsafe fn dot2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpwssd_avx_epi32(acc, p, s)
+    }
 }
 
 impl Dot for Vnni {
@@ -237,6 +248,10 @@ impl Dot for Vnni {
     #[inline(always)]
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, w, y)
+    }
+    #[inline(always)]
+    unsafe fn dot2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, p, s)
     }
 }
 
@@ -588,6 +603,41 @@ pub unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
     nb: usize,
     ahead: usize,
 ) -> Tile<R, C> {
+    tile_k_with::<B, Madd, R, C>(w, a, arows, nb, ahead)
+}
+
+/// [`tile_k`] on the AVX-VNNI path (each scaled pair of products is one `vpdpwssd`).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub unsafe fn tile_k_avxvnni<B: BlockK, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+    ahead: usize,
+) -> Tile<R, C> {
+    tile_k_with::<B, AvxVnni, R, C>(w, a, arows, nb, ahead)
+}
+
+/// [`tile_k`] on the AVX-512 path.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile_k_vnni<B: BlockK, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+    ahead: usize,
+) -> Tile<R, C> {
+    tile_k_with::<B, Vnni, R, C>(w, a, arows, nb, ahead)
+}
+
+#[inline(always)]
+unsafe fn tile_k_with<B: BlockK, D: Dot, const R: usize, const C: usize>(
+    w: [*const u8; R],
+    a: &Activations,
+    arows: [usize; C],
+    nb: usize,
+    ahead: usize,
+) -> Tile<R, C> {
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let mut off = [[_mm256_setzero_ps(); C]; R];
     let mut q = [std::ptr::null::<i8>(); C];
@@ -616,8 +666,7 @@ pub unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
             for c in 0..C {
                 let y = _mm256_loadu_si256(q[c].add(b * QK_K + 32 * j) as *const __m256i);
                 for r in 0..R {
-                    let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], y), sc[r]);
-                    isum[r][c] = _mm256_add_epi32(isum[r][c], prod);
+                    isum[r][c] = D::dot2(isum[r][c], _mm256_maddubs_epi16(wv[r], y), sc[r]);
                 }
             }
         }
@@ -743,7 +792,7 @@ trait Kernel {
 }
 
 struct K32<B, D>(std::marker::PhantomData<(B, D)>);
-struct KK<B>(std::marker::PhantomData<B>);
+struct KK<B, D>(std::marker::PhantomData<(B, D)>);
 struct KF<B>(std::marker::PhantomData<B>);
 
 impl<B: Block32, D: Dot> Kernel for K32<B, D> {
@@ -763,7 +812,7 @@ impl<B: Block32, D: Dot> Kernel for K32<B, D> {
     }
 }
 
-impl<B: BlockK> Kernel for KK<B> {
+impl<B: BlockK, D: Dot> Kernel for KK<B, D> {
     const WIDE: bool = true;
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
@@ -773,7 +822,11 @@ impl<B: BlockK> Kernel for KK<B> {
         nb: usize,
         ahead: usize,
     ) -> Tile<R, C> {
-        tile_k::<B, R, C>(w, a, arows, nb, ahead)
+        match D::PATH {
+            DotPath::Vnni => tile_k_vnni::<B, R, C>(w, a, arows, nb, ahead),
+            DotPath::AvxVnni => tile_k_avxvnni::<B, R, C>(w, a, arows, nb, ahead),
+            DotPath::Madd => tile_k::<B, R, C>(w, a, arows, nb, ahead),
+        }
     }
 }
 
@@ -794,8 +847,8 @@ impl<B: FloatRow> Kernel for KF<B> {
 /// (`a.rows` x `w.rows`, columns `range` written by this call alone).
 ///
 /// `D` is the path's integer dot: [`Madd`] needs AVX2, FMA and F16C, [`AvxVnni`] also
-/// AVX-VNNI, [`Vnni`] AVX-512 F, BW, VL and VNNI (the K-quants and floats run the AVX2
-/// kernels on all three).
+/// AVX-VNNI, [`Vnni`] AVX-512 F, BW, VL and VNNI (the floats run the AVX2 kernels on all
+/// three).
 pub unsafe fn rows<D: Dot>(w: &QMatrix, data: &[u8], a: &Activations, range: std::ops::Range<usize>, out: *mut f32) {
     match w.ty {
         // The 32-wide types in panels (eight rows interleaved), rows past the last panel
@@ -810,9 +863,9 @@ pub unsafe fn rows<D: Dot>(w: &QMatrix, data: &[u8], a: &Activations, range: std
         WeightType::Q5_0 => walk::<K32<Q5_0, D>>(w, data, a, range, out),
         WeightType::Q5_1 => walk::<K32<Q5_1, D>>(w, data, a, range, out),
         WeightType::Q8_0 => walk::<K32<Q8_0, D>>(w, data, a, range, out),
-        WeightType::Q4_K => walk::<KK<Q4K>>(w, data, a, range, out),
-        WeightType::Q5_K => walk::<KK<Q5K>>(w, data, a, range, out),
-        WeightType::Q6_K => walk::<KK<Q6K>>(w, data, a, range, out),
+        WeightType::Q4_K => walk::<KK<Q4K, D>>(w, data, a, range, out),
+        WeightType::Q5_K => walk::<KK<Q5K, D>>(w, data, a, range, out),
+        WeightType::Q6_K => walk::<KK<Q6K, D>>(w, data, a, range, out),
         WeightType::F32 => walk::<KF<F32>>(w, data, a, range, out),
         WeightType::F16 => walk::<KF<F16>>(w, data, a, range, out),
         WeightType::BF16 => walk::<KF<BF16>>(w, data, a, range, out),
