@@ -188,10 +188,10 @@ pub type Tile<const R: usize, const C: usize> = [[f32; C]; R];
 /// within +-127, and `maddubs`'s i16 pairs cannot saturate where it is used: unsigned
 /// weights below 32 or magnitudes up to 128), so both paths give the same bits.
 pub trait Dot {
-    /// `vpdpbusd` (no i16 step): unsigned operands may be full bytes.
-    const VNNI: bool;
     /// Which compilation of the kernels runs this dot (their target features).
     const PATH: DotPath;
+    /// `vpdpbusd` (no i16 step): unsigned operands may be full bytes.
+    const VNNI: bool = !matches!(Self::PATH, DotPath::Madd);
     /// `acc` plus, per i32 lane, the four products of `w`'s bytes with `y`'s.
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i;
     /// `acc` plus, per i32 lane, the two products of `p`'s i16 lanes with `s`'s (`madd`
@@ -217,7 +217,6 @@ pub struct AvxVnni;
 pub struct Vnni;
 
 impl Dot for Madd {
-    const VNNI: bool = false;
     const PATH: DotPath = DotPath::Madd;
     #[inline(always)]
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
@@ -230,7 +229,6 @@ impl Dot for Madd {
 }
 
 impl Dot for AvxVnni {
-    const VNNI: bool = true;
     const PATH: DotPath = DotPath::AvxVnni;
     #[inline(always)]
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
@@ -243,7 +241,6 @@ impl Dot for AvxVnni {
 }
 
 impl Dot for Vnni {
-    const VNNI: bool = true;
     const PATH: DotPath = DotPath::Vnni;
     #[inline(always)]
     unsafe fn dot4(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
@@ -290,42 +287,37 @@ unsafe fn idot<B: Block32, D: Dot>(wv: __m256i, wa: __m256i, y: __m256i) -> __m2
 // d_y, acc)` and `off = fma(m_w, s_y, off)` block after block, and the result is
 // `acc + off`. Four (row, activation) pairs share a 128-bit vector.
 
-/// `R` rows of a 32-wide type (at `w[r]`, `nb` blocks each) times activation rows
-/// `arows` of `a` (consecutive).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile32<B: Block32, const R: usize, const C: usize>(
-    w: [*const u8; R],
-    a: &Activations,
-    arows: [usize; C],
-    nb: usize,
-    ahead: usize,
-) -> Tile<R, C> {
-    tile32_with::<B, Madd, R, C>(w, a, arows, nb, ahead)
+/// A tile kernel compiled with one path's target features: `$name` is `$with` summing its
+/// integer dots with `$dot`.
+macro_rules! tile_on_path {
+    ($(#[$doc:meta])* $name:ident: $bound:ident, $with:ident, $dot:ty, $features:literal) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name<B: $bound, const R: usize, const C: usize>(
+            w: [*const u8; R],
+            a: &Activations,
+            arows: [usize; C],
+            nb: usize,
+            ahead: usize,
+        ) -> Tile<R, C> {
+            $with::<B, $dot, R, C>(w, a, arows, nb, ahead)
+        }
+    };
 }
 
-/// [`tile32`] on the AVX-VNNI path.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub unsafe fn tile32_avxvnni<B: Block32, const R: usize, const C: usize>(
-    w: [*const u8; R],
-    a: &Activations,
-    arows: [usize; C],
-    nb: usize,
-    ahead: usize,
-) -> Tile<R, C> {
-    tile32_with::<B, AvxVnni, R, C>(w, a, arows, nb, ahead)
-}
-
-/// [`tile32`] on the AVX-512 path.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile32_vnni<B: Block32, const R: usize, const C: usize>(
-    w: [*const u8; R],
-    a: &Activations,
-    arows: [usize; C],
-    nb: usize,
-    ahead: usize,
-) -> Tile<R, C> {
-    tile32_with::<B, Vnni, R, C>(w, a, arows, nb, ahead)
-}
+tile_on_path!(
+    /// `R` rows of a 32-wide type (at `w[r]`, `nb` blocks each) times activation rows
+    /// `arows` of `a` (consecutive).
+    tile32: Block32, tile32_with, Madd, "avx2,fma,f16c"
+);
+tile_on_path!(
+    /// [`tile32`] on the AVX-VNNI path.
+    tile32_avxvnni: Block32, tile32_with, AvxVnni, "avx2,fma,f16c,avxvnni"
+);
+tile_on_path!(
+    /// [`tile32`] on the AVX-512 path.
+    tile32_vnni: Block32, tile32_with, Vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+);
 
 #[inline(always)]
 unsafe fn tile32_with<B: Block32, D: Dot, const R: usize, const C: usize>(
@@ -594,41 +586,18 @@ impl BlockK for Q6K {
     }
 }
 
-/// `R` rows of a K-quant type (`nb` super-blocks each) times activation rows `arows`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_k<B: BlockK, const R: usize, const C: usize>(
-    w: [*const u8; R],
-    a: &Activations,
-    arows: [usize; C],
-    nb: usize,
-    ahead: usize,
-) -> Tile<R, C> {
-    tile_k_with::<B, Madd, R, C>(w, a, arows, nb, ahead)
-}
-
-/// [`tile_k`] on the AVX-VNNI path (each scaled pair of products is one `vpdpwssd`).
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub unsafe fn tile_k_avxvnni<B: BlockK, const R: usize, const C: usize>(
-    w: [*const u8; R],
-    a: &Activations,
-    arows: [usize; C],
-    nb: usize,
-    ahead: usize,
-) -> Tile<R, C> {
-    tile_k_with::<B, AvxVnni, R, C>(w, a, arows, nb, ahead)
-}
-
-/// [`tile_k`] on the AVX-512 path.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile_k_vnni<B: BlockK, const R: usize, const C: usize>(
-    w: [*const u8; R],
-    a: &Activations,
-    arows: [usize; C],
-    nb: usize,
-    ahead: usize,
-) -> Tile<R, C> {
-    tile_k_with::<B, Vnni, R, C>(w, a, arows, nb, ahead)
-}
+tile_on_path!(
+    /// `R` rows of a K-quant type (`nb` super-blocks each) times activation rows `arows`.
+    tile_k: BlockK, tile_k_with, Madd, "avx2,fma,f16c"
+);
+tile_on_path!(
+    /// [`tile_k`] on the AVX-VNNI path (each scaled pair of products is one `vpdpwssd`).
+    tile_k_avxvnni: BlockK, tile_k_with, AvxVnni, "avx2,fma,f16c,avxvnni"
+);
+tile_on_path!(
+    /// [`tile_k`] on the AVX-512 path.
+    tile_k_vnni: BlockK, tile_k_with, Vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+);
 
 #[inline(always)]
 unsafe fn tile_k_with<B: BlockK, D: Dot, const R: usize, const C: usize>(

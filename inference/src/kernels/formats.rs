@@ -414,7 +414,7 @@ unsafe fn q8_blocks(isa: super::Isa, x: &[f32], out: Out, blocks: std::ops::Rang
         let (amax, sum) = match isa {
             // SAFETY: the vector paths are only chosen where the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512 => unsafe { q8_block_avx2(xb, q) },
+            isa if isa.vector() => unsafe { q8_block_avx2(xb, q) },
             _ => q8_block(xb, q),
         };
         let d = amax / 127.0;
@@ -495,7 +495,7 @@ unsafe fn q8k_blocks(isa: super::Isa, x: &[f32], out: Out, blocks: std::ops::Ran
         // SAFETY: the vector paths are only chosen where the CPU has AVX2; the rest is the
         // caller's contract.
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512 => unsafe { q8k_blocks_avx2(x, out, blocks) },
+        isa if isa.vector() => unsafe { q8k_blocks_avx2(x, out, blocks) },
         _ => unsafe { q8k_blocks_with(x, out, blocks) },
     }
 }

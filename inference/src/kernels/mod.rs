@@ -60,6 +60,11 @@ impl Isa {
         }
     }
 
+    /// Whether this is one of the AVX2 kernels' paths (every path but the scalar one).
+    pub fn vector(self) -> bool {
+        self != Isa::Scalar
+    }
+
     /// Every path this CPU can run, lowest first.
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Scalar];
@@ -90,13 +95,12 @@ impl Isa {
         let available = Isa::available();
         match std::env::var("NAVE_CPU").ok().as_deref().map(str::trim) {
             None | Some("") | Some("auto") => Ok(Isa::best()),
-            Some(name) if available.iter().any(|i| i.name() == name) => {
-                Ok(*available.iter().find(|i| i.name() == name).expect("just found"))
-            }
-            Some(other) => Err(format!(
-                "NAVE_CPU={other:?} is not a path this CPU can run (available: {})",
-                Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
-            )),
+            Some(name) => available.iter().copied().find(|i| i.name() == name).ok_or_else(|| {
+                format!(
+                    "NAVE_CPU={name:?} is not a path this CPU can run (available: {})",
+                    available.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+                )
+            }),
         }
     }
 

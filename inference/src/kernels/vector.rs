@@ -9,7 +9,7 @@ pub fn exp_sum(isa: Isa, x: &mut [f32], max: f32) -> f32 {
     match isa {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => unsafe { avx2::exp_sum(x, max) },
+        isa if isa.vector() => unsafe { avx2::exp_sum(x, max) },
         _ => {
             let mut sum = 0.0;
             for v in x.iter_mut() {
@@ -37,7 +37,7 @@ pub fn gate(isa: Isa, gate: Activation, g: &mut [f32], u: &[f32]) {
         // SAFETY: the vector paths are only chosen where the CPU has AVX2 and FMA; the lengths
         // are checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => unsafe { avx2::gate(gate, g, u) },
+        isa if isa.vector() => unsafe { avx2::gate(gate, g, u) },
         _ => g.iter_mut().zip(u).for_each(|(g, u)| *g = gate_scalar(gate, *g) * u),
     }
 }
@@ -123,7 +123,7 @@ pub fn attend(
         // plus `hd` lies inside `keys` and `values` (checked below in debug builds, and by
         // the KV store's block addressing in all builds).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 if hd.is_multiple_of(8) => unsafe {
+        isa if isa.vector() && hd.is_multiple_of(8) => unsafe {
             debug_assert!(offs.iter().all(|&o| o + hd <= keys.len() && o + hd <= values.len()));
             avx2::attend(qs, keys, values, offs, hd, score, scores, out, pieces)
         },
