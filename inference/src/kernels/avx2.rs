@@ -15,8 +15,9 @@
 //! The 32-wide types are kept in panels of eight rows ([`super::panel`]): one 32-byte load
 //! holds four values of each of the eight rows, an activation's four bytes are broadcast
 //! against it, and each row's dot sums in its own lane, so a block costs no horizontal
-//! sums; every activation row passes over a block once it is unpacked (`panel32`). Rows
-//! past the last panel, and the K-quants and floats, take the tiles below.
+//! sums; every activation row passes over a block once it is unpacked (`panel32`). The
+//! K-quants' panels are [`super::kpanel`]'s. Rows past the last panel, and the floats, take
+//! the tiles below.
 //!
 //! The integer dot of 32 unsigned weight values with 32 signed activations is
 //! `maddubs` (u8 x i8 pairs into i16, no overflow: 31 * 127 * 2 < 2^15) then `madd` with
@@ -33,7 +34,7 @@ use std::arch::x86_64::*;
 
 use super::formats::{ActKind, Activations, WeightType, QK, QK_K};
 use super::panel::{self, Parts};
-use super::QMatrix;
+use super::{kpanel, QMatrix};
 
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -832,9 +833,19 @@ pub unsafe fn rows<D: Dot>(w: &QMatrix, data: &[u8], a: &Activations, range: std
         WeightType::Q5_0 => walk::<K32<Q5_0, D>>(w, data, a, range, out),
         WeightType::Q5_1 => walk::<K32<Q5_1, D>>(w, data, a, range, out),
         WeightType::Q8_0 => walk::<K32<Q8_0, D>>(w, data, a, range, out),
-        WeightType::Q4_K => walk::<KK<Q4K, D>>(w, data, a, range, out),
-        WeightType::Q5_K => walk::<KK<Q5K, D>>(w, data, a, range, out),
-        WeightType::Q6_K => walk::<KK<Q6K, D>>(w, data, a, range, out),
+        // The K-quants in panels, rows past the last panel on the tiles.
+        WeightType::Q4_K => {
+            let rest = kpanel::panels::<kpanel::Q4K, D>(w, data, a, range.clone(), out);
+            walk::<KK<Q4K, D>>(w, data, a, rest..range.end, out)
+        }
+        WeightType::Q5_K => {
+            let rest = kpanel::panels::<kpanel::Q5K, D>(w, data, a, range.clone(), out);
+            walk::<KK<Q5K, D>>(w, data, a, rest..range.end, out)
+        }
+        WeightType::Q6_K => {
+            let rest = kpanel::panels::<kpanel::Q6K, D>(w, data, a, range.clone(), out);
+            walk::<KK<Q6K, D>>(w, data, a, rest..range.end, out)
+        }
         WeightType::F32 => walk::<KF<F32>>(w, data, a, range, out),
         WeightType::F16 => walk::<KF<F16>>(w, data, a, range, out),
         WeightType::BF16 => walk::<KF<BF16>>(w, data, a, range, out),

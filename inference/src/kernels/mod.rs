@@ -6,7 +6,9 @@
 //!   ([`Activations`]: Q8_0/Q8_1 blocks for the 32-wide types, Q8_K for the K-quants).
 //! - [`scalar`]: the portable reference, block by block; every other path is tested
 //!   against it.
-//! - [`panel`]: the 32-wide types' layout in memory, eight rows interleaved (bit-exact).
+//! - [`panel`]: the layout in memory of the 32-wide types and the K-quants, eight rows
+//!   interleaved (bit-exact).
+//! - [`kpanel`]: the K-quants' kernels on their panels (every vector path).
 //! - [`avx2`]: AVX2 + FMA micro-kernels, a tile of weight rows times activation rows; on
 //!   CPUs with AVX-VNNI or AVX-512 VNNI the same kernels sum their integer dots with
 //!   `vpdpbusd`.
@@ -28,6 +30,8 @@
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod formats;
+#[cfg(target_arch = "x86_64")]
+pub mod kpanel;
 pub mod panel;
 pub mod pool;
 pub mod scalar;
@@ -119,8 +123,8 @@ impl Isa {
 
 /// A weight matrix of `rows` rows by `cols` columns, each row in the file's own type.
 /// The bytes are shared (a tied output layer is the embedding table itself). On the
-/// vector paths the 32-wide types keep every eight rows as a [`panel`] (the same bytes,
-/// interleaved); the scalar path reads the file's layout as it is.
+/// vector paths the 32-wide types and the K-quants keep every eight rows as a [`panel`]
+/// (the same bytes, interleaved); the scalar path reads the file's layout as it is.
 #[derive(Clone)]
 pub struct QMatrix {
     pub ty: WeightType,

@@ -309,3 +309,38 @@ fn a_row_alone_equals_the_same_row_in_a_batch() {
         }
     }
 }
+
+/// The K-quants in panels take the scalar reference's float steps per super-block, so a
+/// row in a panel gives its bits exactly, on every path (rows past the panels are only
+/// close: their tiles sum in vector lanes).
+#[test]
+fn k_quant_panels_give_the_references_bits() {
+    let mut rng = Rng::new(23);
+    let pool = Pool::new(2);
+    let mut act = Activations::default();
+    for t in [WeightType::Q4_K, WeightType::Q5_K, WeightType::Q6_K] {
+        for (rows, cols) in [(8, 256), (24, 768), (21, 2048)] {
+            let w = random_matrix(&mut rng, t, rows, cols);
+            // The vector paths keep whole panels (the scalar path, forced, the file's layout).
+            let panels = if Isa::active() == Isa::Scalar { 0 } else { rows / 8 * 8 };
+            assert_eq!(w.packed_rows(), panels, "{}", t.name());
+            for n in [1, 3, 33] {
+                let mut x = random_input(&mut rng, n, cols);
+                // A super-block whose largest magnitude is negative: it quantizes to -128.
+                x[3] = -60.0;
+                let mut reference = Vec::new();
+                matmul(&pool, Isa::Scalar, &[&w], &x, n, &mut act, &mut [&mut reference]);
+                for isa in Isa::available() {
+                    let mut got = Vec::new();
+                    matmul(&pool, isa, &[&w], &x, n, &mut act, &mut [&mut got]);
+                    for c in 0..n {
+                        for r in 0..w.packed_rows() {
+                            let (a, b) = (got[c * rows + r], reference[c * rows + r]);
+                            assert_eq!(a.to_bits(), b.to_bits(), "{} {} [{c},{r}]: {a} vs {b}", isa.name(), t.name());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
