@@ -190,8 +190,20 @@ impl Values45 for Q5K {
     unsafe fn values(blk: *const u8, j: usize, g: usize) -> __m256i {
         // As Q4_K's (qs words from 384), with the fifth bit: bit j of qh word g's bytes.
         let q = nibble(word(blk, 384 + 32 * (8 * (j / 2) + g)), j);
-        let h = _mm256_srl_epi16(word(blk, 128 + 32 * g), _mm_cvtsi32_si128(j as i32));
-        _mm256_or_si256(q, _mm256_slli_epi16::<4>(_mm256_and_si256(h, _mm256_set1_epi8(1))))
+        let h = word(blk, 128 + 32 * g);
+        // Bit j of each byte to bit 4 (shifts of 16-bit lanes: the bits crossing into the
+        // neighbouring byte are masked off).
+        let h = match j {
+            0 => _mm256_slli_epi16::<4>(h),
+            1 => _mm256_slli_epi16::<3>(h),
+            2 => _mm256_slli_epi16::<2>(h),
+            3 => _mm256_slli_epi16::<1>(h),
+            4 => h,
+            5 => _mm256_srli_epi16::<1>(h),
+            6 => _mm256_srli_epi16::<2>(h),
+            _ => _mm256_srli_epi16::<3>(h),
+        };
+        _mm256_or_si256(q, _mm256_and_si256(h, _mm256_set1_epi8(0x10)))
     }
 }
 
@@ -246,8 +258,16 @@ impl PanelK for Q5K {
 #[inline(always)]
 unsafe fn values6(blk: *const u8, n: usize, t: usize, g: usize) -> __m256i {
     let ql = nibble(word(blk, 32 * (16 * n + 8 * (t % 2) + g)), t / 2);
-    let qh = _mm256_srl_epi16(word(blk, 1024 + 32 * (8 * n + g)), _mm_cvtsi32_si128(2 * t as i32));
-    _mm256_or_si256(ql, _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(3))))
+    let qh = word(blk, 1024 + 32 * (8 * n + g));
+    // Bits 2t, 2t + 1 of each byte to bits 4, 5 (as in Q5_K's values, the bits a 16-bit
+    // shift moves across bytes are masked off).
+    let qh = match t {
+        0 => _mm256_slli_epi16::<4>(qh),
+        1 => _mm256_slli_epi16::<2>(qh),
+        2 => qh,
+        _ => _mm256_srli_epi16::<2>(qh),
+    };
+    _mm256_or_si256(ql, _mm256_and_si256(qh, _mm256_set1_epi8(0x30)))
 }
 
 impl PanelK for Q6K {
