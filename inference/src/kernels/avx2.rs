@@ -1237,6 +1237,20 @@ unsafe fn panel32x2<B: Block32>(
     }
 }
 
+/// A panel's eight sums for one activation row (`v`, lane `i`: weight row `r0 + i`) into
+/// that row's outputs `out`, those of the rows in `rows` only (a panel the thread's range
+/// cuts is computed whole and written in part).
+#[inline(always)]
+pub(super) unsafe fn store_panel(v: __m256, r0: usize, rows: std::ops::Range<usize>, out: *mut f32) {
+    let mut lanes = [0.0f32; panel::ROWS];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+    for (i, v) in lanes.iter().enumerate() {
+        if rows.contains(&(r0 + i)) {
+            *out.add(r0 + i) = *v;
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn walk_panels_with<B: Block32, D: Dot>(
     w: &QMatrix,
@@ -1260,13 +1274,7 @@ unsafe fn walk_panels_with<B: Block32, D: Dot>(
                 let cn = (n - c0).min(PANEL_ACTS);
                 panel32::<B, D>(pan, nb, a, c0, &mut acc[..cn], c0 == 0);
                 for (j, e) in acc[..cn].iter().enumerate() {
-                    let mut lanes = [0.0f32; panel::ROWS];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(e[0], e[1]));
-                    for (i, v) in lanes.iter().enumerate() {
-                        if (lo..hi).contains(&(r0 + i)) {
-                            *out.add((c0 + j) * w.rows + r0 + i) = *v;
-                        }
-                    }
+                    store_panel(_mm256_add_ps(e[0], e[1]), r0, lo..hi, out.add((c0 + j) * w.rows));
                 }
                 c0 += cn;
             }

@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{AvxVnni, Dot, DotPath, Madd, Vnni};
+use super::avx2::{store_panel, AvxVnni, Dot, DotPath, Madd, Vnni};
 use super::formats::{Activations, QK_K};
 use super::panel;
 use super::QMatrix;
@@ -52,7 +52,8 @@ unsafe fn word(blk: *const u8, at: usize) -> __m256i {
 
 /// `pshufb` controls, byte `b` of 32-bit lane `l` (of each 128-bit half) at `4l + b`, 0x80
 /// for a zero: [`TWICE`] takes byte `t` of each lane into both its i16 halves (low byte),
-/// [`PAIR`] bytes `2k` and `2k + 1` into the high bytes of its two i16 halves.
+/// [`SIGNED_TWICE`] into their high bytes, [`PAIR`] bytes `2k` and `2k + 1` into the high
+/// bytes of its two i16 halves.
 const fn controls(lo: u8, hi: u8, high_bytes: bool) -> [u8; 32] {
     let mut c = [0x80u8; 32];
     let mut i = 0;
@@ -342,38 +343,25 @@ pub unsafe fn panels<P: PanelK, D: Dot>(
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn walk_avx2<P: PanelK>(
-    w: &QMatrix,
-    data: &[u8],
-    a: &Activations,
-    range: std::ops::Range<usize>,
-    out: *mut f32,
-) -> usize {
-    walk::<P, Madd>(w, data, a, range, out)
+/// [`walk`] compiled with one path's target features, summing with `$dot`.
+macro_rules! walk_on_path {
+    ($name:ident, $dot:ty, $features:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<P: PanelK>(
+            w: &QMatrix,
+            data: &[u8],
+            a: &Activations,
+            range: std::ops::Range<usize>,
+            out: *mut f32,
+        ) -> usize {
+            walk::<P, $dot>(w, data, a, range, out)
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn walk_avxvnni<P: PanelK>(
-    w: &QMatrix,
-    data: &[u8],
-    a: &Activations,
-    range: std::ops::Range<usize>,
-    out: *mut f32,
-) -> usize {
-    walk::<P, AvxVnni>(w, data, a, range, out)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn walk_vnni<P: PanelK>(
-    w: &QMatrix,
-    data: &[u8],
-    a: &Activations,
-    range: std::ops::Range<usize>,
-    out: *mut f32,
-) -> usize {
-    walk::<P, Vnni>(w, data, a, range, out)
-}
+walk_on_path!(walk_avx2, Madd, "avx2,fma,f16c");
+walk_on_path!(walk_avxvnni, AvxVnni, "avx2,fma,f16c,avxvnni");
+walk_on_path!(walk_vnni, Vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 
 #[inline(always)]
 unsafe fn walk<P: PanelK, D: Dot>(
@@ -409,13 +397,7 @@ unsafe fn walk<P: PanelK, D: Dot>(
                     P::block::<D>(blk, a, c0, b, acc);
                 }
                 for (j, e) in acc.iter().enumerate() {
-                    let mut lanes = [0.0f32; panel::ROWS];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), *e);
-                    for (i, v) in lanes.iter().enumerate() {
-                        if (lo..hi).contains(&(r0 + i)) {
-                            *out.add((c0 + j) * w.rows + r0 + i) = *v;
-                        }
-                    }
+                    store_panel(*e, r0, lo..hi, out.add((c0 + j) * w.rows));
                 }
                 c0 += cn;
             }
