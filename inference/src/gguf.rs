@@ -142,6 +142,7 @@ impl GgufFile {
         let len = rows * ty.row_bytes(cols);
         let at = self.content.tensor_data_offset + info.offset;
         let mut data = vec![0u8; len];
+        crate::kernels::huge_pages(&mut data);
         self.reader.seek(SeekFrom::Start(at))?;
         self.reader.read_exact(&mut data).map_err(|e| Error::model(&self.path, format!("tensor {name}: {e}")))?;
         crate::kernels::QMatrix::new(ty, rows, cols, data).map_err(|e| Error::model(&self.path, format!("{name}: {e}")))

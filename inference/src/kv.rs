@@ -201,6 +201,7 @@ impl KvStore {
         let len = num_blocks * block_size * kv_dim;
         let resident = || {
             let mut v = vec![0.0f32; len];
+            crate::kernels::huge_pages(&mut v);
             // Zeroed allocations are mapped lazily; one write per page maps them.
             for i in (0..len).step_by(1024) {
                 // SAFETY: `i < len`, inside the vector.

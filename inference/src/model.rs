@@ -980,24 +980,32 @@ fn attention(
     }
     let mut parts = vec![0.0f32; slots * heads * hd];
     let mut stats = vec![vector::Piece::default(); slots * heads];
-    let jobs: Vec<(usize, usize, usize)> = pieces
+    let mut jobs: Vec<(usize, usize, usize)> = pieces
         .iter()
         .enumerate()
         .flat_map(|(ri, &n)| (0..heads).step_by(per_job).flat_map(move |h| (0..n).map(move |p| (ri, h, p))))
         .collect();
+    // Longest first (a row's last piece may be short): threads take jobs as they finish,
+    // so the long ones must not come last.
+    jobs.sort_by_key(|&(ri, _, p)| {
+        let (lo, end) = span(&rows[ri]);
+        std::cmp::Reverse((end - lo).saturating_sub(p * vector::PIECE).min(vector::PIECE))
+    });
     let score = vector::Score { scale: c.attn_scale, softcap: c.attn_softcap };
     let (out_ptr, parts_ptr, stats_ptr) =
         (SharedOut(out.as_mut_ptr()), SharedOut(parts.as_mut_ptr()), SharedOut(stats.as_mut_ptr()));
-    // Jobs are dealt round-robin: later rows of a prefill chunk attend over more
-    // positions, so contiguous shares would leave the last thread the most work.
-    // Rebinding makes the closure capture the Send + Sync wrappers rather than their raw
-    // pointer fields (edition 2021 captures disjoint fields).
+    // Jobs are taken one at a time as threads finish (`claims`), longest first, so
+    // rows of different lengths (a prefill chunk's later rows attend over more positions)
+    // leave no thread waiting long. Rebinding makes the closure capture the Send + Sync
+    // wrappers rather than their raw pointer fields (edition 2021 captures disjoint fields).
+    let claims = kernels::pool::Claims::one_by_one(jobs.len());
     #[allow(clippy::redundant_locals)]
-    let run = |first: usize, step: usize| {
+    let run = || {
         let (out_ptr, parts_ptr, stats_ptr) = (out_ptr, parts_ptr, stats_ptr);
         let mut scores: Vec<f32> = Vec::new();
         let mut offs: Vec<usize> = Vec::new();
-        for &(ri, head0, p) in jobs.iter().skip(first).step_by(step) {
+        while let Some(taken) = claims.take() {
+            let (ri, head0, p) = jobs[taken.start];
             let r = &rows[ri];
             let (lo, end) = span(r);
             let lo = lo + p * vector::PIECE;
@@ -1025,9 +1033,9 @@ fn attention(
         }
     };
     if jobs.len() >= 2 && threads > 1 {
-        pool.run(&|t| run(t, threads));
+        pool.run(&|_| run());
     } else {
-        run(0, 1);
+        run();
     }
     let (mut outs, mut st) = (Vec::new(), Vec::new());
     for (ri, &n) in pieces.iter().enumerate() {

@@ -176,6 +176,39 @@ impl Drop for Pool {
     }
 }
 
+/// Pieces of `0..n` handed out on demand, in order: a thread that finishes its piece
+/// takes the next, so one slowed down (a busy neighbour on the core, a colder cache) holds
+/// the others up by at most one piece instead of by the difference of two fixed halves.
+/// A piece is about a sixteenth of a thread's share, in whole units of `align`, and at
+/// least `min` long (rounded up to `align`) so that the hand-outs stay cheap.
+pub struct Claims {
+    next: AtomicUsize,
+    n: usize,
+    piece: usize,
+}
+
+impl Claims {
+    pub fn new(n: usize, threads: usize, align: usize, min: usize) -> Self {
+        let align = align.max(1);
+        let piece = (n / (16 * threads.max(1))).max(min).max(1).next_multiple_of(align);
+        Claims { next: AtomicUsize::new(0), n, piece }
+    }
+
+    /// `0..n` one at a time (for jobs of their own size, such as attention's).
+    pub fn one_by_one(n: usize) -> Self {
+        Claims { next: AtomicUsize::new(0), n, piece: 1 }
+    }
+
+    /// The next piece, or `None` once all of `0..n` is taken.
+    pub fn take(&self) -> Option<std::ops::Range<usize>> {
+        if self.next.load(Ordering::Relaxed) >= self.n {
+            return None;
+        }
+        let lo = self.next.fetch_add(self.piece, Ordering::Relaxed);
+        (lo < self.n).then(|| lo..(lo + self.piece).min(self.n))
+    }
+}
+
 /// The range of `0..n` that thread `i` of `threads` takes, in whole units of `align`.
 pub fn share(n: usize, i: usize, threads: usize, align: usize) -> std::ops::Range<usize> {
     let units = n.div_ceil(align);
@@ -214,6 +247,29 @@ mod tests {
             });
         }
         assert_eq!(count.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn claims_hand_out_every_piece_once_across_threads() {
+        for (n, align, min) in [(0, 8, 32), (5, 8, 32), (577, 8, 32), (262144, 8, 32), (64, 1, 1)] {
+            let pool = Pool::new(3);
+            let claims = Claims::new(n, 3, align, min);
+            let taken = Mutex::new(Vec::new());
+            pool.run(&|_| {
+                while let Some(r) = claims.take() {
+                    assert!(r.start.is_multiple_of(align) && r.start < r.end);
+                    lock(&taken).push(r);
+                }
+            });
+            let mut taken = taken.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            taken.sort_by_key(|r| r.start);
+            let mut next = 0;
+            for r in &taken {
+                assert_eq!(r.start, next, "n {n}");
+                next = r.end;
+            }
+            assert_eq!(next, n);
+        }
     }
 
     #[test]

@@ -290,7 +290,18 @@ mod avx2 {
         let group = qs.len() / hd;
         let len = offs.len();
         let (kp, vp, qp, sp, op) = (keys.as_ptr(), values.as_ptr(), qs.as_ptr(), scores.as_mut_ptr(), out.as_mut_ptr());
+        // A sequence's positions lie in blocks of the KV pool, apart: the hardware
+        // prefetcher does not follow them, so fetch the keys two positions ahead (and the
+        // values a block of positions ahead, below).
+        let fetch = |p: *const f32| {
+            for line in (0..hd).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
+            }
+        };
         for (i, &off) in offs.iter().enumerate() {
+            if let Some(&ahead) = offs.get(i + 2) {
+                fetch(kp.wrapping_add(ahead));
+            }
             let k = kp.add(off);
             for j in 0..group {
                 *sp.add(j * len + i) = score.of(dot_hd(qp.add(j * hd), k, hd));
@@ -308,31 +319,46 @@ mod avx2 {
         }
         // The heads' outputs, 16 values of up to four heads at a time, in registers while
         // that slice of the values streams by once for all of them (each lane sums its
-        // positions in order, as one head at a time would).
-        let mut c = 0;
-        while c < hd {
-            let two = hd - c >= 16;
-            let mut j = 0;
-            while j < group {
-                let (sj, oj) = (sp.add(j * len), op.add(j * hd + c));
-                match ((group - j).min(4), two) {
-                    (1, true) => weigh::<1, 2>(vp, offs, c, sj, len, hd, oj),
-                    (2, true) => weigh::<2, 2>(vp, offs, c, sj, len, hd, oj),
-                    (3, true) => weigh::<3, 2>(vp, offs, c, sj, len, hd, oj),
-                    (_, true) => weigh::<4, 2>(vp, offs, c, sj, len, hd, oj),
-                    (1, false) => weigh::<1, 1>(vp, offs, c, sj, len, hd, oj),
-                    (2, false) => weigh::<2, 1>(vp, offs, c, sj, len, hd, oj),
-                    (3, false) => weigh::<3, 1>(vp, offs, c, sj, len, hd, oj),
-                    (_, false) => weigh::<4, 1>(vp, offs, c, sj, len, hd, oj),
-                }
-                j += 4;
+        // positions in order, as one head at a time would, continuing from what `out`
+        // holds). Positions go in blocks of `WEIGH` whose values stay in L1 across the
+        // slices, the next block's fetched meanwhile.
+        const WEIGH: usize = 8;
+        for &first in &offs[..len.min(WEIGH)] {
+            fetch(vp.wrapping_add(first));
+        }
+        let mut p0 = 0;
+        while p0 < len {
+            let p1 = (p0 + WEIGH).min(len);
+            for &ahead in offs.get(p1..(p1 + WEIGH).min(len)).unwrap_or(&[]) {
+                fetch(vp.wrapping_add(ahead));
             }
-            c += if two { 16 } else { 8 };
+            let block = &offs[p0..p1];
+            let mut c = 0;
+            while c < hd {
+                let two = hd - c >= 16;
+                let mut j = 0;
+                while j < group {
+                    let (sj, oj) = (sp.add(j * len + p0), op.add(j * hd + c));
+                    match ((group - j).min(4), two) {
+                        (1, true) => weigh::<1, 2>(vp, block, c, sj, len, hd, oj),
+                        (2, true) => weigh::<2, 2>(vp, block, c, sj, len, hd, oj),
+                        (3, true) => weigh::<3, 2>(vp, block, c, sj, len, hd, oj),
+                        (_, true) => weigh::<4, 2>(vp, block, c, sj, len, hd, oj),
+                        (1, false) => weigh::<1, 1>(vp, block, c, sj, len, hd, oj),
+                        (2, false) => weigh::<2, 1>(vp, block, c, sj, len, hd, oj),
+                        (3, false) => weigh::<3, 1>(vp, block, c, sj, len, hd, oj),
+                        (_, false) => weigh::<4, 1>(vp, block, c, sj, len, hd, oj),
+                    }
+                    j += 4;
+                }
+                c += if two { 16 } else { 8 };
+            }
+            p0 = p1;
         }
     }
 
     /// Values `c .. c + 8 * V` of heads `0 .. G` (scores at `s + h * len`, outputs at `o +
-    /// h * hd`): the sum over positions of score times value.
+    /// h * hd`): the sum over positions of score times value, added to what `o` holds.
     #[inline(always)]
     unsafe fn weigh<const G: usize, const V: usize>(
         vp: *const f32,
@@ -344,6 +370,11 @@ mod avx2 {
         o: *mut f32,
     ) {
         let mut acc = [[_mm256_setzero_ps(); V]; G];
+        for (h, a) in acc.iter_mut().enumerate() {
+            for (t, x) in a.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(o.add(h * hd + 8 * t));
+            }
+        }
         for (i, &off) in offs.iter().enumerate() {
             let v: [__m256; V] = std::array::from_fn(|t| _mm256_loadu_ps(vp.add(off + c + 8 * t)));
             for (h, a) in acc.iter_mut().enumerate() {
