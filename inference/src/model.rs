@@ -985,27 +985,29 @@ fn attention(
         .enumerate()
         .flat_map(|(ri, &n)| (0..heads).step_by(per_job).flat_map(move |h| (0..n).map(move |p| (ri, h, p))))
         .collect();
-    // Longest first (a row's last piece may be short): threads take jobs as they finish,
-    // so the long ones must not come last.
+    // Longest first (a row's last piece may be short), dealt round-robin into the threads'
+    // shares: each share mixes long and short jobs, and the ones left for the first
+    // thread done to take from another's share are short.
     jobs.sort_by_key(|&(ri, _, p)| {
         let (lo, end) = span(&rows[ri]);
         std::cmp::Reverse((end - lo).saturating_sub(p * vector::PIECE).min(vector::PIECE))
     });
+    let jobs: Vec<(usize, usize, usize)> =
+        (0..threads).flat_map(|t| jobs.iter().skip(t).step_by(threads).copied()).collect();
     let score = vector::Score { scale: c.attn_scale, softcap: c.attn_softcap };
     let (out_ptr, parts_ptr, stats_ptr) =
         (SharedOut(out.as_mut_ptr()), SharedOut(parts.as_mut_ptr()), SharedOut(stats.as_mut_ptr()));
-    // Jobs are taken one at a time as threads finish (`claims`), longest first, so
-    // rows of different lengths (a prefill chunk's later rows attend over more positions)
-    // leave no thread waiting long. Rebinding makes the closure capture the Send + Sync
-    // wrappers rather than their raw pointer fields (edition 2021 captures disjoint fields).
-    let claims = kernels::pool::Claims::one_by_one(jobs.len());
+    // Threads take the jobs as they finish (`claims`), so rows of different lengths (a
+    // prefill chunk's later rows attend over more positions) leave no thread waiting long.
+    // Rebinding makes the closure capture the Send + Sync wrappers rather than their raw
+    // pointer fields (edition 2021 captures disjoint fields).
+    let claims = kernels::pool::Claims::new(jobs.len(), threads, 1, 1);
     #[allow(clippy::redundant_locals)]
-    let run = || {
+    let run = |t: usize| {
         let (out_ptr, parts_ptr, stats_ptr) = (out_ptr, parts_ptr, stats_ptr);
         let mut scores: Vec<f32> = Vec::new();
         let mut offs: Vec<usize> = Vec::new();
-        while let Some(taken) = claims.take() {
-            let (ri, head0, p) = jobs[taken.start];
+        for &(ri, head0, p) in std::iter::from_fn(|| claims.take(t)).flat_map(|r| &jobs[r]) {
             let r = &rows[ri];
             let (lo, end) = span(r);
             let lo = lo + p * vector::PIECE;
@@ -1033,9 +1035,9 @@ fn attention(
         }
     };
     if jobs.len() >= 2 && threads > 1 {
-        pool.run(&|_| run());
+        pool.run(&run);
     } else {
-        run();
+        run(0);
     }
     let (mut outs, mut st) = (Vec::new(), Vec::new());
     for (ri, &n) in pieces.iter().enumerate() {

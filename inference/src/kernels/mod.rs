@@ -218,9 +218,9 @@ impl QMatrix {
 /// Asks the kernel to back `v` with 2 MiB pages (transparent huge pages) where it can:
 /// the whole 2 MiB-aligned stretches inside it. For the weights and the KV pool, which the
 /// kernels read hundreds of megabytes of per step: with 4 KiB pages every 4 KiB costs a
-/// TLB miss, and a page walk inside a virtual machine is long. Measured on Gemma 3 with the
-/// avx2 path (docs/performance.md): batch-1 decode +12%, 16 sequences +6% (medians of five
-/// runs each). Call it before the first write (untouched pages are mapped huge when first
+/// TLB miss, and a page walk inside a virtual machine is long. Measured (docs/performance.md,
+/// medians of three to five runs): Gemma 3 on avx2, batch-1 decode +12% and 16 sequences
+/// +6%; SmolLM2 on avx512, 16 sequences +18%. Call it before the first write (untouched pages are mapped huge when first
 /// written). Memory stays the same: only stretches wholly inside `v` are advised. Where
 /// the system does not allow it (THP off), nothing changes.
 pub fn huge_pages<T>(v: &mut [T]) {
@@ -277,11 +277,11 @@ pub fn matmul(
     let total: usize = ws.iter().map(|w| w.rows).sum();
     let act = &*act;
     let threads = pool.threads();
-    // Rows in pieces of whole panels, taken on demand (at least 32 rows, so that the
-    // weights a piece streams outweigh its start).
+    // Rows in pieces of whole panels, taken as threads finish (at least 32 rows, so that
+    // the weights a piece streams outweigh its start).
     let claims = pool::Claims::new(total, threads, panel::ROWS, 32);
-    pool.run(&|_| {
-        while let Some(mine) = claims.take() {
+    pool.run(&|t| {
+        while let Some(mine) = claims.take(t) {
             let mut base = 0;
             for (w, out) in ws.iter().zip(&ptrs) {
                 let (lo, hi) = (mine.start.max(base), mine.end.min(base + w.rows));

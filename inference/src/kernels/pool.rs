@@ -176,36 +176,49 @@ impl Drop for Pool {
     }
 }
 
-/// Pieces of `0..n` handed out on demand, in order: a thread that finishes its piece
-/// takes the next, so one slowed down (a busy neighbour on the core, a colder cache) holds
-/// the others up by at most one piece instead of by the difference of two fixed halves.
-/// A piece is about a sixteenth of a thread's share, in whole units of `align`, and at
-/// least `min` long (rounded up to `align`) so that the hand-outs stay cheap.
+/// `0..n` in pieces that threads take as they finish: thread `i` first takes the pieces
+/// of its own share (`share(n, i, ..)`, in order, from a counter of its own, so the taking
+/// costs an uncontended atomic), then helps with what is left of the others'. A thread
+/// slowed down (a busy neighbour on the core, a colder cache) holds the others up by at
+/// most one piece instead of by the difference of two fixed shares. A piece is about an
+/// eighth of a share, in whole units of `align`, and at least `min` (rounded up to
+/// `align`) so that its work outweighs its start.
 pub struct Claims {
-    next: AtomicUsize,
-    n: usize,
+    shares: Vec<Counter>,
     piece: usize,
+}
+
+/// One share's next unit and end, on a cache line of its own.
+#[repr(align(128))]
+struct Counter {
+    next: AtomicUsize,
+    end: usize,
 }
 
 impl Claims {
     pub fn new(n: usize, threads: usize, align: usize, min: usize) -> Self {
-        let align = align.max(1);
-        let piece = (n / (16 * threads.max(1))).max(min).max(1).next_multiple_of(align);
-        Claims { next: AtomicUsize::new(0), n, piece }
+        let (threads, align) = (threads.max(1), align.max(1));
+        let piece = (n / (8 * threads)).max(min).max(1).next_multiple_of(align);
+        let shares = (0..threads)
+            .map(|i| {
+                let r = share(n, i, threads, align);
+                Counter { next: AtomicUsize::new(r.start), end: r.end }
+            })
+            .collect();
+        Claims { shares, piece }
     }
 
-    /// `0..n` one at a time (for jobs of their own size, such as attention's).
-    pub fn one_by_one(n: usize) -> Self {
-        Claims { next: AtomicUsize::new(0), n, piece: 1 }
-    }
-
-    /// The next piece, or `None` once all of `0..n` is taken.
-    pub fn take(&self) -> Option<std::ops::Range<usize>> {
-        if self.next.load(Ordering::Relaxed) >= self.n {
-            return None;
-        }
-        let lo = self.next.fetch_add(self.piece, Ordering::Relaxed);
-        (lo < self.n).then(|| lo..(lo + self.piece).min(self.n))
+    /// Thread `t`'s next piece, or `None` once all of `0..n` is taken.
+    pub fn take(&self, t: usize) -> Option<std::ops::Range<usize>> {
+        let k = self.shares.len();
+        (0..k).find_map(|j| {
+            let c = &self.shares[(t + j) % k];
+            if c.next.load(Ordering::Relaxed) >= c.end {
+                return None;
+            }
+            let lo = c.next.fetch_add(self.piece, Ordering::Relaxed);
+            (lo < c.end).then(|| lo..(lo + self.piece).min(c.end))
+        })
     }
 }
 
@@ -255,8 +268,8 @@ mod tests {
             let pool = Pool::new(3);
             let claims = Claims::new(n, 3, align, min);
             let taken = Mutex::new(Vec::new());
-            pool.run(&|_| {
-                while let Some(r) = claims.take() {
+            pool.run(&|t| {
+                while let Some(r) = claims.take(t) {
                     assert!(r.start.is_multiple_of(align) && r.start < r.end);
                     lock(&taken).push(r);
                 }

@@ -259,6 +259,11 @@ mod avx2 {
         }
     }
 
+    /// Values per block of positions in [`attend`]'s weighing: half of a 32 KiB L1.
+    /// Measured (SmolLM2, 16 sequences, avx512): 770-812 tokens/s against 542-765 with no
+    /// blocks and 724-860 with blocks of eight positions.
+    const WEIGH_BYTES: usize = 16 << 10;
+
     #[inline(always)]
     unsafe fn dot_hd(a: *const f32, b: *const f32, hd: usize) -> f32 {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -320,16 +325,16 @@ mod avx2 {
         // The heads' outputs, 16 values of up to four heads at a time, in registers while
         // that slice of the values streams by once for all of them (each lane sums its
         // positions in order, as one head at a time would, continuing from what `out`
-        // holds). Positions go in blocks of `WEIGH` whose values stay in L1 across the
-        // slices, the next block's fetched meanwhile.
-        const WEIGH: usize = 8;
-        for &first in &offs[..len.min(WEIGH)] {
+        // holds). Positions go in blocks of about `WEIGH_BYTES` of values, which stay in L1
+        // across the slices, the next block's fetched meanwhile.
+        let block = (WEIGH_BYTES / (4 * hd)).max(8);
+        for &first in &offs[..len.min(block)] {
             fetch(vp.wrapping_add(first));
         }
         let mut p0 = 0;
         while p0 < len {
-            let p1 = (p0 + WEIGH).min(len);
-            for &ahead in offs.get(p1..(p1 + WEIGH).min(len)).unwrap_or(&[]) {
+            let p1 = (p0 + block).min(len);
+            for &ahead in offs.get(p1..(p1 + block).min(len)).unwrap_or(&[]) {
                 fetch(vp.wrapping_add(ahead));
             }
             let block = &offs[p0..p1];
