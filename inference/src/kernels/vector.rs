@@ -264,6 +264,10 @@ mod avx2 {
     /// blocks and 724-860 with blocks of eight positions.
     const WEIGH_BYTES: usize = 16 << 10;
 
+    /// How many positions ahead [`attend`] fetches keys: a position's scores take about a
+    /// hundred cycles, a fetch from memory several hundred.
+    const KEYS_AHEAD: usize = 6;
+
     #[inline(always)]
     unsafe fn dot_hd(a: *const f32, b: *const f32, hd: usize) -> f32 {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -295,17 +299,23 @@ mod avx2 {
         let group = qs.len() / hd;
         let len = offs.len();
         let (kp, vp, qp, sp, op) = (keys.as_ptr(), values.as_ptr(), qs.as_ptr(), scores.as_mut_ptr(), out.as_mut_ptr());
-        // A sequence's positions lie in blocks of the KV pool, apart: the hardware
-        // prefetcher does not follow them, so fetch the keys two positions ahead (and the
-        // values a block of positions ahead, below).
+        // Attention streams the keys and values from memory (a step's are tens of MB, past
+        // L3), and a sequence's positions lie in blocks of the KV pool, apart, which the
+        // hardware prefetcher does not follow: fetch the keys `KEYS_AHEAD` positions ahead,
+        // the first block of values (below) with them, and each next block's values a line
+        // per slice while the current one is weighed.
         let fetch = |p: *const f32| {
             for line in (0..hd).step_by(16) {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8);
             }
         };
+        let block = (WEIGH_BYTES / (4 * hd)).max(8);
         for (i, &off) in offs.iter().enumerate() {
-            if let Some(&ahead) = offs.get(i + 2) {
+            if let Some(&ahead) = offs.get(i + KEYS_AHEAD) {
                 fetch(kp.wrapping_add(ahead));
+            }
+            if i < block {
+                fetch(vp.wrapping_add(off));
             }
             let k = kp.add(off);
             for j in 0..group {
@@ -327,19 +337,16 @@ mod avx2 {
         // positions in order, as one head at a time would, continuing from what `out`
         // holds). Positions go in blocks of about `WEIGH_BYTES` of values, which stay in L1
         // across the slices, the next block's fetched meanwhile.
-        let block = (WEIGH_BYTES / (4 * hd)).max(8);
-        for &first in &offs[..len.min(block)] {
-            fetch(vp.wrapping_add(first));
-        }
         let mut p0 = 0;
         while p0 < len {
             let p1 = (p0 + block).min(len);
-            for &ahead in offs.get(p1..(p1 + block).min(len)).unwrap_or(&[]) {
-                fetch(vp.wrapping_add(ahead));
-            }
+            let next = offs.get(p1..(p1 + block).min(len)).unwrap_or(&[]);
             let block = &offs[p0..p1];
             let mut c = 0;
             while c < hd {
+                for &ahead in next {
+                    _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead + c) as *const i8);
+                }
                 let two = hd - c >= 16;
                 let mut j = 0;
                 while j < group {
